@@ -1,0 +1,456 @@
+//! Encoding and decoding frames. See the crate docs for the layout.
+
+use std::io::{self, Read, Write};
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+
+use crate::{Frame, Items, Message, MAX_HEADER, PROTOCOL_VERSION};
+
+type HeaderConfig = Configuration<LittleEndian, Varint, Limit<MAX_HEADER>>;
+
+fn header_config() -> HeaderConfig {
+    bincode::config::standard().with_limit::<MAX_HEADER>()
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The connection failed.
+    #[error("read from the connection")]
+    Io(#[source] io::Error),
+    /// The stream ended inside a frame.
+    #[error("the stream ended inside a frame ({got} of {expected} bytes)")]
+    Truncated {
+        /// Bytes the frame should have had.
+        expected: usize,
+        /// Bytes that arrived.
+        got: usize,
+    },
+    /// The length prefix announces more than the reader accepts.
+    #[error("a frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The reader's limit.
+        max: usize,
+    },
+    /// The frame is not laid out as the protocol says.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    /// The header is not a valid message.
+    #[error("undecodable frame header")]
+    Header(#[source] bincode::error::DecodeError),
+    /// The peer speaks another protocol version.
+    #[error(
+        "the peer speaks protocol version {peer}, this build speaks {ours}: \
+         rebuild the plugin against the same pstream version as the coordinator"
+    )]
+    Version {
+        /// The peer's version.
+        peer: u32,
+        /// Ours.
+        ours: u32,
+    },
+}
+
+impl DecodeError {
+    /// Whether the error is the connection's rather than the bytes'.
+    pub fn is_io(&self) -> bool {
+        matches!(self, DecodeError::Io(_))
+    }
+}
+
+/// Why a frame could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The connection failed.
+    #[error("write to the connection")]
+    Io(#[source] io::Error),
+    /// The frame would exceed the peer's limit.
+    #[error("a frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The frame's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The header could not be encoded.
+    #[error("encode a frame header")]
+    Header(#[source] bincode::error::EncodeError),
+}
+
+fn carries_items(message: &Message) -> bool {
+    matches!(message, Message::Batch(_) | Message::Results(_))
+}
+
+/// Encode a frame into `out` (appending). Fails if its body would exceed `max`.
+pub fn encode_frame(
+    message: &Message,
+    items: &Items,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    encode_prefix(message, items, max, out)?;
+    out.extend_from_slice(items.data());
+    debug_assert_eq!(
+        out.len() - start - 4,
+        u32::from_le_bytes(out[start..start + 4].try_into().unwrap()) as usize
+    );
+    Ok(())
+}
+
+/// Write a frame. The header and offsets are written first, then the items' bytes
+/// straight from their buffer (no copy of the payload).
+pub fn write_frame(
+    w: &mut impl Write,
+    message: &Message,
+    items: &Items,
+    max: usize,
+) -> Result<(), EncodeError> {
+    let mut prefix = Vec::with_capacity(64 + 4 * items.len());
+    encode_prefix(message, items, max, &mut prefix)?;
+    w.write_all(&prefix).map_err(EncodeError::Io)?;
+    w.write_all(items.data()).map_err(EncodeError::Io)?;
+    Ok(())
+}
+
+/// Everything of a frame but the items' bytes.
+fn encode_prefix(
+    message: &Message,
+    items: &Items,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    bincode::serde::encode_into_std_write(message, out, header_config())
+        .map_err(EncodeError::Header)?;
+    let header_len = out.len() - start - 8;
+    if carries_items(message) {
+        out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+        for end in items.ends() {
+            out.extend_from_slice(&end.to_le_bytes());
+        }
+    } else {
+        debug_assert!(items.is_empty(), "only batches and results carry items");
+    }
+    let body_len = out.len() - start - 4 + items.data_len();
+    if body_len > max || body_len > u32::MAX as usize {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge { len: body_len, max });
+    }
+    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&(header_len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Read one frame. `Ok(None)` is a clean end of stream before a frame started.
+///
+/// The length prefix is checked against `max` before any allocation, and the body's
+/// buffer grows only as bytes actually arrive.
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Frame>, DecodeError> {
+    let mut len_bytes = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len_bytes[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(DecodeError::Truncated { expected: 4, got }),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(DecodeError::Io(e)),
+        }
+    }
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len > max {
+        return Err(DecodeError::TooLarge { len, max });
+    }
+    let mut body = Vec::with_capacity(len.min(1 << 20));
+    r.take(len as u64)
+        .read_to_end(&mut body)
+        .map_err(DecodeError::Io)?;
+    if body.len() < len {
+        return Err(DecodeError::Truncated {
+            expected: len + 4,
+            got: body.len() + 4,
+        });
+    }
+    decode_body(body).map(Some)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes(b.try_into().ok()?))
+}
+
+/// Decode a frame body (everything after the length prefix). Never panics.
+pub fn decode_body(body: Vec<u8>) -> Result<Frame, DecodeError> {
+    let header_len = read_u32(&body, 0).ok_or(DecodeError::Malformed("no header length"))? as usize;
+    if header_len > MAX_HEADER {
+        return Err(DecodeError::Malformed("header longer than the header limit"));
+    }
+    let header_end = 4usize
+        .checked_add(header_len)
+        .filter(|&e| e <= body.len())
+        .ok_or(DecodeError::Malformed("header length past the end of the frame"))?;
+    let header = &body[4..header_end];
+    let message = match bincode::serde::decode_from_slice::<Message, _>(header, header_config()) {
+        Ok((message, used)) if used == header_len => message,
+        Ok(_) => return Err(DecodeError::Malformed("trailing bytes after the header")),
+        Err(e) => {
+            // A Hello from another version may not decode as ours: say so plainly.
+            if let Ok(((0u32, peer), _)) =
+                bincode::serde::decode_from_slice::<(u32, u32), _>(header, header_config())
+            {
+                if peer != PROTOCOL_VERSION {
+                    return Err(DecodeError::Version {
+                        peer,
+                        ours: PROTOCOL_VERSION,
+                    });
+                }
+            }
+            return Err(DecodeError::Header(e));
+        }
+    };
+    if !carries_items(&message) {
+        if header_end != body.len() {
+            return Err(DecodeError::Malformed("items after a frame that carries none"));
+        }
+        return Ok(Frame::control(message));
+    }
+    let count = read_u32(&body, header_end).ok_or(DecodeError::Malformed("no item count"))? as usize;
+    let ends_start = header_end + 4;
+    let data_start = count
+        .checked_mul(4)
+        .and_then(|n| n.checked_add(ends_start))
+        .filter(|&s| s <= body.len())
+        .ok_or(DecodeError::Malformed("item count past the end of the frame"))?;
+    let data_len = body.len() - data_start;
+    let mut ends = Vec::with_capacity(count);
+    let mut last = 0u32;
+    for i in 0..count {
+        let end = read_u32(&body, ends_start + 4 * i).expect("checked above");
+        if end < last {
+            return Err(DecodeError::Malformed("item offsets go backwards"));
+        }
+        last = end;
+        ends.push(end);
+    }
+    if last as usize != data_len {
+        return Err(DecodeError::Malformed("item offsets do not match the item bytes"));
+    }
+    Ok(Frame {
+        message,
+        items: Items::from_parts(body, data_start, ends),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+    use proptest::prelude::*;
+
+    fn hello() -> Message {
+        Message::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: "00ff".into(),
+            pid: 42,
+            capacity: 10,
+            max_frame: 1 << 20,
+            functions: vec![FunctionInfo {
+                name: "double".into(),
+                input_type: "i64".into(),
+                output_type: "i64".into(),
+            }],
+        })
+    }
+
+    fn sample_items() -> Items {
+        let mut items = Items::new();
+        items.push(b"one");
+        items.push_empty();
+        items.push(&[0, 1, 2, 255]);
+        items
+    }
+
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            Frame::control(hello()),
+            Frame::control(Message::Welcome {
+                worker_id: 3,
+                max_frame: 99,
+            }),
+            Frame::control(Message::Reject {
+                reason: "bad token".into(),
+            }),
+            Frame {
+                message: Message::Batch(BatchHeader {
+                    job: 1,
+                    seq: 7,
+                    function: "double".into(),
+                    codec: Codec::Json,
+                    first_index: 1000,
+                }),
+                items: sample_items(),
+            },
+            Frame {
+                message: Message::Results(ResultsHeader {
+                    job: 1,
+                    seq: 7,
+                    failures: vec![ItemFailure {
+                        slot: 1,
+                        kind: FailureKind::Panicked,
+                        message: "boom".into(),
+                        location: Some("src/lib.rs:1:1".into()),
+                    }],
+                }),
+                items: sample_items(),
+            },
+            Frame {
+                message: Message::Batch(BatchHeader {
+                    job: 0,
+                    seq: 0,
+                    function: String::new(),
+                    codec: Codec::Bincode,
+                    first_index: 0,
+                }),
+                items: Items::new(),
+            },
+            Frame::control(Message::Cancel { job: u64::MAX }),
+            Frame::control(Message::Shutdown),
+        ]
+    }
+
+    fn encode(frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&frame.message, &frame.items, DEFAULT_MAX_FRAME, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for frame in all_frames() {
+            let bytes = encode(&frame);
+            let mut reader = &bytes[..];
+            let back = read_frame(&mut reader, DEFAULT_MAX_FRAME).unwrap().unwrap();
+            assert_eq!(back, frame);
+            assert!(reader.is_empty());
+            // write_frame produces the same bytes.
+            let mut written = Vec::new();
+            write_frame(&mut written, &frame.message, &frame.items, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(written, bytes);
+        }
+    }
+
+    #[test]
+    fn clean_eof_and_truncation() {
+        assert!(read_frame(&mut &[][..], 100).unwrap().is_none());
+        let bytes = encode(&all_frames()[3]);
+        for cut in 1..bytes.len() {
+            let err = read_frame(&mut &bytes[..cut], DEFAULT_MAX_FRAME).unwrap_err();
+            assert!(matches!(err, DecodeError::Truncated { .. }), "{cut}: {err}");
+        }
+    }
+
+    #[test]
+    fn length_is_checked_before_allocating() {
+        // 4 GiB announced, nothing behind it: rejected at once.
+        let bytes = u32::MAX.to_le_bytes();
+        let err = read_frame(&mut &bytes[..], DEFAULT_MAX_FRAME).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { len, .. } if len == u32::MAX as usize));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_on_write() {
+        let mut items = Items::new();
+        items.push(&[7; 1000]);
+        let frame = &all_frames()[3];
+        let err = encode_frame(&frame.message, &items, 500, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, EncodeError::TooLarge { max: 500, .. }));
+    }
+
+    #[test]
+    fn malformed_literals() {
+        // header length past the end
+        let body = [200, 0, 0, 0, 1, 2];
+        assert!(matches!(decode_body(body.to_vec()), Err(DecodeError::Malformed(_))));
+        // unknown message variant
+        let body = [1, 0, 0, 0, 99];
+        assert!(matches!(decode_body(body.to_vec()), Err(DecodeError::Header(_))));
+        // Shutdown (variant 6) with stray item bytes
+        let body = [1, 0, 0, 0, 6, 1];
+        assert!(matches!(decode_body(body.to_vec()), Err(DecodeError::Malformed(_))));
+        // Cancel with a huge item count would be malformed, not an allocation
+        let mut bytes = encode(&all_frames()[3]);
+        let header_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        bytes[8 + header_len..12 + header_len].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_body(bytes[4..].to_vec()),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn other_versions_are_named() {
+        let mut h = match hello() {
+            Message::Hello(h) => h,
+            _ => unreachable!(),
+        };
+        h.protocol_version = PROTOCOL_VERSION + 1;
+        // A future Hello with an extra field we do not know.
+        let future = (0u32, h.protocol_version, "token", 1u32, 2u32, 3u32, 4u32, 5u64);
+        let header = bincode::serde::encode_to_vec(future, header_config()).unwrap();
+        let mut body = (header.len() as u32).to_le_bytes().to_vec();
+        body.extend_from_slice(&header);
+        match decode_body(body) {
+            Err(DecodeError::Version { peer, ours }) => {
+                assert_eq!((peer, ours), (PROTOCOL_VERSION + 1, PROTOCOL_VERSION))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = read_frame(&mut &bytes[..], 1 << 16);
+            let _ = decode_body(bytes);
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(
+            which in 0usize..8,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let mut bytes = encode(&all_frames()[which]);
+            for (at, value) in flips {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            if let Ok(Some(frame)) = read_frame(&mut &bytes[..], 1 << 16) {
+                // Whatever decoded is internally consistent.
+                for i in 0..frame.items.len() {
+                    prop_assert!(frame.items.get(i).is_some());
+                }
+            }
+        }
+
+        #[test]
+        fn items_round_trip(items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..64), job: u64, seq: u64) {
+            let mut batch = Items::new();
+            for item in &items {
+                batch.push(item);
+            }
+            let frame = Frame {
+                message: Message::Batch(BatchHeader { job, seq, function: "f".into(), codec: Codec::Bincode, first_index: job }),
+                items: batch,
+            };
+            let bytes = encode(&frame);
+            let back = read_frame(&mut &bytes[..], DEFAULT_MAX_FRAME).unwrap().unwrap();
+            let got: Vec<Vec<u8>> = back.items.iter().map(|i| i.to_vec()).collect();
+            prop_assert_eq!(got, items);
+            prop_assert_eq!(back.message, frame.message);
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The pstream wire protocol: frames, their codec, the handshake and the limits.
+//!
+//! This crate is pure: it knows nothing of processes, sockets or policy. Both the
+//! worker runtime and the coordinator speak through it, so a frame is defined in
+//! exactly one place.
+//!
+//! # Frames
+//!
+//! Every frame on the wire is
+//!
+//! ```text
+//! u32 LE body_len | u32 LE header_len | header (bincode 2, standard config) | item section
+//! ```
+//!
+//! The header is a [`Message`]. Frames that carry items ([`Message::Batch`] and
+//! [`Message::Results`]) append an item section: `u32 LE count`, `count` end offsets
+//! (`u32 LE`, cumulative) and the items' bytes, back to back. Items are opaque blobs
+//! encoded by the job's [`Codec`]; the protocol never looks inside them.
+//!
+//! # Guarantees
+//!
+//! * The length prefix is checked against the reader's maximum *before* anything is
+//!   allocated ([`read_frame`]).
+//! * Decoding never panics, whatever the bytes: it returns a frame or a precise
+//!   [`DecodeError`]. Item offsets are validated on decode, so [`Items::get`] cannot
+//!   go out of bounds afterwards.
+//! * A clean end of stream at a frame boundary is `Ok(None)`; an end in the middle of
+//!   a frame is [`DecodeError::Truncated`].
+#![deny(missing_docs)]
+
+mod codec;
+mod items;
+mod message;
+
+pub use codec::{decode_body, encode_frame, read_frame, write_frame, DecodeError, EncodeError};
+pub use items::Items;
+pub use message::{
+    BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Message,
+    ResultsHeader,
+};
+
+/// The protocol version spoken by this build. Bumped on any incompatible change to a
+/// frame; the handshake refuses a peer that speaks another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The default maximum size of one frame body, in bytes, on both sides.
+///
+/// A batch is cut before it would exceed this, and a single item larger than it is
+/// an error for that item.
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// The most bytes a frame header may take. Headers are small (names, ids, error
+/// messages); this bounds what a lying length inside a header can make us allocate.
+pub const MAX_HEADER: usize = 16 << 20;
+
+/// Failure messages are cut to this many bytes before they travel.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Environment variable naming the coordinator's socket, set for every worker.
+pub const ENV_SOCKET: &str = "PSTREAM_SOCKET";
+/// Environment variable carrying the worker's authentication token (hex).
+pub const ENV_TOKEN: &str = "PSTREAM_TOKEN";
+/// Environment variable carrying the worker's maximum frame size.
+pub const ENV_MAX_FRAME: &str = "PSTREAM_MAX_FRAME";
+/// Environment variable asking a plugin to describe its functions and exit: the
+/// value is the path of a file to write the JSON list to.
+pub const ENV_DESCRIBE: &str = "PSTREAM_DESCRIBE";
+
+/// Cut a message to at most [`MAX_MESSAGE`] bytes, on a character boundary.
+pub fn truncate_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}

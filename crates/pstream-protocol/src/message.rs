@@ -1,0 +1,156 @@
+//! The frame headers. `docs/protocol.md` describes each one field by field; a change
+//! here is a change there and, if incompatible, a new [`crate::PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::Items;
+
+/// One decoded frame: its header and, for batches and results, its items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// What the frame says.
+    pub message: Message,
+    /// The items of a `Batch` or `Results` frame; empty for the others.
+    pub items: Items,
+}
+
+impl Frame {
+    /// A frame without items.
+    pub fn control(message: Message) -> Frame {
+        Frame {
+            message,
+            items: Items::new(),
+        }
+    }
+}
+
+/// A frame header.
+///
+/// `Hello` must stay the first variant and keep `protocol_version` as its first
+/// field: that is what lets two builds of different versions still tell each other
+/// which versions they speak.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Worker → coordinator, first frame on a connection.
+    Hello(Hello),
+    /// Coordinator → worker: the worker is accepted.
+    Welcome {
+        /// The worker's id in this pool (for logs).
+        worker_id: u32,
+        /// The largest frame the coordinator accepts from this worker.
+        max_frame: u32,
+    },
+    /// Coordinator → worker: the worker is refused; it exits.
+    Reject {
+        /// Why, for the worker's log.
+        reason: String,
+    },
+    /// Coordinator → worker: items to compute. Followed by the items.
+    Batch(BatchHeader),
+    /// Worker → coordinator: one outcome per item of a batch, in the batch's order.
+    /// Followed by the items: the encoded value of each item that succeeded, an empty
+    /// slot for each item listed in `failures`.
+    Results(ResultsHeader),
+    /// Coordinator → worker: drop every queued batch of this job; results of it that
+    /// are still computed will be ignored.
+    Cancel {
+        /// The job.
+        job: u64,
+    },
+    /// Coordinator → worker: finish the batch in hand, then exit 0.
+    Shutdown,
+}
+
+/// The worker's introduction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::PROTOCOL_VERSION`] of the worker's build. Must stay the first field.
+    pub protocol_version: u32,
+    /// The token the coordinator gave this worker in its environment.
+    pub token: String,
+    /// The worker's process id, checked against the socket's peer credentials.
+    pub pid: u32,
+    /// How many items the worker will hold at once (in work and queued); the
+    /// coordinator never sends more than this.
+    pub capacity: u32,
+    /// The largest frame the worker accepts.
+    pub max_frame: u32,
+    /// The functions this worker serves.
+    pub functions: Vec<FunctionInfo>,
+}
+
+/// A function a worker serves, as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    /// The name calls use.
+    pub name: String,
+    /// The input type, as written in the source (for humans).
+    pub input_type: String,
+    /// The output type, as written in the source (for humans).
+    pub output_type: String,
+}
+
+/// How a job's items are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Codec {
+    /// bincode 2 with serde, standard configuration: typed library use.
+    Bincode,
+    /// One JSON value per item: the command-line launcher.
+    Json,
+}
+
+/// The header of a batch of items to compute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    /// The job the batch belongs to.
+    pub job: u64,
+    /// The batch's number within the job, echoed in its results.
+    pub seq: u64,
+    /// The function to apply.
+    pub function: String,
+    /// How the items and their results are encoded.
+    pub codec: Codec,
+    /// The index, in the job's input, of the batch's first item (for logs).
+    pub first_index: u64,
+}
+
+/// The header of the results of one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultsHeader {
+    /// The job, as in the batch.
+    pub job: u64,
+    /// The batch's number, as in the batch.
+    pub seq: u64,
+    /// The items that failed, by their position in the batch, ascending.
+    pub failures: Vec<ItemFailure>,
+}
+
+/// Why one item of a batch has no value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemFailure {
+    /// The item's position in its batch.
+    pub slot: u32,
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// The panic message or the function's error, cut to [`crate::MAX_MESSAGE`].
+    pub message: String,
+    /// Where a panic happened (`file:line:column`), when known.
+    pub location: Option<String>,
+}
+
+/// The kinds of failure a worker reports for one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The function panicked.
+    Panicked,
+    /// The function returned an error.
+    Failed,
+    /// The item's bytes did not decode as the function's input type.
+    Decode,
+    /// The function's output could not be encoded.
+    Encode,
+    /// The worker does not serve the named function.
+    UnknownFunction,
+    /// The encoded output is larger than a frame may carry.
+    TooLarge,
+}
