@@ -122,12 +122,6 @@ impl Items {
         self.close_item();
     }
 
-    /// The bytes the last item would have if it were closed now: for callers that
-    /// need to check an item's size before committing it.
-    pub fn open_item_len(&self) -> usize {
-        self.data_len() - self.ends.last().map_or(0, |&e| e as usize)
-    }
-
     /// Remove the last item, if any.
     pub fn pop(&mut self) {
         if self.ends.pop().is_some() {

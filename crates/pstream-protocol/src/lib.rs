@@ -29,10 +29,12 @@
 #![deny(missing_docs)]
 
 mod codec;
+mod function;
 mod items;
 mod message;
 
 pub use codec::{decode_body, encode_frame, read_frame, write_frame, DecodeError, EncodeError};
+pub use function::Function;
 pub use items::Items;
 pub use message::{
     BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Message,
@@ -62,9 +64,8 @@ pub const ENV_SOCKET: &str = "PSTREAM_SOCKET";
 pub const ENV_TOKEN: &str = "PSTREAM_TOKEN";
 /// Environment variable carrying the worker's maximum frame size.
 pub const ENV_MAX_FRAME: &str = "PSTREAM_MAX_FRAME";
-/// Environment variable asking a plugin to describe its functions and exit: the
-/// value is the path of a file to write the JSON list to.
-pub const ENV_DESCRIBE: &str = "PSTREAM_DESCRIBE";
+/// Environment variable carrying how many items the worker may hold at once.
+pub const ENV_CAPACITY: &str = "PSTREAM_CAPACITY";
 
 /// Cut a message to at most [`MAX_MESSAGE`] bytes, on a character boundary.
 pub fn truncate_message(mut message: String) -> String {

@@ -95,8 +95,12 @@ pub struct FunctionInfo {
 pub enum Codec {
     /// bincode 2 with serde, standard configuration: typed library use.
     Bincode,
-    /// One JSON value per item: the command-line launcher.
+    /// One JSON value per item: the command-line launcher's `jsonl` format.
     Json,
+    /// One line of text per item, given to the function as a string; a string
+    /// result comes back as its raw text (if it holds no newline), any other result
+    /// as JSON. The command-line launcher's `lines` format.
+    Lines,
 }
 
 /// The header of a batch of items to compute.

@@ -1,0 +1,272 @@
+//! Named, typed functions and their type-erased entry points.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+use pstream_protocol::{Codec, FailureKind, FunctionInfo};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Why one call failed (other than by panicking).
+#[derive(Debug)]
+pub struct CallError {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// Why, for the user.
+    pub message: String,
+}
+
+impl CallError {
+    fn new(kind: FailureKind, message: impl fmt::Display) -> CallError {
+        CallError {
+            kind,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The type-erased entry point of a registered function: decode `input` with the
+/// codec, call, append the encoded result to `out`.
+pub type CallFn = fn(Codec, &[u8], &mut Vec<u8>) -> Result<(), CallError>;
+
+/// One entry of the link-time registry, submitted by [`crate::function!`].
+#[derive(Debug)]
+pub struct Registration {
+    /// The name calls use.
+    pub name: &'static str,
+    /// The input type as written in the source.
+    pub input_type: &'static str,
+    /// The output type as written in the source.
+    pub output_type: &'static str,
+    /// The entry point.
+    pub call: CallFn,
+}
+
+inventory::collect!(Registration);
+
+/// Every function linked into this binary, by name.
+pub fn registry() -> &'static HashMap<&'static str, &'static Registration> {
+    static REGISTRY: OnceLock<HashMap<&'static str, &'static Registration>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut map = HashMap::new();
+        for reg in inventory::iter::<Registration> {
+            if let Some(previous) = map.insert(reg.name, reg) {
+                // Two functions with one name would make calls ambiguous: refuse loudly.
+                panic!(
+                    "pstream: two functions are registered as `{}` ({} -> {} and {} -> {})",
+                    reg.name,
+                    previous.input_type,
+                    previous.output_type,
+                    reg.input_type,
+                    reg.output_type
+                );
+            }
+        }
+        map
+    })
+}
+
+/// The functions this binary serves, sorted by name, as the handshake lists them.
+pub fn functions() -> Vec<FunctionInfo> {
+    let mut list: Vec<FunctionInfo> = registry()
+        .values()
+        .map(|r| FunctionInfo {
+            name: r.name.to_string(),
+            input_type: r.input_type.to_string(),
+            output_type: r.output_type.to_string(),
+        })
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    list
+}
+
+fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8]) -> Result<In, CallError> {
+    match codec {
+        Codec::Bincode => {
+            match bincode::serde::decode_from_slice::<In, _>(input, bincode::config::standard()) {
+                Ok((value, used)) if used == input.len() => Ok(value),
+                Ok((_, used)) => Err(CallError::new(
+                    FailureKind::Decode,
+                    format!("{} bytes left over after the input value", input.len() - used),
+                )),
+                Err(e) => Err(CallError::new(FailureKind::Decode, e)),
+            }
+        }
+        Codec::Json => {
+            serde_json::from_slice(input).map_err(|e| CallError::new(FailureKind::Decode, e))
+        }
+        Codec::Lines => {
+            let text = std::str::from_utf8(input)
+                .map_err(|e| CallError::new(FailureKind::Decode, format!("not UTF-8: {e}")))?;
+            In::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(
+                text,
+            ))
+            .map_err(|e| CallError::new(FailureKind::Decode, e))
+        }
+    }
+}
+
+fn encode<Out: Serialize>(codec: Codec, value: &Out, out: &mut Vec<u8>) -> Result<(), CallError> {
+    match codec {
+        Codec::Bincode => bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
+            .map(drop)
+            .map_err(|e| CallError::new(FailureKind::Encode, e)),
+        Codec::Json => {
+            serde_json::to_writer(&mut *out, value).map_err(|e| CallError::new(FailureKind::Encode, e))
+        }
+        Codec::Lines => {
+            let start = out.len();
+            serde_json::to_writer(&mut *out, value)
+                .map_err(|e| CallError::new(FailureKind::Encode, e))?;
+            // A string goes out as its raw text, unless that would break the line.
+            if out.get(start) == Some(&b'"') {
+                if let Ok(text) = serde_json::from_slice::<String>(&out[start..]) {
+                    if !text.contains(['\n', '\r']) {
+                        out.truncate(start);
+                        out.extend_from_slice(text.as_bytes());
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[doc(hidden)]
+pub fn __call_plain<In: DeserializeOwned, Out: Serialize>(
+    f: fn(In) -> Out,
+    codec: Codec,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CallError> {
+    let value = f(decode(codec, input)?);
+    encode(codec, &value, out)
+}
+
+#[doc(hidden)]
+pub fn __call_fallible<In: DeserializeOwned, Out: Serialize, E: fmt::Display>(
+    f: fn(In) -> Result<Out, E>,
+    codec: Codec,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CallError> {
+    match f(decode(codec, input)?) {
+        Ok(value) => encode(codec, &value, out),
+        Err(e) => Err(CallError::new(FailureKind::Failed, e)),
+    }
+}
+
+/// Define a function that workers serve, and a typed handle to call it with.
+///
+/// ```
+/// pstream_worker::function! {
+///     /// Twice the input.
+///     pub fn twice(x: i64) -> i64 { x * 2 }
+/// }
+/// pstream_worker::function! {
+///     fn parse(s: String) -> Result<u32, std::num::ParseIntError> { s.parse() }
+/// }
+/// assert_eq!(twice.name(), "twice");
+/// ```
+///
+/// The macro defines a constant named like the function, of type
+/// `Function<In, Out>`, and registers the body under that name at link time, so a
+/// re-executed copy of the binary serves exactly the same functions. A function whose
+/// return type is written `Result<T, E>` (with `E: Display`) has output `T`; an `Err`
+/// becomes an error for that item.
+#[macro_export]
+macro_rules! function {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident ($arg:ident : $in:ty) -> Result<$out:ty, $err:ty> $body:block
+    ) => {
+        $(#[$meta])*
+        #[allow(non_upper_case_globals)]
+        $vis const $name: $crate::Function<$in, $out> = $crate::Function::__new(stringify!($name));
+        const _: () = {
+            fn __body($arg: $in) -> ::std::result::Result<$out, $err> $body
+            fn __entry(
+                codec: $crate::__private::Codec,
+                input: &[u8],
+                out: &mut ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<(), $crate::CallError> {
+                $crate::__call_fallible::<$in, $out, $err>(__body, codec, input, out)
+            }
+            $crate::__private::inventory::submit! {
+                $crate::Registration {
+                    name: stringify!($name),
+                    input_type: stringify!($in),
+                    output_type: stringify!($out),
+                    call: __entry,
+                }
+            }
+        };
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident ($arg:ident : $in:ty) -> $out:ty $body:block
+    ) => {
+        $(#[$meta])*
+        #[allow(non_upper_case_globals)]
+        $vis const $name: $crate::Function<$in, $out> = $crate::Function::__new(stringify!($name));
+        const _: () = {
+            fn __body($arg: $in) -> $out $body
+            fn __entry(
+                codec: $crate::__private::Codec,
+                input: &[u8],
+                out: &mut ::std::vec::Vec<u8>,
+            ) -> ::std::result::Result<(), $crate::CallError> {
+                $crate::__call_plain::<$in, $out>(__body, codec, input, out)
+            }
+            $crate::__private::inventory::submit! {
+                $crate::Registration {
+                    name: stringify!($name),
+                    input_type: stringify!($in),
+                    output_type: stringify!($out),
+                    call: __entry,
+                }
+            }
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::function! {
+        fn reg_test_double(x: i64) -> i64 { x * 2 }
+    }
+    crate::function! {
+        fn reg_test_parse(s: String) -> Result<u32, std::num::ParseIntError> { s.parse() }
+    }
+
+    fn call(name: &str, codec: Codec, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        let mut out = Vec::new();
+        (registry()[name].call)(codec, input, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn registered_and_callable_in_every_codec() {
+        assert_eq!(reg_test_parse.name(), "reg_test_parse");
+        assert_eq!(reg_test_double.name(), "reg_test_double");
+        assert_eq!(call("reg_test_double", Codec::Json, b"21").unwrap(), b"42");
+        let input = bincode::serde::encode_to_vec(21i64, bincode::config::standard()).unwrap();
+        let out = call("reg_test_double", Codec::Bincode, &input).unwrap();
+        let (v, _): (i64, _) =
+            bincode::serde::decode_from_slice(&out, bincode::config::standard()).unwrap();
+        assert_eq!(v, 42);
+        assert_eq!(call("reg_test_parse", Codec::Lines, b"17").unwrap(), b"17");
+        let err = call("reg_test_parse", Codec::Lines, b"x").unwrap_err();
+        assert_eq!(err.kind, FailureKind::Failed);
+        let err = call("reg_test_double", Codec::Json, b"\"x\"").unwrap_err();
+        assert_eq!(err.kind, FailureKind::Decode);
+        let err = call("reg_test_double", Codec::Bincode, &[]).unwrap_err();
+        assert_eq!(err.kind, FailureKind::Decode);
+        assert!(functions().iter().any(|f| f.name == "reg_test_parse"
+            && f.input_type == "String"
+            && f.output_type == "u32"));
+    }
+}

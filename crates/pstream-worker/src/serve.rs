@@ -1,0 +1,297 @@
+//! The serve loop: connect, introduce ourselves, compute batches until told to stop.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::net::UnixStream;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use pstream_protocol::{
+    read_frame, truncate_message, write_frame, BatchHeader, DecodeError, EncodeError,
+    FailureKind, Frame, Hello, ItemFailure, Items, Message, ResultsHeader, DEFAULT_MAX_FRAME,
+    ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
+};
+
+use crate::registry::{functions, registry};
+
+/// How many items a worker holds by default: room for a batch in work and one queued.
+pub const DEFAULT_CAPACITY: u32 = 8192;
+
+/// Why a worker stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Started without the environment a coordinator sets.
+    #[error(
+        "{ENV_SOCKET} is not set: this is a pstream worker, started by a coordinator \
+         (for example `pstream-coord run --plugin <this binary> ...`), not by hand"
+    )]
+    NotAWorker,
+    /// The environment is set but unusable.
+    #[error("invalid worker environment: {0}")]
+    Environment(String),
+    /// Could not reach the coordinator.
+    #[error("connect to the coordinator at {path}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The coordinator refused us.
+    #[error("the coordinator rejected this worker: {0}")]
+    Rejected(String),
+    /// The coordinator sent something we cannot read.
+    #[error("read from the coordinator")]
+    Read(#[source] DecodeError),
+    /// We could not send.
+    #[error("write to the coordinator")]
+    Write(#[source] EncodeError),
+    /// The coordinator broke the protocol.
+    #[error("protocol violation by the coordinator: {0}")]
+    Protocol(String),
+}
+
+/// Serve the functions of this binary to the coordinator named by the environment,
+/// until it says `Shutdown` or closes the connection.
+pub fn serve_from_env() -> Result<(), WorkerError> {
+    let path = std::env::var_os(ENV_SOCKET).ok_or(WorkerError::NotAWorker)?;
+    let token = std::env::var(ENV_TOKEN)
+        .map_err(|_| WorkerError::Environment(format!("{ENV_TOKEN} is not set")))?;
+    let max_frame = env_number(ENV_MAX_FRAME, DEFAULT_MAX_FRAME as u64)?;
+    let capacity = env_number(ENV_CAPACITY, DEFAULT_CAPACITY as u64)?;
+    let config = Config {
+        path: PathBuf::from(path),
+        token,
+        max_frame: usize::try_from(max_frame.min(u32::MAX as u64)).unwrap_or(DEFAULT_MAX_FRAME),
+        capacity: capacity.clamp(1, u32::MAX as u64) as u32,
+    };
+    serve(&config)
+}
+
+fn env_number(name: &str, default: u64) -> Result<u64, WorkerError> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| WorkerError::Environment(format!("{name}={v} is not a number"))),
+        Err(_) => Ok(default),
+    }
+}
+
+struct Config {
+    path: PathBuf,
+    token: String,
+    max_frame: usize,
+    capacity: u32,
+}
+
+enum Inbound {
+    Batch(Frame),
+    Shutdown,
+    Closed,
+    Failed(WorkerError),
+}
+
+fn serve(config: &Config) -> Result<(), WorkerError> {
+    let stream = UnixStream::connect(&config.path).map_err(|source| WorkerError::Connect {
+        path: config.path.clone(),
+        source,
+    })?;
+    let mut writer = BufWriter::with_capacity(1 << 16, stream.try_clone().map_err(connect_err(config))?);
+    let mut reader = BufReader::with_capacity(1 << 16, stream);
+
+    let hello = Message::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token: config.token.clone(),
+        pid: std::process::id(),
+        capacity: config.capacity,
+        max_frame: config.max_frame as u32,
+        functions: functions(),
+    });
+    write_frame(&mut writer, &hello, &Items::new(), usize::MAX).map_err(WorkerError::Write)?;
+    writer.flush().map_err(|e| WorkerError::Write(EncodeError::Io(e)))?;
+
+    let peer_max = match read_frame(&mut reader, config.max_frame).map_err(WorkerError::Read)? {
+        Some(Frame {
+            message: Message::Welcome { max_frame, .. },
+            ..
+        }) => max_frame as usize,
+        Some(Frame {
+            message: Message::Reject { reason },
+            ..
+        }) => return Err(WorkerError::Rejected(reason)),
+        Some(other) => {
+            return Err(WorkerError::Protocol(format!(
+                "expected Welcome, got {:?}",
+                other.message
+            )))
+        }
+        None => return Err(WorkerError::Rejected("connection closed before Welcome".into())),
+    };
+
+    // A reader thread keeps the next batch coming while this thread computes, and
+    // hears Cancel while a batch is in work.
+    let cancelled: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let max_frame = config.max_frame;
+    let reader_cancelled = Arc::clone(&cancelled);
+    std::thread::Builder::new()
+        .name("pstream-worker-reader".into())
+        .spawn(move || loop {
+            let inbound = match read_frame(&mut reader, max_frame) {
+                Ok(Some(frame)) => match frame.message {
+                    Message::Batch(_) => Inbound::Batch(frame),
+                    Message::Cancel { job } => {
+                        reader_cancelled.lock().unwrap().insert(job);
+                        continue;
+                    }
+                    Message::Shutdown => Inbound::Shutdown,
+                    other => Inbound::Failed(WorkerError::Protocol(format!(
+                        "unexpected frame {other:?}"
+                    ))),
+                },
+                Ok(None) => Inbound::Closed,
+                Err(e) => Inbound::Failed(WorkerError::Read(e)),
+            };
+            let last = !matches!(inbound, Inbound::Batch(_));
+            if tx.send(inbound).is_err() || last {
+                return;
+            }
+        })
+        .expect("spawn the worker's reader thread");
+
+    install_panic_hook();
+    loop {
+        match rx.recv() {
+            Ok(Inbound::Batch(frame)) => {
+                let Message::Batch(header) = frame.message else {
+                    unreachable!("only batches are queued")
+                };
+                let skip = cancelled.lock().unwrap().contains(&header.job);
+                let (results, items) = if skip {
+                    // Answer with no items: the coordinator frees the credit.
+                    (
+                        ResultsHeader {
+                            job: header.job,
+                            seq: header.seq,
+                            failures: Vec::new(),
+                        },
+                        Items::new(),
+                    )
+                } else {
+                    compute(&header, &frame.items, peer_max)
+                };
+                write_frame(&mut writer, &Message::Results(results), &items, peer_max)
+                    .map_err(WorkerError::Write)?;
+                writer
+                    .flush()
+                    .map_err(|e| WorkerError::Write(EncodeError::Io(e)))?;
+            }
+            Ok(Inbound::Shutdown) | Ok(Inbound::Closed) | Err(_) => return Ok(()),
+            Ok(Inbound::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+fn connect_err(config: &Config) -> impl Fn(std::io::Error) -> WorkerError + '_ {
+    move |source| WorkerError::Connect {
+        path: config.path.clone(),
+        source,
+    }
+}
+
+/// Frame overhead we keep free below the peer's limit: header and offsets.
+fn frame_overhead(items: usize, failures: usize) -> usize {
+    4096 + 4 * items + failures * (pstream_protocol::MAX_MESSAGE + 64)
+}
+
+fn compute(header: &BatchHeader, items: &Items, peer_max: usize) -> (ResultsHeader, Items) {
+    let mut out = Items::with_capacity(items.len(), items.data_len());
+    let mut failures = Vec::new();
+    let function = registry().get(header.function.as_str());
+    for (slot, input) in items.iter().enumerate() {
+        let outcome = match function {
+            None => Err((
+                FailureKind::UnknownFunction,
+                format!("this worker does not serve a function named `{}`", header.function),
+                None,
+            )),
+            Some(reg) => out.push_with(|buf| {
+                match panic::catch_unwind(AssertUnwindSafe(|| (reg.call)(header.codec, input, buf))) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err((e.kind, e.message, None)),
+                    Err(payload) => {
+                        let (message, location) = take_panic(payload);
+                        Err((FailureKind::Panicked, message, location))
+                    }
+                }
+            }),
+        };
+        let outcome = outcome.and_then(|()| {
+            let budget = peer_max.saturating_sub(frame_overhead(items.len(), failures.len() + 1));
+            if out.data_len() > budget {
+                let size = out.get(out.len() - 1).map_or(0, <[u8]>::len);
+                out.pop();
+                Err((
+                    FailureKind::TooLarge,
+                    format!(
+                        "the result ({size} bytes) does not fit in a frame of at most {peer_max} bytes \
+                         with the batch's other results; raise the frame limit"
+                    ),
+                    None,
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err((kind, message, location)) = outcome {
+            out.push_empty();
+            failures.push(ItemFailure {
+                slot: slot as u32,
+                kind,
+                message: truncate_message(message),
+                location,
+            });
+        }
+    }
+    (
+        ResultsHeader {
+            job: header.job,
+            seq: header.seq,
+            failures,
+        },
+        out,
+    )
+}
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+}
+
+/// Record each panic's message and location for the item's error, instead of printing
+/// it: the coordinator reports it with the item's index.
+fn install_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        let message = payload_message(info.payload());
+        let location = info.location().map(|l| l.to_string());
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+    }));
+}
+
+fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panicked with a non-string payload".to_string()
+    }
+}
+
+fn take_panic(payload: Box<dyn std::any::Any + Send>) -> (String, Option<String>) {
+    LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| (payload_message(&*payload), None))
+}
