@@ -1,0 +1,27 @@
+//! The pstream coordinator: a pool of worker processes that maps registered
+//! functions over streams of items.
+//!
+//! The parts:
+//! * `pool`: [`ProcessPool`] and its [`PoolBuilder`], the public face;
+//! * `engine`: the supervisor thread that owns the workers, dispatches batches
+//!   against credit, and recovers from crashes and hangs;
+//! * `job`: the feeder thread that reads a job's input within the window, and the
+//!   result iterators that reassemble the order;
+//! * `door`: the private socket and the handshake checks;
+//! * `process`: starting, signalling and reaping worker processes;
+//! * `error`, `stats`: what users get back.
+#![deny(missing_docs)]
+
+mod door;
+mod engine;
+mod error;
+mod job;
+mod pool;
+mod process;
+mod stats;
+
+pub use error::{ExitCause, ItemError, ItemErrorKind, PoolError};
+pub use job::{Indexed, MapResults, RawResults};
+pub use pool::{PoolBuilder, ProcessPool, DEFAULT_WINDOW};
+pub use pstream_protocol::{Codec, Function, FunctionInfo};
+pub use stats::{JobStats, PoolStats};

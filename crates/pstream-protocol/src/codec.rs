@@ -187,12 +187,16 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
 pub fn decode_body(body: Vec<u8>) -> Result<Frame, DecodeError> {
     let header_len = read_u32(&body, 0).ok_or(DecodeError::Malformed("no header length"))? as usize;
     if header_len > MAX_HEADER {
-        return Err(DecodeError::Malformed("header longer than the header limit"));
+        return Err(DecodeError::Malformed(
+            "header longer than the header limit",
+        ));
     }
     let header_end = 4usize
         .checked_add(header_len)
         .filter(|&e| e <= body.len())
-        .ok_or(DecodeError::Malformed("header length past the end of the frame"))?;
+        .ok_or(DecodeError::Malformed(
+            "header length past the end of the frame",
+        ))?;
     let header = &body[4..header_end];
     let message = match bincode::serde::decode_from_slice::<Message, _>(header, header_config()) {
         Ok((message, used)) if used == header_len => message,
@@ -214,17 +218,22 @@ pub fn decode_body(body: Vec<u8>) -> Result<Frame, DecodeError> {
     };
     if !carries_items(&message) {
         if header_end != body.len() {
-            return Err(DecodeError::Malformed("items after a frame that carries none"));
+            return Err(DecodeError::Malformed(
+                "items after a frame that carries none",
+            ));
         }
         return Ok(Frame::control(message));
     }
-    let count = read_u32(&body, header_end).ok_or(DecodeError::Malformed("no item count"))? as usize;
+    let count =
+        read_u32(&body, header_end).ok_or(DecodeError::Malformed("no item count"))? as usize;
     let ends_start = header_end + 4;
     let data_start = count
         .checked_mul(4)
         .and_then(|n| n.checked_add(ends_start))
         .filter(|&s| s <= body.len())
-        .ok_or(DecodeError::Malformed("item count past the end of the frame"))?;
+        .ok_or(DecodeError::Malformed(
+            "item count past the end of the frame",
+        ))?;
     let data_len = body.len() - data_start;
     let mut ends = Vec::with_capacity(count);
     let mut last = 0u32;
@@ -237,7 +246,9 @@ pub fn decode_body(body: Vec<u8>) -> Result<Frame, DecodeError> {
         ends.push(end);
     }
     if last as usize != data_len {
-        return Err(DecodeError::Malformed("item offsets do not match the item bytes"));
+        return Err(DecodeError::Malformed(
+            "item offsets do not match the item bytes",
+        ));
     }
     Ok(Frame {
         message,
@@ -280,6 +291,7 @@ mod tests {
             Frame::control(Message::Welcome {
                 worker_id: 3,
                 max_frame: 99,
+                flush_interval_us: 2000,
             }),
             Frame::control(Message::Reject {
                 reason: "bad token".into(),
@@ -298,6 +310,7 @@ mod tests {
                 message: Message::Results(ResultsHeader {
                     job: 1,
                     seq: 7,
+                    offset: 4,
                     failures: vec![ItemFailure {
                         slot: 1,
                         kind: FailureKind::Panicked,
@@ -338,7 +351,13 @@ mod tests {
             assert!(reader.is_empty());
             // write_frame produces the same bytes.
             let mut written = Vec::new();
-            write_frame(&mut written, &frame.message, &frame.items, DEFAULT_MAX_FRAME).unwrap();
+            write_frame(
+                &mut written,
+                &frame.message,
+                &frame.items,
+                DEFAULT_MAX_FRAME,
+            )
+            .unwrap();
             assert_eq!(written, bytes);
         }
     }
@@ -374,13 +393,22 @@ mod tests {
     fn malformed_literals() {
         // header length past the end
         let body = [200, 0, 0, 0, 1, 2];
-        assert!(matches!(decode_body(body.to_vec()), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_body(body.to_vec()),
+            Err(DecodeError::Malformed(_))
+        ));
         // unknown message variant
         let body = [1, 0, 0, 0, 99];
-        assert!(matches!(decode_body(body.to_vec()), Err(DecodeError::Header(_))));
+        assert!(matches!(
+            decode_body(body.to_vec()),
+            Err(DecodeError::Header(_))
+        ));
         // Shutdown (variant 6) with stray item bytes
         let body = [1, 0, 0, 0, 6, 1];
-        assert!(matches!(decode_body(body.to_vec()), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_body(body.to_vec()),
+            Err(DecodeError::Malformed(_))
+        ));
         // Cancel with a huge item count would be malformed, not an allocation
         let mut bytes = encode(&all_frames()[3]);
         let header_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
@@ -399,7 +427,16 @@ mod tests {
         };
         h.protocol_version = PROTOCOL_VERSION + 1;
         // A future Hello with an extra field we do not know.
-        let future = (0u32, h.protocol_version, "token", 1u32, 2u32, 3u32, 4u32, 5u64);
+        let future = (
+            0u32,
+            h.protocol_version,
+            "token",
+            1u32,
+            2u32,
+            3u32,
+            4u32,
+            5u64,
+        );
         let header = bincode::serde::encode_to_vec(future, header_config()).unwrap();
         let mut body = (header.len() as u32).to_le_bytes().to_vec();
         body.extend_from_slice(&header);

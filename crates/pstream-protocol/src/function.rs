@@ -45,4 +45,3 @@ impl<In, Out> fmt::Debug for Function<In, Out> {
         )
     }
 }
-

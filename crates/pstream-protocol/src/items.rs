@@ -199,7 +199,10 @@ mod tests {
         assert_eq!(items.get(3), None);
         let all: Vec<&[u8]> = items.iter().collect();
         assert_eq!(all, vec![&b"abc"[..], b"", b"de"]);
-        assert_eq!(items.slice(1..3).iter().collect::<Vec<_>>(), vec![&b""[..], b"de"]);
+        assert_eq!(
+            items.slice(1..3).iter().collect::<Vec<_>>(),
+            vec![&b""[..], b"de"]
+        );
         items.pop();
         assert_eq!(items.len(), 2);
         assert_eq!(items.data(), b"abc");

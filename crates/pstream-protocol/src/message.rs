@@ -39,6 +39,10 @@ pub enum Message {
         worker_id: u32,
         /// The largest frame the coordinator accepts from this worker.
         max_frame: u32,
+        /// How often, at most, the worker should send the results it has while a
+        /// batch is in work, in microseconds. The coordinator's item time limit
+        /// relies on this progress.
+        flush_interval_us: u32,
     },
     /// Coordinator → worker: the worker is refused; it exits.
     Reject {
@@ -47,9 +51,12 @@ pub enum Message {
     },
     /// Coordinator → worker: items to compute. Followed by the items.
     Batch(BatchHeader),
-    /// Worker → coordinator: one outcome per item of a batch, in the batch's order.
-    /// Followed by the items: the encoded value of each item that succeeded, an empty
-    /// slot for each item listed in `failures`.
+    /// Worker → coordinator: the outcomes of consecutive items of a batch, from
+    /// position `offset` on. A batch's results may come in several frames, in order,
+    /// so results flow while a long batch is still in work. Followed by the items:
+    /// the encoded value of each item that succeeded, an empty slot for each item
+    /// listed in `failures`. A frame with no items and offset 0 answers a batch of a
+    /// cancelled job that the worker skipped.
     Results(ResultsHeader),
     /// Coordinator → worker: drop every queued batch of this job; results of it that
     /// are still computed will be ignored.
@@ -125,14 +132,16 @@ pub struct ResultsHeader {
     pub job: u64,
     /// The batch's number, as in the batch.
     pub seq: u64,
-    /// The items that failed, by their position in the batch, ascending.
+    /// The position in the batch of this frame's first item.
+    pub offset: u32,
+    /// The items that failed, by their position in this frame, ascending.
     pub failures: Vec<ItemFailure>,
 }
 
 /// Why one item of a batch has no value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemFailure {
-    /// The item's position in its batch.
+    /// The item's position in its frame.
     pub slot: u32,
     /// What kind of failure.
     pub kind: FailureKind,

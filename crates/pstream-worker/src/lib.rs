@@ -20,9 +20,9 @@ mod registry;
 mod serve;
 
 pub use pstream_protocol::Function;
-pub use registry::{functions, registry, CallError, CallFn, Registration};
 #[doc(hidden)]
 pub use registry::{__call_fallible, __call_plain};
+pub use registry::{functions, registry, CallError, CallFn, Registration};
 pub use serve::{serve_from_env, WorkerError, DEFAULT_CAPACITY};
 
 #[doc(hidden)]
@@ -62,7 +62,10 @@ fn exit_after_serving() -> ! {
     match serve_from_env() {
         Ok(()) => std::process::exit(0),
         Err(e) => {
-            let mut message = format!("pstream worker {}: failed to serve: {e}", std::process::id());
+            let mut message = format!(
+                "pstream worker {}: failed to serve: {e}",
+                std::process::id()
+            );
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
                 message.push_str(&format!(": {s}"));

@@ -88,7 +88,10 @@ fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8]) -> Result<In, CallEr
                 Ok((value, used)) if used == input.len() => Ok(value),
                 Ok((_, used)) => Err(CallError::new(
                     FailureKind::Decode,
-                    format!("{} bytes left over after the input value", input.len() - used),
+                    format!(
+                        "{} bytes left over after the input value",
+                        input.len() - used
+                    ),
                 )),
                 Err(e) => Err(CallError::new(FailureKind::Decode, e)),
             }
@@ -99,22 +102,21 @@ fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8]) -> Result<In, CallEr
         Codec::Lines => {
             let text = std::str::from_utf8(input)
                 .map_err(|e| CallError::new(FailureKind::Decode, format!("not UTF-8: {e}")))?;
-            In::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(
-                text,
-            ))
-            .map_err(|e| CallError::new(FailureKind::Decode, e))
+            In::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(text))
+                .map_err(|e| CallError::new(FailureKind::Decode, e))
         }
     }
 }
 
 fn encode<Out: Serialize>(codec: Codec, value: &Out, out: &mut Vec<u8>) -> Result<(), CallError> {
     match codec {
-        Codec::Bincode => bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
-            .map(drop)
-            .map_err(|e| CallError::new(FailureKind::Encode, e)),
-        Codec::Json => {
-            serde_json::to_writer(&mut *out, value).map_err(|e| CallError::new(FailureKind::Encode, e))
+        Codec::Bincode => {
+            bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
+                .map(drop)
+                .map_err(|e| CallError::new(FailureKind::Encode, e))
         }
+        Codec::Json => serde_json::to_writer(&mut *out, value)
+            .map_err(|e| CallError::new(FailureKind::Encode, e)),
         Codec::Lines => {
             let start = out.len();
             serde_json::to_writer(&mut *out, value)

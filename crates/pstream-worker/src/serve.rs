@@ -7,11 +7,12 @@ use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pstream_protocol::{
-    read_frame, truncate_message, write_frame, BatchHeader, DecodeError, EncodeError,
-    FailureKind, Frame, Hello, ItemFailure, Items, Message, ResultsHeader, DEFAULT_MAX_FRAME,
-    ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
+    read_frame, truncate_message, write_frame, BatchHeader, DecodeError, EncodeError, FailureKind,
+    Frame, Hello, ItemFailure, Items, Message, ResultsHeader, DEFAULT_MAX_FRAME, ENV_CAPACITY,
+    ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
 };
 
 use crate::registry::{functions, registry};
@@ -99,7 +100,8 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
         path: config.path.clone(),
         source,
     })?;
-    let mut writer = BufWriter::with_capacity(1 << 16, stream.try_clone().map_err(connect_err(config))?);
+    let mut writer =
+        BufWriter::with_capacity(1 << 16, stream.try_clone().map_err(connect_err(config))?);
     let mut reader = BufReader::with_capacity(1 << 16, stream);
 
     let hello = Message::Hello(Hello {
@@ -111,25 +113,40 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
         functions: functions(),
     });
     write_frame(&mut writer, &hello, &Items::new(), usize::MAX).map_err(WorkerError::Write)?;
-    writer.flush().map_err(|e| WorkerError::Write(EncodeError::Io(e)))?;
+    writer
+        .flush()
+        .map_err(|e| WorkerError::Write(EncodeError::Io(e)))?;
 
-    let peer_max = match read_frame(&mut reader, config.max_frame).map_err(WorkerError::Read)? {
-        Some(Frame {
-            message: Message::Welcome { max_frame, .. },
-            ..
-        }) => max_frame as usize,
-        Some(Frame {
-            message: Message::Reject { reason },
-            ..
-        }) => return Err(WorkerError::Rejected(reason)),
-        Some(other) => {
-            return Err(WorkerError::Protocol(format!(
-                "expected Welcome, got {:?}",
-                other.message
-            )))
-        }
-        None => return Err(WorkerError::Rejected("connection closed before Welcome".into())),
-    };
+    let (peer_max, flush_interval) =
+        match read_frame(&mut reader, config.max_frame).map_err(WorkerError::Read)? {
+            Some(Frame {
+                message:
+                    Message::Welcome {
+                        max_frame,
+                        flush_interval_us,
+                        ..
+                    },
+                ..
+            }) => (
+                max_frame as usize,
+                Duration::from_micros(u64::from(flush_interval_us.max(100))),
+            ),
+            Some(Frame {
+                message: Message::Reject { reason },
+                ..
+            }) => return Err(WorkerError::Rejected(reason)),
+            Some(other) => {
+                return Err(WorkerError::Protocol(format!(
+                    "expected Welcome, got {:?}",
+                    other.message
+                )))
+            }
+            None => {
+                return Err(WorkerError::Rejected(
+                    "connection closed before Welcome".into(),
+                ))
+            }
+        };
 
     // A reader thread keeps the next batch coming while this thread computes, and
     // hears Cancel while a batch is in work.
@@ -169,25 +186,18 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
                 let Message::Batch(header) = frame.message else {
                     unreachable!("only batches are queued")
                 };
-                let skip = cancelled.lock().unwrap().contains(&header.job);
-                let (results, items) = if skip {
+                if cancelled.lock().unwrap().contains(&header.job) {
                     // Answer with no items: the coordinator frees the credit.
-                    (
-                        ResultsHeader {
-                            job: header.job,
-                            seq: header.seq,
-                            failures: Vec::new(),
-                        },
-                        Items::new(),
-                    )
+                    run_batch(
+                        &header,
+                        &Items::new(),
+                        peer_max,
+                        flush_interval,
+                        &mut writer,
+                    )?;
                 } else {
-                    compute(&header, &frame.items, peer_max)
-                };
-                write_frame(&mut writer, &Message::Results(results), &items, peer_max)
-                    .map_err(WorkerError::Write)?;
-                writer
-                    .flush()
-                    .map_err(|e| WorkerError::Write(EncodeError::Io(e)))?;
+                    run_batch(&header, &frame.items, peer_max, flush_interval, &mut writer)?;
+                }
             }
             Ok(Inbound::Shutdown) | Ok(Inbound::Closed) | Err(_) => return Ok(()),
             Ok(Inbound::Failed(e)) => return Err(e),
@@ -207,19 +217,96 @@ fn frame_overhead(items: usize, failures: usize) -> usize {
     4096 + 4 * items + failures * (pstream_protocol::MAX_MESSAGE + 64)
 }
 
-fn compute(header: &BatchHeader, items: &Items, peer_max: usize) -> (ResultsHeader, Items) {
+/// When to send the results in hand while a batch is in work: after `interval`,
+/// looking at the clock only every `stride` items so tiny items do not pay for it.
+struct FlushClock {
+    interval: Duration,
+    last: Instant,
+    stride: u32,
+    countdown: u32,
+}
+
+impl FlushClock {
+    fn new(interval: Duration) -> FlushClock {
+        FlushClock {
+            interval,
+            last: Instant::now(),
+            stride: 1,
+            countdown: 1,
+        }
+    }
+
+    /// Called after each item: whether it is time to flush.
+    fn due(&mut self) -> bool {
+        self.countdown -= 1;
+        if self.countdown > 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let elapsed = now - self.last;
+        // Aim at looking a few times per interval.
+        if elapsed < self.interval / 16 {
+            self.stride = (self.stride * 2).min(1024);
+        } else if elapsed > self.interval / 4 {
+            self.stride = (self.stride / 2).max(1);
+        }
+        self.countdown = self.stride;
+        if elapsed >= self.interval {
+            self.last = now;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Compute a batch, sending its results in one or more frames.
+fn run_batch(
+    header: &BatchHeader,
+    items: &Items,
+    peer_max: usize,
+    flush_interval: Duration,
+    writer: &mut impl Write,
+) -> Result<(), WorkerError> {
     let mut out = Items::with_capacity(items.len(), items.data_len());
     let mut failures = Vec::new();
+    let mut offset = 0usize;
+    let mut clock = FlushClock::new(flush_interval);
     let function = registry().get(header.function.as_str());
-    for (slot, input) in items.iter().enumerate() {
+    let budget =
+        |items: usize, failures: usize| peer_max.saturating_sub(frame_overhead(items, failures));
+    let mut send = |out: &mut Items,
+                    failures: &mut Vec<ItemFailure>,
+                    offset: &mut usize|
+     -> Result<(), WorkerError> {
+        let results = ResultsHeader {
+            job: header.job,
+            seq: header.seq,
+            offset: *offset as u32,
+            failures: std::mem::take(failures),
+        };
+        write_frame(writer, &Message::Results(results), out, peer_max)
+            .map_err(WorkerError::Write)?;
+        writer
+            .flush()
+            .map_err(|e| WorkerError::Write(EncodeError::Io(e)))?;
+        *offset += out.len();
+        out.clear();
+        Ok(())
+    };
+    for input in items.iter() {
         let outcome = match function {
             None => Err((
                 FailureKind::UnknownFunction,
-                format!("this worker does not serve a function named `{}`", header.function),
+                format!(
+                    "this worker does not serve a function named `{}`",
+                    header.function
+                ),
                 None,
             )),
             Some(reg) => out.push_with(|buf| {
-                match panic::catch_unwind(AssertUnwindSafe(|| (reg.call)(header.codec, input, buf))) {
+                match panic::catch_unwind(AssertUnwindSafe(|| (reg.call)(header.codec, input, buf)))
+                {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err((e.kind, e.message, None)),
                     Err(payload) => {
@@ -229,41 +316,49 @@ fn compute(header: &BatchHeader, items: &Items, peer_max: usize) -> (ResultsHead
                 }
             }),
         };
-        let outcome = outcome.and_then(|()| {
-            let budget = peer_max.saturating_sub(frame_overhead(items.len(), failures.len() + 1));
-            if out.data_len() > budget {
-                let size = out.get(out.len() - 1).map_or(0, <[u8]>::len);
+        let outcome = match outcome {
+            Ok(()) if out.data_len() > budget(out.len(), failures.len()) => {
+                let last = out.get(out.len() - 1).unwrap_or_default().to_vec();
                 out.pop();
-                Err((
-                    FailureKind::TooLarge,
-                    format!(
-                        "the result ({size} bytes) does not fit in a frame of at most {peer_max} bytes \
-                         with the batch's other results; raise the frame limit"
-                    ),
-                    None,
-                ))
-            } else {
-                Ok(())
+                if last.len() > budget(1, 1) {
+                    Err((
+                        FailureKind::TooLarge,
+                        format!(
+                            "the result is {} bytes, more than a frame of at most {peer_max} \
+                             bytes can carry; raise the frame limit",
+                            last.len()
+                        ),
+                        None,
+                    ))
+                } else {
+                    // It fits alone: send what came before, then start afresh with it.
+                    send(&mut out, &mut failures, &mut offset)?;
+                    out.push(&last);
+                    Ok(())
+                }
             }
-        });
-        if let Err((kind, message, location)) = outcome {
-            out.push_empty();
-            failures.push(ItemFailure {
-                slot: slot as u32,
-                kind,
-                message: truncate_message(message),
-                location,
-            });
+            other => other,
+        };
+        match outcome {
+            Ok(()) => {}
+            Err((kind, message, location)) => {
+                out.push_empty();
+                failures.push(ItemFailure {
+                    slot: (out.len() - 1) as u32,
+                    kind,
+                    message: truncate_message(message),
+                    location,
+                });
+            }
+        }
+        if clock.due() && !out.is_empty() {
+            send(&mut out, &mut failures, &mut offset)?;
         }
     }
-    (
-        ResultsHeader {
-            job: header.job,
-            seq: header.seq,
-            failures,
-        },
-        out,
-    )
+    if !out.is_empty() || offset == 0 {
+        send(&mut out, &mut failures, &mut offset)?;
+    }
+    Ok(())
 }
 
 thread_local! {

@@ -1,0 +1,1026 @@
+//! The supervisor: one thread that owns every worker and every job's queue.
+//!
+//! Everything that happens reaches it as an [`Event`] on one channel: a worker
+//! connected, sent a frame, disconnected or exited; a job was submitted, fed a batch,
+//! ran out of input or was cancelled; the pool is shutting down. Between events it
+//! dispatches queued batches against worker credit and watches deadlines (item time
+//! limits, handshakes, respawn backoff, the shutdown grace period).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufWriter, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nix::sys::signal::Signal;
+use pstream_protocol::{
+    read_frame, write_frame, BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello,
+    ItemFailure, Items, Message, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
+};
+
+use crate::door::Checks;
+use crate::error::{ExitCause, ItemErrorKind, PoolError};
+use crate::job::{JobCounters, JobMsg, ResultBatch};
+use crate::process::{spawn, Proc, WorkerCommand};
+use crate::stats::PoolCounters;
+
+/// The pool's settings, fixed at build.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub workers: usize,
+    pub window: usize,
+    pub command: WorkerCommand,
+    pub max_frame: usize,
+    pub handshake_timeout: Duration,
+    pub item_timeout: Option<Duration>,
+    pub retries: u32,
+    pub max_items_per_worker: Option<u64>,
+    pub max_spawn_failures: u32,
+    pub capacity: u32,
+    pub flush_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// A run of a job's input, to be computed together.
+#[derive(Debug, Clone)]
+pub(crate) struct Batch {
+    pub job: u64,
+    pub first_index: u64,
+    pub items: Arc<Items>,
+    /// How many times this batch, as a single item, was tried and killed its worker
+    /// or timed out. Batches of several items are split instead of retried.
+    pub attempts: u32,
+}
+
+/// What the supervisor hears.
+pub(crate) enum Event {
+    /// A peer passed the handshake.
+    Connected {
+        pid: u32,
+        stream: UnixStream,
+        hello: Hello,
+    },
+    /// A worker sent a frame.
+    Frame { wid: u64, frame: Frame },
+    /// A worker's connection ended (cleanly or not); no more frames will come.
+    Disconnected { wid: u64, error: Option<String> },
+    /// A worker process ended and was reaped.
+    Exited { wid: u64, cause: ExitCause },
+    /// A job starts.
+    NewJob {
+        job: u64,
+        function: Arc<str>,
+        codec: Codec,
+        results: Sender<JobMsg>,
+        counters: Arc<JobCounters>,
+    },
+    /// A job's feeder cut a batch.
+    Submit(Batch),
+    /// An item failed before it could be sent (encoding, size).
+    LocalFailure {
+        job: u64,
+        index: u64,
+        kind: ItemErrorKind,
+    },
+    /// A job's input ended after `total` items.
+    InputDone { job: u64, total: u64 },
+    /// A job's input failed; the job ends with this error.
+    InputFailed { job: u64, error: String },
+    /// A job's consumer went away.
+    Cancel { job: u64 },
+    /// The pool is dropped.
+    Shutdown,
+}
+
+/// Frames the writer thread of a worker sends.
+enum OutFrame {
+    Batch {
+        header: BatchHeader,
+        items: Arc<Items>,
+    },
+    Control(Message),
+}
+
+#[derive(Debug)]
+enum KillReason {
+    Timeout,
+    Violation(String),
+    Handshake(String),
+}
+
+struct InFlight {
+    seq: u64,
+    batch: Batch,
+    /// How many of its items have results already.
+    answered: usize,
+}
+
+struct Worker {
+    proc: Arc<Proc>,
+    spawned_at: Instant,
+    writer: Option<Sender<OutFrame>>,
+    capacity: usize,
+    in_flight: VecDeque<InFlight>,
+    /// Items sent and not yet answered.
+    outstanding: usize,
+    items_done: u64,
+    /// When the worker last showed progress on its oldest batch.
+    progress_at: Instant,
+    kill_reason: Option<KillReason>,
+    /// Dead or being killed: no more batches.
+    dead: bool,
+    disconnected: bool,
+    exit: Option<ExitCause>,
+    /// Told to shut down after `max_items_per_worker`.
+    retiring: bool,
+}
+
+impl Worker {
+    fn usable(&self) -> bool {
+        self.writer.is_some() && !self.dead && !self.retiring
+    }
+
+    fn free(&self) -> usize {
+        self.capacity.saturating_sub(self.outstanding)
+    }
+
+    fn send(&self, frame: OutFrame) {
+        if let Some(w) = &self.writer {
+            // A closed writer means the connection is gone: the reader reports it.
+            let _ = w.send(frame);
+        }
+    }
+}
+
+struct Job {
+    function: Arc<str>,
+    codec: Codec,
+    results: Sender<JobMsg>,
+    counters: Arc<JobCounters>,
+    /// Batches queued or in flight.
+    pending: usize,
+    input_done: bool,
+    cancelled: bool,
+}
+
+/// Startup reporting: who waits for the pool to be ready.
+pub(crate) type Ready = Sender<Result<Vec<FunctionInfo>, PoolError>>;
+
+pub(crate) struct Engine {
+    config: Arc<Config>,
+    events: Receiver<Event>,
+    events_tx: Sender<Event>,
+    socket: PathBuf,
+    checks: Arc<Checks>,
+    counters: Arc<PoolCounters>,
+    workers: HashMap<u64, Worker>,
+    next_wid: u64,
+    next_seq: u64,
+    jobs: HashMap<u64, Job>,
+    queue: VecDeque<Batch>,
+    functions: Option<Vec<FunctionInfo>>,
+    ready: Option<Ready>,
+    consecutive_failures: u32,
+    last_failure: String,
+    respawn_at: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
+    failed: Option<Arc<PoolError>>,
+}
+
+/// How long after the last progress a worker with work in hand may stay silent,
+/// beyond the item time limit, before it is judged hung.
+const PROGRESS_SLACK: Duration = Duration::from_millis(50);
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        events: Receiver<Event>,
+        events_tx: Sender<Event>,
+        socket: PathBuf,
+        checks: Arc<Checks>,
+        counters: Arc<PoolCounters>,
+        ready: Ready,
+    ) -> Engine {
+        Engine {
+            config,
+            events,
+            events_tx,
+            socket,
+            checks,
+            counters,
+            workers: HashMap::new(),
+            next_wid: 0,
+            next_seq: 0,
+            jobs: HashMap::new(),
+            queue: VecDeque::new(),
+            functions: None,
+            ready: Some(ready),
+            consecutive_failures: 0,
+            last_failure: String::new(),
+            respawn_at: None,
+            shutdown_deadline: None,
+            failed: None,
+        }
+    }
+
+    pub fn run(mut self) {
+        self.top_up_workers();
+        loop {
+            if self.shutdown_deadline.is_some() && self.workers.is_empty() {
+                return;
+            }
+            let event = match self.next_deadline() {
+                Some(at) => match self.events.recv_deadline(at) {
+                    Ok(e) => Some(e),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+                None => match self.events.recv() {
+                    Ok(e) => Some(e),
+                    Err(_) => return,
+                },
+            };
+            if let Some(event) = event {
+                self.handle(event);
+            }
+            self.on_timers();
+            self.dispatch();
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connected { pid, stream, hello } => self.on_connected(pid, stream, hello),
+            Event::Frame { wid, frame } => self.on_frame(wid, frame),
+            Event::Disconnected { wid, error } => {
+                if let Some(w) = self.workers.get_mut(&wid) {
+                    w.disconnected = true;
+                    if !w.dead {
+                        w.dead = true;
+                        if let Some(error) = error {
+                            w.kill_reason.get_or_insert(KillReason::Violation(error));
+                        }
+                    }
+                    // Whatever it is doing now, it is no longer a worker of ours.
+                    w.proc.signal(Signal::SIGKILL);
+                }
+                self.maybe_finalize(wid);
+            }
+            Event::Exited { wid, cause } => {
+                if let Some(w) = self.workers.get_mut(&wid) {
+                    w.exit = Some(cause);
+                    w.dead = true;
+                    if w.writer.is_none() {
+                        // Never connected: no reader will report.
+                        w.disconnected = true;
+                    }
+                }
+                self.maybe_finalize(wid);
+            }
+            Event::NewJob {
+                job,
+                function,
+                codec,
+                results,
+                counters,
+            } => {
+                if let Some(err) = &self.failed {
+                    let _ = results.send(JobMsg::Failed(Arc::clone(err)));
+                    return;
+                }
+                if self.shutdown_deadline.is_some() {
+                    let _ = results.send(JobMsg::Failed(Arc::new(PoolError::Closed)));
+                    return;
+                }
+                self.jobs.insert(
+                    job,
+                    Job {
+                        function,
+                        codec,
+                        results,
+                        counters,
+                        pending: 0,
+                        input_done: false,
+                        cancelled: false,
+                    },
+                );
+            }
+            Event::Submit(batch) => match self.jobs.get_mut(&batch.job) {
+                Some(job) if !job.cancelled => {
+                    job.pending += 1;
+                    self.queue.push_back(batch);
+                }
+                _ => {}
+            },
+            Event::LocalFailure { job, index, kind } => {
+                if let Some(job) = self.jobs.get(&job) {
+                    let _ = job
+                        .results
+                        .send(JobMsg::Results(ResultBatch::single_failure(index, kind)));
+                }
+            }
+            Event::InputDone { job, total } => {
+                if let Some(j) = self.jobs.get_mut(&job) {
+                    j.input_done = true;
+                    let _ = j.results.send(JobMsg::InputDone { total });
+                }
+                self.maybe_end_job(job);
+            }
+            Event::InputFailed { job, error } => {
+                if let Some(j) = self.jobs.get_mut(&job) {
+                    let _ = j
+                        .results
+                        .send(JobMsg::Failed(Arc::new(PoolError::Input(error))));
+                }
+                self.cancel_job(job);
+            }
+            Event::Cancel { job } => self.cancel_job(job),
+            Event::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    fn on_connected(&mut self, pid: u32, stream: UnixStream, hello: Hello) {
+        let Some((&wid, _)) = self
+            .workers
+            .iter()
+            .find(|(_, w)| w.proc.pid == pid && w.writer.is_none() && !w.dead)
+        else {
+            return; // It died or was replaced while its handshake was under way.
+        };
+        // Every worker of a pool runs the same program; insist on the same functions.
+        if let Some(known) = &self.functions {
+            if *known != hello.functions {
+                self.kill(
+                    wid,
+                    KillReason::Handshake(
+                        "serves other functions than the pool's first worker".into(),
+                    ),
+                );
+                return;
+            }
+        }
+        let welcome = Message::Welcome {
+            worker_id: wid as u32,
+            max_frame: self.config.max_frame as u32,
+            flush_interval_us: self.config.flush_interval.as_micros() as u32,
+        };
+        let greeted = write_frame(&mut &stream, &welcome, &Items::new(), self.config.max_frame);
+        let reader = stream.try_clone();
+        let (Ok(()), Ok(reader)) = (greeted, reader) else {
+            self.kill(
+                wid,
+                KillReason::Handshake("connection failed during the handshake".into()),
+            );
+            return;
+        };
+        let (tx, rx) = crossbeam_channel::unbounded::<OutFrame>();
+        let max_frame = self.config.max_frame;
+        let events = self.events_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("pstream-reader-{wid}"))
+            .spawn(move || read_loop(wid, reader, max_frame, events))
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name(format!("pstream-writer-{wid}"))
+                    .spawn(move || write_loop(stream, rx, max_frame))
+            });
+        if spawned.is_err() {
+            self.kill(
+                wid,
+                KillReason::Handshake("could not start its connection threads".into()),
+            );
+            return;
+        }
+        if self.functions.is_none() {
+            self.functions = Some(hello.functions);
+        }
+        let w = self.workers.get_mut(&wid).expect("found above");
+        w.writer = Some(tx);
+        w.capacity = hello.capacity.max(1) as usize;
+        w.progress_at = Instant::now();
+        self.consecutive_failures = 0;
+        tracing::debug!(wid, pid, "worker ready");
+        if self.ready.is_some() {
+            let connected = self.workers.values().filter(|w| w.usable()).count();
+            if connected >= self.config.workers {
+                let ready = self.ready.take().expect("checked");
+                let _ = ready.send(Ok(self.functions.clone().unwrap_or_default()));
+            }
+        }
+    }
+
+    fn on_frame(&mut self, wid: u64, frame: Frame) {
+        let Some(w) = self.workers.get(&wid) else {
+            return;
+        };
+        if w.dead {
+            return; // Being killed: its frames no longer count.
+        }
+        let Message::Results(header) = frame.message else {
+            let what = format!("sent an unexpected {:?} frame", frame.message);
+            self.kill(wid, KillReason::Violation(what));
+            return;
+        };
+        let items = frame.items;
+        let count = items.len();
+        let (first_index, answered, total) = match w.in_flight.front() {
+            None => {
+                self.kill(
+                    wid,
+                    KillReason::Violation("sent results while holding no batch".into()),
+                );
+                return;
+            }
+            Some(head) if head.seq != header.seq || head.batch.job != header.job => {
+                let what = format!(
+                    "sent results for batch {}/{} while its oldest batch is {}/{}",
+                    header.job, header.seq, head.batch.job, head.seq
+                );
+                self.kill(wid, KillReason::Violation(what));
+                return;
+            }
+            Some(head) => (
+                head.batch.first_index,
+                head.answered,
+                head.batch.items.len(),
+            ),
+        };
+        let live = self.jobs.get(&header.job).is_some_and(|j| !j.cancelled);
+        let skipped = count == 0 && header.offset == 0 && header.failures.is_empty();
+        let advance = if skipped && !live {
+            total - answered
+        } else {
+            let in_order = header.offset as usize == answered;
+            let fits = count > 0 && answered + count <= total;
+            let slots_ok = header.failures.windows(2).all(|p| p[0].slot < p[1].slot)
+                && header.failures.iter().all(|f| (f.slot as usize) < count);
+            if !(in_order && fits && slots_ok) {
+                self.kill(
+                    wid,
+                    KillReason::Violation("sent results that do not match its batch".into()),
+                );
+                return;
+            }
+            if live {
+                let batch = ResultBatch {
+                    first_index: first_index + answered as u64,
+                    items,
+                    failures: header.failures.into_iter().map(convert_failure).collect(),
+                };
+                let _ = self.jobs[&header.job].results.send(JobMsg::Results(batch));
+            }
+            count
+        };
+        let w = self.workers.get_mut(&wid).expect("present");
+        let head = w.in_flight.front_mut().expect("present");
+        head.answered += advance;
+        w.outstanding -= advance;
+        w.items_done += advance as u64;
+        w.progress_at = Instant::now();
+        if head.answered == total {
+            w.in_flight.pop_front();
+            if let Some(job) = self.jobs.get_mut(&header.job) {
+                job.pending -= 1;
+            }
+            self.maybe_end_job(header.job);
+        }
+        let w = self.workers.get_mut(&wid).expect("present");
+        if let Some(limit) = self.config.max_items_per_worker {
+            if w.items_done >= limit && !w.retiring {
+                w.retiring = true;
+                tracing::debug!(wid, items = w.items_done, "recycling worker");
+            }
+        }
+        if w.retiring && w.in_flight.is_empty() {
+            w.send(OutFrame::Control(Message::Shutdown));
+        }
+    }
+
+    /// Kill a worker; what it held is dealt with when it is gone.
+    fn kill(&mut self, wid: u64, reason: KillReason) {
+        if let Some(w) = self.workers.get_mut(&wid) {
+            if !w.dead {
+                tracing::warn!(wid, pid = w.proc.pid, ?reason, "killing worker");
+                w.dead = true;
+                w.kill_reason = Some(reason);
+            }
+            w.proc.signal(Signal::SIGKILL);
+        }
+    }
+
+    /// Once a worker is both disconnected and reaped, settle what it held.
+    fn maybe_finalize(&mut self, wid: u64) {
+        let done = self
+            .workers
+            .get(&wid)
+            .is_some_and(|w| w.disconnected && w.exit.is_some());
+        if !done {
+            return;
+        }
+        let mut w = self.workers.remove(&wid).expect("present");
+        self.checks.spawned.lock().unwrap().remove(&w.proc.pid);
+        let exit = w.exit.expect("checked");
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let served = w.writer.is_some();
+        if !served {
+            // It never became a worker: a start failure.
+            let reason = match w.kill_reason.take() {
+                Some(KillReason::Handshake(r)) | Some(KillReason::Violation(r)) => r,
+                Some(KillReason::Timeout) => "timed out".into(),
+                None => format!("{exit} before completing the handshake"),
+            };
+            self.start_failed(reason);
+            return;
+        }
+        let planned = w.retiring && w.in_flight.is_empty() && exit == ExitCause::Code(0);
+        if !planned {
+            self.counters.crashes.fetch_add(1, Ordering::Relaxed);
+            let blame = match w.kill_reason.take() {
+                Some(KillReason::Timeout) => Blame::Timeout,
+                Some(KillReason::Violation(what)) => {
+                    tracing::warn!(wid, "worker broke the protocol: {what}");
+                    Blame::Crash(ExitCause::Disconnected)
+                }
+                Some(KillReason::Handshake(_)) | None => Blame::Crash(exit),
+            };
+            tracing::info!(wid, pid = w.proc.pid, %exit, "worker died");
+            let mut held = std::mem::take(&mut w.in_flight);
+            // Younger batches never started: back to the front of the queue, in order.
+            while held.len() > 1 {
+                let young = held.pop_back().expect("len > 1");
+                self.requeue(young.batch, young.answered);
+            }
+            if let Some(head) = held.pop_front() {
+                self.blame(head.batch, head.answered, blame);
+            }
+        }
+        self.top_up_workers();
+    }
+
+    /// Put the unanswered rest of a batch back at the front of the queue.
+    fn requeue(&mut self, batch: Batch, answered: usize) {
+        let live = self.jobs.get(&batch.job).is_some_and(|j| !j.cancelled);
+        if !live {
+            self.batch_gone(batch.job);
+            return;
+        }
+        if let Some(job) = self.jobs.get(&batch.job) {
+            job.counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        self.queue.push_front(rest(batch, answered));
+    }
+
+    /// The batch was in work when its worker died or hung.
+    fn blame(&mut self, batch: Batch, answered: usize, blame: Blame) {
+        let live = self.jobs.get(&batch.job).is_some_and(|j| !j.cancelled);
+        if !live {
+            self.batch_gone(batch.job);
+            return;
+        }
+        let job = &self.jobs[&batch.job];
+        match blame {
+            Blame::Timeout => job.counters.timeouts.fetch_add(1, Ordering::Relaxed),
+            Blame::Crash(_) => job.counters.crashes.fetch_add(1, Ordering::Relaxed),
+        };
+        let batch = rest(batch, answered);
+        let n = batch.items.len();
+        if n > 1 {
+            job.counters.retries.fetch_add(1, Ordering::Relaxed);
+            // One more pending batch: the two parts replace the one.
+            let job = self.jobs.get_mut(&batch.job).expect("live");
+            job.pending += 1;
+            // A hang is almost surely the first unanswered item (results flow while a
+            // batch is in work): try it alone. A crash loses the results since the last
+            // flush, so the culprit may be anywhere: split in halves.
+            let cut = match blame {
+                Blame::Timeout => 1,
+                Blame::Crash(_) => n / 2,
+            };
+            let (front, back) = split(&batch, cut);
+            self.queue.push_front(back);
+            self.queue.push_front(front);
+            return;
+        }
+        let attempts = batch.attempts + 1;
+        if attempts > self.config.retries {
+            let kind = match blame {
+                Blame::Timeout => ItemErrorKind::TimedOut {
+                    limit: self.config.item_timeout.unwrap_or_default(),
+                    attempts,
+                },
+                Blame::Crash(cause) => ItemErrorKind::Crashed { cause, attempts },
+            };
+            let _ = job
+                .results
+                .send(JobMsg::Results(ResultBatch::single_failure(
+                    batch.first_index,
+                    kind,
+                )));
+            self.batch_gone(batch.job);
+        } else {
+            job.counters.retries.fetch_add(1, Ordering::Relaxed);
+            self.queue.push_front(Batch { attempts, ..batch });
+        }
+    }
+
+    /// A batch of the job is settled without going through a worker again.
+    fn batch_gone(&mut self, job: u64) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.pending -= 1;
+        }
+        self.maybe_end_job(job);
+    }
+
+    fn maybe_end_job(&mut self, job: u64) {
+        let finished = self
+            .jobs
+            .get(&job)
+            .is_some_and(|j| j.pending == 0 && (j.input_done || j.cancelled));
+        if finished {
+            self.jobs.remove(&job);
+        }
+    }
+
+    fn cancel_job(&mut self, job: u64) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        j.cancelled = true;
+        let before = self.queue.len();
+        self.queue.retain(|b| b.job != job);
+        j.pending -= before - self.queue.len();
+        for w in self.workers.values() {
+            if w.in_flight.iter().any(|f| f.batch.job == job) {
+                w.send(OutFrame::Control(Message::Cancel { job }));
+            }
+        }
+        self.maybe_end_job(job);
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_grace);
+        for (_, job) in self.jobs.drain() {
+            let _ = job
+                .results
+                .send(JobMsg::Failed(Arc::new(PoolError::Closed)));
+        }
+        self.queue.clear();
+        for w in self.workers.values_mut() {
+            w.dead = true;
+            if w.writer.is_some() {
+                w.send(OutFrame::Control(Message::Shutdown));
+            } else {
+                w.proc.signal(Signal::SIGKILL);
+            }
+            // Closing our end makes a worker that misses the Shutdown see EOF.
+            w.writer = None;
+        }
+    }
+
+    /// A worker failed before it could serve.
+    fn start_failed(&mut self, reason: String) {
+        tracing::warn!("worker failed to start: {reason}");
+        self.consecutive_failures += 1;
+        self.last_failure = reason.clone();
+        if let Some(ready) = self.ready.take() {
+            // At startup there is nobody to serve yet: report at once, clearly.
+            let _ = ready.send(Err(PoolError::WorkerStart {
+                program: self.config.command.program.clone(),
+                reason,
+            }));
+            self.fail_pool(PoolError::Closed);
+            return;
+        }
+        if self.consecutive_failures >= self.config.max_spawn_failures {
+            self.fail_pool(PoolError::RespawnsExhausted {
+                failures: self.consecutive_failures,
+                last: self.last_failure.clone(),
+            });
+            return;
+        }
+        let backoff = Duration::from_millis(10 << self.consecutive_failures.min(7));
+        self.respawn_at = Some(Instant::now() + backoff);
+        self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The pool can no longer serve: end every job with the error.
+    fn fail_pool(&mut self, error: PoolError) {
+        tracing::error!("pool failed: {error}");
+        let error = Arc::new(error);
+        for (_, job) in self.jobs.drain() {
+            let _ = job.results.send(JobMsg::Failed(Arc::clone(&error)));
+        }
+        self.queue.clear();
+        self.failed = Some(error);
+        let wids: Vec<u64> = self.workers.keys().copied().collect();
+        for wid in wids {
+            self.kill(wid, KillReason::Handshake("the pool failed".into()));
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        if let Some(deadline) = self.shutdown_deadline {
+            if now >= deadline {
+                for w in self.workers.values() {
+                    w.proc.signal(Signal::SIGKILL);
+                }
+            }
+            return;
+        }
+        let mut hung = Vec::new();
+        let mut silent = Vec::new();
+        for (&wid, w) in &self.workers {
+            if w.dead {
+                continue;
+            }
+            if w.writer.is_none() {
+                if now >= w.spawned_at + self.config.handshake_timeout {
+                    silent.push(wid);
+                }
+            } else if let Some(limit) = self.config.item_timeout {
+                if !w.in_flight.is_empty() && now >= w.progress_at + limit + PROGRESS_SLACK {
+                    hung.push(wid);
+                }
+            }
+        }
+        for wid in hung {
+            self.kill(wid, KillReason::Timeout);
+        }
+        for wid in silent {
+            let reason = format!(
+                "did not complete the handshake within {:?}",
+                self.config.handshake_timeout
+            );
+            self.kill(wid, KillReason::Handshake(reason));
+        }
+        if self.respawn_at.is_some_and(|at| now >= at) {
+            self.respawn_at = None;
+            self.top_up_workers();
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        if let Some(deadline) = self.shutdown_deadline {
+            return Some(deadline);
+        }
+        let mut next = self.respawn_at;
+        let mut consider = |at: Instant| {
+            next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        };
+        for w in self.workers.values() {
+            if w.dead {
+                continue;
+            }
+            if w.writer.is_none() {
+                consider(w.spawned_at + self.config.handshake_timeout);
+            } else if let Some(limit) = self.config.item_timeout {
+                if !w.in_flight.is_empty() {
+                    consider(w.progress_at + limit + PROGRESS_SLACK);
+                }
+            }
+        }
+        next
+    }
+
+    /// Start workers until the pool has as many as it should.
+    fn top_up_workers(&mut self) {
+        if self.shutdown_deadline.is_some() || self.failed.is_some() || self.respawn_at.is_some() {
+            return;
+        }
+        let live = self
+            .workers
+            .values()
+            .filter(|w| !w.dead && !w.retiring)
+            .count();
+        for _ in live..self.config.workers {
+            if !self.spawn_worker() {
+                return;
+            }
+        }
+    }
+
+    fn spawn_worker(&mut self) -> bool {
+        let env = [
+            (ENV_SOCKET, self.socket.to_string_lossy().into_owned()),
+            (ENV_TOKEN, self.checks.token.clone()),
+            (ENV_MAX_FRAME, self.config.max_frame.to_string()),
+            (ENV_CAPACITY, self.config.capacity.to_string()),
+        ];
+        // Hold the lock across spawn so the pid is known before the child can connect.
+        let mut spawned = self.checks.spawned.lock().unwrap();
+        let proc = match spawn(&self.config.command, &env) {
+            Ok(p) => Arc::new(p),
+            Err(source) => {
+                drop(spawned);
+                let error = PoolError::Spawn {
+                    program: self.config.command.program.clone(),
+                    source,
+                };
+                match self.ready.take() {
+                    Some(ready) => {
+                        let _ = ready.send(Err(error));
+                        self.fail_pool(PoolError::Closed);
+                    }
+                    None => self.fail_pool(error),
+                }
+                return false;
+            }
+        };
+        spawned.insert(proc.pid);
+        drop(spawned);
+        let wid = self.next_wid;
+        self.next_wid += 1;
+        let waiter = Arc::clone(&proc);
+        let events = self.events_tx.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("pstream-waiter-{wid}"))
+            .spawn(move || {
+                let cause = waiter.wait();
+                let _ = events.send(Event::Exited { wid, cause });
+            });
+        if let Err(e) = started {
+            // Without a waiter nobody would reap it: kill and reap here.
+            proc.signal(Signal::SIGKILL);
+            proc.wait();
+            self.fail_pool(PoolError::Spawn {
+                program: self.config.command.program.clone(),
+                source: e,
+            });
+            return false;
+        }
+        self.counters.spawned.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.workers.insert(
+            wid,
+            Worker {
+                proc,
+                spawned_at: now,
+                writer: None,
+                capacity: 0,
+                in_flight: VecDeque::new(),
+                outstanding: 0,
+                items_done: 0,
+                progress_at: now,
+                kill_reason: None,
+                dead: false,
+                disconnected: false,
+                exit: None,
+                retiring: false,
+            },
+        );
+        true
+    }
+
+    /// Send queued batches to the workers with the most free credit.
+    fn dispatch(&mut self) {
+        if self.shutdown_deadline.is_some() || self.failed.is_some() {
+            return;
+        }
+        while let Some(batch) = self.queue.front() {
+            let Some(job) = self.jobs.get(&batch.job).filter(|j| !j.cancelled) else {
+                let batch = self.queue.pop_front().expect("front");
+                self.batch_gone(batch.job);
+                continue;
+            };
+            let n = batch.items.len();
+            let best = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.usable() && (w.free() >= n || w.outstanding == 0))
+                .max_by_key(|(_, w)| w.free())
+                .map(|(&wid, _)| wid);
+            let Some(wid) = best else {
+                return;
+            };
+            let header = BatchHeader {
+                job: batch.job,
+                seq: self.next_seq,
+                function: job.function.to_string(),
+                codec: job.codec,
+                first_index: batch.first_index,
+            };
+            let batch = self.queue.pop_front().expect("front");
+            self.next_seq += 1;
+            let w = self.workers.get_mut(&wid).expect("chosen");
+            if w.in_flight.is_empty() {
+                w.progress_at = Instant::now();
+            }
+            w.outstanding += n;
+            w.send(OutFrame::Batch {
+                header,
+                items: Arc::clone(&batch.items),
+            });
+            w.in_flight.push_back(InFlight {
+                seq: self.next_seq - 1,
+                batch,
+                answered: 0,
+            });
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Blame {
+    Timeout,
+    Crash(ExitCause),
+}
+
+/// The part of a batch from `answered` on.
+fn rest(batch: Batch, answered: usize) -> Batch {
+    if answered == 0 {
+        return batch;
+    }
+    let n = batch.items.len();
+    Batch {
+        job: batch.job,
+        first_index: batch.first_index + answered as u64,
+        items: Arc::new(batch.items.slice(answered..n)),
+        attempts: 0,
+    }
+}
+
+fn split(batch: &Batch, cut: usize) -> (Batch, Batch) {
+    let n = batch.items.len();
+    let part = |range: std::ops::Range<usize>| Batch {
+        job: batch.job,
+        first_index: batch.first_index + range.start as u64,
+        items: Arc::new(batch.items.slice(range)),
+        attempts: 0,
+    };
+    (part(0..cut), part(cut..n))
+}
+
+fn convert_failure(f: ItemFailure) -> (u32, ItemErrorKind) {
+    let message = f.message;
+    let kind = match f.kind {
+        FailureKind::Panicked => ItemErrorKind::Panicked {
+            message,
+            location: f.location,
+        },
+        FailureKind::Failed => ItemErrorKind::Failed { message },
+        FailureKind::Decode => ItemErrorKind::Decode { message },
+        FailureKind::Encode => ItemErrorKind::Encode { message },
+        FailureKind::UnknownFunction => ItemErrorKind::UnknownFunction { message },
+        FailureKind::TooLarge => ItemErrorKind::TooLarge { message },
+    };
+    (f.slot, kind)
+}
+
+/// A worker's reader thread: frames in, events out, until the connection ends.
+fn read_loop(wid: u64, stream: UnixStream, max_frame: usize, events: Sender<Event>) {
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, stream);
+    loop {
+        match read_frame(&mut reader, max_frame) {
+            Ok(Some(frame)) => {
+                if events.send(Event::Frame { wid, frame }).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                let _ = events.send(Event::Disconnected { wid, error: None });
+                return;
+            }
+            Err(e) => {
+                // A connection reset is a crash, not a protocol violation.
+                let error = if e.is_io() { None } else { Some(e.to_string()) };
+                let _ = events.send(Event::Disconnected { wid, error });
+                return;
+            }
+        }
+    }
+}
+
+/// A worker's writer thread: frames queued by the supervisor, written in order and
+/// flushed whenever the queue runs dry. The supervisor never blocks on a socket.
+fn write_loop(stream: UnixStream, frames: Receiver<OutFrame>, max_frame: usize) {
+    let mut writer = BufWriter::with_capacity(1 << 16, &stream);
+    while let Ok(frame) = frames.recv() {
+        let written = match frame {
+            OutFrame::Batch { header, items } => {
+                write_frame(&mut writer, &Message::Batch(header), &items, max_frame)
+            }
+            OutFrame::Control(message) => {
+                write_frame(&mut writer, &message, &Items::new(), max_frame)
+            }
+        };
+        if written.is_err() {
+            break;
+        }
+        if frames.is_empty() && writer.flush().is_err() {
+            break;
+        }
+    }
+    let _ = writer.flush();
+    // Closing our side tells the worker we are gone, even if its reader is busy.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}

@@ -1,0 +1,243 @@
+//! The coordinator's errors: job-level [`PoolError`] and item-level [`ItemError`].
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+/// Why a pool could not start, or a job could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The worker program could not be started at all.
+    #[error("start worker program {program}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker started but never became usable.
+    #[error("start a worker from {program}: {reason}")]
+    WorkerStart {
+        /// The program.
+        program: PathBuf,
+        /// What happened (exit status, handshake timeout, rejection).
+        reason: String,
+    },
+    /// Workers keep failing before they can serve; the pool gave up.
+    #[error(
+        "workers failed to start {failures} times in a row (last: {last}); \
+         check that the worker program runs and connects"
+    )]
+    RespawnsExhausted {
+        /// Consecutive failures.
+        failures: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The pool's socket could not be set up.
+    #[error("set up the pool's socket")]
+    Socket(#[source] std::io::Error),
+    /// No worker serves the function.
+    #[error("no function named `{name}` is served by the workers (they serve: {})", available.join(", "))]
+    UnknownFunction {
+        /// The name asked for.
+        name: String,
+        /// What the workers serve.
+        available: Vec<String>,
+    },
+    /// Reading or encoding the job's input failed.
+    #[error("read the job's input: {0}")]
+    Input(String),
+    /// A configuration value is unusable.
+    #[error("invalid pool configuration: {0}")]
+    Config(String),
+    /// The pool has shut down.
+    #[error("the pool has shut down")]
+    Closed,
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCause {
+    /// Killed by a signal.
+    Signal(i32),
+    /// Exited with a status code.
+    Code(i32),
+    /// Closed its connection or broke the protocol while still running, and was
+    /// killed for it.
+    Disconnected,
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitCause::Signal(sig) => match Signal::try_from(sig) {
+                Ok(s) => write!(f, "killed by signal {sig} ({})", s.as_str()),
+                Err(_) => write!(f, "killed by signal {sig}"),
+            },
+            ExitCause::Code(code) => write!(f, "exited with status {code}"),
+            ExitCause::Disconnected => write!(f, "broke its connection"),
+        }
+    }
+}
+
+/// An item that has no result, and why. Item failures are values in the result
+/// stream; the stream goes on after them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("item {index}: {kind}")]
+pub struct ItemError {
+    /// The item's index in the input, from 0.
+    pub index: u64,
+    /// What happened.
+    pub kind: ItemErrorKind,
+}
+
+/// What happened to an item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemErrorKind {
+    /// The function panicked.
+    Panicked {
+        /// The panic message.
+        message: String,
+        /// Where, as `file:line:column`.
+        location: Option<String>,
+    },
+    /// The function returned an error.
+    Failed {
+        /// The error, as displayed.
+        message: String,
+    },
+    /// A worker died while computing this item, every time it was tried.
+    Crashed {
+        /// How the last worker ended.
+        cause: ExitCause,
+        /// How many times the item was tried alone.
+        attempts: u32,
+    },
+    /// The item took longer than the item time limit, every time it was tried.
+    TimedOut {
+        /// The limit.
+        limit: Duration,
+        /// How many times the item was tried alone.
+        attempts: u32,
+    },
+    /// The item could not be decoded as the function's input (or its result as the
+    /// caller's output type).
+    Decode {
+        /// The decoder's complaint.
+        message: String,
+    },
+    /// The item (or its result) could not be encoded.
+    Encode {
+        /// The encoder's complaint.
+        message: String,
+    },
+    /// The item or its result is larger than a frame may carry.
+    TooLarge {
+        /// Sizes and limit.
+        message: String,
+    },
+    /// The worker does not serve the function.
+    UnknownFunction {
+        /// The worker's complaint.
+        message: String,
+    },
+    /// The job stopped with a pool error before this item was computed; the stream
+    /// ends after it. [`crate::MapResults::pool_error`] has the whole error.
+    Aborted {
+        /// The pool error, as displayed.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ItemErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ItemErrorKind::Panicked { message, location } => {
+                write!(f, "panicked: {message}")?;
+                if let Some(l) = location {
+                    write!(f, " at {l}")?;
+                }
+                Ok(())
+            }
+            ItemErrorKind::Failed { message } => write!(f, "failed: {message}"),
+            ItemErrorKind::Crashed { cause, attempts } => {
+                write!(
+                    f,
+                    "crashed its worker: {cause} (tried {attempts} times alone)"
+                )
+            }
+            ItemErrorKind::TimedOut { limit, attempts } => write!(
+                f,
+                "timed out after {limit:?} (tried {attempts} times alone)"
+            ),
+            ItemErrorKind::Decode { message } => write!(f, "could not be decoded: {message}"),
+            ItemErrorKind::Encode { message } => write!(f, "could not be encoded: {message}"),
+            ItemErrorKind::TooLarge { message } => write!(f, "too large: {message}"),
+            ItemErrorKind::UnknownFunction { message } => write!(f, "{message}"),
+            ItemErrorKind::Aborted { reason } => {
+                write!(f, "not computed, the job stopped: {reason}")
+            }
+        }
+    }
+}
+
+impl ItemErrorKind {
+    /// A short, stable name for the kind: `panicked`, `failed`, `crashed`,
+    /// `timed_out`, `decode`, `encode`, `too_large`, `unknown_function`, `aborted`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ItemErrorKind::Panicked { .. } => "panicked",
+            ItemErrorKind::Failed { .. } => "failed",
+            ItemErrorKind::Crashed { .. } => "crashed",
+            ItemErrorKind::TimedOut { .. } => "timed_out",
+            ItemErrorKind::Decode { .. } => "decode",
+            ItemErrorKind::Encode { .. } => "encode",
+            ItemErrorKind::TooLarge { .. } => "too_large",
+            ItemErrorKind::UnknownFunction { .. } => "unknown_function",
+            ItemErrorKind::Aborted { .. } => "aborted",
+        }
+    }
+}
+
+impl ItemError {
+    /// Whether a worker died computing this item.
+    pub fn is_crash(&self) -> bool {
+        matches!(self.kind, ItemErrorKind::Crashed { .. })
+    }
+
+    /// Whether this item ran over its time limit.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, ItemErrorKind::TimedOut { .. })
+    }
+
+    /// Whether the function panicked on this item.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.kind, ItemErrorKind::Panicked { .. })
+    }
+
+    /// The signal that killed the worker, for a crash by signal.
+    pub fn signal(&self) -> Option<i32> {
+        match self.kind {
+            ItemErrorKind::Crashed {
+                cause: ExitCause::Signal(sig),
+                ..
+            } => Some(sig),
+            _ => None,
+        }
+    }
+
+    /// The worker's exit code, for a crash by exit.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.kind {
+            ItemErrorKind::Crashed {
+                cause: ExitCause::Code(code),
+                ..
+            } => Some(code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,602 @@
+//! One job: the feeder thread that reads the input into batches within the window,
+//! and the result iterators that hand results back in order (or as they come).
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+use pstream_protocol::Items;
+use serde::de::DeserializeOwned;
+
+use crate::engine::{Batch, Event};
+use crate::error::{ItemError, ItemErrorKind, PoolError};
+use crate::stats::{JobStats, PoolCounters};
+
+/// The flow-control window: how many items may be read from the input and not yet
+/// handed to the consumer. The feeder takes permits before reading; the consumer
+/// gives them back as it takes results.
+#[derive(Debug)]
+pub(crate) struct Window {
+    size: usize,
+    state: Mutex<WindowState>,
+    freed: Condvar,
+}
+
+#[derive(Debug)]
+struct WindowState {
+    available: usize,
+    closed: bool,
+}
+
+impl Window {
+    pub fn new(size: usize) -> Window {
+        Window {
+            size,
+            state: Mutex::new(WindowState {
+                available: size,
+                closed: false,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Take up to `want` permits, waiting for at least one if `block`. `None` once
+    /// the window is closed (the job was cancelled).
+    fn acquire(&self, want: usize, block: bool) -> Option<usize> {
+        let mut state = self.state.lock().unwrap();
+        loop {
+            if state.closed {
+                return None;
+            }
+            if state.available > 0 || !block {
+                let got = state.available.min(want);
+                state.available -= got;
+                return Some(got);
+            }
+            state = self.freed.wait(state).unwrap();
+        }
+    }
+
+    fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut state = self.state.lock().unwrap();
+        state.available += n;
+        debug_assert!(state.available <= self.size);
+        self.freed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.freed.notify_all();
+    }
+
+    fn in_use(&self) -> usize {
+        self.size - self.state.lock().unwrap().available
+    }
+}
+
+/// Counters of one job, shared by the supervisor, the feeder and the consumer.
+#[derive(Debug, Default)]
+pub(crate) struct JobCounters {
+    pub crashes: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub retries: AtomicU64,
+    pub peak_in_flight: AtomicU64,
+    /// Items whose results reached the consumer's side: with what the feeder sent,
+    /// tells it whether anything is in flight.
+    pub delivered: AtomicU64,
+}
+
+/// What the supervisor sends a job's consumer.
+pub(crate) enum JobMsg {
+    Results(ResultBatch),
+    InputDone { total: u64 },
+    Failed(Arc<PoolError>),
+}
+
+/// Outcomes of consecutive items of a job.
+#[derive(Debug)]
+pub(crate) struct ResultBatch {
+    pub first_index: u64,
+    /// One slot per item: the encoded value, or empty for a failed item.
+    pub items: Items,
+    /// Failed items by slot, ascending.
+    pub failures: Vec<(u32, ItemErrorKind)>,
+}
+
+impl ResultBatch {
+    pub fn single_failure(index: u64, kind: ItemErrorKind) -> ResultBatch {
+        let mut items = Items::new();
+        items.push_empty();
+        ResultBatch {
+            first_index: index,
+            items,
+            failures: vec![(0, kind)],
+        }
+    }
+}
+
+/// How the feeder cuts batches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FeedLimits {
+    pub job: u64,
+    /// Items per batch, at most. Batches start at one item and double up to this.
+    pub max_batch: usize,
+    /// Bytes per batch after which it is sent even if not full.
+    pub max_batch_bytes: usize,
+    /// An item larger than this cannot travel.
+    pub max_item: usize,
+}
+
+/// The feeder: runs on its own thread, reads the input while it holds window
+/// permits, encodes items into batches and submits them.
+pub(crate) fn feed<I, E>(
+    limits: FeedLimits,
+    input: I,
+    encode: E,
+    window: Arc<Window>,
+    counters: Arc<JobCounters>,
+    events: Sender<Event>,
+) where
+    I: Iterator,
+    E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
+{
+    let job = limits.job;
+    let mut feeder = Feeder {
+        limits,
+        window,
+        counters,
+        events: events.clone(),
+        batch: Items::new(),
+        first: 0,
+        next: 0,
+        target: 1,
+        permits: 0,
+        submitted: 0,
+    };
+    let run = panic::catch_unwind(AssertUnwindSafe(|| feeder.run(input, encode)));
+    let end = match run {
+        Ok(true) => Event::InputDone {
+            job,
+            total: feeder.next,
+        },
+        Ok(false) => return, // Cancelled.
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string payload".into());
+            Event::InputFailed {
+                job,
+                error: format!("the input iterator (or item encoder) panicked: {what}"),
+            }
+        }
+    };
+    let _ = events.send(end);
+}
+
+struct Feeder {
+    limits: FeedLimits,
+    window: Arc<Window>,
+    counters: Arc<JobCounters>,
+    events: Sender<Event>,
+    batch: Items,
+    /// Index of the batch's first item.
+    first: u64,
+    /// Index of the next item to read.
+    next: u64,
+    target: usize,
+    permits: usize,
+    submitted: u64,
+}
+
+impl Feeder {
+    /// Returns false if the job was cancelled.
+    fn run<I, E>(&mut self, mut input: I, mut encode: E) -> bool
+    where
+        I: Iterator,
+        E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
+    {
+        loop {
+            if self.permits == 0 && !self.take_permits() {
+                return false;
+            }
+            let Some(item) = input.next() else {
+                break;
+            };
+            self.permits -= 1;
+            let index = self.next;
+            self.next += 1;
+            match self.batch.push_with(|buf| encode(item, buf)) {
+                Ok(()) => {
+                    let size = self.batch.get(self.batch.len() - 1).map_or(0, <[u8]>::len);
+                    if size > self.limits.max_item {
+                        self.batch.pop();
+                        self.fail_item(
+                            index,
+                            ItemErrorKind::TooLarge {
+                                message: format!(
+                                    "the item is {size} bytes, more than a frame of at most {} \
+                                     bytes can carry; raise the frame limit",
+                                    self.limits.max_item
+                                ),
+                            },
+                        );
+                        continue;
+                    }
+                }
+                Err(message) => {
+                    self.fail_item(index, ItemErrorKind::Encode { message });
+                    continue;
+                }
+            }
+            let idle = self.counters.delivered.load(Ordering::Relaxed) >= self.submitted;
+            if self.batch.len() >= self.target
+                || self.batch.data_len() >= self.limits.max_batch_bytes
+                || idle
+            {
+                self.flush();
+            }
+        }
+        self.flush();
+        self.window.release(self.permits);
+        self.permits = 0;
+        true
+    }
+
+    /// Take window permits; before waiting for them, send what we hold, or the
+    /// consumer could wait for items we sit on.
+    fn take_permits(&mut self) -> bool {
+        let want = self.target.saturating_sub(self.batch.len()).max(1);
+        match self.window.acquire(want, false) {
+            None => return false,
+            Some(0) => {
+                self.flush();
+                let want = self.target.max(1);
+                match self.window.acquire(want, true) {
+                    None => return false,
+                    Some(n) => self.permits = n,
+                }
+            }
+            Some(n) => self.permits = n,
+        }
+        let in_use = self.window.in_use() as u64;
+        self.counters
+            .peak_in_flight
+            .fetch_max(in_use, Ordering::Relaxed);
+        true
+    }
+
+    fn fail_item(&mut self, index: u64, kind: ItemErrorKind) {
+        // Items before it go first, so every batch covers consecutive indices.
+        self.flush();
+        self.first = index + 1;
+        let _ = self.events.send(Event::LocalFailure {
+            job: self.limits.job,
+            index,
+            kind,
+        });
+        self.submitted += 1;
+    }
+
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let capacity = self.batch.len();
+            let items = std::mem::replace(&mut self.batch, Items::with_capacity(capacity, 0));
+            self.submitted += items.len() as u64;
+            let _ = self.events.send(Event::Submit(Batch {
+                job: self.limits.job,
+                first_index: self.first,
+                items: Arc::new(items),
+                attempts: 0,
+            }));
+            self.target = (self.target * 2).min(self.limits.max_batch);
+        }
+        self.first = self.next;
+    }
+}
+
+/// The results of a job as encoded bytes, in input order or as they come.
+///
+/// Read with [`RawResults::next_raw`], which lends each result's bytes without a
+/// copy. Dropping it cancels the job: no more input is read, queued batches are
+/// dropped, and the pool can run the next job.
+#[derive(Debug)]
+pub struct RawResults {
+    job: u64,
+    ordered: bool,
+    rx: Receiver<JobMsg>,
+    events: Sender<Event>,
+    window: Arc<Window>,
+    counters: Arc<JobCounters>,
+    pool_counters: Arc<PoolCounters>,
+    spawned_at_start: u64,
+    reorder: BTreeMap<u64, ResultBatch>,
+    current: Option<Current>,
+    next_index: u64,
+    yielded: u64,
+    total: Option<u64>,
+    error: Option<Arc<PoolError>>,
+    finished: bool,
+    ok: u64,
+    failed: u64,
+}
+
+#[derive(Debug)]
+struct Current {
+    batch: ResultBatch,
+    pos: usize,
+    next_failure: usize,
+}
+
+impl std::fmt::Debug for JobMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobMsg::Results(b) => {
+                write!(f, "Results({} items from {})", b.items.len(), b.first_index)
+            }
+            JobMsg::InputDone { total } => write!(f, "InputDone({total})"),
+            JobMsg::Failed(e) => write!(f, "Failed({e})"),
+        }
+    }
+}
+
+impl RawResults {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        job: u64,
+        ordered: bool,
+        rx: Receiver<JobMsg>,
+        events: Sender<Event>,
+        window: Arc<Window>,
+        counters: Arc<JobCounters>,
+        pool_counters: Arc<PoolCounters>,
+    ) -> RawResults {
+        let spawned_at_start = pool_counters.spawned.load(Ordering::Relaxed);
+        RawResults {
+            job,
+            ordered,
+            rx,
+            events,
+            window,
+            counters,
+            pool_counters,
+            spawned_at_start,
+            reorder: BTreeMap::new(),
+            current: None,
+            next_index: 0,
+            yielded: 0,
+            total: None,
+            error: None,
+            finished: false,
+            ok: 0,
+            failed: 0,
+        }
+    }
+
+    /// The next result: the item's index, and its encoded value or why it has none.
+    /// `None` when every item has been yielded, or after the job stopped with a pool
+    /// error (yielded once as an [`ItemErrorKind::Aborted`] item).
+    pub fn next_raw(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
+        loop {
+            if let Some(cur) = &self.current {
+                if cur.pos < cur.batch.items.len() {
+                    break;
+                }
+                let n = cur.batch.items.len();
+                self.current = None;
+                self.window.release(n);
+            }
+            if self.finished {
+                return None;
+            }
+            if self.ordered {
+                if let Some(entry) = self.reorder.first_entry() {
+                    if *entry.key() == self.next_index {
+                        let batch = entry.remove();
+                        self.next_index += batch.items.len() as u64;
+                        self.current = Some(Current {
+                            batch,
+                            pos: 0,
+                            next_failure: 0,
+                        });
+                        continue;
+                    }
+                }
+            }
+            if self.total == Some(self.yielded) {
+                self.finish();
+                return None;
+            }
+            if let Some(error) = &self.error {
+                let index = if self.ordered {
+                    self.next_index
+                } else {
+                    self.yielded
+                };
+                let reason = error.to_string();
+                self.finish();
+                self.failed += 1;
+                return Some((
+                    index,
+                    Err(ItemError {
+                        index,
+                        kind: ItemErrorKind::Aborted { reason },
+                    }),
+                ));
+            }
+            match self.rx.recv() {
+                Ok(JobMsg::Results(batch)) => {
+                    self.counters
+                        .delivered
+                        .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+                    if self.ordered {
+                        self.reorder.insert(batch.first_index, batch);
+                    } else {
+                        self.current = Some(Current {
+                            batch,
+                            pos: 0,
+                            next_failure: 0,
+                        });
+                    }
+                }
+                Ok(JobMsg::InputDone { total }) => self.total = Some(total),
+                Ok(JobMsg::Failed(error)) => self.error = Some(error),
+                Err(_) => self.error = Some(Arc::new(PoolError::Closed)),
+            }
+        }
+        let cur = self.current.as_mut().expect("checked above");
+        let slot = cur.pos;
+        cur.pos += 1;
+        self.yielded += 1;
+        let index = cur.batch.first_index + slot as u64;
+        if let Some((failed_slot, kind)) = cur.batch.failures.get_mut(cur.next_failure) {
+            if *failed_slot as usize == slot {
+                cur.next_failure += 1;
+                self.failed += 1;
+                let kind = std::mem::replace(
+                    kind,
+                    ItemErrorKind::Failed {
+                        message: String::new(),
+                    },
+                );
+                return Some((index, Err(ItemError { index, kind })));
+            }
+        }
+        self.ok += 1;
+        Some((
+            index,
+            Ok(cur.batch.items.get(slot).expect("slot within batch")),
+        ))
+    }
+
+    /// The pool error that ended the job early, if one did.
+    pub fn pool_error(&self) -> Option<&PoolError> {
+        self.error.as_deref()
+    }
+
+    /// What the job has seen so far.
+    pub fn stats(&self) -> JobStats {
+        JobStats {
+            items_ok: self.ok,
+            items_failed: self.failed,
+            crashes: self.counters.crashes.load(Ordering::Relaxed)
+                + self.counters.timeouts.load(Ordering::Relaxed),
+            timeouts: self.counters.timeouts.load(Ordering::Relaxed),
+            respawns: self
+                .pool_counters
+                .spawned
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.spawned_at_start),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            peak_in_flight: self.counters.peak_in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Items read from the input and not yet handed out (or held by the consumer's
+    /// current batch).
+    pub fn in_flight(&self) -> usize {
+        self.window.in_use()
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        self.window.close();
+    }
+}
+
+impl Drop for RawResults {
+    fn drop(&mut self) {
+        // Stops the feeder at its next permit, and the supervisor drops what is queued.
+        self.window.close();
+        let _ = self.events.send(Event::Cancel { job: self.job });
+    }
+}
+
+/// The typed results of [`crate::ProcessPool::map`]: an iterator of
+/// `Result<Out, ItemError>`, in input order (or as they come for
+/// [`crate::ProcessPool::map_unordered`]). Dropping it cancels the job.
+#[derive(Debug)]
+pub struct MapResults<Out> {
+    raw: RawResults,
+    _out: PhantomData<fn() -> Out>,
+}
+
+impl<Out: DeserializeOwned> MapResults<Out> {
+    pub(crate) fn new(raw: RawResults) -> Self {
+        MapResults {
+            raw,
+            _out: PhantomData,
+        }
+    }
+
+    /// The next result with its input index (useful when unordered).
+    pub fn next_indexed(&mut self) -> Option<(u64, Result<Out, ItemError>)> {
+        let (index, raw) = self.raw.next_raw()?;
+        let result = raw.and_then(|bytes| {
+            match bincode::serde::decode_from_slice::<Out, _>(bytes, bincode::config::standard()) {
+                Ok((value, _)) => Ok(value),
+                Err(e) => Err(ItemError {
+                    index,
+                    kind: ItemErrorKind::Decode {
+                        message: format!("the result does not decode as the output type: {e}"),
+                    },
+                }),
+            }
+        });
+        Some((index, result))
+    }
+
+    /// Yield `(index, result)` pairs instead of results.
+    pub fn indexed(self) -> Indexed<Out> {
+        Indexed(self)
+    }
+
+    /// The pool error that ended the job early, if one did.
+    pub fn pool_error(&self) -> Option<&PoolError> {
+        self.raw.pool_error()
+    }
+
+    /// What the job has seen so far.
+    pub fn stats(&self) -> JobStats {
+        self.raw.stats()
+    }
+
+    /// Items read from the input and not yet handed out.
+    pub fn in_flight(&self) -> usize {
+        self.raw.in_flight()
+    }
+}
+
+impl<Out: DeserializeOwned> Iterator for MapResults<Out> {
+    type Item = Result<Out, ItemError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_indexed().map(|(_, r)| r)
+    }
+}
+
+/// [`MapResults`] yielding `(index, result)` pairs.
+#[derive(Debug)]
+pub struct Indexed<Out>(MapResults<Out>);
+
+impl<Out: DeserializeOwned> Iterator for Indexed<Out> {
+    type Item = (u64, Result<Out, ItemError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_indexed()
+    }
+}
+
+impl<Out> Indexed<Out> {
+    /// Back to the results.
+    pub fn into_inner(self) -> MapResults<Out> {
+        self.0
+    }
+}

@@ -1,0 +1,467 @@
+//! The pool handle and its builder.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use pstream_protocol::{Codec, Function, FunctionInfo, DEFAULT_MAX_FRAME};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::door::{Checks, Door};
+use crate::engine::{Config, Engine, Event};
+use crate::error::PoolError;
+use crate::job::{feed, FeedLimits, JobCounters, MapResults, RawResults, Window};
+use crate::process::{random_token, WorkerCommand};
+use crate::stats::{PoolCounters, PoolStats};
+
+/// The default flow-control window, in items.
+pub const DEFAULT_WINDOW: usize = 5000;
+
+/// Configures and starts a [`ProcessPool`].
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    window: usize,
+    program: Option<PathBuf>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    max_frame: usize,
+    handshake_timeout: Duration,
+    item_timeout: Option<Duration>,
+    retries: u32,
+    max_items_per_worker: Option<u64>,
+    memory_limit: Option<u64>,
+    max_spawn_failures: u32,
+    capacity: u32,
+    max_batch: Option<usize>,
+    shutdown_grace: Duration,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            workers: None,
+            window: DEFAULT_WINDOW,
+            program: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            max_frame: DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(30),
+            item_timeout: None,
+            retries: 1,
+            max_items_per_worker: None,
+            memory_limit: None,
+            max_spawn_failures: 5,
+            capacity: 8192,
+            max_batch: None,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// How many worker processes (default: the number of CPUs).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// The most items read from the input and not yet handed to the consumer
+    /// (default [`DEFAULT_WINDOW`]). Memory on the coordinator's side is
+    /// O(window × item size), however long the input.
+    pub fn window(mut self, items: usize) -> Self {
+        self.window = items;
+        self
+    }
+
+    /// The worker program: a plugin binary built on `pstream-worker`. Default: the
+    /// current executable, re-executed (it must call `pstream::init()` first in
+    /// `main`).
+    pub fn program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.program = Some(path.into());
+        self
+    }
+
+    /// An argument for the worker program.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// An environment variable for the workers.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The largest frame either side accepts (default 64 MiB). An item or result
+    /// larger than this is an error for that item.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// How long a started worker may take to connect and say Hello (default 30 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// A time limit per item (default: none). A worker that shows no progress for
+    /// longer is killed, and the item it was on is isolated like a crash and
+    /// reported as timed out.
+    pub fn item_timeout(mut self, timeout: Duration) -> Self {
+        self.item_timeout = Some(timeout);
+        self
+    }
+
+    /// How many more times an item that killed its worker (or timed out) alone is
+    /// tried before it is reported (default 1).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Replace each worker after it has computed this many items (for leaky code).
+    pub fn max_items_per_worker(mut self, items: u64) -> Self {
+        self.max_items_per_worker = Some(items);
+        self
+    }
+
+    /// Limit each worker's address space (RLIMIT_AS), so an allocation bomb fails
+    /// in the worker instead of waking the machine's OOM killer.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// How many workers in a row may fail to start before the pool gives up
+    /// (default 5).
+    pub fn max_spawn_failures(mut self, n: u32) -> Self {
+        self.max_spawn_failures = n;
+        self
+    }
+
+    /// The most items in one batch (default: what the window and worker count
+    /// allow, at most 4096).
+    pub fn max_batch(mut self, items: usize) -> Self {
+        self.max_batch = Some(items);
+        self
+    }
+
+    /// How long workers get to finish when the pool is dropped before they are
+    /// killed (default 5 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Start the workers and wait until each has completed the handshake.
+    pub fn build(self) -> Result<ProcessPool, PoolError> {
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if workers == 0 {
+            return Err(PoolError::Config("a pool needs at least one worker".into()));
+        }
+        if self.window == 0 {
+            return Err(PoolError::Config(
+                "the window must hold at least one item".into(),
+            ));
+        }
+        if self.max_frame < 4096 || self.max_frame > u32::MAX as usize {
+            return Err(PoolError::Config(format!(
+                "the frame limit must be between 4 KiB and 4 GiB, not {} bytes",
+                self.max_frame
+            )));
+        }
+        let program = match self.program {
+            Some(p) => p,
+            // Re-execute this very binary, even if its file was replaced since.
+            None => PathBuf::from("/proc/self/exe"),
+        };
+        let config = Arc::new(Config {
+            workers,
+            window: self.window,
+            command: WorkerCommand {
+                program,
+                args: self.args,
+                env: self.env,
+                memory_limit: self.memory_limit,
+            },
+            max_frame: self.max_frame,
+            handshake_timeout: self.handshake_timeout,
+            item_timeout: self.item_timeout,
+            retries: self.retries,
+            max_items_per_worker: self.max_items_per_worker,
+            max_spawn_failures: self.max_spawn_failures.max(1),
+            capacity: self.capacity,
+            flush_interval: Duration::from_millis(2),
+            shutdown_grace: self.shutdown_grace,
+        });
+        let max_batch = self
+            .max_batch
+            .unwrap_or_else(|| (self.window / (2 * workers)).min(4096))
+            .clamp(1, (self.capacity as usize / 2).max(1));
+
+        let checks = Arc::new(Checks {
+            token: random_token().map_err(PoolError::Socket)?,
+            spawned: Mutex::new(HashSet::new()),
+            handshake_timeout: self.handshake_timeout,
+        });
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        let door = Door::open(Arc::clone(&checks), events_tx.clone()).map_err(PoolError::Socket)?;
+        let counters = Arc::new(PoolCounters::default());
+        let (ready_tx, ready) = crossbeam_channel::bounded(1);
+        let engine = Engine::new(
+            Arc::clone(&config),
+            events,
+            events_tx.clone(),
+            door.path().to_path_buf(),
+            Arc::clone(&checks),
+            Arc::clone(&counters),
+            ready_tx,
+        );
+        // Workers die with the thread that spawned them (PR_SET_PDEATHSIG), so they
+        // are all spawned by the supervisor, which lives as long as the pool.
+        let engine = std::thread::Builder::new()
+            .name("pstream-supervisor".into())
+            .spawn(move || engine.run())
+            .map_err(PoolError::Socket)?;
+        let mut pool = ProcessPool {
+            events: events_tx,
+            engine: Some(engine),
+            door: Some(door),
+            functions: Vec::new(),
+            checks,
+            counters,
+            next_job: AtomicU64::new(0),
+            config,
+            max_batch,
+        };
+        match ready.recv() {
+            Ok(Ok(functions)) => {
+                pool.functions = functions;
+                Ok(pool)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PoolError::Closed),
+        }
+    }
+}
+
+/// A pool of worker processes that maps functions over streams of items.
+///
+/// Jobs submitted with [`ProcessPool::map`] (and its variants) share the workers;
+/// several may run at once. Dropping the pool asks every worker to finish its batch
+/// and exit, kills those that do not within the grace period, and reaps them all.
+#[derive(Debug)]
+pub struct ProcessPool {
+    events: Sender<Event>,
+    engine: Option<JoinHandle<()>>,
+    door: Option<Door>,
+    functions: Vec<FunctionInfo>,
+    checks: Arc<Checks>,
+    counters: Arc<PoolCounters>,
+    next_job: AtomicU64,
+    config: Arc<Config>,
+    max_batch: usize,
+}
+
+impl ProcessPool {
+    /// A builder with the defaults.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The functions the workers serve.
+    pub fn functions(&self) -> &[FunctionInfo] {
+        &self.functions
+    }
+
+    /// The number of workers the pool keeps.
+    pub fn workers(&self) -> usize {
+        self.config.workers
+    }
+
+    /// The flow-control window, in items.
+    pub fn window(&self) -> usize {
+        self.config.window
+    }
+
+    /// The pids of the worker processes now running.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .checks
+            .spawned
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// What the pool has done so far.
+    pub fn stats(&self) -> PoolStats {
+        self.counters.snapshot()
+    }
+
+    /// Map `function` over `input`; results come back in input order.
+    ///
+    /// The input is read on a separate thread (`pstream-reader`), never more than
+    /// the window ahead of the consumer. Fails at once if no worker serves the
+    /// function.
+    pub fn map<In, Out, I>(
+        &self,
+        function: Function<In, Out>,
+        input: I,
+    ) -> Result<MapResults<Out>, PoolError>
+    where
+        In: Serialize,
+        Out: DeserializeOwned,
+        I: IntoIterator<Item = In>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map_typed(function, input, true)
+    }
+
+    /// Like [`ProcessPool::map`], but results come as they are ready.
+    pub fn map_unordered<In, Out, I>(
+        &self,
+        function: Function<In, Out>,
+        input: I,
+    ) -> Result<MapResults<Out>, PoolError>
+    where
+        In: Serialize,
+        Out: DeserializeOwned,
+        I: IntoIterator<Item = In>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map_typed(function, input, false)
+    }
+
+    fn map_typed<In, Out, I>(
+        &self,
+        function: Function<In, Out>,
+        input: I,
+        ordered: bool,
+    ) -> Result<MapResults<Out>, PoolError>
+    where
+        In: Serialize,
+        Out: DeserializeOwned,
+        I: IntoIterator<Item = In>,
+        I::IntoIter: Send + 'static,
+    {
+        let encode = |item: In, buf: &mut Vec<u8>| {
+            bincode::serde::encode_into_std_write(&item, buf, bincode::config::standard())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        let raw = self.submit(
+            function.name(),
+            Codec::Bincode,
+            ordered,
+            input.into_iter(),
+            encode,
+        )?;
+        Ok(MapResults::new(raw))
+    }
+
+    /// Map the function named `function` over items that are already encoded with
+    /// `codec` (for the command-line launcher: JSON values or lines of text). The
+    /// results are encoded the same way.
+    pub fn map_raw<I>(
+        &self,
+        function: &str,
+        codec: Codec,
+        ordered: bool,
+        input: I,
+    ) -> Result<RawResults, PoolError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+        I::IntoIter: Send + 'static,
+    {
+        let encode = |item: I::Item, buf: &mut Vec<u8>| {
+            buf.extend_from_slice(item.as_ref());
+            Ok(())
+        };
+        self.submit(function, codec, ordered, input.into_iter(), encode)
+    }
+
+    fn submit<I, E>(
+        &self,
+        function: &str,
+        codec: Codec,
+        ordered: bool,
+        input: I,
+        encode: E,
+    ) -> Result<RawResults, PoolError>
+    where
+        I: Iterator + Send + 'static,
+        E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String> + Send + 'static,
+    {
+        if !self.functions.iter().any(|f| f.name == function) {
+            return Err(PoolError::UnknownFunction {
+                name: function.to_string(),
+                available: self.functions.iter().map(|f| f.name.clone()).collect(),
+            });
+        }
+        let job = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let (results_tx, results) = crossbeam_channel::unbounded();
+        let counters = Arc::new(JobCounters::default());
+        let window = Arc::new(Window::new(self.config.window));
+        self.events
+            .send(Event::NewJob {
+                job,
+                function: Arc::from(function),
+                codec,
+                results: results_tx,
+                counters: Arc::clone(&counters),
+            })
+            .map_err(|_| PoolError::Closed)?;
+        let limits = FeedLimits {
+            job,
+            max_batch: self.max_batch,
+            max_batch_bytes: (self.config.max_frame / 4).min(4 << 20),
+            max_item: self.config.max_frame - 4096,
+        };
+        let raw = RawResults::new(
+            job,
+            ordered,
+            results,
+            self.events.clone(),
+            Arc::clone(&window),
+            Arc::clone(&counters),
+            Arc::clone(&self.counters),
+        );
+        let events = self.events.clone();
+        std::thread::Builder::new()
+            .name("pstream-reader".into())
+            .spawn(move || feed(limits, input, encode, window, counters, events))
+            .map_err(PoolError::Socket)?;
+        Ok(raw)
+    }
+
+    /// Shut the pool down now, waiting for the workers to exit (as dropping does).
+    pub fn shutdown(self) {}
+}
+
+impl Drop for ProcessPool {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::Shutdown);
+        if let Some(engine) = self.engine.take() {
+            let _ = engine.join();
+        }
+        // After the supervisor: no worker is left to connect.
+        self.door.take();
+    }
+}

@@ -1,0 +1,165 @@
+//! Worker processes: starting them (re-executed, never bare `fork`), signalling them
+//! without racing their reaping, and turning their end into an event.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::ExitCause;
+
+/// What to start as a worker.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    /// RLIMIT_AS for the worker, in bytes.
+    pub memory_limit: Option<u64>,
+}
+
+/// A started worker process. Signals go through [`Proc::signal`], which never sends
+/// one after the process was reaped (so never to a recycled pid).
+#[derive(Debug)]
+pub(crate) struct Proc {
+    pub pid: u32,
+    /// Set, under the lock, between seeing the exit and reaping: a signal sent while
+    /// holding the lock with this false reaches the worker or its zombie, nothing else.
+    exited: Mutex<bool>,
+}
+
+impl Proc {
+    pub fn signal(&self, signal: Signal) {
+        let exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        if !*exited {
+            let _ = kill(Pid::from_raw(self.pid as i32), signal);
+        }
+    }
+
+    /// Block until the process ends, reap it, and say how it ended.
+    pub fn wait(&self) -> ExitCause {
+        let pid = Pid::from_raw(self.pid as i32);
+        // Wait without reaping, so the pid stays ours while `signal` may run.
+        loop {
+            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+        let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        *exited = true;
+        loop {
+            match waitpid(pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => return ExitCause::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return ExitCause::Signal(sig as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                // Already reaped by someone else (a program that reaps all children).
+                Err(_) => return ExitCause::Code(-1),
+            }
+        }
+    }
+}
+
+/// Start one worker. The child is in its own process group (a terminal's Ctrl-C goes
+/// to the coordinator, which decides), dies with the thread that started it
+/// (`PR_SET_PDEATHSIG`), and writes its stdout to our stderr so it can never mix
+/// into a job's output.
+pub(crate) fn spawn(command: &WorkerCommand, extra_env: &[(&str, String)]) -> io::Result<Proc> {
+    let mut cmd = Command::new(&command.program);
+    cmd.args(&command.args)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .envs(extra_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(io::stderr().as_fd().try_clone_to_owned()?))
+        .process_group(0);
+    let parent = nix::unistd::getpid();
+    let memory_limit = command.memory_limit;
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid, setrlimit); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The parent may have died before the prctl: then nobody would kill us.
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::other("the coordinator exited during spawn"));
+            }
+            if let Some(limit) = memory_limit {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_AS,
+                    limit,
+                    limit,
+                )?;
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // The std handle is dropped without waiting: `Proc::wait` reaps.
+    Ok(Proc {
+        pid: child.id(),
+        exited: Mutex::new(false),
+    })
+}
+
+/// 128 bits from the OS's random source, as hex.
+pub(crate) fn random_token() -> io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Compare two byte strings in time that depends only on their lengths.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_compared_exactly() {
+        let a = random_token().unwrap();
+        let b = random_token().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(constant_time_eq(a.as_bytes(), a.as_bytes()));
+        assert!(!constant_time_eq(a.as_bytes(), b.as_bytes()));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+    }
+
+    #[test]
+    fn exit_causes_are_seen() {
+        let sh = |script: &str| WorkerCommand {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+            memory_limit: None,
+        };
+        let p = spawn(&sh("exit 7"), &[]).unwrap();
+        assert_eq!(p.wait(), ExitCause::Code(7));
+        let p = spawn(&sh("kill -SEGV $$"), &[]).unwrap();
+        assert_eq!(p.wait(), ExitCause::Signal(libc_sigsegv()));
+        let p = spawn(&sh("sleep 30"), &[]).unwrap();
+        p.signal(Signal::SIGKILL);
+        assert_eq!(p.wait(), ExitCause::Signal(Signal::SIGKILL as i32));
+        // After reaping, signalling is a no-op rather than a shot at a recycled pid.
+        p.signal(Signal::SIGKILL);
+    }
+
+    fn libc_sigsegv() -> i32 {
+        Signal::SIGSEGV as i32
+    }
+}

@@ -1,0 +1,51 @@
+//! Counters kept while pools and jobs run, and the snapshots users read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Pool-wide counters, shared by the supervisor and the pool handle.
+#[derive(Debug, Default)]
+pub(crate) struct PoolCounters {
+    pub spawned: AtomicU64,
+    pub crashes: AtomicU64,
+    pub spawn_failures: AtomicU64,
+}
+
+/// What a pool has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Worker processes started, first ones and replacements.
+    pub spawned: u64,
+    /// Workers that died or were killed while serving.
+    pub crashes: u64,
+    /// Workers that failed before completing the handshake.
+    pub spawn_failures: u64,
+}
+
+impl PoolCounters {
+    pub fn snapshot(&self) -> PoolStats {
+        PoolStats {
+            spawned: self.spawned.load(Ordering::Relaxed),
+            crashes: self.crashes.load(Ordering::Relaxed),
+            spawn_failures: self.spawn_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What one job has seen so far ([`crate::RawResults::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JobStats {
+    /// Items yielded with a value.
+    pub items_ok: u64,
+    /// Items yielded as errors.
+    pub items_failed: u64,
+    /// Workers that died (or were killed for hanging) while computing this job.
+    pub crashes: u64,
+    /// Of those, workers killed for exceeding the item time limit.
+    pub timeouts: u64,
+    /// Replacement workers started while the job ran.
+    pub respawns: u64,
+    /// Batches (or parts of batches) sent again after a worker died.
+    pub retries: u64,
+    /// The most items read from the input and not yet handed to the consumer.
+    pub peak_in_flight: u64,
+}

@@ -1,0 +1,73 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pstream::{PoolBuilder, ProcessPool};
+
+/// Scales the sizes of the bigger tests (`PSTREAM_TEST_SCALE=0.1` for a quick run).
+pub fn scale(n: u64) -> u64 {
+    let factor: f64 = std::env::var("PSTREAM_TEST_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * factor) as u64).max(1)
+}
+
+/// The example plugin binary.
+pub fn plugin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pstream-examples"))
+}
+
+/// A builder for a pool of the example plugin, with short timeouts for tests.
+pub fn builder() -> PoolBuilder {
+    ProcessPool::builder()
+        .program(plugin())
+        .handshake_timeout(Duration::from_secs(20))
+        .shutdown_grace(Duration::from_secs(5))
+}
+
+pub fn pool(workers: usize) -> ProcessPool {
+    builder()
+        .workers(workers)
+        .build()
+        .expect("start a pool of the example plugin")
+}
+
+/// Whether a process exists (including as a zombie), and its state letter.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses.
+    let after = stat.rsplit_once(')')?.1;
+    after.trim_start().chars().next()
+}
+
+/// Assert that none of the pids is alive or a zombie.
+pub fn assert_gone(pids: &[u32]) {
+    for &pid in pids {
+        if let Some(state) = process_state(pid) {
+            panic!("worker {pid} still exists in state {state}");
+        }
+    }
+}
+
+/// Peak resident set size of this process so far, in bytes.
+pub fn peak_rss() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+/// Current resident set size of this process, in bytes.
+pub fn current_rss() -> u64 {
+    status_kib("VmRSS:") * 1024
+}
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
