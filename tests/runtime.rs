@@ -3,11 +3,51 @@
 
 mod support;
 
-use pstream_examples::double;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pstream::{Codec, PoolError, ProcessPool};
+use pstream_examples::{double, upper};
 use support::*;
 
+/// An input that counts how many items were pulled from it.
+struct Counting<I> {
+    inner: I,
+    pulled: Arc<AtomicU64>,
+}
+
+impl<I: Iterator> Iterator for Counting<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next()?;
+        self.pulled.fetch_add(1, Ordering::SeqCst);
+        Some(item)
+    }
+}
+
+fn counting<I: Iterator>(inner: I) -> (Counting<I>, Arc<AtomicU64>) {
+    let pulled = Arc::new(AtomicU64::new(0));
+    (
+        Counting {
+            inner,
+            pulled: Arc::clone(&pulled),
+        },
+        pulled,
+    )
+}
+
+/// Wait for `condition`, failing the test with `what` after a generous deadline.
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
-fn double_a_million_in_order() {
+fn double_a_million_in_order_and_unordered() {
     let pool = pool(2);
     let n = scale(1_000_000) as i64;
     let mut expected = 0i64;
@@ -16,4 +56,256 @@ fn double_a_million_in_order() {
         expected += 1;
     }
     assert_eq!(expected, n);
+
+    let mut seen = vec![false; n as usize];
+    for (index, result) in pool.map_unordered(double, 0..n).unwrap().indexed() {
+        let value = result.unwrap();
+        assert_eq!(value, index as i64 * 2);
+        assert!(
+            !std::mem::replace(&mut seen[index as usize], true),
+            "{index} twice"
+        );
+    }
+    assert!(seen.iter().all(|&s| s), "some results are missing");
+}
+
+#[test]
+fn infinite_input_cut_short_then_the_pool_runs_another_job() {
+    let pool = pool(2);
+    let first: Vec<i64> = pool
+        .map(double, 0i64..)
+        .unwrap()
+        .take(10_000)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first, (0..10_000).map(|x| x * 2).collect::<Vec<_>>());
+    // The first job was cancelled when its results were dropped; the pool goes on.
+    let second: Vec<String> = pool
+        .map(upper, ["a", "b", "c"].map(String::from))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(second, ["A", "B", "C"]);
+}
+
+#[test]
+fn the_input_is_never_read_more_than_a_window_ahead() {
+    for window in [1usize, 7, 100, 5000] {
+        let pool = builder().workers(2).window(window).build().unwrap();
+        let (input, pulled) = counting(0i64..1_000_000);
+        let mut results = pool.map(double, input).unwrap();
+        let mut consumed = 0u64;
+        for _ in 0..3 * window {
+            let value = results.next().unwrap().unwrap();
+            assert_eq!(value, consumed as i64 * 2);
+            consumed += 1;
+            let ahead = pulled.load(Ordering::SeqCst) - consumed;
+            assert!(
+                ahead <= window as u64,
+                "window {window}: {ahead} items pulled ahead"
+            );
+        }
+        // The consumer stops reading: the feeder fills the window, and stops there.
+        wait_for("the window to fill", || results.in_flight() == window);
+        let ahead = pulled.load(Ordering::SeqCst) - consumed;
+        assert!(
+            ahead <= window as u64,
+            "window {window}: {ahead} items pulled ahead"
+        );
+        assert!(results.stats().peak_in_flight <= window as u64);
+        // Cancelling by drop stops the input for good.
+        drop(results);
+        let after_drop = pulled.load(Ordering::SeqCst);
+        let again: Vec<i64> = pool
+            .map(double, 0..10)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(again, (0..10).map(|x| x * 2).collect::<Vec<_>>());
+        assert_eq!(
+            pulled.load(Ordering::SeqCst),
+            after_drop,
+            "input read after cancel"
+        );
+    }
+}
+
+fn doubled(pool: &ProcessPool, n: i64) {
+    let got: Vec<i64> = pool
+        .map(double, 0..n)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..n).map(|x| x * 2).collect::<Vec<_>>(), "n = {n}");
+}
+
+#[test]
+fn degenerate_shapes() {
+    // One worker.
+    doubled(&builder().workers(1).build().unwrap(), 10_000);
+    // Window of one item.
+    doubled(&builder().workers(2).window(1).build().unwrap(), 500);
+    // Window smaller than a batch.
+    doubled(
+        &builder()
+            .workers(2)
+            .window(3)
+            .max_batch(64)
+            .build()
+            .unwrap(),
+        2_000,
+    );
+    // Window larger than the input.
+    doubled(
+        &builder().workers(2).window(1_000_000).build().unwrap(),
+        1_000,
+    );
+    // More workers than items, and an empty input.
+    let pool = builder().workers(3).build().unwrap();
+    doubled(&pool, 2);
+    doubled(&pool, 0);
+    let mut empty = pool.map(double, std::iter::empty()).unwrap();
+    assert!(empty.next().is_none());
+    assert!(empty.next().is_none(), "a finished stream stays finished");
+}
+
+#[test]
+fn item_failures_are_values_and_the_stream_goes_on() {
+    let pool = pool(2);
+    let input = vec![1, i64::MAX, 3];
+    let results: Vec<_> = pool.map(double, input).unwrap().collect();
+    assert_eq!(results[0].as_ref().unwrap(), &2);
+    let err = results[1].as_ref().unwrap_err();
+    assert_eq!(err.index, 1);
+    assert_eq!(err.kind.name(), "failed");
+    assert!(err.to_string().contains("overflows"), "{err}");
+    assert_eq!(results[2].as_ref().unwrap(), &6);
+
+    // Raw JSON: bad JSON and wrong types are decode errors of their items.
+    let lines = ["1", "{oops", "\"text\"", "4"];
+    let mut raw = pool.map_raw("double", Codec::Json, true, lines).unwrap();
+    let mut seen = Vec::new();
+    while let Some((index, result)) = raw.next_raw() {
+        seen.push((
+            index,
+            result
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
+                .map_err(|e| e.kind.name()),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (0, Ok("2".into())),
+            (1, Err("decode")),
+            (2, Err("decode")),
+            (3, Ok("8".into()))
+        ]
+    );
+    let stats = raw.stats();
+    assert_eq!((stats.items_ok, stats.items_failed), (2, 2));
+}
+
+#[test]
+fn lines_codec_passes_strings_raw() {
+    let pool = pool(1);
+    let mut raw = pool
+        .map_raw("upper", Codec::Lines, true, ["hello", "wörld", "a\"b"])
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some((_, r)) = raw.next_raw() {
+        out.push(String::from_utf8(r.unwrap().to_vec()).unwrap());
+    }
+    assert_eq!(out, ["HELLO", "WÖRLD", "A\"B"]);
+}
+
+#[test]
+fn unknown_function_is_a_clear_error() {
+    let pool = pool(1);
+    let err = pool
+        .map_raw("no_such_function", Codec::Json, true, ["1"])
+        .unwrap_err();
+    match &err {
+        PoolError::UnknownFunction { name, available } => {
+            assert_eq!(name, "no_such_function");
+            assert!(available.iter().any(|f| f == "double"), "{available:?}");
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+    assert!(err.to_string().contains("double"), "{err}");
+}
+
+#[test]
+fn a_missing_worker_binary_is_a_clear_error() {
+    let start = Instant::now();
+    let err = ProcessPool::builder()
+        .workers(2)
+        .program("./no/such/pstream-plugin")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, PoolError::Spawn { .. }), "{err}");
+    assert!(err.to_string().contains("no/such/pstream-plugin"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_worker_that_exits_at_once_is_a_clear_error() {
+    let err = ProcessPool::builder()
+        .workers(2)
+        .program("true")
+        .build()
+        .unwrap_err();
+    match &err {
+        PoolError::WorkerStart { reason, .. } => {
+            assert!(reason.contains("exited with status 0"), "{reason}")
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+}
+
+#[test]
+fn a_worker_that_never_says_hello_is_a_clear_error() {
+    let err = ProcessPool::builder()
+        .workers(1)
+        .program("sleep")
+        .arg("600")
+        .handshake_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap_err();
+    match &err {
+        PoolError::WorkerStart { reason, .. } => {
+            assert!(
+                reason.contains("did not complete the handshake"),
+                "{reason}"
+            )
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+}
+
+#[test]
+fn dropping_the_pool_stops_and_reaps_every_worker() {
+    let pool = pool(3);
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 3);
+    for &pid in &pids {
+        assert!(
+            process_state(pid).is_some(),
+            "worker {pid} should be running"
+        );
+    }
+    // Also with a job in the middle of its input.
+    let mut results = pool.map(double, 0i64..).unwrap();
+    assert_eq!(results.next().unwrap().unwrap(), 0);
+    drop(pool);
+    assert_gone(&pids);
+    // The orphaned result stream ends rather than hangs.
+    let rest: Vec<_> = results.by_ref().take(100_000).collect();
+    assert!(
+        rest.len() < 100_000,
+        "the stream should end once the pool is gone"
+    );
+    if let Some(Err(last)) = rest.last() {
+        assert_eq!(last.kind.name(), "aborted");
+    }
 }
