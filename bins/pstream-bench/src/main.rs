@@ -1,0 +1,138 @@
+//! pstream's benchmark harness.
+//!
+//! `pstream-bench [--quick] [--only SCENARIO...] [--runs N]` prints markdown tables
+//! that put pstream next to a sequential loop, a rayon thread pool, a minimal
+//! hand-written process pool (the floor a process pool can hope for) and Python's
+//! `multiprocessing.Pool.imap`, then a summary against pstream's targets.
+//!
+//! The binary is its own worker: it links the example functions and calls
+//! `pstream::init()` first, so pools re-execute it. It also re-executes itself with
+//! hidden subcommands, as the reference pool's worker (`__ref-worker`) and as the
+//! child whose peak memory is measured (`__rss`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pstream_examples as _; // links the example functions into this binary's workers
+
+mod machine;
+mod python;
+mod reference;
+mod report;
+mod scenarios;
+
+/// The error type of the harness: anything that stops a measurement.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pstream-bench",
+    about = "Benchmark pstream against sequential code, rayon, a reference pool and Python"
+)]
+struct Cli {
+    /// Smaller inputs and no 100M-item memory run: a first look in a minute or two.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these scenarios (default: all, in order).
+    #[arg(long, value_enum, num_args = 1..)]
+    only: Vec<Scenario>,
+    /// Runs per measurement; the tables show the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    #[command(subcommand)]
+    hidden: Option<Hidden>,
+}
+
+/// The scenarios, in order of importance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// `double` over 10M i64: pstream vs sequential, rayon, the reference pool, Python.
+    Double,
+    /// SHA-256 over 1M 1 KiB items: pstream vs sequential and rayon.
+    Sha,
+    /// `slow_double` (~20 µs of CPU per item): scaling with the number of cores.
+    Scaling,
+    /// The coordinator's peak RSS mapping 1M, 10M and 100M items.
+    Rss,
+    /// Starting a pool, and the first result of a map.
+    Latency,
+    /// `slow_double` with a worker SIGKILLed every second.
+    Fire,
+    /// The command-line launcher against GNU parallel and xargs (not written yet).
+    Cli,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 7] = [
+        Scenario::Double,
+        Scenario::Sha,
+        Scenario::Scaling,
+        Scenario::Rss,
+        Scenario::Latency,
+        Scenario::Fire,
+        Scenario::Cli,
+    ];
+}
+
+/// Internal entry points: the bench re-executing itself.
+#[derive(Debug, Subcommand)]
+enum Hidden {
+    /// Serve as a worker of the reference pool, connected to the socket at PATH.
+    #[command(name = "__ref-worker", hide = true)]
+    RefWorker { path: std::path::PathBuf },
+    /// Map `double` over N items with W workers and print this process's peak RSS.
+    #[command(name = "__rss", hide = true)]
+    Rss { items: u64, workers: usize },
+}
+
+/// How big the inputs are, and how often each measurement is repeated.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Runs per measurement.
+    pub runs: usize,
+    /// Worker processes (and rayon threads): the number of cores.
+    pub workers: usize,
+    /// Whether `--quick` was given.
+    pub quick: bool,
+}
+
+fn main() -> ExitCode {
+    pstream::init(); // a pool's worker serves here and never returns
+    let cli = Cli::parse();
+    let result = match cli.hidden {
+        Some(Hidden::RefWorker { path }) => reference::serve(&path),
+        Some(Hidden::Rss { items, workers }) => scenarios::rss_child(items, workers),
+        None => run(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = format!("pstream-bench: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), BoxError> {
+    let settings = Settings {
+        runs: cli.runs as usize,
+        workers: machine::cores(),
+        quick: cli.quick,
+    };
+    machine::print_header(&settings);
+    let mut summary = report::Summary::default();
+    for scenario in Scenario::ALL {
+        if !cli.only.is_empty() && !cli.only.contains(&scenario) {
+            continue;
+        }
+        scenarios::run(scenario, &settings, &mut summary)?;
+    }
+    summary.print();
+    Ok(())
+}
