@@ -1,6 +1,6 @@
 //! What the numbers were measured on: cores, CPU model, kernel, date.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::Settings;
 
@@ -47,6 +47,30 @@ pub fn today() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// How many cores' worth of CPU `threads` busy threads really get: the same fixed
+/// loop run on one thread, then on `threads` threads at once. A virtual machine
+/// whose CPUs share physical cores shows less than `threads` here, and no runtime,
+/// rayon included, can scale past it.
+pub fn effective_parallelism(threads: usize) -> f64 {
+    fn spin() {
+        let mut x = 1u64;
+        for _ in 0..100_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    let start = Instant::now();
+    spin();
+    let one = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(spin);
+        }
+    });
+    let all = start.elapsed().as_secs_f64();
+    threads as f64 * one / all
+}
+
 /// The lines at the top of every report.
 pub fn print_header(settings: &Settings) {
     println!("# pstream-bench");
@@ -56,6 +80,12 @@ pub fn print_header(settings: &Settings) {
         settings.workers,
         cpu_model(),
         kernel()
+    );
+    println!(
+        "- effective parallelism: {:.2} of {} (the same CPU-bound loop on {} threads at once vs on one)",
+        effective_parallelism(settings.workers),
+        settings.workers,
+        settings.workers
     );
     println!("- date: {}", today());
     println!(

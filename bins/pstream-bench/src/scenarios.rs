@@ -134,14 +134,27 @@ fn pstream_double(pool: &ProcessPool, n: u64) -> Result<i64, BoxError> {
     Ok(sum)
 }
 
+/// The window of the probe that shows what the default window costs.
+const WIDE_WINDOW: usize = 50_000;
+
 fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
     let n: u64 = if s.quick { 1_000_000 } else { 10_000_000 };
     let expected = n * (n - 1);
     println!("## 1. `double` over {} i64", count(n));
     println!();
     let pool = pool(s.workers)?;
+    // The same with a ten times larger window: shows how much the default window
+    // (and the batch size it allows) costs.
+    let wide_pool = ProcessPool::builder()
+        .workers(s.workers)
+        .window(WIDE_WINDOW)
+        .build()?;
     let threads = rayon_pool(s.workers)?;
     let mut ps = Contender::new("pstream `ProcessPool::map`");
+    let mut wide = Contender::new(format!(
+        "pstream, window {} (probe)",
+        count(WIDE_WINDOW as u64)
+    ));
     let mut seq = Contender::new("sequential loop");
     let mut ray = Contender::new(format!("rayon `par_iter`, {} threads", s.workers));
     let mut floor = Contender::new(format!(
@@ -172,6 +185,10 @@ fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> 
         let (d, sum) = timed(|| pstream_double(&pool, n));
         check("pstream", sum?, expected as i64)?;
         ps.times.push(d.as_secs_f64());
+
+        let (d, sum) = timed(|| pstream_double(&wide_pool, n));
+        check("pstream (wide window)", sum?, expected as i64)?;
+        wide.times.push(d.as_secs_f64());
 
         let (d, sum) = timed(|| {
             let mut sum = 0i64;
@@ -207,7 +224,7 @@ fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> 
         }
     }
 
-    print_contenders(n, &[&ps, &seq, &ray, &floor, &py], &ps);
+    print_contenders(n, &[&ps, &wide, &seq, &ray, &floor, &py], &ps);
     let vs_python = py.slowdown_vs(&ps);
     let vs_floor = floor.slowdown_vs(&ps);
     if py.runs() {

@@ -1,0 +1,19 @@
+# pstream's recipes. `just --list` shows them.
+
+# Run every test in the workspace.
+test:
+    cargo test --workspace
+
+# Build the benchmark harness in release and run it; pass flags through, e.g.
+# `just bench --quick` or `just bench --only double sha --runs 5`.
+bench *ARGS:
+    cargo build --release -p pstream-bench
+    target/release/pstream-bench {{ARGS}}
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
+
+# Double a million numbers with the command-line launcher.
+demo:
+    seq 1 1000000 | cargo run --release -p pstream-coord -- run --function double --format jsonl | tail -n 3
