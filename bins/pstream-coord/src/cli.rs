@@ -1,0 +1,258 @@
+//! The command line: subcommands, options, and the parsers for durations and sizes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Map a function over the lines of a file (or stdin) in a pool of worker processes.
+///
+/// Results come back in input order, memory stays flat however long the input is,
+/// and an item that crashes or hangs its worker is reported and skipped instead of
+/// taking the job down. Without --plugin, the example functions built into this
+/// binary are served (see `pstream-coord functions`).
+#[derive(Debug, Parser)]
+#[command(name = "pstream-coord", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Shown after --help.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    every item succeeded
+  1    some items failed (see stderr and --errors)
+  2    usage error (bad option, unknown function, nothing to resume)
+  3    the job could not run (input, output, workers)
+  130  stopped by SIGINT (Ctrl-C);  143  stopped by SIGTERM
+
+Logs: set RUST_LOG (e.g. RUST_LOG=debug) to see the pool's tracing logs on stderr.
+Documentation: docs/cli.md";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a function over every line of the input.
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// List the functions a plugin serves, with their input and output types.
+    Functions(FunctionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FunctionsArgs {
+    /// The plugin binary (default: the example functions built into pstream-coord).
+    #[arg(long, value_name = "PATH")]
+    pub plugin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The function to run (see `pstream-coord functions`).
+    #[arg(long, short = 'f', value_name = "NAME")]
+    pub function: String,
+
+    /// The plugin binary serving the function (default: the example functions built
+    /// into pstream-coord).
+    #[arg(long, value_name = "PATH")]
+    pub plugin: Option<PathBuf>,
+
+    /// Read items from FILE, one per line (`-`: stdin).
+    #[arg(long, short = 'i', value_name = "FILE", default_value = "-")]
+    pub input: String,
+
+    /// Write results to FILE, one per line (`-`: stdout).
+    #[arg(long, short = 'o', value_name = "FILE", default_value = "-")]
+    pub output: String,
+
+    /// How lines become items and results become lines.
+    #[arg(long, value_enum, default_value_t = Format::Lines)]
+    pub format: Format,
+
+    /// Worker processes (default: the number of CPUs).
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Option<u32>,
+
+    /// The most items read ahead of the output (memory is O(window x item size)).
+    #[arg(long, value_name = "N", default_value_t = pstream::DEFAULT_WINDOW as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub window: u32,
+
+    /// Write results as they complete instead of in input order.
+    #[arg(long)]
+    pub unordered: bool,
+
+    /// Time limit per item, e.g. 30s, 500ms, 2m (default: none). A worker stuck
+    /// longer is killed and the item reported as timed out.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// How many more times an item that crashed its worker or timed out is tried.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub retries: u32,
+
+    /// What a failed item does: `skip` reports it and goes on; `fail` stops the job
+    /// after writing every earlier result.
+    #[arg(long, value_enum, default_value_t = OnError::Skip)]
+    pub on_error: OnError,
+
+    /// Append a JSON record per failed item to FILE:
+    /// {"line": N, "input": "...", "kind": "...", "error": "..."}.
+    #[arg(long, value_name = "FILE")]
+    pub errors: Option<PathBuf>,
+
+    /// Continue an interrupted run whose output (and --errors) file is still there.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Show progress on stderr even when it is not a terminal (as plain lines).
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+
+    /// Show no progress bar.
+    #[arg(long, overrides_with = "progress")]
+    pub no_progress: bool,
+
+    /// Write the final figures (the summary line's) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+
+    /// Limit each worker's address space, e.g. 512M, 2G: an allocation bomb then
+    /// fails in its worker instead of exhausting the machine.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Each line is a string item; a string result is written as a raw line, any
+    /// other result as JSON.
+    Lines,
+    /// Each line is a JSON value; each result is one JSON value on one line.
+    Jsonl,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Lines => "lines",
+            Format::Jsonl => "jsonl",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnError {
+    /// Report the item (stderr, --errors), write no output line for it, go on; exit 1
+    /// at the end.
+    Skip,
+    /// Stop at the first failed item, after writing every earlier result; exit 1.
+    Fail,
+}
+
+/// Whether progress is wanted: `Some(true)` forced on, `Some(false)` off, `None`
+/// when stderr is a terminal.
+impl RunArgs {
+    pub fn progress_choice(&self) -> Option<bool> {
+        if self.progress {
+            Some(true)
+        } else if self.no_progress {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// `250ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 30s, 500ms, 2m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "secs" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" | "min" | "mins" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
+        return Err(format!("`{s}` is not a usable time limit"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `1048576`, `512K`, `512M`, `2G`, `1GiB`, `64MB` (powers of 1024 in every case).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 512M or 2G)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use K, M, G or T)"
+            ))
+        }
+    };
+    let bytes = value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    if bytes < 1 << 20 {
+        return Err(format!(
+            "`{s}` is too small for a worker process to start (at least 1M)"
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("12").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

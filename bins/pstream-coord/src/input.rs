@@ -1,0 +1,367 @@
+//! Reading the input: a reader thread cuts it into chunks of whole lines, an
+//! iterator hands the lines to the pool one by one, and [`Pending`] keeps each line
+//! until its result is back, so a failed item's error record can quote it.
+//!
+//! The reader runs on its own thread so that a stop request (Ctrl-C) ends the input
+//! promptly even while a read from stdin blocks: the iterator waits on a channel
+//! with a timeout and checks the stop flag in between.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::signals::Stop;
+
+/// How much the reader asks for per read.
+const READ_SIZE: usize = 64 << 10;
+
+/// Chunks waiting between the reader and the pool.
+const CHANNEL_CHUNKS: usize = 4;
+
+/// How often the line iterator looks at the stop flag while it waits for input.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Consecutive whole lines of the input, without their newlines.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The job's index of the first line (0 for the first line read, after any lines
+    /// skipped by --resume).
+    first_index: u64,
+    data: Vec<u8>,
+    /// Where each line ends in `data`; the next starts one byte (the newline) later.
+    ends: Vec<usize>,
+    /// Lines whose results have not been handed out yet.
+    remaining: AtomicUsize,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn line(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
+        &self.data[start..self.ends[i]]
+    }
+
+    fn contains(&self, index: u64) -> bool {
+        index >= self.first_index && index < self.first_index + self.len() as u64
+    }
+}
+
+/// One line, as the pool reads it.
+#[derive(Debug)]
+pub struct Line {
+    chunk: Arc<Chunk>,
+    i: usize,
+}
+
+impl AsRef<[u8]> for Line {
+    fn as_ref(&self) -> &[u8] {
+        self.chunk.line(self.i)
+    }
+}
+
+/// Figures the reader keeps for the progress display and the summary.
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    /// Lines read so far (after any skipped by --resume).
+    pub lines: AtomicU64,
+    /// Set when the input ended (EOF or a read error).
+    pub done: AtomicBool,
+}
+
+/// Start the reader thread over `source`, skipping its first `skip` lines.
+pub fn start_reader(
+    mut source: Box<dyn Read + Send>,
+    skip: u64,
+    stats: Arc<ReadStats>,
+) -> io::Result<(Receiver<Arc<Chunk>>, JoinHandle<io::Result<()>>)> {
+    let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
+    let handle = std::thread::Builder::new()
+        .name("pstream-coord-input".into())
+        .spawn(move || {
+            let result = read_chunks(&mut *source, skip, &tx, &stats);
+            stats.done.store(true, Ordering::Release);
+            result
+        })?;
+    Ok((rx, handle))
+}
+
+fn read_chunks(
+    source: &mut dyn Read,
+    mut skip: u64,
+    tx: &SyncSender<Arc<Chunk>>,
+    stats: &ReadStats,
+) -> io::Result<()> {
+    let mut data: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    // Where the line being read starts, and where the search for its end resumes.
+    let mut line_start = 0;
+    let mut next_index = 0u64;
+    loop {
+        let filled = data.len();
+        data.resize(filled + READ_SIZE, 0);
+        let n = loop {
+            match source.read(&mut data[filled..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    data.truncate(filled);
+                    return Err(e);
+                }
+            }
+        };
+        data.truncate(filled + n);
+        let eof = n == 0;
+        let mut ends = Vec::new();
+        let mut first_kept = line_start;
+        let mut pos = filled;
+        while let Some(offset) = data[pos..].iter().position(|&b| b == b'\n') {
+            let end = pos + offset;
+            if skip > 0 {
+                skip -= 1;
+                first_kept = end + 1;
+            } else {
+                ends.push(end - first_kept);
+            }
+            pos = end + 1;
+            line_start = pos;
+        }
+        if eof && line_start < data.len() {
+            // A last line without a newline is still a line.
+            if skip > 0 {
+                skip -= 1;
+                first_kept = data.len();
+            } else {
+                ends.push(data.len() - first_kept);
+            }
+            line_start = data.len();
+        }
+        if !ends.is_empty() {
+            let lines = ends.len();
+            let chunk = Arc::new(Chunk {
+                first_index: next_index,
+                data: data[first_kept..line_start].to_vec(),
+                remaining: AtomicUsize::new(lines),
+                ends,
+            });
+            next_index += lines as u64;
+            stats.lines.fetch_add(lines as u64, Ordering::Relaxed);
+            if tx.send(chunk).is_err() {
+                return Ok(()); // The job stopped reading.
+            }
+        }
+        // Keep the unfinished line for the next round.
+        data.drain(..line_start);
+        line_start = 0;
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+/// The lines read and not yet answered, by index, for quoting in error records.
+/// Holds whole chunks, each until every line in it has its result.
+#[derive(Debug, Default)]
+pub struct Pending {
+    chunks: Mutex<VecDeque<Arc<Chunk>>>,
+}
+
+impl Pending {
+    fn push(&self, chunk: Arc<Chunk>) {
+        self.chunks.lock().unwrap().push_back(chunk);
+    }
+
+    fn find(&self, index: u64) -> Option<Arc<Chunk>> {
+        let mut chunks = self.chunks.lock().unwrap();
+        // Drop the chunks that are fully answered (anywhere: results may come out
+        // of order, and one slow item must not pin the chunks after its own).
+        chunks.retain(|c| c.remaining.load(Ordering::Relaxed) > 0);
+        let at = chunks.partition_point(|c| c.first_index + c.len() as u64 <= index);
+        chunks.get(at).filter(|c| c.contains(index)).cloned()
+    }
+}
+
+/// The consumer's side of [`Pending`]: marks lines answered, and returns the text
+/// of the ones that need quoting.
+#[derive(Debug)]
+pub struct Answered {
+    pending: Arc<Pending>,
+    /// The chunk of the last answered line: results come in runs.
+    last: Option<Arc<Chunk>>,
+}
+
+impl Answered {
+    pub fn new(pending: Arc<Pending>) -> Answered {
+        Answered {
+            pending,
+            last: None,
+        }
+    }
+
+    /// Mark line `index` answered; with `quote`, return its text.
+    pub fn answer(&mut self, index: u64, quote: bool) -> Option<Vec<u8>> {
+        if !self.last.as_ref().is_some_and(|c| c.contains(index)) {
+            self.last = self.pending.find(index);
+        }
+        let chunk = self.last.as_ref()?;
+        chunk.remaining.fetch_sub(1, Ordering::Relaxed);
+        quote.then(|| chunk.line((index - chunk.first_index) as usize).to_vec())
+    }
+}
+
+/// The iterator the pool reads: the lines from the reader, until the input ends or
+/// a stop is requested.
+#[derive(Debug)]
+pub struct Lines {
+    rx: Receiver<Arc<Chunk>>,
+    stop: Arc<Stop>,
+    pending: Arc<Pending>,
+    current: Option<Arc<Chunk>>,
+    next: usize,
+}
+
+impl Lines {
+    pub fn new(rx: Receiver<Arc<Chunk>>, stop: Arc<Stop>, pending: Arc<Pending>) -> Lines {
+        Lines {
+            rx,
+            stop,
+            pending,
+            current: None,
+            next: 0,
+        }
+    }
+}
+
+impl Iterator for Lines {
+    type Item = Line;
+
+    fn next(&mut self) -> Option<Line> {
+        loop {
+            if self.stop.is_requested() {
+                return None;
+            }
+            if let Some(chunk) = &self.current {
+                if self.next < chunk.len() {
+                    self.next += 1;
+                    return Some(Line {
+                        chunk: Arc::clone(chunk),
+                        i: self.next - 1,
+                    });
+                }
+                self.current = None;
+            }
+            match self.rx.recv_timeout(STOP_POLL) {
+                Ok(chunk) => {
+                    // Known to the consumer before any of its lines can be answered.
+                    self.pending.push(Arc::clone(&chunk));
+                    self.current = Some(chunk);
+                    self.next = 0;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+}
+
+/// Count the lines of a file (a last line without a newline counts), for the
+/// progress bar's total. `None` if it cannot be read.
+pub fn count_lines(path: &std::path::Path) -> Option<u64> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut lines = 0u64;
+    let mut last = b'\n';
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        };
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[n - 1];
+    }
+    Some(lines + u64::from(last != b'\n'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(input: &[u8], skip: u64) -> Vec<(u64, Vec<u8>)> {
+        let stats = Arc::new(ReadStats::default());
+        let (rx, handle) = start_reader(Box::new(io::Cursor::new(input.to_vec())), skip, stats)
+            .expect("start the reader");
+        let stop = Arc::new(Stop::default());
+        let pending = Arc::new(Pending::default());
+        let mut answered = Answered::new(Arc::clone(&pending));
+        let lines: Vec<Line> = Lines::new(rx, stop, pending).collect();
+        handle.join().unwrap().unwrap();
+        let mut out = Vec::new();
+        for (index, line) in lines.iter().enumerate() {
+            let quoted = answered.answer(index as u64, true).unwrap();
+            assert_eq!(quoted, line.as_ref());
+            out.push((line.chunk.first_index + line.i as u64, quoted));
+        }
+        out
+    }
+
+    fn texts(v: &[(u64, Vec<u8>)]) -> Vec<String> {
+        v.iter()
+            .map(|(_, l)| String::from_utf8_lossy(l).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn lines_split_as_the_shell_does() {
+        assert_eq!(
+            texts(&read_all(b"a\nbb\n\nccc\n", 0)),
+            ["a", "bb", "", "ccc"]
+        );
+        assert_eq!(texts(&read_all(b"a\nlast", 0)), ["a", "last"]);
+        assert!(read_all(b"", 0).is_empty());
+        assert_eq!(texts(&read_all(b"\n", 0)), [""]);
+    }
+
+    #[test]
+    fn indices_are_consecutive_across_chunks_and_long_lines() {
+        let mut input = Vec::new();
+        for i in 0..50_000 {
+            input.extend_from_slice(format!("{i}\n").as_bytes());
+        }
+        input.extend(std::iter::repeat_n(b'x', 3 * READ_SIZE));
+        input.push(b'\n');
+        let lines = read_all(&input, 0);
+        assert_eq!(lines.len(), 50_001);
+        for (i, (index, text)) in lines.iter().enumerate().take(50_000) {
+            assert_eq!(*index, i as u64);
+            assert_eq!(text, i.to_string().as_bytes());
+        }
+        assert_eq!(lines[50_000].1.len(), 3 * READ_SIZE);
+    }
+
+    #[test]
+    fn resume_skips_lines() {
+        let lines = read_all(b"a\nb\nc\nd", 2);
+        assert_eq!(texts(&lines), ["c", "d"]);
+        assert_eq!(lines[0].0, 0);
+        assert!(read_all(b"a\nb\n", 5).is_empty());
+    }
+
+    #[test]
+    fn counting_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"a\nb\nc").unwrap();
+        assert_eq!(count_lines(&path), Some(3));
+        std::fs::write(&path, b"a\nb\n").unwrap();
+        assert_eq!(count_lines(&path), Some(2));
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(count_lines(&path), Some(0));
+    }
+}

@@ -1,0 +1,173 @@
+//! The resume journal: a small file next to the output that says how far the output
+//! (and errors) file is a finished piece of the job.
+//!
+//! It records how many input lines have been fully handled, and how many bytes of
+//! the output and errors files hold their results. It is rewritten (a new file
+//! renamed over the old one, so it is whole at every moment) only after those bytes
+//! were written, so after a SIGKILL at any point it never claims more than the files
+//! hold. `--resume` cuts the files back to the recorded lengths, skips the recorded
+//! number of input lines, and goes on: the finished files equal an uninterrupted
+//! run's. The journal is deleted when a job completes.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+/// The journal's name is the output's with this appended.
+pub const SUFFIX: &str = ".pstream-resume";
+
+const VERSION: u64 = 1;
+
+/// How far an interrupted run got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Input lines handled (each has its output line or its error record).
+    pub lines: u64,
+    /// Bytes of the output file that hold those lines' results.
+    pub output_bytes: u64,
+    /// Bytes of the errors file that hold their error records.
+    pub errors_bytes: u64,
+}
+
+/// Why a journal could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("read the resume journal {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("read the resume journal {path}: it is not a journal written by this version of pstream-coord")]
+    Invalid { path: PathBuf },
+    #[error(
+        "resume: {path} was written by a different job ({recorded}); \
+         run with the same --function, --plugin, --input, --format and --errors, \
+         or without --resume to start over"
+    )]
+    OtherJob { path: PathBuf, recorded: String },
+}
+
+/// The journal of one output file.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    tmp: PathBuf,
+    /// What identifies the job, so that --resume does not continue another one.
+    job: Value,
+    last: Option<Progress>,
+}
+
+impl Journal {
+    pub fn for_output(output: &Path, job: Value) -> Journal {
+        let mut path = output.as_os_str().to_owned();
+        path.push(SUFFIX);
+        let path = PathBuf::from(path);
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        Journal {
+            path,
+            tmp: PathBuf::from(tmp),
+            job,
+            last: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What an earlier run of this job recorded; `None` if there is no journal.
+    pub fn load(&self) -> Result<Option<Progress>, JournalError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(JournalError::Read {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let invalid = || JournalError::Invalid {
+            path: self.path.clone(),
+        };
+        let value: Value = serde_json::from_str(&text).map_err(|_| invalid())?;
+        if value["version"].as_u64() != Some(VERSION) {
+            return Err(invalid());
+        }
+        if value["job"] != self.job {
+            return Err(JournalError::OtherJob {
+                path: self.path.clone(),
+                recorded: value["job"].to_string(),
+            });
+        }
+        let field = |name: &str| value[name].as_u64().ok_or_else(invalid);
+        Ok(Some(Progress {
+            lines: field("lines")?,
+            output_bytes: field("output_bytes")?,
+            errors_bytes: field("errors_bytes")?,
+        }))
+    }
+
+    /// Record `progress`, whose bytes must already be written. Atomic: a reader sees
+    /// the old record or the new one.
+    pub fn record(&mut self, progress: Progress) -> io::Result<()> {
+        if self.last == Some(progress) {
+            return Ok(());
+        }
+        let record = json!({
+            "version": VERSION,
+            "job": self.job,
+            "lines": progress.lines,
+            "output_bytes": progress.output_bytes,
+            "errors_bytes": progress.errors_bytes,
+        });
+        fs::write(&self.tmp, format!("{record}\n"))?;
+        fs::rename(&self.tmp, &self.path)?;
+        self.last = Some(progress);
+        Ok(())
+    }
+
+    /// The job completed: nothing is left to resume.
+    pub fn remove(&self) -> io::Result<()> {
+        let _ = fs::remove_file(&self.tmp);
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_name_their_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.txt");
+        let mut journal = Journal::for_output(&out, json!({"function": "double"}));
+        assert_eq!(journal.path(), dir.path().join("out.txt.pstream-resume"));
+        assert_eq!(journal.load().unwrap(), None);
+        let p = Progress {
+            lines: 10,
+            output_bytes: 30,
+            errors_bytes: 0,
+        };
+        journal.record(p).unwrap();
+        assert_eq!(journal.load().unwrap(), Some(p));
+
+        let other = Journal::for_output(&out, json!({"function": "upper"}));
+        assert!(matches!(other.load(), Err(JournalError::OtherJob { .. })));
+
+        fs::write(journal.path(), "garbage").unwrap();
+        assert!(matches!(journal.load(), Err(JournalError::Invalid { .. })));
+
+        journal.remove().unwrap();
+        assert!(!journal.path().exists());
+        journal.remove().unwrap();
+    }
+}

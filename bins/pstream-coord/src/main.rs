@@ -1,0 +1,85 @@
+//! `pstream-coord`: the command-line launcher. A thin binary over the `pstream`
+//! library: arguments (`cli`), input (`input`), output and the resume journal
+//! (`output`, `journal`), signals (`signals`), progress and the summary
+//! (`progress`); `run` puts them together. Without `--plugin`, it re-executes
+//! itself as the worker and serves the example functions linked into it.
+
+mod cli;
+mod error;
+mod input;
+mod journal;
+mod output;
+mod progress;
+mod run;
+mod signals;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pstream::ProcessPool;
+use pstream_examples as _; // links the example functions in
+
+use crate::cli::{Cli, Command, FunctionsArgs};
+use crate::error::CliError;
+
+fn main() -> ExitCode {
+    // In a re-executed worker, this serves the functions and never returns.
+    pstream::init();
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Functions(args) => functions(&args),
+        Command::Run(args) => match signals::Signals::install() {
+            Ok(signals) => run::run(args, &signals),
+            Err(e) => Err(CliError::Run("set up signal handling".into(), e.into())),
+        },
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{}", e.report());
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs on stderr: nothing unless RUST_LOG asks (e.g. `RUST_LOG=debug`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// `pstream-coord functions`: start one worker and print what it serves.
+fn functions(args: &FunctionsArgs) -> Result<u8, CliError> {
+    let mut builder = ProcessPool::builder().workers(1);
+    if let Some(plugin) = &args.plugin {
+        builder = builder.program(plugin);
+    }
+    let pool = builder
+        .build()
+        .map_err(|e| CliError::Run("start the plugin".into(), e.into()))?;
+    let mut functions = pool.functions().to_vec();
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
+    let name_width = functions.iter().map(|f| f.name.len()).max().unwrap_or(0);
+    let input_width = functions
+        .iter()
+        .map(|f| f.input_type.len())
+        .max()
+        .unwrap_or(0);
+    let mut text = String::new();
+    for f in &functions {
+        text.push_str(&format!(
+            "{:name_width$}  {:input_width$}  -> {}\n",
+            f.name, f.input_type, f.output_type
+        ));
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    Ok(0)
+}

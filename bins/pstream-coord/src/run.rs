@@ -1,0 +1,519 @@
+//! `pstream-coord run`: set up the input, the output and the pool, pump results from
+//! the pool to the output, and report.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use pstream::{Codec, ItemErrorKind, PoolError, ProcessPool};
+use serde_json::json;
+
+use crate::cli::{Format, OnError, RunArgs};
+use crate::error::CliError;
+use crate::input::{self, Answered, Lines, Pending, ReadStats};
+use crate::journal::{Journal, Progress};
+use crate::output::{Sink, FLUSH_INTERVAL};
+use crate::progress::{Counters, Display, Summary};
+use crate::signals::{exit_status, Signals, Stop};
+
+/// How many results go by between two updates of the published figures.
+const PUBLISH_EVERY: u64 = 256;
+
+/// Run the job; the exit code.
+pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
+    let started = Instant::now();
+    let stop = Arc::clone(&signals.stop);
+    if args.resume && args.output == "-" {
+        return Err(CliError::Usage(
+            "--resume needs the output in a file (--output FILE): it continues that file".into(),
+        ));
+    }
+    if args.resume && args.unordered {
+        return Err(CliError::Usage(
+            "--resume works in ordered mode only: an unordered output has no point to \
+             continue from; drop --unordered"
+                .into(),
+        ));
+    }
+
+    let (source, input_path) = open_input(&args.input)?;
+    let pool = Arc::new(build_pool(&args)?);
+    if !pool.functions().iter().any(|f| f.name == args.function) {
+        return Err(unknown_function(
+            &args.function,
+            &pool,
+            args.plugin.as_deref(),
+        ));
+    }
+
+    // Only now touch the output: a mistyped function name must not empty it.
+    let job = json!({
+        "function": args.function,
+        "plugin": args.plugin.as_ref().map(|p| p.display().to_string()),
+        "input": args.input,
+        "format": args.format.name(),
+        "errors": args.errors.as_ref().map(|p| p.display().to_string()),
+    });
+    let (out, journal, resumed) = open_output(&args, job)?;
+    let errors = open_errors(args.errors.as_deref(), resumed)?;
+    let base = resumed.lines;
+    let sink = Arc::new(Mutex::new(Sink::new(out, errors, journal, resumed)));
+
+    let counters = Arc::new(Counters::default());
+    let display = Arc::new(Mutex::new(Display::new(args.progress_choice())));
+    if let Some(path) = input_path.filter(|_| !matches!(*display.lock().unwrap(), Display::None)) {
+        let counters = Arc::clone(&counters);
+        // Only for the total and the ETA: the job does not wait for it.
+        let _ = std::thread::Builder::new()
+            .name("pstream-coord-count".into())
+            .spawn(move || {
+                if let Some(n) = input::count_lines(&path) {
+                    counters
+                        .total
+                        .store(n.saturating_sub(base), Ordering::Relaxed);
+                }
+            });
+    }
+
+    let read_stats = Arc::new(ReadStats::default());
+    let (chunks, reader) = input::start_reader(source, base, Arc::clone(&read_stats))
+        .map_err(|e| CliError::Run("start the input thread".into(), e.into()))?;
+    let pending = Arc::new(Pending::default());
+    let lines = Lines::new(chunks, Arc::clone(&stop), Arc::clone(&pending));
+    let codec = match args.format {
+        Format::Lines => Codec::Lines,
+        Format::Jsonl => Codec::Json,
+    };
+    let ordered = !args.unordered;
+    let mut results = pool
+        .map_raw(&args.function, codec, ordered, lines)
+        .map_err(|e| pool_error(e, &pool, args.plugin.as_deref()))?;
+
+    let report = Report {
+        sink: Arc::clone(&sink),
+        display: Arc::clone(&display),
+        counters: Arc::clone(&counters),
+        stats_json: args.stats_json.clone(),
+        stop: Arc::clone(&stop),
+        started,
+        base,
+    };
+    signals.on_second({
+        let pool = Arc::downgrade(&pool);
+        let report = report.clone();
+        move |signal| hard_stop(&pool, &report, signal)
+    });
+    let (ticker_done, ticker) = start_ticker(
+        Arc::clone(&sink),
+        Arc::clone(&display),
+        Arc::clone(&counters),
+        Arc::clone(&stop),
+        started,
+    );
+
+    // The pump.
+    let mut answered = Answered::new(pending);
+    let mut write_error = None;
+    let mut since_publish = 0u64;
+    let mut stopped_at_failure = false;
+    while let Some((index, result)) = results.next_raw() {
+        let line = base + index + 1;
+        let written = match result {
+            Ok(bytes) => {
+                answered.answer(index, false);
+                counters.ok.fetch_add(1, Ordering::Relaxed);
+                let mut sink = sink.lock().unwrap();
+                let written = sink.result(bytes);
+                if ordered {
+                    sink.handled(line);
+                }
+                written
+            }
+            Err(e) if matches!(e.kind, ItemErrorKind::Aborted { .. }) => break,
+            Err(e) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                let text = answered.answer(index, true).unwrap_or_default();
+                display
+                    .lock()
+                    .unwrap()
+                    .println(&format!("pstream-coord: line {line}: {}", e.kind));
+                let record = error_record(line, &text, e.kind.name(), &e.kind.to_string());
+                let mut sink = sink.lock().unwrap();
+                let written = sink.error_record(record.as_bytes());
+                if args.on_error == OnError::Fail {
+                    // This line is not handled: a resumed run tries it again.
+                    stopped_at_failure = true;
+                    stop.request();
+                    break;
+                }
+                if ordered {
+                    sink.handled(line);
+                }
+                written
+            }
+        };
+        if let Err(e) = written {
+            write_error = Some(e);
+            stop.request();
+            break;
+        }
+        since_publish += 1;
+        if since_publish == PUBLISH_EVERY {
+            since_publish = 0;
+            let stats = results.stats();
+            counters
+                .in_flight
+                .store(results.in_flight() as u64, Ordering::Relaxed);
+            counters.crashes.store(stats.crashes, Ordering::Relaxed);
+        }
+    }
+
+    let stats = results.stats();
+    let failure = results.pool_error().map(|e| e.to_string());
+    // Cancels the job if it did not run to its end.
+    drop(results);
+    let _ = ticker_done.send(());
+    let _ = ticker.join();
+
+    let input_error = if read_stats.done.load(Ordering::Acquire) {
+        reader.join().ok().and_then(Result::err)
+    } else {
+        None // Still blocked in a read: the process exit ends it.
+    };
+    let signal = stop.signal();
+    let completed = signal.is_none()
+        && !stopped_at_failure
+        && write_error.is_none()
+        && failure.is_none()
+        && input_error.is_none()
+        && !sink.lock().unwrap().is_broken_pipe();
+    let flushed = {
+        let mut sink = sink.lock().unwrap();
+        if completed {
+            sink.complete()
+        } else {
+            sink.flush()
+        }
+    };
+    let write_error = write_error.or(flushed.err());
+    let broken_pipe = write_error
+        .as_ref()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe);
+
+    let failed = counters.failed.load(Ordering::Relaxed);
+    let exit_code = if let Some(signal) = signal {
+        exit_status(signal)
+    } else if failure.is_some() || input_error.is_some() || (write_error.is_some() && !broken_pipe)
+    {
+        3
+    } else if failed > 0 {
+        1
+    } else {
+        0
+    };
+    let stopped_by = if let Some(signal) = signal {
+        Some(signal.as_str().to_string())
+    } else if stopped_at_failure {
+        Some("an item failed (--on-error fail)".into())
+    } else if broken_pipe {
+        Some("the output was closed".into())
+    } else {
+        failure.clone()
+    };
+    let summary = Summary {
+        ok: counters.ok.load(Ordering::Relaxed),
+        failed,
+        crashes: stats.crashes,
+        timeouts: stats.timeouts,
+        respawns: stats.respawns,
+        retries: stats.retries,
+        peak_in_flight: stats.peak_in_flight,
+        resumed_from: base,
+        elapsed: started.elapsed(),
+        stopped_by,
+        exit_code,
+    };
+    display.lock().unwrap().finish();
+    // A closed output (`| head`) ends the job quietly.
+    if !broken_pipe {
+        if let Some(e) = &failure {
+            eprintln!("pstream-coord: failed to run the job: {e}");
+        }
+        if let Some(e) = &input_error {
+            eprintln!("pstream-coord: failed to read the input: {e}");
+        }
+        if let Some(e) = &write_error {
+            eprintln!("pstream-coord: failed to write the output: {e}");
+        }
+        eprintln!("{}", summary.line());
+    }
+    report.write_stats(&summary);
+    drop(pool); // Waits for the workers to exit.
+    Ok(exit_code)
+}
+
+/// `{"line": N, "input": "...", "kind": "...", "error": "..."}`, in that order. The
+/// input is the line's exact text as a JSON string (whatever the format), so that
+/// `jq -r .input` gives the failed lines back.
+fn error_record(line: u64, input: &[u8], kind: &str, error: &str) -> String {
+    let string = |s: &str| serde_json::Value::from(s).to_string();
+    format!(
+        "{{\"line\":{line},\"input\":{},\"kind\":{},\"error\":{}}}",
+        string(&String::from_utf8_lossy(input)),
+        string(kind),
+        string(error)
+    )
+}
+
+fn open_input(input: &str) -> Result<(Box<dyn Read + Send>, Option<PathBuf>), CliError> {
+    if input == "-" {
+        // A file of our own on fd 0: read without the standard library's stdin lock
+        // and buffer.
+        let fd = io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| CliError::Run("read stdin".into(), e.into()))?;
+        return Ok((Box::new(File::from(fd)), None));
+    }
+    let path = PathBuf::from(input);
+    let file = File::open(&path)
+        .map_err(|e| CliError::Run(format!("open the input {}", path.display()), e.into()))?;
+    Ok((Box::new(file), Some(path)))
+}
+
+fn build_pool(args: &RunArgs) -> Result<ProcessPool, CliError> {
+    let mut builder = ProcessPool::builder()
+        .window(args.window as usize)
+        .retries(args.retries);
+    if let Some(n) = args.workers {
+        builder = builder.workers(n as usize);
+    }
+    if let Some(plugin) = &args.plugin {
+        builder = builder.program(plugin);
+    }
+    if let Some(timeout) = args.timeout {
+        builder = builder.item_timeout(timeout);
+    }
+    if let Some(limit) = args.memory_limit {
+        builder = builder.memory_limit(limit);
+    }
+    builder
+        .build()
+        .map_err(|e| CliError::Run("start the workers".into(), e.into()))
+}
+
+fn served_by(plugin: Option<&Path>) -> String {
+    match plugin {
+        Some(p) => format!("the plugin {} serves", p.display()),
+        None => "the built-in examples are".into(),
+    }
+}
+
+fn unknown_function(name: &str, pool: &ProcessPool, plugin: Option<&Path>) -> CliError {
+    let available: Vec<&str> = pool.functions().iter().map(|f| f.name.as_str()).collect();
+    CliError::Usage(format!(
+        "no function named `{name}`: {} {} (see `pstream-coord functions`)",
+        served_by(plugin),
+        available.join(", ")
+    ))
+}
+
+fn pool_error(e: PoolError, pool: &ProcessPool, plugin: Option<&Path>) -> CliError {
+    match e {
+        PoolError::UnknownFunction { name, .. } => unknown_function(&name, pool, plugin),
+        e => CliError::Run("start the job".into(), e.into()),
+    }
+}
+
+/// Open (or continue) the output, and its journal if it is a regular file.
+fn open_output(
+    args: &RunArgs,
+    job: serde_json::Value,
+) -> Result<(File, Option<Journal>, Progress), CliError> {
+    if args.output == "-" {
+        let fd = io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| CliError::Run("write stdout".into(), e.into()))?;
+        return Ok((File::from(fd), None, Progress::default()));
+    }
+    let path = PathBuf::from(&args.output);
+    let mut journal = Journal::for_output(&path, job);
+    let run_error = |what: &str, e: io::Error| {
+        CliError::Run(format!("{what} the output {}", path.display()), e.into())
+    };
+    if args.resume {
+        match journal.load()? {
+            Some(progress) => {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| run_error("open", e))?;
+                cut_back(&mut file, &path, progress.output_bytes)?;
+                return Ok((file, Some(journal), progress));
+            }
+            None => {
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if len > 0 {
+                    return Err(CliError::Usage(format!(
+                        "nothing to resume: {} has no journal {} (the run that wrote it \
+                         finished, or it was not written by pstream-coord); run without \
+                         --resume to start over",
+                        path.display(),
+                        journal.path().display()
+                    )));
+                }
+            }
+        }
+    }
+    let file = File::create(&path).map_err(|e| run_error("create", e))?;
+    let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    let journal = if regular {
+        // From the first moment, a killed run leaves a journal to resume from.
+        journal
+            .record(Progress::default())
+            .map_err(|e| run_error("journal", e))?;
+        Some(journal)
+    } else {
+        None // /dev/null, a pipe: nothing to resume.
+    };
+    Ok((file, journal, Progress::default()))
+}
+
+/// Cut `file` back to `len` bytes (what the journal vouches for) and go to its end.
+fn cut_back(file: &mut File, path: &Path, len: u64) -> Result<(), CliError> {
+    let actual = file
+        .metadata()
+        .map_err(|e| CliError::Run(format!("inspect {}", path.display()), e.into()))?
+        .len();
+    if actual < len {
+        return Err(CliError::Run(
+            format!("resume {}", path.display()),
+            format!(
+                "it holds {actual} bytes, fewer than the {len} its journal recorded: it was \
+                 changed since; run without --resume to start over"
+            )
+            .into(),
+        ));
+    }
+    file.set_len(len)
+        .and_then(|()| file.seek(SeekFrom::End(0)).map(drop))
+        .map_err(|e| CliError::Run(format!("cut back {}", path.display()), e.into()))
+}
+
+fn open_errors(path: Option<&Path>, resumed: Progress) -> Result<Option<File>, CliError> {
+    let Some(path) = path else { return Ok(None) };
+    let error =
+        |e: io::Error| CliError::Run(format!("open the errors file {}", path.display()), e.into());
+    if resumed.lines > 0 || resumed.errors_bytes > 0 {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(error)?;
+        cut_back(&mut file, path, resumed.errors_bytes)?;
+        Ok(Some(file))
+    } else {
+        File::create(path).map(Some).map_err(error)
+    }
+}
+
+/// The ticker: flushes results that wait (the pump may be blocked waiting for the
+/// next result) and redraws the progress, about ten times a second. A failed
+/// write (a closed stdout) stops the job.
+fn start_ticker(
+    sink: Arc<Mutex<Sink>>,
+    display: Arc<Mutex<Display>>,
+    counters: Arc<Counters>,
+    stop: Arc<Stop>,
+    started: Instant,
+) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (done_tx, done) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("pstream-coord-ticker".into())
+        .spawn(move || loop {
+            match done.recv_timeout(FLUSH_INTERVAL) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            if sink.lock().unwrap().flush_if_due().is_err() {
+                stop.request();
+            }
+            display.lock().unwrap().update(&counters, started.elapsed());
+        })
+        .expect("start the ticker thread");
+    (done_tx, handle)
+}
+
+/// What both the normal end and a hard stop need to report.
+#[derive(Debug, Clone)]
+struct Report {
+    sink: Arc<Mutex<Sink>>,
+    display: Arc<Mutex<Display>>,
+    counters: Arc<Counters>,
+    stats_json: Option<PathBuf>,
+    stop: Arc<Stop>,
+    started: Instant,
+    base: u64,
+}
+
+impl Report {
+    fn write_stats(&self, summary: &Summary) {
+        if let Some(path) = &self.stats_json {
+            let text = format!("{:#}\n", summary.json());
+            if let Err(e) = std::fs::write(path, text) {
+                eprintln!(
+                    "pstream-coord: failed to write the statistics to {}: {e}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+/// A second Ctrl-C (or SIGTERM): kill the workers, write what is done, exit.
+fn hard_stop(pool: &Weak<ProcessPool>, report: &Report, signal: Signal) {
+    if let Some(pool) = pool.upgrade() {
+        for pid in pool.worker_pids() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+    let first = report.stop.signal().unwrap_or(signal);
+    let code = exit_status(first);
+    // The pump may hold the output while it writes; wait a little, not forever.
+    for _ in 0..100 {
+        if let Ok(mut sink) = report.sink.try_lock() {
+            let _ = sink.flush();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Ok(display) = report.display.try_lock() {
+        display.finish();
+    }
+    let c = &report.counters;
+    let summary = Summary {
+        ok: c.ok.load(Ordering::Relaxed),
+        failed: c.failed.load(Ordering::Relaxed),
+        crashes: c.crashes.load(Ordering::Relaxed),
+        timeouts: 0,
+        respawns: 0,
+        retries: 0,
+        peak_in_flight: 0,
+        resumed_from: report.base,
+        elapsed: report.started.elapsed(),
+        stopped_by: Some(format!("{} twice: workers killed", first.as_str())),
+        exit_code: code,
+    };
+    eprintln!("{}", summary.line());
+    report.write_stats(&summary);
+    std::process::exit(code.into());
+}
