@@ -163,7 +163,7 @@ impl Fault {
     fn commit(self) {
         use nix::sys::signal::{raise, signal, SigHandler, Signal};
         match self {
-            Fault::None => {}
+            Fault::None => return,
             Fault::Panic => panic!("misbehave: asked to panic"),
             Fault::Abort => std::process::abort(),
             Fault::Segv => {

@@ -2,6 +2,9 @@
 
 use pstream_examples as _; // links the functions in
 
+mod evil;
+
 fn main() {
+    evil::maybe_misbehave();
     pstream::serve()
 }

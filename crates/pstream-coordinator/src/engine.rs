@@ -116,6 +116,9 @@ struct InFlight {
     batch: Batch,
     /// How many of its items have results already.
     answered: usize,
+    /// How many of its items the worker says it has computed (at least `answered`):
+    /// the item at this position is the one in work.
+    running: usize,
 }
 
 struct Worker {
@@ -141,6 +144,11 @@ struct Worker {
 impl Worker {
     fn usable(&self) -> bool {
         self.writer.is_some() && !self.dead && !self.retiring
+    }
+
+    /// Whether it may take more work under `max_items_per_worker`.
+    fn within_allowance(&self, limit: Option<u64>) -> bool {
+        limit.is_none_or(|l| self.items_done + (self.outstanding as u64) < l)
     }
 
     fn free(&self) -> usize {
@@ -420,10 +428,17 @@ impl Engine {
         if w.dead {
             return; // Being killed: its frames no longer count.
         }
-        let Message::Results(header) = frame.message else {
-            let what = format!("sent an unexpected {:?} frame", frame.message);
-            self.kill(wid, KillReason::Violation(what));
-            return;
+        let header = match frame.message {
+            Message::Results(header) => header,
+            Message::Progress { job, seq, done } => {
+                self.on_progress(wid, job, seq, done as usize);
+                return;
+            }
+            other => {
+                let what = format!("sent an unexpected {other:?} frame");
+                self.kill(wid, KillReason::Violation(what));
+                return;
+            }
         };
         let items = frame.items;
         let count = items.len();
@@ -478,11 +493,15 @@ impl Engine {
         let w = self.workers.get_mut(&wid).expect("present");
         let head = w.in_flight.front_mut().expect("present");
         head.answered += advance;
+        head.running = head.running.max(head.answered);
         w.outstanding -= advance;
         w.items_done += advance as u64;
         w.progress_at = Instant::now();
         if head.answered == total {
             w.in_flight.pop_front();
+            if w.retiring && w.in_flight.is_empty() {
+                w.send(OutFrame::Control(Message::Shutdown));
+            }
             if let Some(job) = self.jobs.get_mut(&header.job) {
                 job.pending -= 1;
             }
@@ -493,10 +512,37 @@ impl Engine {
             if w.items_done >= limit && !w.retiring {
                 w.retiring = true;
                 tracing::debug!(wid, items = w.items_done, "recycling worker");
+                if w.in_flight.is_empty() {
+                    w.send(OutFrame::Control(Message::Shutdown));
+                }
+                // Its replacement starts now, while it finishes.
+                self.top_up_workers();
             }
         }
-        if w.retiring && w.in_flight.is_empty() {
-            w.send(OutFrame::Control(Message::Shutdown));
+    }
+
+    /// The worker says how far its oldest batch has come.
+    fn on_progress(&mut self, wid: u64, job: u64, seq: u64, done: usize) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        // Progress of a batch already answered in full is stale, not wrong.
+        let Some(head) = w
+            .in_flight
+            .front_mut()
+            .filter(|h| h.seq == seq && h.batch.job == job)
+        else {
+            return;
+        };
+        let len = head.batch.items.len();
+        if done > len {
+            let what = format!("claimed {done} items done of a batch of {len}");
+            self.kill(wid, KillReason::Violation(what));
+            return;
+        }
+        if done > head.running {
+            head.running = done;
+            w.progress_at = Instant::now();
         }
     }
 
@@ -557,7 +603,7 @@ impl Engine {
                 self.requeue(young.batch, young.answered);
             }
             if let Some(head) = held.pop_front() {
-                self.blame(head.batch, head.answered, blame);
+                self.blame(head, blame);
             }
         }
         self.top_up_workers();
@@ -577,7 +623,18 @@ impl Engine {
     }
 
     /// The batch was in work when its worker died or hung.
-    fn blame(&mut self, batch: Batch, answered: usize, blame: Blame) {
+    ///
+    /// Items the worker reported computed are innocent and go back as they are. A
+    /// hang is exactly the item in work (the worker reports progress while it
+    /// computes), so that item is tried alone. A crash may have happened anywhere
+    /// after the last report: the rest is split in halves until one item is left.
+    fn blame(&mut self, head: InFlight, blame: Blame) {
+        let InFlight {
+            batch,
+            answered,
+            running,
+            ..
+        } = head;
         let live = self.jobs.get(&batch.job).is_some_and(|j| !j.cancelled);
         if !live {
             self.batch_gone(batch.job);
@@ -588,44 +645,63 @@ impl Engine {
             Blame::Timeout => job.counters.timeouts.fetch_add(1, Ordering::Relaxed),
             Blame::Crash(_) => job.counters.crashes.fetch_add(1, Ordering::Relaxed),
         };
-        let batch = rest(batch, answered);
-        let n = batch.items.len();
-        if n > 1 {
-            job.counters.retries.fetch_add(1, Ordering::Relaxed);
-            // One more pending batch: the two parts replace the one.
-            let job = self.jobs.get_mut(&batch.job).expect("live");
-            job.pending += 1;
-            // A hang is almost surely the first unanswered item (results flow while a
-            // batch is in work): try it alone. A crash loses the results since the last
-            // flush, so the culprit may be anywhere: split in halves.
-            let cut = match blame {
-                Blame::Timeout => 1,
-                Blame::Crash(_) => n / 2,
-            };
-            let (front, back) = split(&batch, cut);
-            self.queue.push_front(back);
-            self.queue.push_front(front);
+        let attempts = batch.attempts;
+        let len = batch.items.len();
+        let cuts: Vec<usize> = match blame {
+            Blame::Timeout => [answered, running, running + 1, len].to_vec(),
+            Blame::Crash(_) => {
+                let suspect = len - running;
+                if suspect > 1 {
+                    [answered, running, running + suspect / 2, len].to_vec()
+                } else {
+                    [answered, running, len].to_vec()
+                }
+            }
+        };
+        let mut parts: Vec<(usize, usize)> = cuts
+            .windows(2)
+            .map(|w| (w[0], w[1].min(len)))
+            .filter(|(a, b)| a < b)
+            .collect();
+        if parts.is_empty() {
+            // The worker claims it computed everything: blame the last item.
+            parts.push((len - 1, len));
+        }
+        let whole = parts.len() == 1 && parts[0] == (0, len);
+        let single = whole && len == 1;
+        if single {
+            let attempts = attempts + 1;
+            if attempts > self.config.retries {
+                let kind = match blame {
+                    Blame::Timeout => ItemErrorKind::TimedOut {
+                        limit: self.config.item_timeout.unwrap_or_default(),
+                        attempts,
+                    },
+                    Blame::Crash(cause) => ItemErrorKind::Crashed { cause, attempts },
+                };
+                let _ = job
+                    .results
+                    .send(JobMsg::Results(ResultBatch::single_failure(
+                        batch.first_index,
+                        kind,
+                    )));
+                self.batch_gone(batch.job);
+            } else {
+                job.counters.retries.fetch_add(1, Ordering::Relaxed);
+                self.queue.push_front(Batch { attempts, ..batch });
+            }
             return;
         }
-        let attempts = batch.attempts + 1;
-        if attempts > self.config.retries {
-            let kind = match blame {
-                Blame::Timeout => ItemErrorKind::TimedOut {
-                    limit: self.config.item_timeout.unwrap_or_default(),
-                    attempts,
-                },
-                Blame::Crash(cause) => ItemErrorKind::Crashed { cause, attempts },
-            };
-            let _ = job
-                .results
-                .send(JobMsg::Results(ResultBatch::single_failure(
-                    batch.first_index,
-                    kind,
-                )));
-            self.batch_gone(batch.job);
-        } else {
-            job.counters.retries.fetch_add(1, Ordering::Relaxed);
-            self.queue.push_front(Batch { attempts, ..batch });
+        job.counters.retries.fetch_add(1, Ordering::Relaxed);
+        let job = self.jobs.get_mut(&batch.job).expect("live");
+        job.pending += parts.len() - 1;
+        for &(start, end) in parts.iter().rev() {
+            self.queue.push_front(Batch {
+                job: batch.job,
+                first_index: batch.first_index + start as u64,
+                items: Arc::new(batch.items.slice(start..end)),
+                attempts: 0,
+            });
         }
     }
 
@@ -886,6 +962,7 @@ impl Engine {
         if self.shutdown_deadline.is_some() || self.failed.is_some() {
             return;
         }
+        let limit = self.config.max_items_per_worker;
         while let Some(batch) = self.queue.front() {
             let Some(job) = self.jobs.get(&batch.job).filter(|j| !j.cancelled) else {
                 let batch = self.queue.pop_front().expect("front");
@@ -896,7 +973,8 @@ impl Engine {
             let best = self
                 .workers
                 .iter()
-                .filter(|(_, w)| w.usable() && (w.free() >= n || w.outstanding == 0))
+                .filter(|(_, w)| w.usable() && w.within_allowance(limit))
+                .filter(|(_, w)| w.free() >= n || w.outstanding == 0)
                 .max_by_key(|(_, w)| w.free())
                 .map(|(&wid, _)| wid);
             let Some(wid) = best else {
@@ -924,6 +1002,7 @@ impl Engine {
                 seq: self.next_seq - 1,
                 batch,
                 answered: 0,
+                running: 0,
             });
         }
     }
@@ -947,17 +1026,6 @@ fn rest(batch: Batch, answered: usize) -> Batch {
         items: Arc::new(batch.items.slice(answered..n)),
         attempts: 0,
     }
-}
-
-fn split(batch: &Batch, cut: usize) -> (Batch, Batch) {
-    let n = batch.items.len();
-    let part = |range: std::ops::Range<usize>| Batch {
-        job: batch.job,
-        first_index: batch.first_index + range.start as u64,
-        items: Arc::new(batch.items.slice(range)),
-        attempts: 0,
-    };
-    (part(0..cut), part(cut..n))
 }
 
 fn convert_failure(f: ItemFailure) -> (u32, ItemErrorKind) {

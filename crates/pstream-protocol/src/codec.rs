@@ -330,6 +330,11 @@ mod tests {
                 }),
                 items: Items::new(),
             },
+            Frame::control(Message::Progress {
+                job: 1,
+                seq: 2,
+                done: 3,
+            }),
             Frame::control(Message::Cancel { job: u64::MAX }),
             Frame::control(Message::Shutdown),
         ]
@@ -403,8 +408,8 @@ mod tests {
             decode_body(body.to_vec()),
             Err(DecodeError::Header(_))
         ));
-        // Shutdown (variant 6) with stray item bytes
-        let body = [1, 0, 0, 0, 6, 1];
+        // Shutdown (variant 7) with stray item bytes
+        let body = [1, 0, 0, 0, 7, 1];
         assert!(matches!(
             decode_body(body.to_vec()),
             Err(DecodeError::Malformed(_))
@@ -457,7 +462,7 @@ mod tests {
 
         #[test]
         fn mutated_frames_never_panic(
-            which in 0usize..8,
+            which in 0usize..9,
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         ) {
             let mut bytes = encode(&all_frames()[which]);

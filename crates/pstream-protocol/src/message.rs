@@ -58,6 +58,18 @@ pub enum Message {
     /// listed in `failures`. A frame with no items and offset 0 answers a batch of a
     /// cancelled job that the worker skipped.
     Results(ResultsHeader),
+    /// Worker → coordinator: while a batch is in work, how many of its items are
+    /// computed (results may not have been sent yet). Sent every flush interval
+    /// while the count moves; it tells the coordinator exactly which item a hung
+    /// worker is stuck on.
+    Progress {
+        /// The job, as in the batch.
+        job: u64,
+        /// The batch's number, as in the batch.
+        seq: u64,
+        /// Items of the batch computed so far.
+        done: u32,
+    },
     /// Coordinator → worker: drop every queued batch of this job; results of it that
     /// are still computed will be ignored.
     Cancel {

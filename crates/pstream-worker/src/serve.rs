@@ -6,6 +6,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -179,6 +180,18 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
         })
         .expect("spawn the worker's reader thread");
 
+    let outbox = Arc::new(Outbox {
+        writer: Mutex::new(writer),
+        peer_max,
+    });
+    let progress = Arc::new(Progress::default());
+    {
+        let (outbox, progress) = (Arc::clone(&outbox), Arc::clone(&progress));
+        std::thread::Builder::new()
+            .name("pstream-worker-progress".into())
+            .spawn(move || report_progress(&outbox, &progress, flush_interval))
+            .expect("spawn the worker's progress thread");
+    }
     install_panic_hook();
     loop {
         match rx.recv() {
@@ -186,18 +199,13 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
                 let Message::Batch(header) = frame.message else {
                     unreachable!("only batches are queued")
                 };
-                if cancelled.lock().unwrap().contains(&header.job) {
+                let items = if cancelled.lock().unwrap().contains(&header.job) {
                     // Answer with no items: the coordinator frees the credit.
-                    run_batch(
-                        &header,
-                        &Items::new(),
-                        peer_max,
-                        flush_interval,
-                        &mut writer,
-                    )?;
+                    Items::new()
                 } else {
-                    run_batch(&header, &frame.items, peer_max, flush_interval, &mut writer)?;
-                }
+                    frame.items
+                };
+                run_batch(&header, &items, flush_interval, &outbox, &progress)?;
             }
             Ok(Inbound::Shutdown) | Ok(Inbound::Closed) | Err(_) => return Ok(()),
             Ok(Inbound::Failed(e)) => return Err(e),
@@ -260,13 +268,79 @@ impl FlushClock {
     }
 }
 
+/// The connection's sending side, shared by the compute loop and the progress
+/// reporter.
+struct Outbox {
+    writer: Mutex<BufWriter<UnixStream>>,
+    peer_max: usize,
+}
+
+impl Outbox {
+    fn send(&self, message: &Message, items: &Items) -> Result<(), WorkerError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        write_frame(&mut *writer, message, items, self.peer_max).map_err(WorkerError::Write)?;
+        writer
+            .flush()
+            .map_err(|e| WorkerError::Write(EncodeError::Io(e)))
+    }
+}
+
+/// Which batch is in work and how far along it is.
+#[derive(Default)]
+struct Progress {
+    /// The batch in work: (job, seq).
+    batch: Mutex<Option<(u64, u64)>>,
+    /// Items of it computed.
+    done: AtomicU32,
+}
+
+/// Every interval, tell the coordinator how far the batch in work has come, if it
+/// moved: a hung item is then known exactly, without bisection.
+fn report_progress(outbox: &Outbox, progress: &Progress, interval: Duration) {
+    let mut last = None;
+    loop {
+        std::thread::sleep(interval);
+        let batch = *progress.batch.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((job, seq)) = batch else {
+            continue;
+        };
+        let done = progress.done.load(Ordering::Relaxed);
+        if last == Some((seq, done)) {
+            continue;
+        }
+        last = Some((seq, done));
+        if outbox
+            .send(&Message::Progress { job, seq, done }, &Items::new())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// Compute a batch, sending its results in one or more frames.
 fn run_batch(
     header: &BatchHeader,
     items: &Items,
-    peer_max: usize,
     flush_interval: Duration,
-    writer: &mut impl Write,
+    outbox: &Outbox,
+    progress: &Progress,
+) -> Result<(), WorkerError> {
+    let peer_max = outbox.peer_max;
+    progress.done.store(0, Ordering::Relaxed);
+    *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = Some((header.job, header.seq));
+    let result = compute_batch(header, items, flush_interval, outbox, progress, peer_max);
+    *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    result
+}
+
+fn compute_batch(
+    header: &BatchHeader,
+    items: &Items,
+    flush_interval: Duration,
+    outbox: &Outbox,
+    progress: &Progress,
+    peer_max: usize,
 ) -> Result<(), WorkerError> {
     let mut out = Items::with_capacity(items.len(), items.data_len());
     let mut failures = Vec::new();
@@ -275,9 +349,9 @@ fn run_batch(
     let function = registry().get(header.function.as_str());
     let budget =
         |items: usize, failures: usize| peer_max.saturating_sub(frame_overhead(items, failures));
-    let mut send = |out: &mut Items,
-                    failures: &mut Vec<ItemFailure>,
-                    offset: &mut usize|
+    let send = |out: &mut Items,
+                failures: &mut Vec<ItemFailure>,
+                offset: &mut usize|
      -> Result<(), WorkerError> {
         let results = ResultsHeader {
             job: header.job,
@@ -285,11 +359,7 @@ fn run_batch(
             offset: *offset as u32,
             failures: std::mem::take(failures),
         };
-        write_frame(writer, &Message::Results(results), out, peer_max)
-            .map_err(WorkerError::Write)?;
-        writer
-            .flush()
-            .map_err(|e| WorkerError::Write(EncodeError::Io(e)))?;
+        outbox.send(&Message::Results(results), out)?;
         *offset += out.len();
         out.clear();
         Ok(())
@@ -351,6 +421,9 @@ fn run_batch(
                 });
             }
         }
+        progress
+            .done
+            .store((offset + out.len()) as u32, Ordering::Relaxed);
         if clock.due() && !out.is_empty() {
             send(&mut out, &mut failures, &mut offset)?;
         }

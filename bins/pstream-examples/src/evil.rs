@@ -1,0 +1,103 @@
+//! A worker that breaks the protocol on purpose, once, for the tests of the
+//! coordinator's defences. Enabled by `PSTREAM_EXAMPLES_EVIL=<mode>:<marker file>`:
+//! the first worker that manages to create the marker file misbehaves, every other
+//! one serves normally.
+//!
+//! Modes:
+//! * `garbage`: answers its first batch with bytes that are not a frame;
+//! * `oversized`: answers with a length prefix of 4 GiB;
+//! * `wrong-batch`: answers with results for a batch it never received;
+//! * `unasked`: sends results before it was given any batch.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+use pstream::protocol::{
+    read_frame, write_frame, Frame, Hello, Items, Message, ResultsHeader, DEFAULT_MAX_FRAME,
+    ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
+};
+
+/// If this process is to misbehave, do so and exit; otherwise return.
+pub fn maybe_misbehave() {
+    let Ok(setting) = std::env::var("PSTREAM_EXAMPLES_EVIL") else {
+        return;
+    };
+    let Some((mode, marker)) = setting.split_once(':') else {
+        return;
+    };
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_err()
+    {
+        return; // Somebody else misbehaved already.
+    }
+    let mode = mode.to_string();
+    if let Err(e) = misbehave(&mode) {
+        eprintln!("evil worker ({mode}): {e}");
+    }
+    std::process::exit(0);
+}
+
+fn misbehave(mode: &str) -> std::io::Result<()> {
+    let path = std::env::var_os(ENV_SOCKET).ok_or_else(|| std::io::Error::other("no socket"))?;
+    let token = std::env::var(ENV_TOKEN).unwrap_or_default();
+    let mut stream = UnixStream::connect(path)?;
+    let hello = Message::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token,
+        pid: std::process::id(),
+        capacity: 8192,
+        max_frame: DEFAULT_MAX_FRAME as u32,
+        functions: pstream_worker::functions(),
+    });
+    write_frame(&mut stream, &hello, &Items::new(), usize::MAX).map_err(std::io::Error::other)?;
+    let mut reader = stream.try_clone()?;
+    // Welcome.
+    read_frame(&mut reader, DEFAULT_MAX_FRAME).map_err(std::io::Error::other)?;
+    let results = |job, seq| {
+        let mut items = Items::new();
+        items.push(b"1");
+        (
+            Message::Results(ResultsHeader {
+                job,
+                seq,
+                offset: 0,
+                failures: vec![],
+            }),
+            items,
+        )
+    };
+    if mode == "unasked" {
+        let (message, items) = results(0, 0);
+        write_frame(&mut stream, &message, &items, usize::MAX).map_err(std::io::Error::other)?;
+    } else {
+        let batch = loop {
+            match read_frame(&mut reader, DEFAULT_MAX_FRAME).map_err(std::io::Error::other)? {
+                Some(Frame {
+                    message: Message::Batch(b),
+                    ..
+                }) => break b,
+                Some(_) => continue,
+                None => return Ok(()),
+            }
+        };
+        match mode {
+            "garbage" => stream.write_all(&[
+                9, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ])?,
+            "oversized" => stream.write_all(&u32::MAX.to_le_bytes())?,
+            "wrong-batch" => {
+                let (message, items) = results(batch.job, batch.seq + 1000);
+                write_frame(&mut stream, &message, &items, usize::MAX)
+                    .map_err(std::io::Error::other)?;
+            }
+            other => return Err(std::io::Error::other(format!("unknown mode {other}"))),
+        }
+    }
+    stream.flush()?;
+    // Wait to be killed (or for the coordinator to hang up).
+    while let Ok(Some(_)) = read_frame(&mut reader, DEFAULT_MAX_FRAME) {}
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! Crash isolation over real processes: a worker that dies or hangs costs exactly
+//! the item that did it, named; every other item comes back, in order, once.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use proptest::prelude::*;
+use pstream::{Codec, ItemError, ItemErrorKind, PoolBuilder, ProcessPool};
+use pstream_examples::{double, slow_double, Fault};
+use support::*;
+
+/// `misbehave` inputs: item i has value i and behaves, except the poisoned ones.
+fn inputs(n: u64, poison: &BTreeMap<u64, Fault>) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let fault = poison.get(&i).copied().unwrap_or(Fault::None);
+            format!(r#"{{"value":{i},"fault":"{}"}}"#, fault.name())
+        })
+        .collect()
+}
+
+/// Run `misbehave` and check: every good item is back, in order, exactly once;
+/// the poisoned ones are errors at their index. Returns the errors.
+fn run_and_check(pool: &ProcessPool, n: u64, poison: &BTreeMap<u64, Fault>) -> Vec<ItemError> {
+    let mut results = pool
+        .map_raw("misbehave", Codec::Json, true, inputs(n, poison))
+        .unwrap();
+    let mut errors = Vec::new();
+    let mut next = 0u64;
+    while let Some((index, result)) = results.next_raw() {
+        assert_eq!(index, next, "results out of order");
+        match result {
+            Ok(bytes) => {
+                assert!(
+                    !poison.contains_key(&index),
+                    "poisoned item {index} succeeded"
+                );
+                assert_eq!(
+                    bytes,
+                    index.to_string().as_bytes(),
+                    "wrong value for item {index}"
+                );
+            }
+            Err(e) => {
+                assert!(poison.contains_key(&index), "good item {index} failed: {e}");
+                errors.push(e);
+            }
+        }
+        next += 1;
+    }
+    assert_eq!(next, n, "{:?}", results.pool_error());
+    assert_eq!(errors.len(), poison.len());
+    errors
+}
+
+fn crash_pool() -> PoolBuilder {
+    builder()
+        .workers(2)
+        .item_timeout(Duration::from_secs(2))
+        .memory_limit(1 << 30)
+}
+
+fn one_poison(fault: Fault) -> (ItemError, ProcessPool, Vec<u32>) {
+    let pool = crash_pool().build().unwrap();
+    let pids = pool.worker_pids();
+    let n = scale(20_000);
+    let at = n * 61 / 100;
+    let poison = BTreeMap::from([(at, fault)]);
+    let mut errors = run_and_check(&pool, n, &poison);
+    let error = errors.pop().unwrap();
+    assert_eq!(error.index, at);
+    (error, pool, pids)
+}
+
+#[test]
+fn panic_is_an_item_error_and_the_worker_lives_on() {
+    let (error, pool, pids) = one_poison(Fault::Panic);
+    match &error.kind {
+        ItemErrorKind::Panicked { message, location } => {
+            assert!(message.contains("asked to panic"), "{message}");
+            assert!(
+                location.as_deref().unwrap_or("").contains("lib.rs"),
+                "{location:?}"
+            );
+        }
+        other => panic!("expected a panic, got {other}"),
+    }
+    assert_eq!(pool.worker_pids(), pids, "a panic must not cost a worker");
+    assert_eq!(pool.stats().crashes, 0);
+}
+
+fn assert_crashed_by(fault: Fault, signal: Option<Signal>, code: Option<i32>) {
+    let (error, pool, _) = one_poison(fault);
+    assert!(error.is_crash(), "{fault:?}: {error}");
+    if let Some(signal) = signal {
+        assert_eq!(error.signal(), Some(signal as i32), "{error}");
+    }
+    if code.is_some() {
+        assert_eq!(error.exit_code(), code, "{error}");
+    }
+    assert!(
+        pool.stats().crashes >= 2,
+        "the item was tried at least twice"
+    );
+}
+
+#[test]
+fn abort_costs_one_item() {
+    assert_crashed_by(Fault::Abort, Some(Signal::SIGABRT), None);
+}
+
+#[test]
+fn segfault_costs_one_item() {
+    assert_crashed_by(Fault::Segv, Some(Signal::SIGSEGV), None);
+}
+
+#[test]
+fn exit_costs_one_item() {
+    assert_crashed_by(Fault::Exit, None, Some(3));
+}
+
+#[test]
+fn sigkill_costs_one_item() {
+    assert_crashed_by(Fault::Kill, Some(Signal::SIGKILL), None);
+}
+
+#[test]
+fn an_allocation_bomb_costs_one_item() {
+    // Under the memory limit the bomb fails in its worker (Rust aborts on a failed
+    // allocation) instead of waking the machine's OOM killer.
+    assert_crashed_by(Fault::Oom, None, None);
+}
+
+#[test]
+fn a_hang_costs_one_item_reported_as_timed_out() {
+    let (error, pool, _) = one_poison(Fault::Hang);
+    assert!(error.is_timeout(), "{error}");
+    assert!(pool.stats().crashes >= 2);
+}
+
+#[test]
+fn job_statistics_count_what_happened() {
+    let pool = crash_pool().retries(2).build().unwrap();
+    let poison = BTreeMap::from([(10, Fault::Exit), (500, Fault::Panic), (900, Fault::Hang)]);
+    let mut results = pool
+        .map_raw("misbehave", Codec::Json, true, inputs(1000, &poison))
+        .unwrap();
+    while results.next_raw().is_some() {}
+    let stats = results.stats();
+    assert_eq!(stats.items_ok, 997);
+    assert_eq!(stats.items_failed, 3);
+    // Each poison tried alone three times, plus the splits that isolated it.
+    assert!(stats.crashes >= 6, "{stats:?}");
+    assert!(stats.timeouts >= 3, "{stats:?}");
+    assert!(stats.retries >= 4, "{stats:?}");
+    assert!(stats.respawns >= stats.crashes, "{stats:?}");
+    assert!(
+        stats.peak_in_flight >= 1 && stats.peak_in_flight <= 5000,
+        "{stats:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_poison_sets_cost_exactly_their_items(
+        n in 1u64..3000,
+        window in 1usize..3000,
+        picks in proptest::collection::vec((any::<u64>(), 0usize..4), 0..6),
+    ) {
+        let faults = [Fault::Exit, Fault::Kill, Fault::Panic, Fault::Abort];
+        let poison: BTreeMap<u64, Fault> =
+            picks.into_iter().map(|(at, f)| (at % n, faults[f])).collect();
+        let pool = crash_pool().window(window).build().unwrap();
+        let errors = run_and_check(&pool, n, &poison);
+        for e in errors {
+            let expect_panic = poison[&e.index] == Fault::Panic;
+            prop_assert_eq!(e.is_panic(), expect_panic, "{}", e);
+            prop_assert_eq!(e.is_crash(), !expect_panic, "{}", e);
+        }
+    }
+}
+
+#[test]
+fn chaos_random_sigkills_lose_nothing() {
+    let pool = builder().workers(2).retries(4).build().unwrap();
+    let n = scale(1_000_000) as i64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU64::new(0));
+    let pool = Arc::new(pool);
+    let killer = {
+        let (pool, stop, kills) = (Arc::clone(&pool), Arc::clone(&stop), Arc::clone(&kills));
+        std::thread::spawn(move || {
+            let mut rng = 0x9e3779b97f4a7c15u64;
+            while !stop.load(Ordering::SeqCst) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                // The pacing of the chaos, not synchronisation.
+                std::thread::sleep(Duration::from_millis(50 + rng % 51));
+                let pids = pool.worker_pids();
+                if let Some(&pid) = pids.get(rng as usize % pids.len().max(1)) {
+                    if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+                        kills.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    let mut results = pool.map(slow_double, 0..n).unwrap();
+    let mut expected = 0i64;
+    for result in results.by_ref() {
+        assert_eq!(result.unwrap(), expected * 2);
+        expected += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    killer.join().unwrap();
+    assert_eq!(expected, n);
+    let stats = results.stats();
+    eprintln!(
+        "{} kills sent, job stats {stats:?}, pool stats {:?}",
+        kills.load(Ordering::SeqCst),
+        pool.stats()
+    );
+    if kills.load(Ordering::SeqCst) > 0 {
+        assert!(
+            stats.crashes > 0,
+            "kills landed but no crash was counted: {stats:?}"
+        );
+    }
+    assert!(pool.stats().crashes >= stats.crashes);
+}
+
+#[test]
+fn recycled_workers_lose_nothing() {
+    let pool = builder()
+        .workers(2)
+        .max_items_per_worker(1000)
+        .build()
+        .unwrap();
+    let first = pool.worker_pids();
+    let n = 20_000i64;
+    let got: Vec<i64> = pool
+        .map(double, 0..n)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..n).map(|x| x * 2).collect::<Vec<_>>());
+    let stats = pool.stats();
+    assert!(stats.spawned >= 8, "{stats:?}");
+    assert_eq!(stats.crashes, 0, "a recycled worker is no crash: {stats:?}");
+    assert!(
+        first.iter().all(|p| !pool.worker_pids().contains(p)),
+        "workers were not replaced"
+    );
+    drop(pool);
+    assert_gone(&first);
+}
+
+fn evil_pool(mode: &str) -> (ProcessPool, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("evil-marker");
+    let pool = builder()
+        .workers(2)
+        .env(
+            "PSTREAM_EXAMPLES_EVIL",
+            format!("{mode}:{}", marker.display()),
+        )
+        .build()
+        .unwrap();
+    (pool, dir)
+}
+
+fn assert_job_survives_evil_worker(mode: &str) {
+    let (pool, _dir) = evil_pool(mode);
+    let n = 20_000i64;
+    let got: Vec<i64> = pool
+        .map(double, 0..n)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..n).map(|x| x * 2).collect::<Vec<_>>(), "{mode}");
+    assert!(
+        pool.stats().crashes >= 1,
+        "{mode}: the evil worker was not caught"
+    );
+}
+
+#[test]
+fn a_worker_sending_garbage_is_killed_and_the_job_goes_on() {
+    assert_job_survives_evil_worker("garbage");
+}
+
+#[test]
+fn a_worker_sending_an_oversized_frame_is_killed_and_the_job_goes_on() {
+    assert_job_survives_evil_worker("oversized");
+}
+
+#[test]
+fn a_worker_answering_a_batch_it_never_got_is_killed_and_the_job_goes_on() {
+    assert_job_survives_evil_worker("wrong-batch");
+    assert_job_survives_evil_worker("unasked");
+}
+
+#[test]
+fn failing_respawns_end_the_job_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("broken");
+    let script = dir.path().join("worker.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ -e '{}' ] && exit 1\nexec '{}'\n",
+            marker.display(),
+            plugin().display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&script).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pool = ProcessPool::builder()
+        .workers(2)
+        .program(&script)
+        .max_spawn_failures(3)
+        .build()
+        .unwrap();
+    let pids = pool.worker_pids();
+    let mut results = pool.map(double, 0i64..).unwrap();
+    assert_eq!(results.next().unwrap().unwrap(), 0);
+    // From now on every replacement fails at once.
+    std::fs::write(&marker, b"").unwrap();
+    for pid in &pids {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    let last = results
+        .by_ref()
+        .find(|r| r.is_err())
+        .expect("the job must end");
+    let error = last.unwrap_err();
+    assert_eq!(error.kind.name(), "aborted", "{error}");
+    assert!(results.next().is_none(), "nothing after the abort");
+    let pool_error = results.pool_error().expect("the pool error is kept");
+    assert!(
+        pool_error.to_string().contains("3 times in a row"),
+        "{pool_error}"
+    );
+    assert!(
+        pool_error.to_string().contains("exited with status 1"),
+        "{pool_error}"
+    );
+}
