@@ -134,5 +134,10 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
         scenarios::run(scenario, &settings, &mut summary)?;
     }
     summary.print();
+    println!(
+        "- effective parallelism at the end: {:.2} of {}",
+        machine::effective_parallelism(settings.workers),
+        settings.workers
+    );
     Ok(())
 }
