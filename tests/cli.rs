@@ -1,15 +1,817 @@
 //! End-to-end tests of the `pstream-coord` launcher: they run the built binary over
-//! real processes, real pipes and real signals.
+//! real processes, real pipes, a real terminal and real signals.
 
-use std::process::Command;
+#[path = "support/cli.rs"]
+mod util;
 
-fn coord() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pstream-coord"))
+use std::fmt::Write as _;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+use util::*;
+
+fn seq(n: u64) -> Vec<u8> {
+    let out = Command::new("seq").arg("1").arg(n.to_string()).output();
+    let out = out.expect("run seq");
+    assert!(out.status.success(), "seq failed: {out:?}");
+    out.stdout
+}
+
+/// Run a shell filter (awk, tr, ...) over `input`.
+fn shell_filter(script: &str, input: &[u8]) -> Vec<u8> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script);
+    expect_code(&mut cmd, Some(input), 0).stdout
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("create a temporary directory")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    if got != want {
+        let at = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        let from = at.saturating_sub(60);
+        panic!(
+            "{what}: outputs differ at byte {at} (got {} bytes, want {})\n--- got:  {:?}\n--- want: {:?}",
+            got.len(),
+            want.len(),
+            String::from_utf8_lossy(&got[from..(at + 60).min(got.len())]),
+            String::from_utf8_lossy(&want[from..(at + 60).min(want.len())]),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Results: the same bytes the shell's tools produce.
+
+#[test]
+fn double_over_seq_equals_awk() {
+    let input = seq(scale(1_000_000));
+    let want = shell_filter("awk '{print $1*2}'", &input);
+    let out = expect_code(
+        &mut coord(&["run", "--function", "double", "--format", "jsonl"]),
+        Some(&input),
+        0,
+    );
+    assert_same("double over seq", &out.stdout, &want);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(" ok, 0 failed"),
+        "no summary line on stderr: {stderr}"
+    );
 }
 
 #[test]
-fn functions_lists_the_built_in_examples() {
-    let out = coord().arg("functions").output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("double"));
+fn upper_over_a_text_file_equals_tr() {
+    // Real text: the workspace's own sources and docs, as ASCII.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut text = Vec::new();
+    for dir in [
+        "crates/pstream-coordinator/src",
+        "crates/pstream-protocol/src",
+        "tests",
+    ] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            text.extend(std::fs::read(f).unwrap().into_iter().filter(u8::is_ascii));
+        }
+    }
+    assert!(text.len() > 10_000, "too little text to test with");
+    let dir = tempdir();
+    let input = dir.path().join("text.txt");
+    std::fs::write(&input, &text).unwrap();
+    let want = shell_filter("tr a-z A-Z", &text);
+    let out = expect_code(
+        &mut coord(&["run", "--function", "upper", "--input", path_str(&input)]),
+        None,
+        0,
+    );
+    assert_same("upper over a text file", &out.stdout, &want);
+}
+
+/// Regular files on this machine: the workspace's, the Rust toolchain's and the
+/// cargo registry's sources, whatever is found first, in a stable order.
+fn real_files(max: usize) -> Vec<PathBuf> {
+    let mut roots = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates")];
+    let sysroot = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output();
+    if let Ok(out) = sysroot {
+        roots.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("lib"));
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(home) = cargo_home {
+        roots.push(home.join("registry/src"));
+    }
+    let mut files = Vec::new();
+    for root in roots {
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut entries: Vec<_> = entries.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let Ok(kind) = e.file_type() else { continue };
+                let path = e.path();
+                let Some(name) = path.to_str() else { continue };
+                if name.contains(['\n', '\r']) {
+                    continue; // A list of paths has one per line.
+                }
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if kind.is_file() && std::fs::File::open(&path).is_ok() {
+                    files.push(path);
+                    if files.len() == max {
+                        return files;
+                    }
+                }
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn sha256sum_over_real_files_equals_coreutils() {
+    let files = real_files(scale(3000) as usize);
+    assert!(
+        files.len() >= scale(1000) as usize,
+        "found only {} files to hash",
+        files.len()
+    );
+    let mut list = String::new();
+    for f in &files {
+        writeln!(list, "{}", f.to_str().unwrap()).unwrap();
+    }
+    let want = shell_filter("xargs -d '\\n' sha256sum --", list.as_bytes());
+    let out = expect_code(
+        &mut coord(&["run", "--function", "sha256sum", "--workers", "2"]),
+        Some(list.as_bytes()),
+        0,
+    );
+    assert_same("sha256sum over real files", &out.stdout, &want);
+}
+
+// ---------------------------------------------------------------------------------
+// Failed items.
+
+fn records(path: &Path) -> Vec<serde_json::Value> {
+    String::from_utf8(read(path))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn malformed_and_mistyped_lines_become_error_records() {
+    let dir = tempdir();
+    let errors = dir.path().join("errors.jsonl");
+    let input = "1\n{\"broken\n2\n\"seven\"\n3\n[4]\n\n9223372036854775807\n2.5\n5\n";
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "double",
+            "--format",
+            "jsonl",
+            "--errors",
+            path_str(&errors),
+        ]),
+        Some(input.as_bytes()),
+        1,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n4\n6\n10\n");
+    let records = records(&errors);
+    let summary: Vec<(u64, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["line"].as_u64().unwrap(),
+                r["input"].as_str().unwrap(),
+                r["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (2, "{\"broken", "decode"),
+            (4, "\"seven\"", "decode"),
+            (6, "[4]", "decode"),
+            (7, "", "decode"),
+            (8, "9223372036854775807", "failed"),
+            (9, "2.5", "decode"),
+        ],
+        "{records:#?}"
+    );
+    for r in &records {
+        assert!(!r["error"].as_str().unwrap().is_empty(), "{r}");
+    }
+    // One line on stderr per failed item, naming its line.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in [2, 4, 6, 7, 8, 9] {
+        assert!(
+            stderr.contains(&format!("line {line}: ")),
+            "no message for line {line}:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("4 ok, 6 failed"), "{stderr}");
+}
+
+#[test]
+fn a_crashing_item_is_reported_and_the_rest_is_computed() {
+    let dir = tempdir();
+    let errors = dir.path().join("errors.jsonl");
+    let mut input = String::new();
+    for i in 0..200 {
+        let fault = match i {
+            50 => "segv",
+            120 => "panic",
+            _ => "none",
+        };
+        writeln!(input, "{{\"value\":{i},\"fault\":\"{fault}\"}}").unwrap();
+    }
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "misbehave",
+            "--format",
+            "jsonl",
+            "--workers",
+            "2",
+            "--errors",
+            path_str(&errors),
+        ]),
+        Some(input.as_bytes()),
+        1,
+    );
+    let want: String = (0..200)
+        .filter(|i| *i != 50 && *i != 120)
+        .map(|i| format!("{i}\n"))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    let kinds: Vec<(u64, String)> = records(&errors)
+        .iter()
+        .map(|r| {
+            (
+                r["line"].as_u64().unwrap(),
+                r["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [(51, "crashed".to_string()), (121, "panicked".to_string())]
+    );
+}
+
+#[test]
+fn on_error_fail_stops_after_writing_every_earlier_result() {
+    let dir = tempdir();
+    let errors = dir.path().join("errors.jsonl");
+    let input: String = (1..=1000)
+        .map(|i| {
+            if i == 700 {
+                "oops\n".to_string()
+            } else {
+                format!("{i}\n")
+            }
+        })
+        .collect();
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "double",
+            "--format",
+            "jsonl",
+            "--on-error",
+            "fail",
+            "--errors",
+            path_str(&errors),
+        ]),
+        Some(input.as_bytes()),
+        1,
+    );
+    let want: String = (1..700).map(|i| format!("{}\n", i * 2)).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    let records = records(&errors);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["line"], 700);
+}
+
+#[test]
+fn unordered_output_holds_every_result() {
+    let input = seq(scale(100_000));
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "double",
+            "--format",
+            "jsonl",
+            "--unordered",
+        ]),
+        Some(&input),
+        0,
+    );
+    let mut got: Vec<i64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    got.sort_unstable();
+    let want: Vec<i64> = (1..=scale(100_000) as i64).map(|i| i * 2).collect();
+    assert_eq!(got, want);
+}
+
+// ---------------------------------------------------------------------------------
+// The command line itself.
+
+#[test]
+fn functions_lists_names_and_types() {
+    let out = expect_code(&mut coord(&["functions"]), None, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in ["double", "upper", "sha256sum", "slow_double", "misbehave"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(name) && l.contains("->")),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert!(text.contains("String"), "{text}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_say_why() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["run"], "--function"),
+        (&["run", "--function", "double", "--bogus"], "--bogus"),
+        (&["run", "--function", "nope"], "no function named `nope`"),
+        (
+            &["run", "--function", "double", "--timeout", "soon"],
+            "soon",
+        ),
+        (&["run", "--function", "double", "--resume"], "--output"),
+        (
+            &["run", "-f", "double", "-o", "x", "--resume", "--unordered"],
+            "ordered mode",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = expect_code(&mut coord(args), None, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_job_that_cannot_run_exits_3() {
+    let dir = tempdir();
+    let missing = dir.path().join("missing.txt");
+    let out = expect_code(
+        &mut coord(&["run", "--function", "double", "--input", path_str(&missing)]),
+        None,
+        3,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.txt"));
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "double",
+            "--plugin",
+            path_str(&missing),
+        ]),
+        Some(b"1\n"),
+        3,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed to start the workers"));
+}
+
+#[test]
+fn stats_json_has_the_summary_figures() {
+    let dir = tempdir();
+    let stats = dir.path().join("stats.json");
+    expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "double",
+            "--format",
+            "jsonl",
+            "--stats-json",
+            path_str(&stats),
+        ]),
+        Some(b"1\n2\nx\n"),
+        1,
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&read(&stats)).unwrap();
+    assert_eq!(stats["items_ok"], 2, "{stats}");
+    assert_eq!(stats["items_failed"], 1, "{stats}");
+    assert_eq!(stats["exit_code"], 1, "{stats}");
+}
+
+// ---------------------------------------------------------------------------------
+// Pipes, signals, resume.
+
+#[test]
+fn head_closes_the_pipe_and_the_job_ends_quietly() {
+    let script = format!(
+        "yes 7 | RUST_LOG=pstream_coordinator=debug '{}' run --function double \
+         --format jsonl | head -n 5",
+        bin().display()
+    );
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(&script);
+    let mut child = sh
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, &script);
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let explain = report(&script, status, stdout.as_bytes(), stderr.as_bytes());
+    assert!(status.success(), "{explain}");
+    assert_eq!(stdout, "14\n".repeat(5), "{explain}");
+    let workers = workers_in_log(&stderr);
+    assert!(!workers.is_empty(), "no worker in the log\n{explain}");
+    // The launcher reaped its workers before it exited.
+    for pid in workers {
+        assert_eq!(process_state(pid), None, "worker {pid} left\n{explain}");
+    }
+    // Quietly: no summary, no error about the pipe.
+    assert!(!stderr.contains("items in"), "{explain}");
+    assert!(!stderr.to_lowercase().contains("broken pipe"), "{explain}");
+}
+
+/// `slow_double` over `1..=n`, with a line that is not a number every 997 lines: a
+/// job that runs long enough to be interrupted.
+fn slow_input(dir: &Path, n: u64) -> PathBuf {
+    let mut text = String::new();
+    for i in 1..=n {
+        if i % 997 == 0 {
+            text.push_str("not a number\n");
+        } else {
+            writeln!(text, "{i}").unwrap();
+        }
+    }
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn slow_job<'a>(input: &'a Path, output: &'a Path, errors: &'a Path) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--function",
+        "slow_double",
+        "--format",
+        "jsonl",
+        "--workers",
+        "2",
+        "--input",
+        path_str(input),
+        "--output",
+        path_str(output),
+        "--errors",
+        path_str(errors),
+    ]
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+#[test]
+fn sigkill_then_resume_equals_an_uninterrupted_run() {
+    let dir = tempdir();
+    let input = slow_input(dir.path(), scale(400_000));
+    let (want_out, want_err) = (dir.path().join("want.out"), dir.path().join("want.err"));
+    expect_code(&mut coord(&slow_job(&input, &want_out, &want_err)), None, 1);
+
+    let (out, err) = (dir.path().join("got.out"), dir.path().join("got.err"));
+    let journal = dir.path().join("got.out.pstream-resume");
+    // Killed twice, at different points, then run to the end.
+    for round in 0..2 {
+        let mut args = slow_job(&input, &out, &err);
+        if round > 0 {
+            args.push("--resume");
+        }
+        let mut cmd = coord(&args);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = file_len(&out);
+        wait_until("the output to grow", || file_len(&out) > start + 100_000);
+        let workers = children(child.id());
+        signal(&child, Signal::SIGKILL);
+        child.wait().unwrap();
+        // Workers die with the launcher, whatever killed it.
+        wait_gone(&workers);
+        assert!(
+            journal.exists(),
+            "round {round}: the job finished before it was killed; make it longer"
+        );
+    }
+    let args = [slow_job(&input, &out, &err), vec!["--resume"]].concat();
+    let done = expect_code(&mut coord(&args), None, 1);
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(stderr.contains("resumed after line"), "{stderr}");
+    assert_same("resumed output", &read(&out), &read(&want_out));
+    assert_same("resumed errors", &read(&err), &read(&want_err));
+    assert!(!journal.exists(), "the journal outlived the finished job");
+}
+
+#[test]
+fn sigint_writes_an_exact_prefix_and_the_summary() {
+    let dir = tempdir();
+    let input = slow_input(dir.path(), scale(400_000));
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut cmd = coord(&slow_job(&input, &out, &err));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    wait_until("the first results", || file_len(&out) > 10_000);
+    let workers = children(child.id());
+    signal(&child, Signal::SIGINT);
+    let status = wait_exit(&mut child, "pstream-coord after SIGINT");
+    let stderr = stderr.rest().to_string();
+    let got = read(&out);
+    let explain = report(
+        &describe(&cmd),
+        status,
+        &got[..got.len().min(200)],
+        stderr.as_bytes(),
+    );
+    assert_eq!(shell_status(status), 130, "{explain}");
+    assert!(stderr.contains("stopped early: SIGINT"), "{explain}");
+    assert!(stderr.contains("items in"), "{explain}");
+    // An exact prefix of the full ordered output, ending with a whole line.
+    let text = std::fs::read_to_string(&input).unwrap();
+    let want: String = text
+        .lines()
+        .filter_map(|l| l.parse::<i64>().ok())
+        .map(|x| format!("{}\n", x * 2))
+        .collect();
+    assert!(!got.is_empty() && got.ends_with(b"\n"), "{explain}");
+    assert!(
+        got.len() < want.len(),
+        "the job finished before SIGINT; make it longer"
+    );
+    assert_same("output after SIGINT", &got, &want.as_bytes()[..got.len()]);
+    wait_gone(&workers);
+}
+
+#[test]
+fn a_second_sigint_kills_the_workers_at_once() {
+    // Two items hang forever: only the second Ctrl-C can end this job.
+    let mut input = String::new();
+    for i in 0..100 {
+        let fault = if i >= 10 && i < 12 { "hang" } else { "none" };
+        writeln!(input, "{{\"value\":{i},\"fault\":\"{fault}\"}}").unwrap();
+    }
+    let mut cmd = coord(&[
+        "run",
+        "--function",
+        "misbehave",
+        "--format",
+        "jsonl",
+        "--workers",
+        "2",
+    ]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    // The ten items before the hanging ones come out (the output is flushed while
+    // the job waits).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.iter().filter(|&&b| b == b'\n').count() < 10 {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "stdout closed early: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let workers = children(child.id());
+    assert!(!workers.is_empty());
+    signal(&child, Signal::SIGINT);
+    assert!(
+        stderr.wait_for("again to stop at once"),
+        "no notice of the first SIGINT: {}",
+        stderr.seen
+    );
+    signal(&child, Signal::SIGINT);
+    let status = wait_exit(&mut child, "pstream-coord after two SIGINTs");
+    drop(stdin);
+    let rest = stderr.rest().to_string();
+    assert_eq!(shell_status(status), 130, "{rest}");
+    assert!(rest.contains("items in"), "no summary: {rest}");
+    let want: String = (0..10).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    wait_gone(&workers);
+}
+
+// ---------------------------------------------------------------------------------
+// Memory and the progress display.
+
+/// Peak RSS of the launcher doubling `seq 1 n` into /dev/null.
+fn peak_rss_doubling(n: u64) -> u64 {
+    let mut seq = Command::new("seq")
+        .arg("1")
+        .arg(n.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cmd = coord(&["run", "--function", "double", "--format", "jsonl"]);
+    let mut child = cmd
+        .stdin(Stdio::from(seq.stdout.take().unwrap()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut peak = 0;
+    // VmHWM only grows: the last reading before the exit is the peak (sampled).
+    let status = loop {
+        if let Some(rss) = peak_rss_of(child.id()) {
+            peak = peak.max(rss);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        report(&describe(&cmd), status, b"", err.as_bytes())
+    );
+    assert!(seq.wait().unwrap().success());
+    assert!(peak > 0, "could not read the launcher's memory");
+    peak
+}
+
+#[test]
+fn memory_stays_flat_from_1m_to_20m_lines() {
+    const MIB: u64 = 1 << 20;
+    let small = peak_rss_doubling(scale(1_000_000));
+    let large = peak_rss_doubling(scale(20_000_000));
+    eprintln!(
+        "peak RSS: {} KiB at 1M lines, {} KiB at 20M",
+        small / 1024,
+        large / 1024
+    );
+    assert!(
+        large < 64 * MIB,
+        "peak RSS {} MiB at 20M lines",
+        large / MIB
+    );
+    assert!(
+        large < small + 8 * MIB,
+        "memory grows with the input: {} KiB at 1M lines, {} KiB at 20M",
+        small / 1024,
+        large / 1024
+    );
+}
+
+/// Run a `slow_double` job with stderr on a new pseudo-terminal, and return what the
+/// terminal showed.
+fn run_on_a_terminal(args: &[&str]) -> String {
+    let winsize = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&winsize), None).expect("open a pseudo-terminal");
+    let master: OwnedFd = pty.master;
+    let mut cmd = coord(args);
+    let what = describe(&cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(pty.slave));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // Our copy of the terminal's slave side: EOF comes when the child's closes.
+    let reader = std::thread::spawn(move || {
+        let mut file = std::fs::File::from(master);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once no process holds the slave side open.
+        while let Ok(n) = file.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        seen
+    });
+    let status = wait_exit(&mut child, "pstream-coord on a terminal");
+    let seen = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    assert!(
+        status.success(),
+        "{}",
+        report(&what, status, b"", seen.as_bytes())
+    );
+    seen
+}
+
+#[test]
+fn the_progress_bar_shows_on_a_terminal_and_not_in_a_pipe() {
+    let dir = tempdir();
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(&input, seq(scale(200_000))).unwrap();
+    let args = [
+        "run",
+        "--function",
+        "slow_double",
+        "--format",
+        "jsonl",
+        "--workers",
+        "2",
+        "--input",
+        path_str(&input),
+        "--output",
+        "/dev/null",
+    ];
+    let shown = run_on_a_terminal(&args);
+    assert!(
+        shown.contains("in flight"),
+        "no progress bar on the terminal:\n{shown}"
+    );
+    assert!(shown.contains("ETA"), "no ETA for a file input:\n{shown}");
+    assert!(shown.contains("items in"), "no summary:\n{shown}");
+
+    let out = expect_code(&mut coord(&args), None, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("in flight"),
+        "a progress bar in a pipe:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "only the summary line:\n{stderr}"
+    );
 }

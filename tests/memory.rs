@@ -13,7 +13,11 @@ fn coordinator_memory_is_flat_over_twenty_million_items() {
     let n = scale(20_000_000);
     let pool = pool(2);
     // Warm up allocator and threads, then take the baseline.
-    let warm: i64 = pool.map(double, 0..10_000i64).unwrap().map(Result::unwrap).sum();
+    let warm: i64 = pool
+        .map(double, 0..10_000i64)
+        .unwrap()
+        .map(Result::unwrap)
+        .sum();
     assert_eq!(warm, 9_999 * 10_000);
     let baseline = current_rss();
 
@@ -34,7 +38,10 @@ fn coordinator_memory_is_flat_over_twenty_million_items() {
         "baseline {} MiB, peak {} MiB, samples (items, MiB): {:?}",
         baseline / MIB,
         peak / MIB,
-        samples.iter().map(|&(i, r)| (i, r / MIB)).collect::<Vec<_>>()
+        samples
+            .iter()
+            .map(|&(i, r)| (i, r / MIB))
+            .collect::<Vec<_>>()
     );
     assert!(growth < 64 * MIB, "peak RSS grew by {} MiB", growth / MIB);
     // Flat: what it holds after the first tenth is what it holds at the end.

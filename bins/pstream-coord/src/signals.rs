@@ -93,11 +93,14 @@ impl Signals {
             .compare_exchange(0, signal as i32, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         if first {
-            tracing::info!("{} received: stopping", signal.as_str());
             self.stop.request();
+            eprintln!(
+                "pstream-coord: {}: stopping after the items in flight \
+                 (again to stop at once)",
+                signal.as_str()
+            );
             return;
         }
-        tracing::info!("{} received again: stopping now", signal.as_str());
         let action = self.hard_stop.lock().unwrap();
         match &*action {
             Some(action) => action(signal),

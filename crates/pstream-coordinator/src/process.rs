@@ -73,6 +73,12 @@ impl Proc {
 /// into a job's output.
 pub(crate) fn spawn(command: &WorkerCommand, extra_env: &[(&str, String)]) -> io::Result<Proc> {
     let mut cmd = Command::new(&command.program);
+    if command.program.as_os_str() == "/proc/self/exe" {
+        // Show the real program in `ps`, not the link we exec through.
+        if let Ok(exe) = std::env::current_exe() {
+            cmd.arg0(exe);
+        }
+    }
     cmd.args(&command.args)
         .envs(command.env.iter().map(|(k, v)| (k, v)))
         .envs(extra_env.iter().map(|(k, v)| (k, v)))
