@@ -47,12 +47,9 @@ impl Proc {
     pub fn wait(&self) -> ExitCause {
         let pid = Pid::from_raw(self.pid as i32);
         // Wait without reaping, so the pid stays ours while `signal` may run.
-        loop {
-            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
-        }
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
         let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
         *exited = true;
         loop {
