@@ -89,13 +89,6 @@ struct Config {
     capacity: u32,
 }
 
-enum Inbound {
-    Batch(Frame),
-    Shutdown,
-    Closed,
-    Failed(WorkerError),
-}
-
 fn serve(config: &Config) -> Result<(), WorkerError> {
     let stream = UnixStream::connect(&config.path).map_err(|source| WorkerError::Connect {
         path: config.path.clone(),
@@ -149,37 +142,6 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
             }
         };
 
-    // A reader thread keeps the next batch coming while this thread computes, and
-    // hears Cancel while a batch is in work.
-    let cancelled: Arc<Mutex<HashSet<u64>>> = Arc::default();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let max_frame = config.max_frame;
-    let reader_cancelled = Arc::clone(&cancelled);
-    std::thread::Builder::new()
-        .name("pstream-worker-reader".into())
-        .spawn(move || loop {
-            let inbound = match read_frame(&mut reader, max_frame) {
-                Ok(Some(frame)) => match frame.message {
-                    Message::Batch(_) => Inbound::Batch(frame),
-                    Message::Cancel { job } => {
-                        reader_cancelled.lock().unwrap().insert(job);
-                        continue;
-                    }
-                    Message::Shutdown => Inbound::Shutdown,
-                    other => Inbound::Failed(WorkerError::Protocol(format!(
-                        "unexpected frame {other:?}"
-                    ))),
-                },
-                Ok(None) => Inbound::Closed,
-                Err(e) => Inbound::Failed(WorkerError::Read(e)),
-            };
-            let last = !matches!(inbound, Inbound::Batch(_));
-            if tx.send(inbound).is_err() || last {
-                return;
-            }
-        })
-        .expect("spawn the worker's reader thread");
-
     let outbox = Arc::new(Outbox {
         writer: Mutex::new(writer),
         peer_max,
@@ -193,13 +155,19 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
             .expect("spawn the worker's progress thread");
     }
     install_panic_hook();
+    // Batches are read on this thread: the kernel's socket buffer already holds the
+    // next one while this one is computed, and a thread hop per batch costs more
+    // than it saves. A Cancel is seen before the next batch of the job starts.
+    let mut cancelled: HashSet<u64> = HashSet::new();
     loop {
-        match rx.recv() {
-            Ok(Inbound::Batch(frame)) => {
-                let Message::Batch(header) = frame.message else {
-                    unreachable!("only batches are queued")
-                };
-                let items = if cancelled.lock().unwrap().contains(&header.job) {
+        let frame = match read_frame(&mut reader, config.max_frame) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(WorkerError::Read(e)),
+        };
+        match frame.message {
+            Message::Batch(header) => {
+                let items = if cancelled.contains(&header.job) {
                     // Answer with no items: the coordinator frees the credit.
                     Items::new()
                 } else {
@@ -207,8 +175,13 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
                 };
                 run_batch(&header, &items, flush_interval, &outbox, &progress)?;
             }
-            Ok(Inbound::Shutdown) | Ok(Inbound::Closed) | Err(_) => return Ok(()),
-            Ok(Inbound::Failed(e)) => return Err(e),
+            Message::Cancel { job } => {
+                cancelled.insert(job);
+            }
+            Message::Shutdown => return Ok(()),
+            other => {
+                return Err(WorkerError::Protocol(format!("unexpected frame {other:?}")));
+            }
         }
     }
 }
