@@ -75,12 +75,21 @@ pub struct ReadStats {
     pub done: AtomicBool,
 }
 
+/// The running reader thread.
+#[derive(Debug)]
+pub struct Reader {
+    /// The chunks it reads, for [`Lines`].
+    pub chunks: Receiver<Arc<Chunk>>,
+    /// Its end: a read error, if the input ended with one.
+    pub handle: JoinHandle<io::Result<()>>,
+}
+
 /// Start the reader thread over `source`, skipping its first `skip` lines.
 pub fn start_reader(
     mut source: Box<dyn Read + Send>,
     skip: u64,
     stats: Arc<ReadStats>,
-) -> io::Result<(Receiver<Arc<Chunk>>, JoinHandle<io::Result<()>>)> {
+) -> io::Result<Reader> {
     let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
     let handle = std::thread::Builder::new()
         .name("pstream-coord-input".into())
@@ -89,7 +98,7 @@ pub fn start_reader(
             stats.done.store(true, Ordering::Release);
             result
         })?;
-    Ok((rx, handle))
+    Ok(Reader { chunks: rx, handle })
 }
 
 fn read_chunks(
@@ -295,8 +304,9 @@ mod tests {
 
     fn read_all(input: &[u8], skip: u64) -> Vec<(u64, Vec<u8>)> {
         let stats = Arc::new(ReadStats::default());
-        let (rx, handle) = start_reader(Box::new(io::Cursor::new(input.to_vec())), skip, stats)
-            .expect("start the reader");
+        let Reader { chunks: rx, handle } =
+            start_reader(Box::new(io::Cursor::new(input.to_vec())), skip, stats)
+                .expect("start the reader");
         let stop = Arc::new(Stop::default());
         let pending = Arc::new(Pending::default());
         let mut answered = Answered::new(Arc::clone(&pending));

@@ -83,10 +83,10 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     }
 
     let read_stats = Arc::new(ReadStats::default());
-    let (chunks, reader) = input::start_reader(source, base, Arc::clone(&read_stats))
+    let reader = input::start_reader(source, base, Arc::clone(&read_stats))
         .map_err(|e| CliError::Run("start the input thread".into(), e.into()))?;
     let pending = Arc::new(Pending::default());
-    let lines = Lines::new(chunks, Arc::clone(&stop), Arc::clone(&pending));
+    let lines = Lines::new(reader.chunks, Arc::clone(&stop), Arc::clone(&pending));
     let codec = match args.format {
         Format::Lines => Codec::Lines,
         Format::Jsonl => Codec::Json,
@@ -183,7 +183,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     let _ = ticker.join();
 
     let input_error = if read_stats.done.load(Ordering::Acquire) {
-        reader.join().ok().and_then(Result::err)
+        reader.handle.join().ok().and_then(Result::err)
     } else {
         None // Still blocked in a read: the process exit ends it.
     };
