@@ -7,7 +7,8 @@
 //! * `garbage`: answers its first batch with bytes that are not a frame;
 //! * `oversized`: answers with a length prefix of 4 GiB;
 //! * `wrong-batch`: answers with results for a batch it never received;
-//! * `unasked`: sends results before it was given any batch.
+//! * `unasked`: sends results before it was given any batch;
+//! * `other-version`: says Hello in a protocol version one above ours.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -44,8 +45,13 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
     let path = std::env::var_os(ENV_SOCKET).ok_or_else(|| std::io::Error::other("no socket"))?;
     let token = std::env::var(ENV_TOKEN).unwrap_or_default();
     let mut stream = UnixStream::connect(path)?;
+    let version = if mode == "other-version" {
+        PROTOCOL_VERSION + 1
+    } else {
+        PROTOCOL_VERSION
+    };
     let hello = Message::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: version,
         token,
         pid: std::process::id(),
         capacity: 8192,
@@ -69,6 +75,10 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
             items,
         )
     };
+    if mode == "other-version" {
+        // The coordinator answers with Reject; nothing more to do.
+        return Ok(());
+    }
     if mode == "unasked" {
         let (message, items) = results(0, 0);
         write_frame(&mut stream, &message, &items, usize::MAX).map_err(std::io::Error::other)?;

@@ -110,8 +110,15 @@ fn accept_loop(
                         hello,
                     });
                 }
-                Err(reason) => {
+                Err(Refusal { ours, reason }) => {
                     tracing::warn!("refused a connection to the pool's socket: {reason}");
+                    if let Some(pid) = ours {
+                        // One of our workers failed the handshake: the pool says why.
+                        let _ = events.send(Event::Rejected {
+                            pid,
+                            reason: reason.clone(),
+                        });
+                    }
                     let reject = Message::Reject { reason };
                     let _ = write_frame(&mut &stream, &reject, &Items::new(), MAX_HELLO);
                     let _ = (&stream).flush();
@@ -123,8 +130,23 @@ fn accept_loop(
     }
 }
 
+/// Why a connection was refused, and whether it came from a worker we started.
+struct Refusal {
+    ours: Option<u32>,
+    reason: String,
+}
+
 /// Check a new connection; on success it is a worker of ours.
-fn handshake(stream: &UnixStream, checks: &Checks) -> Result<Hello, String> {
+fn handshake(stream: &UnixStream, checks: &Checks) -> Result<Hello, Refusal> {
+    let mut ours = None;
+    check_peer(stream, checks, &mut ours).map_err(|reason| Refusal { ours, reason })
+}
+
+fn check_peer(
+    stream: &UnixStream,
+    checks: &Checks,
+    ours: &mut Option<u32>,
+) -> Result<Hello, String> {
     stream
         .set_read_timeout(Some(checks.handshake_timeout))
         .map_err(|e| format!("set a read timeout: {e}"))?;
@@ -142,6 +164,7 @@ fn handshake(stream: &UnixStream, checks: &Checks) -> Result<Hello, String> {
             "peer pid {peer_pid} is not a worker this pool started"
         ));
     }
+    *ours = Some(peer_pid);
     let hello = match read_frame(&mut &*stream, MAX_HELLO) {
         Ok(Some(Frame {
             message: Message::Hello(hello),
@@ -149,12 +172,13 @@ fn handshake(stream: &UnixStream, checks: &Checks) -> Result<Hello, String> {
         })) => hello,
         Ok(Some(other)) => return Err(format!("expected Hello, got {:?}", other.message)),
         Ok(None) => return Err("closed before Hello".into()),
+        Err(e @ pstream_protocol::DecodeError::Version { .. }) => return Err(e.to_string()),
         Err(e) => return Err(format!("no valid Hello: {e}")),
     };
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(format!(
-            "worker speaks protocol version {}, coordinator speaks {}: rebuild the plugin \
-             against the same pstream version",
+            "the worker speaks protocol version {}, this coordinator speaks version {}: \
+             rebuild the plugin against the same pstream version as the coordinator",
             hello.protocol_version, PROTOCOL_VERSION
         ));
     }

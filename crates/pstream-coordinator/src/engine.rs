@@ -63,6 +63,8 @@ pub(crate) enum Event {
         stream: UnixStream,
         hello: Hello,
     },
+    /// One of our workers failed the handshake.
+    Rejected { pid: u32, reason: String },
     /// A worker sent a frame.
     Frame { wid: u64, frame: Frame },
     /// A worker's connection ended (cleanly or not); no more frames will come.
@@ -264,6 +266,19 @@ impl Engine {
         match event {
             Event::Connected { pid, stream, hello } => self.on_connected(pid, stream, hello),
             Event::Frame { wid, frame } => self.on_frame(wid, frame),
+            Event::Rejected { pid, reason } => {
+                let starting = self
+                    .workers
+                    .iter()
+                    .find(|(_, w)| w.proc.pid == pid && w.writer.is_none() && !w.dead)
+                    .map(|(&wid, _)| wid);
+                if let Some(wid) = starting {
+                    self.kill(
+                        wid,
+                        KillReason::Handshake(format!("failed the handshake: {reason}")),
+                    );
+                }
+            }
             Event::Disconnected { wid, error } => {
                 if let Some(w) = self.workers.get_mut(&wid) {
                     w.disconnected = true;

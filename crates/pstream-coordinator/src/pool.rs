@@ -309,6 +309,15 @@ impl ProcessPool {
         pids
     }
 
+    /// The path of the pool's socket (inside a private 0700 directory that is removed
+    /// with the pool), for diagnostics and tests.
+    pub fn socket_path(&self) -> &std::path::Path {
+        self.door
+            .as_ref()
+            .expect("the door lives as long as the pool")
+            .path()
+    }
+
     /// What the pool has done so far.
     pub fn stats(&self) -> PoolStats {
         self.counters.snapshot()

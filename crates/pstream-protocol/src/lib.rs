@@ -34,7 +34,7 @@ mod items;
 mod message;
 
 pub use codec::{decode_body, encode_frame, read_frame, write_frame, DecodeError, EncodeError};
-pub use function::Function;
+pub use function::{Function, LocalFn};
 pub use items::Items;
 pub use message::{
     BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Message,

@@ -170,6 +170,8 @@ pub fn __call_fallible<In: DeserializeOwned, Out: Serialize, E: fmt::Display>(
 ///     fn parse(s: String) -> Result<u32, std::num::ParseIntError> { s.parse() }
 /// }
 /// assert_eq!(twice.name(), "twice");
+/// assert_eq!(twice.call(21), Ok(42)); // the body, called in this process
+/// assert!(parse.call("x".into()).is_err());
 /// ```
 ///
 /// The macro defines a constant named like the function, of type
@@ -177,6 +179,10 @@ pub fn __call_fallible<In: DeserializeOwned, Out: Serialize, E: fmt::Display>(
 /// re-executed copy of the binary serves exactly the same functions. A function whose
 /// return type is written `Result<T, E>` (with `E: Display`) has output `T`; an `Err`
 /// becomes an error for that item.
+///
+/// The handle also carries the body as a plain function pointer
+/// ([`Function::call`](crate::Function::call)), so a thread executor can run the very
+/// same handle without a worker process.
 #[macro_export]
 macro_rules! function {
     (
@@ -185,25 +191,14 @@ macro_rules! function {
     ) => {
         $(#[$meta])*
         #[allow(non_upper_case_globals)]
-        $vis const $name: $crate::Function<$in, $out> = $crate::Function::__new(stringify!($name));
-        const _: () = {
+        $vis const $name: $crate::Function<$in, $out> = {
             fn __body($arg: $in) -> ::std::result::Result<$out, $err> $body
-            fn __entry(
-                codec: $crate::__private::Codec,
-                input: &[u8],
-                out: &mut ::std::vec::Vec<u8>,
-            ) -> ::std::result::Result<(), $crate::CallError> {
-                $crate::__call_fallible::<$in, $out, $err>(__body, codec, input, out)
+            fn __local(input: $in) -> ::std::result::Result<$out, ::std::string::String> {
+                __body(input).map_err(|e| ::std::string::ToString::to_string(&e))
             }
-            $crate::__private::inventory::submit! {
-                $crate::Registration {
-                    name: stringify!($name),
-                    input_type: stringify!($in),
-                    output_type: stringify!($out),
-                    call: __entry,
-                }
-            }
+            $crate::Function::__new(stringify!($name), __local)
         };
+        $crate::__register!($name, $in, $out);
     };
     (
         $(#[$meta:meta])*
@@ -211,15 +206,34 @@ macro_rules! function {
     ) => {
         $(#[$meta])*
         #[allow(non_upper_case_globals)]
-        $vis const $name: $crate::Function<$in, $out> = $crate::Function::__new(stringify!($name));
-        const _: () = {
+        $vis const $name: $crate::Function<$in, $out> = {
             fn __body($arg: $in) -> $out $body
+            fn __local(input: $in) -> ::std::result::Result<$out, ::std::string::String> {
+                ::std::result::Result::Ok(__body(input))
+            }
+            $crate::Function::__new(stringify!($name), __local)
+        };
+        $crate::__register!($name, $in, $out);
+    };
+}
+
+/// Registers the handle `$name` (made by [`function!`]) under its name, at link time.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __register {
+    ($name:ident, $in:ty, $out:ty) => {
+        const _: () = {
             fn __entry(
                 codec: $crate::__private::Codec,
                 input: &[u8],
                 out: &mut ::std::vec::Vec<u8>,
             ) -> ::std::result::Result<(), $crate::CallError> {
-                $crate::__call_plain::<$in, $out>(__body, codec, input, out)
+                $crate::__call_fallible::<$in, $out, ::std::string::String>(
+                    $name.local(),
+                    codec,
+                    input,
+                    out,
+                )
             }
             $crate::__private::inventory::submit! {
                 $crate::Registration {
