@@ -47,8 +47,14 @@ pub use pstream_coordinator::{
     Codec, ExitCause, FunctionInfo, Indexed, ItemError, ItemErrorKind, JobStats, MapResults,
     PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, DEFAULT_WINDOW,
 };
-pub use pstream_protocol::Function;
+pub use pstream_protocol::{Function, LocalFn};
 pub use pstream_worker::{function, init, is_worker, serve};
+
+mod executor;
+pub use executor::{
+    Executor, IndexedResults, ProcessExecutor, ProcessExecutorBuilder, Results, Task,
+    ThreadExecutor, ThreadExecutorBuilder,
+};
 
 /// The wire protocol, for tools that speak it directly.
 pub mod protocol {
