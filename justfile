@@ -17,3 +17,8 @@ lint:
 # Double a million numbers with the command-line launcher.
 demo:
     seq 1 1000000 | cargo run --release -p pstream-coord -- run --function double --format jsonl | tail -n 3
+
+# Fuzz the frame decoder and the handshake (cargo install cargo-fuzz first).
+# `just fuzz frame_decoder 600` runs one target for ten minutes.
+fuzz target="frame_decoder" seconds="60":
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run {{target}} -- -max_total_time={{seconds}} -rss_limit_mb=2048
