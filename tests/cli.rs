@@ -825,3 +825,62 @@ fn the_progress_bar_shows_on_a_terminal_and_not_in_a_pipe() {
         "only the summary line:\n{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Limits: time and memory.
+
+#[test]
+fn a_hanging_item_times_out_and_the_rest_is_computed() {
+    let dir = tempdir();
+    let errors = dir.path().join("errors.jsonl");
+    let input = "{\"value\":1}\n{\"value\":2,\"fault\":\"hang\"}\n{\"value\":3}\n";
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "misbehave",
+            "--format",
+            "jsonl",
+            "--timeout",
+            "300ms",
+            "--retries",
+            "0",
+            "--errors",
+            path_str(&errors),
+        ]),
+        Some(input.as_bytes()),
+        1,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n3\n");
+    let records = records(&errors);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["line"], 2);
+    assert_eq!(records[0]["kind"], "timed_out");
+}
+
+#[test]
+fn an_allocation_bomb_fails_in_its_worker_under_a_memory_limit() {
+    let dir = tempdir();
+    let errors = dir.path().join("errors.jsonl");
+    let input = "{\"value\":1}\n{\"value\":2,\"fault\":\"oom\"}\n{\"value\":3}\n";
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "misbehave",
+            "--format",
+            "jsonl",
+            "--memory-limit",
+            "512M",
+            "--errors",
+            path_str(&errors),
+        ]),
+        Some(input.as_bytes()),
+        1,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n3\n");
+    let records = records(&errors);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["line"], 2);
+    assert_eq!(records[0]["kind"], "crashed", "{records:?}");
+}

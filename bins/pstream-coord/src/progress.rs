@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::json;
 
 /// The figures the main thread publishes for the display.
@@ -131,11 +131,18 @@ impl Display {
 fn style(with_total: bool) -> ProgressStyle {
     let template = if with_total {
         "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} items \
-         ({per_sec}, ETA {eta}) {msg}"
+         ({rate}, ETA {eta}) {msg}"
     } else {
-        "{spinner} [{elapsed_precise}] {human_pos} items ({per_sec}) {msg}"
+        "{spinner} [{elapsed_precise}] {human_pos} items ({rate}) {msg}"
     };
-    ProgressStyle::with_template(template).expect("the progress template is valid")
+    ProgressStyle::with_template(template)
+        .expect("the progress template is valid")
+        .with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
 }
 
 fn rate(done: u64, elapsed: Duration) -> u64 {

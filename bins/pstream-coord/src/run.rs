@@ -428,7 +428,8 @@ fn open_errors(path: Option<&Path>, resumed: Progress) -> Result<Option<File>, C
 
 /// The ticker: flushes results that wait (the pump may be blocked waiting for the
 /// next result) and redraws the progress, about ten times a second. A failed
-/// write (a closed stdout) stops the job.
+/// write (a closed stdout) stops the job. It also tells the user that a first
+/// signal was taken.
 fn start_ticker(
     sink: Arc<Mutex<Sink>>,
     display: Arc<Mutex<Display>>,
@@ -439,15 +440,27 @@ fn start_ticker(
     let (done_tx, done) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("pstream-coord-ticker".into())
-        .spawn(move || loop {
-            match done.recv_timeout(FLUSH_INTERVAL) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
+        .spawn(move || {
+            let mut noticed = false;
+            loop {
+                match done.recv_timeout(FLUSH_INTERVAL) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                if sink.lock().unwrap().flush_if_due().is_err() {
+                    stop.request();
+                }
+                let display = &mut *display.lock().unwrap();
+                if let (Some(signal), false) = (stop.signal(), noticed) {
+                    noticed = true;
+                    display.println(&format!(
+                        "pstream-coord: {}: stopping after the items in flight \
+                         (again to stop at once)",
+                        signal.as_str()
+                    ));
+                }
+                display.update(&counters, started.elapsed());
             }
-            if sink.lock().unwrap().flush_if_due().is_err() {
-                stop.request();
-            }
-            display.lock().unwrap().update(&counters, started.elapsed());
         })
         .expect("start the ticker thread");
     (done_tx, handle)

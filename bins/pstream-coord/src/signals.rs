@@ -93,12 +93,8 @@ impl Signals {
             .compare_exchange(0, signal as i32, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         if first {
+            // The job's ticker says so on stderr (above the progress bar).
             self.stop.request();
-            eprintln!(
-                "pstream-coord: {}: stopping after the items in flight \
-                 (again to stop at once)",
-                signal.as_str()
-            );
             return;
         }
         let action = self.hard_stop.lock().unwrap();
