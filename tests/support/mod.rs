@@ -71,3 +71,9 @@ fn status_kib(field: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
 }
+
+/// Reset this process's peak RSS (VmHWM) to its current RSS, so `peak_rss` measures
+/// from here on. False where the kernel does not allow it (before Linux 4.0).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
