@@ -60,10 +60,13 @@ pub enum Scenario {
     Fire,
     /// The command-line launcher against GNU parallel and xargs (not written yet).
     Cli,
+    /// The `Executor` API: `ThreadExecutor` and `ProcessExecutor` on `double` and
+    /// SHA-256, next to rayon's `par_bridge` and a sequential loop.
+    Executors,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Double,
         Scenario::Sha,
         Scenario::Scaling,
@@ -71,6 +74,7 @@ impl Scenario {
         Scenario::Latency,
         Scenario::Fire,
         Scenario::Cli,
+        Scenario::Executors,
     ];
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pstream::ProcessPool;
+use pstream::{Executor, ProcessExecutor, ProcessPool, ThreadExecutor};
 use pstream_examples::{double, sha256_bytes, slow_double, Blob};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -34,6 +34,7 @@ pub fn run(scenario: Scenario, s: &Settings, summary: &mut Summary) -> Result<()
             cli_scenario();
             Ok(())
         }
+        Scenario::Executors => executors_scenario(s, summary),
     }
 }
 
@@ -811,4 +812,144 @@ fn cli_scenario() {
          see TODO(cli-bench) in `bins/pstream-bench/src/scenarios.rs`"
     );
     println!();
+}
+
+// ---------------------------------------------------------------------------------
+// 8. The Executor API
+
+/// `ThreadExecutor` and `ProcessExecutor` with their default `max_memory_items`, and
+/// one worker per core, next to what a Rust user would write instead: rayon's
+/// `par_bridge` (the rayon way to parallelise an iterator that is not a collection)
+/// and a sequential loop. Every contender reads the input as an iterator.
+fn executors_scenario(s: &Settings, _summary: &mut Summary) -> Result<(), BoxError> {
+    let threads_ex = ThreadExecutor::builder().max_workers(s.workers).build();
+    let processes_ex = ProcessExecutor::builder().max_workers(s.workers).build()?;
+    let threads = rayon_pool(s.workers)?;
+    println!("## 8. The `Executor` API: threads and processes behind one trait");
+    println!();
+    println!(
+        "`max_memory_items` at the defaults ({} for threads, {} for processes), {} workers.",
+        count(ThreadExecutor::DEFAULT_MAX_MEMORY_ITEMS as u64),
+        count(ProcessExecutor::DEFAULT_MAX_MEMORY_ITEMS as u64),
+        s.workers
+    );
+    println!();
+
+    // `double`: per-item overhead, nothing else.
+    let n: u64 = if s.quick { 1_000_000 } else { 5_000_000 };
+    let expected = (n * (n - 1)) as i64;
+    println!("### `double` over {} i64", count(n));
+    println!();
+    let mut th = Contender::new("`ThreadExecutor::execute`");
+    let mut pr = Contender::new("`ProcessExecutor::execute`");
+    let mut br = Contender::new(format!("rayon `par_bridge`, {} threads", s.workers));
+    let mut seq = Contender::new("sequential loop");
+    for _ in 0..s.runs {
+        let (d, sum) = timed(|| execute_double(&threads_ex, n));
+        check("ThreadExecutor", sum?, expected)?;
+        th.times.push(d.as_secs_f64());
+
+        let (d, sum) = timed(|| execute_double(&processes_ex, n));
+        check("ProcessExecutor", sum?, expected)?;
+        pr.times.push(d.as_secs_f64());
+
+        let (d, sum) = timed(|| {
+            threads.install(|| {
+                (0..n as i64)
+                    .par_bridge()
+                    .map(|x| local_double(black_box(x)).expect("no overflow"))
+                    .reduce(|| 0, i64::wrapping_add)
+            })
+        });
+        check("rayon par_bridge", sum, expected)?;
+        br.times.push(d.as_secs_f64());
+
+        let (d, sum) = timed(|| {
+            let mut sum = 0i64;
+            for x in 0..n as i64 {
+                sum = sum.wrapping_add(local_double(black_box(x)).expect("no overflow"));
+            }
+            sum
+        });
+        check("the sequential loop", sum, expected)?;
+        seq.times.push(d.as_secs_f64());
+    }
+    print_contenders(n, &[&th, &pr, &br, &seq], &th);
+    println!(
+        "- throughput ÷ rayon `par_bridge`: ThreadExecutor **{}**, ProcessExecutor **{}**",
+        ratio(br.slowdown_vs(&th)),
+        ratio(br.slowdown_vs(&pr))
+    );
+    println!();
+
+    // SHA-256 of 1 KiB items: work per item, and bytes to carry.
+    let n: u64 = if s.quick { 100_000 } else { 500_000 };
+    println!("### SHA-256 over {} items of 1 KiB", count(n));
+    println!();
+    let mut th = Contender::new("`ThreadExecutor::execute`");
+    let mut pr = Contender::new("`ProcessExecutor::execute`");
+    let mut br = Contender::new(format!("rayon `par_bridge`, {} threads", s.workers));
+    let mut seq = Contender::new("sequential loop");
+    let mut expected = None;
+    for _ in 0..s.runs {
+        let (d, sum) = timed(|| {
+            let mut sum = 0u64;
+            for i in 0..n {
+                sum ^= fold(sha(&blob(i)));
+            }
+            sum
+        });
+        let want = *expected.get_or_insert(sum);
+        seq.times.push(d.as_secs_f64());
+
+        let (d, sum) = timed(|| execute_sha(&threads_ex, n));
+        check("ThreadExecutor", sum?, want)?;
+        th.times.push(d.as_secs_f64());
+
+        let (d, sum) = timed(|| execute_sha(&processes_ex, n));
+        check("ProcessExecutor", sum?, want)?;
+        pr.times.push(d.as_secs_f64());
+
+        let (d, sum) = timed(|| {
+            threads.install(|| {
+                (0..n)
+                    .par_bridge()
+                    .map(|i| fold(sha(&blob(i))))
+                    .reduce(|| 0, |a, b| a ^ b)
+            })
+        });
+        check("rayon par_bridge", sum, want)?;
+        br.times.push(d.as_secs_f64());
+    }
+    print_contenders(n, &[&th, &pr, &br, &seq], &th);
+    println!(
+        "- throughput ÷ rayon `par_bridge`: ThreadExecutor **{}**, ProcessExecutor **{}**",
+        ratio(br.slowdown_vs(&th)),
+        ratio(br.slowdown_vs(&pr))
+    );
+    println!();
+    Ok(())
+}
+
+/// The same call for both executors: the point of the trait.
+fn execute_double<E: Executor<i64, pstream::Function<i64, i64>>>(
+    ex: &E,
+    n: u64,
+) -> Result<i64, BoxError> {
+    let mut sum = 0i64;
+    for r in ex.execute(double, 0..n as i64) {
+        sum = sum.wrapping_add(r?);
+    }
+    Ok(sum)
+}
+
+fn execute_sha<E: Executor<Blob, pstream::Function<Blob, [u8; 32]>>>(
+    ex: &E,
+    n: u64,
+) -> Result<u64, BoxError> {
+    let mut sum = 0u64;
+    for r in ex.execute(sha256_bytes, (0..n).map(|i| Blob(blob(i)))) {
+        sum ^= fold(r?);
+    }
+    Ok(sum)
 }
