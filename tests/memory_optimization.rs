@@ -139,10 +139,9 @@ fn monitoring<E: Executor<i64, Function<i64, i64>>>(name: &str, ex: E) {
     });
     let checkpoint = (n / 10).max(1);
     let mut samples = Vec::new();
-    let mut results = ex.execute(double, input);
     let mut consumed = 0u64;
     let mut peak_ahead = 0u64;
-    while let Some(r) = results.next() {
+    for r in ex.execute(double, input) {
         assert_eq!(r, Ok(2 * consumed as i64));
         consumed += 1;
         let ahead = pulled.load(Ordering::Relaxed) - consumed;
@@ -152,7 +151,6 @@ fn monitoring<E: Executor<i64, Function<i64, i64>>>(name: &str, ex: E) {
             samples.push(current_rss());
         }
     }
-    drop(results);
     assert_eq!(consumed, n);
     eprintln!(
         "{name}: at most {peak_ahead} of {max} items ahead; RSS samples (MiB): {:?}",
