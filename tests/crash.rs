@@ -67,7 +67,11 @@ fn crash_pool() -> PoolBuilder {
 }
 
 fn one_poison(fault: Fault) -> (ItemError, ProcessPool, Vec<u32>) {
-    let pool = crash_pool().build().unwrap();
+    one_poison_in(crash_pool(), fault)
+}
+
+fn one_poison_in(pool: PoolBuilder, fault: Fault) -> (ItemError, ProcessPool, Vec<u32>) {
+    let pool = pool.build().unwrap();
     let pids = pool.worker_pids();
     let n = scale(20_000);
     let at = n * 61 / 100;
@@ -96,7 +100,11 @@ fn panic_is_an_item_error_and_the_worker_lives_on() {
 }
 
 fn assert_crashed_by(fault: Fault, signal: Option<Signal>, code: Option<i32>) {
-    let (error, pool, _) = one_poison(fault);
+    assert_crashed_in(crash_pool(), fault, signal, code)
+}
+
+fn assert_crashed_in(pool: PoolBuilder, fault: Fault, signal: Option<Signal>, code: Option<i32>) {
+    let (error, pool, _) = one_poison_in(pool, fault);
     assert!(error.is_crash(), "{fault:?}: {error}");
     if let Some(signal) = signal {
         assert_eq!(error.signal(), Some(signal as i32), "{error}");
@@ -133,8 +141,10 @@ fn sigkill_costs_one_item() {
 #[test]
 fn an_allocation_bomb_costs_one_item() {
     // Under the memory limit the bomb fails in its worker (Rust aborts on a failed
-    // allocation) instead of waking the machine's OOM killer.
-    assert_crashed_by(Fault::Oom, None, None);
+    // allocation) instead of waking the machine's OOM killer. No time limit here:
+    // on a loaded machine filling the allocation may take a while.
+    let pool = builder().workers(2).memory_limit(256 << 20);
+    assert_crashed_in(pool, Fault::Oom, None, None);
 }
 
 #[test]

@@ -14,11 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use pstream_protocol::{read_frame, write_frame, Frame, Hello, Items, Message, PROTOCOL_VERSION};
 
-use crate::engine::Event;
+use crate::engine::{Event, Events};
 use crate::process::constant_time_eq;
 
 /// The largest Hello we read: names of a few thousand functions at most.
@@ -44,7 +43,7 @@ pub(crate) struct Door {
 }
 
 impl Door {
-    pub fn open(checks: Arc<Checks>, events: Sender<Event>) -> io::Result<Door> {
+    pub fn open(checks: Arc<Checks>, events: Events) -> io::Result<Door> {
         let dir = tempfile::Builder::new().prefix("pstream-").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
         let path = dir.path().join("socket");
@@ -81,12 +80,7 @@ impl Drop for Door {
     }
 }
 
-fn accept_loop(
-    listener: UnixListener,
-    checks: Arc<Checks>,
-    events: Sender<Event>,
-    stop: Arc<AtomicBool>,
-) {
+fn accept_loop(listener: UnixListener, checks: Arc<Checks>, events: Events, stop: Arc<AtomicBool>) {
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;

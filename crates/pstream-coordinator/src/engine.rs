@@ -7,20 +7,23 @@
 //! limits, handshakes, respawn backoff, the shutdown grace period).
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufWriter, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, SendError, Sender};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 use pstream_protocol::{
-    read_frame, write_frame, BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello,
-    ItemFailure, Items, Message, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
+    write_frame, BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Items,
+    Message, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
 };
 
+use crate::conn::{Conn, Incoming};
 use crate::door::Checks;
 use crate::error::{ExitCause, ItemErrorKind, PoolError};
 use crate::job::{JobCounters, JobMsg, ResultBatch};
@@ -55,6 +58,53 @@ pub(crate) struct Batch {
     pub attempts: u32,
 }
 
+/// The supervisor's inbox: a channel, and an eventfd that wakes it from `poll`.
+#[derive(Debug, Clone)]
+pub(crate) struct Events {
+    tx: Sender<Event>,
+    wake: Arc<Wake>,
+}
+
+impl Events {
+    pub fn new() -> std::io::Result<(Events, Receiver<Event>, Arc<Wake>)> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let wake = Arc::new(Wake(fd));
+        Ok((
+            Events {
+                tx,
+                wake: Arc::clone(&wake),
+            },
+            rx,
+            wake,
+        ))
+    }
+
+    pub fn send(&self, event: Event) -> Result<(), SendError<Event>> {
+        self.tx.send(event)?;
+        self.wake.ring();
+        Ok(())
+    }
+}
+
+/// An eventfd: rung by whoever sends the supervisor an event.
+#[derive(Debug)]
+pub(crate) struct Wake(EventFd);
+
+impl Wake {
+    fn ring(&self) {
+        let _ = self.0.write(1);
+    }
+
+    fn drain(&self) {
+        let _ = self.0.read();
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 /// What the supervisor hears.
 pub(crate) enum Event {
     /// A peer passed the handshake.
@@ -65,10 +115,6 @@ pub(crate) enum Event {
     },
     /// One of our workers failed the handshake.
     Rejected { pid: u32, reason: String },
-    /// A worker sent a frame.
-    Frame { wid: u64, frame: Frame },
-    /// A worker's connection ended (cleanly or not); no more frames will come.
-    Disconnected { wid: u64, error: Option<String> },
     /// A worker process ended and was reaped.
     Exited { wid: u64, cause: ExitCause },
     /// A job starts.
@@ -97,15 +143,6 @@ pub(crate) enum Event {
     Shutdown,
 }
 
-/// Frames the writer thread of a worker sends.
-enum OutFrame {
-    Batch {
-        header: BatchHeader,
-        items: Arc<Items>,
-    },
-    Control(Message),
-}
-
 #[derive(Debug)]
 enum KillReason {
     Timeout,
@@ -126,7 +163,10 @@ struct InFlight {
 struct Worker {
     proc: Arc<Proc>,
     spawned_at: Instant,
-    writer: Option<Sender<OutFrame>>,
+    /// The connection, once the handshake is done and until it ends.
+    conn: Option<Conn>,
+    /// Whether it ever completed the handshake.
+    served: bool,
     capacity: usize,
     in_flight: VecDeque<InFlight>,
     /// Items sent and not yet answered.
@@ -145,7 +185,7 @@ struct Worker {
 
 impl Worker {
     fn usable(&self) -> bool {
-        self.writer.is_some() && !self.dead && !self.retiring
+        self.conn.is_some() && !self.dead && !self.retiring
     }
 
     /// Whether it may take more work under `max_items_per_worker`.
@@ -157,10 +197,9 @@ impl Worker {
         self.capacity.saturating_sub(self.outstanding)
     }
 
-    fn send(&self, frame: OutFrame) {
-        if let Some(w) = &self.writer {
-            // A closed writer means the connection is gone: the reader reports it.
-            let _ = w.send(frame);
+    fn send(&mut self, message: &Message, items: Option<&Arc<Items>>) {
+        if let Some(conn) = &mut self.conn {
+            conn.push(message, items);
         }
     }
 }
@@ -182,7 +221,8 @@ pub(crate) type Ready = Sender<Result<Vec<FunctionInfo>, PoolError>>;
 pub(crate) struct Engine {
     config: Arc<Config>,
     events: Receiver<Event>,
-    events_tx: Sender<Event>,
+    events_tx: Events,
+    wake: Arc<Wake>,
     socket: PathBuf,
     checks: Arc<Checks>,
     counters: Arc<PoolCounters>,
@@ -209,7 +249,8 @@ impl Engine {
     pub fn new(
         config: Arc<Config>,
         events: Receiver<Event>,
-        events_tx: Sender<Event>,
+        events_tx: Events,
+        wake: Arc<Wake>,
         socket: PathBuf,
         checks: Arc<Checks>,
         counters: Arc<PoolCounters>,
@@ -219,6 +260,7 @@ impl Engine {
             config,
             events,
             events_tx,
+            wake,
             socket,
             checks,
             counters,
@@ -243,34 +285,135 @@ impl Engine {
             if self.shutdown_deadline.is_some() && self.workers.is_empty() {
                 return;
             }
-            let event = match self.next_deadline() {
-                Some(at) => match self.events.recv_deadline(at) {
-                    Ok(e) => Some(e),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-                None => match self.events.recv() {
-                    Ok(e) => Some(e),
-                    Err(_) => return,
-                },
-            };
-            if let Some(event) = event {
+            while let Ok(event) = self.events.try_recv() {
                 self.handle(event);
             }
             self.on_timers();
             self.dispatch();
+            self.flush_all();
+            if !self.events.is_empty() {
+                continue;
+            }
+            for (wid, flags) in self.poll() {
+                match wid {
+                    None => self.wake.drain(),
+                    Some(wid) => {
+                        if flags.intersects(PollFlags::POLLOUT) {
+                            self.flush(wid);
+                        }
+                        if flags
+                            .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                        {
+                            self.read(wid);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Wait for a connection to be readable (or writable, if it has bytes queued),
+    /// for an event, or for the next deadline.
+    fn poll(&self) -> Vec<(Option<u64>, PollFlags)> {
+        let timeout = match self.next_deadline() {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                // Round up, so we never wake just before the deadline.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut ids = vec![None];
+        let mut fds = vec![PollFd::new(self.wake.fd(), PollFlags::POLLIN)];
+        for (&wid, w) in &self.workers {
+            if let Some(conn) = &w.conn {
+                let mut flags = PollFlags::POLLIN;
+                if conn.wants_to_write() {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(conn.stream.as_fd(), flags));
+                ids.push(Some(wid));
+            }
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => ids
+                .into_iter()
+                .zip(
+                    fds.iter()
+                        .map(|f| f.revents().unwrap_or(PollFlags::empty())),
+                )
+                .filter(|(_, flags)| !flags.is_empty())
+                .collect(),
+            Err(_) => Vec::new(), // EINTR: go round again.
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let pending: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.conn.as_ref().is_some_and(Conn::wants_to_write))
+            .map(|(&wid, _)| wid)
+            .collect();
+        for wid in pending {
+            self.flush(wid);
+        }
+    }
+
+    fn flush(&mut self, wid: u64) {
+        let failed = match self.workers.get_mut(&wid).and_then(|w| w.conn.as_mut()) {
+            Some(conn) => conn.flush().is_err(),
+            None => false,
+        };
+        if failed {
+            // The worker is gone; reading would tell, but do not wait for it.
+            self.on_disconnected(wid, None);
+        }
+    }
+
+    fn read(&mut self, wid: u64) {
+        let Some(conn) = self.workers.get_mut(&wid).and_then(|w| w.conn.as_mut()) else {
+            return;
+        };
+        let (frames, end) = match conn.read() {
+            Incoming::Frames(frames) => (frames, None),
+            Incoming::Closed(frames) => (frames, Some(None)),
+            Incoming::Broken(frames, e) => (frames, Some(Some(e.to_string()))),
+        };
+        for frame in frames {
+            self.on_frame(wid, frame);
+        }
+        if let Some(error) = end {
+            self.on_disconnected(wid, error);
+        }
+    }
+
+    /// The worker's connection ended (cleanly or not); no more frames will come.
+    fn on_disconnected(&mut self, wid: u64, error: Option<String>) {
+        if let Some(w) = self.workers.get_mut(&wid) {
+            w.conn = None;
+            w.disconnected = true;
+            if !w.dead {
+                w.dead = true;
+                if let Some(error) = error {
+                    w.kill_reason.get_or_insert(KillReason::Violation(error));
+                }
+            }
+            // Whatever it is doing now, it is no longer a worker of ours.
+            w.proc.signal(Signal::SIGKILL);
+        }
+        self.maybe_finalize(wid);
     }
 
     fn handle(&mut self, event: Event) {
         match event {
             Event::Connected { pid, stream, hello } => self.on_connected(pid, stream, hello),
-            Event::Frame { wid, frame } => self.on_frame(wid, frame),
             Event::Rejected { pid, reason } => {
                 let starting = self
                     .workers
                     .iter()
-                    .find(|(_, w)| w.proc.pid == pid && w.writer.is_none() && !w.dead)
+                    .find(|(_, w)| w.proc.pid == pid && !w.served && !w.dead)
                     .map(|(&wid, _)| wid);
                 if let Some(wid) = starting {
                     self.kill(
@@ -279,26 +422,12 @@ impl Engine {
                     );
                 }
             }
-            Event::Disconnected { wid, error } => {
-                if let Some(w) = self.workers.get_mut(&wid) {
-                    w.disconnected = true;
-                    if !w.dead {
-                        w.dead = true;
-                        if let Some(error) = error {
-                            w.kill_reason.get_or_insert(KillReason::Violation(error));
-                        }
-                    }
-                    // Whatever it is doing now, it is no longer a worker of ours.
-                    w.proc.signal(Signal::SIGKILL);
-                }
-                self.maybe_finalize(wid);
-            }
             Event::Exited { wid, cause } => {
                 if let Some(w) = self.workers.get_mut(&wid) {
                     w.exit = Some(cause);
                     w.dead = true;
-                    if w.writer.is_none() {
-                        // Never connected: no reader will report.
+                    if w.conn.is_none() {
+                        // Not connected (never, or no more): nothing more to read.
                         w.disconnected = true;
                     }
                 }
@@ -370,7 +499,7 @@ impl Engine {
         let Some((&wid, _)) = self
             .workers
             .iter()
-            .find(|(_, w)| w.proc.pid == pid && w.writer.is_none() && !w.dead)
+            .find(|(_, w)| w.proc.pid == pid && !w.served && !w.dead)
         else {
             return; // It died or was replaced while its handshake was under way.
         };
@@ -392,37 +521,23 @@ impl Engine {
             flush_interval_us: self.config.flush_interval.as_micros() as u32,
         };
         let greeted = write_frame(&mut &stream, &welcome, &Items::new(), self.config.max_frame);
-        let reader = stream.try_clone();
-        let (Ok(()), Ok(reader)) = (greeted, reader) else {
-            self.kill(
-                wid,
-                KillReason::Handshake("connection failed during the handshake".into()),
-            );
-            return;
+        let conn = greeted
+            .map_err(|e| e.to_string())
+            .and_then(|()| Conn::new(stream, self.config.max_frame).map_err(|e| e.to_string()));
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                let reason = format!("connection failed during the handshake: {e}");
+                self.kill(wid, KillReason::Handshake(reason));
+                return;
+            }
         };
-        let (tx, rx) = crossbeam_channel::unbounded::<OutFrame>();
-        let max_frame = self.config.max_frame;
-        let events = self.events_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("pstream-reader-{wid}"))
-            .spawn(move || read_loop(wid, reader, max_frame, events))
-            .and_then(|_| {
-                std::thread::Builder::new()
-                    .name(format!("pstream-writer-{wid}"))
-                    .spawn(move || write_loop(stream, rx, max_frame))
-            });
-        if spawned.is_err() {
-            self.kill(
-                wid,
-                KillReason::Handshake("could not start its connection threads".into()),
-            );
-            return;
-        }
         if self.functions.is_none() {
             self.functions = Some(hello.functions);
         }
         let w = self.workers.get_mut(&wid).expect("found above");
-        w.writer = Some(tx);
+        w.conn = Some(conn);
+        w.served = true;
         w.capacity = hello.capacity.max(1) as usize;
         w.progress_at = Instant::now();
         self.consecutive_failures = 0;
@@ -515,7 +630,7 @@ impl Engine {
         if head.answered == total {
             w.in_flight.pop_front();
             if w.retiring && w.in_flight.is_empty() {
-                w.send(OutFrame::Control(Message::Shutdown));
+                w.send(&Message::Shutdown, None);
             }
             if let Some(job) = self.jobs.get_mut(&header.job) {
                 job.pending -= 1;
@@ -528,7 +643,7 @@ impl Engine {
                 w.retiring = true;
                 tracing::debug!(wid, items = w.items_done, "recycling worker");
                 if w.in_flight.is_empty() {
-                    w.send(OutFrame::Control(Message::Shutdown));
+                    w.send(&Message::Shutdown, None);
                 }
                 // Its replacement starts now, while it finishes.
                 self.top_up_workers();
@@ -588,7 +703,7 @@ impl Engine {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        let served = w.writer.is_some();
+        let served = w.served;
         if !served {
             // It never became a worker: a start failure.
             let reason = match w.kill_reason.take() {
@@ -746,9 +861,9 @@ impl Engine {
         let before = self.queue.len();
         self.queue.retain(|b| b.job != job);
         j.pending -= before - self.queue.len();
-        for w in self.workers.values() {
+        for w in self.workers.values_mut() {
             if w.in_flight.iter().any(|f| f.batch.job == job) {
-                w.send(OutFrame::Control(Message::Cancel { job }));
+                w.send(&Message::Cancel { job }, None);
             }
         }
         self.maybe_end_job(job);
@@ -767,13 +882,14 @@ impl Engine {
         self.queue.clear();
         for w in self.workers.values_mut() {
             w.dead = true;
-            if w.writer.is_some() {
-                w.send(OutFrame::Control(Message::Shutdown));
-            } else {
-                w.proc.signal(Signal::SIGKILL);
+            match &mut w.conn {
+                Some(conn) => {
+                    conn.push(&Message::Shutdown, None);
+                    // Closing our end makes a worker that misses the Shutdown see EOF.
+                    conn.close_when_sent();
+                }
+                None => w.proc.signal(Signal::SIGKILL),
             }
-            // Closing our end makes a worker that misses the Shutdown see EOF.
-            w.writer = None;
         }
     }
 
@@ -834,7 +950,7 @@ impl Engine {
             if w.dead {
                 continue;
             }
-            if w.writer.is_none() {
+            if !w.served {
                 if now >= w.spawned_at + self.config.handshake_timeout {
                     silent.push(wid);
                 }
@@ -872,7 +988,7 @@ impl Engine {
             if w.dead {
                 continue;
             }
-            if w.writer.is_none() {
+            if !w.served {
                 consider(w.spawned_at + self.config.handshake_timeout);
             } else if let Some(limit) = self.config.item_timeout {
                 if !w.in_flight.is_empty() {
@@ -956,7 +1072,8 @@ impl Engine {
             Worker {
                 proc,
                 spawned_at: now,
-                writer: None,
+                conn: None,
+                served: false,
                 capacity: 0,
                 in_flight: VecDeque::new(),
                 outstanding: 0,
@@ -1009,10 +1126,7 @@ impl Engine {
                 w.progress_at = Instant::now();
             }
             w.outstanding += n;
-            w.send(OutFrame::Batch {
-                header,
-                items: Arc::clone(&batch.items),
-            });
+            w.send(&Message::Batch(header), Some(&batch.items));
             w.in_flight.push_back(InFlight {
                 seq: self.next_seq - 1,
                 batch,
@@ -1057,53 +1171,4 @@ fn convert_failure(f: ItemFailure) -> (u32, ItemErrorKind) {
         FailureKind::TooLarge => ItemErrorKind::TooLarge { message },
     };
     (f.slot, kind)
-}
-
-/// A worker's reader thread: frames in, events out, until the connection ends.
-fn read_loop(wid: u64, stream: UnixStream, max_frame: usize, events: Sender<Event>) {
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, stream);
-    loop {
-        match read_frame(&mut reader, max_frame) {
-            Ok(Some(frame)) => {
-                if events.send(Event::Frame { wid, frame }).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => {
-                let _ = events.send(Event::Disconnected { wid, error: None });
-                return;
-            }
-            Err(e) => {
-                // A connection reset is a crash, not a protocol violation.
-                let error = if e.is_io() { None } else { Some(e.to_string()) };
-                let _ = events.send(Event::Disconnected { wid, error });
-                return;
-            }
-        }
-    }
-}
-
-/// A worker's writer thread: frames queued by the supervisor, written in order and
-/// flushed whenever the queue runs dry. The supervisor never blocks on a socket.
-fn write_loop(stream: UnixStream, frames: Receiver<OutFrame>, max_frame: usize) {
-    let mut writer = BufWriter::with_capacity(1 << 16, &stream);
-    while let Ok(frame) = frames.recv() {
-        let written = match frame {
-            OutFrame::Batch { header, items } => {
-                write_frame(&mut writer, &Message::Batch(header), &items, max_frame)
-            }
-            OutFrame::Control(message) => {
-                write_frame(&mut writer, &message, &Items::new(), max_frame)
-            }
-        };
-        if written.is_err() {
-            break;
-        }
-        if frames.is_empty() && writer.flush().is_err() {
-            break;
-        }
-    }
-    let _ = writer.flush();
-    // Closing our side tells the worker we are gone, even if its reader is busy.
-    let _ = stream.shutdown(std::net::Shutdown::Write);
 }

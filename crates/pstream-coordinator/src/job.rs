@@ -7,11 +7,11 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use pstream_protocol::Items;
 use serde::de::DeserializeOwned;
 
-use crate::engine::{Batch, Event};
+use crate::engine::{Batch, Event, Events};
 use crate::error::{ItemError, ItemErrorKind, PoolError};
 use crate::stats::{JobStats, PoolCounters};
 
@@ -141,7 +141,7 @@ pub(crate) fn feed<I, E>(
     encode: E,
     window: Arc<Window>,
     counters: Arc<JobCounters>,
-    events: Sender<Event>,
+    events: Events,
 ) where
     I: Iterator,
     E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
@@ -185,7 +185,7 @@ struct Feeder {
     limits: FeedLimits,
     window: Arc<Window>,
     counters: Arc<JobCounters>,
-    events: Sender<Event>,
+    events: Events,
     batch: Items,
     /// Index of the batch's first item.
     first: u64,
@@ -312,7 +312,7 @@ pub struct RawResults {
     job: u64,
     ordered: bool,
     rx: Receiver<JobMsg>,
-    events: Sender<Event>,
+    events: Events,
     window: Arc<Window>,
     counters: Arc<JobCounters>,
     pool_counters: Arc<PoolCounters>,
@@ -353,7 +353,7 @@ impl RawResults {
         job: u64,
         ordered: bool,
         rx: Receiver<JobMsg>,
-        events: Sender<Event>,
+        events: Events,
         window: Arc<Window>,
         counters: Arc<JobCounters>,
         pool_counters: Arc<PoolCounters>,

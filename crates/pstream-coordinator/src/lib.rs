@@ -12,6 +12,7 @@
 //! * `error`, `stats`: what users get back.
 #![deny(missing_docs)]
 
+mod conn;
 mod door;
 mod engine;
 mod error;

@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use pstream_protocol::{Codec, Function, FunctionInfo, DEFAULT_MAX_FRAME};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::door::{Checks, Door};
-use crate::engine::{Config, Engine, Event};
+use crate::engine::{Config, Engine, Event, Events};
 use crate::error::PoolError;
 use crate::job::{feed, FeedLimits, JobCounters, MapResults, RawResults, Window};
 use crate::process::{random_token, WorkerCommand};
@@ -215,7 +214,7 @@ impl PoolBuilder {
             spawned: Mutex::new(HashSet::new()),
             handshake_timeout: self.handshake_timeout,
         });
-        let (events_tx, events) = crossbeam_channel::unbounded();
+        let (events_tx, events, wake) = Events::new().map_err(PoolError::Socket)?;
         let door = Door::open(Arc::clone(&checks), events_tx.clone()).map_err(PoolError::Socket)?;
         let counters = Arc::new(PoolCounters::default());
         let (ready_tx, ready) = crossbeam_channel::bounded(1);
@@ -223,6 +222,7 @@ impl PoolBuilder {
             Arc::clone(&config),
             events,
             events_tx.clone(),
+            wake,
             door.path().to_path_buf(),
             Arc::clone(&checks),
             Arc::clone(&counters),
@@ -263,7 +263,7 @@ impl PoolBuilder {
 /// and exit, kills those that do not within the grace period, and reaps them all.
 #[derive(Debug)]
 pub struct ProcessPool {
-    events: Sender<Event>,
+    events: Events,
     engine: Option<JoinHandle<()>>,
     door: Option<Door>,
     functions: Vec<FunctionInfo>,

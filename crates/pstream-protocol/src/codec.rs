@@ -115,8 +115,9 @@ pub fn write_frame(
     Ok(())
 }
 
-/// Everything of a frame but the items' bytes.
-fn encode_prefix(
+/// Everything of a frame but the items' bytes (which follow it on the wire, as
+/// `items.data()`): for writers that send the payload from its own buffer.
+pub fn encode_prefix(
     message: &Message,
     items: &Items,
     max: usize,
@@ -185,7 +186,17 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
 
 /// Decode a frame body (everything after the length prefix). Never panics.
 pub fn decode_body(body: Vec<u8>) -> Result<Frame, DecodeError> {
-    let header_len = read_u32(&body, 0).ok_or(DecodeError::Malformed("no header length"))? as usize;
+    decode_body_at(body, 0)
+}
+
+/// Decode the frame body that fills `buf` from `start` on (a receive buffer that
+/// still holds the length prefix, say): the items keep pointing into `buf`, so
+/// nothing is copied. Never panics.
+pub fn decode_body_at(buf: Vec<u8>, start: usize) -> Result<Frame, DecodeError> {
+    let body = buf
+        .get(start..)
+        .ok_or(DecodeError::Malformed("start past the end"))?;
+    let header_len = read_u32(body, 0).ok_or(DecodeError::Malformed("no header length"))? as usize;
     if header_len > MAX_HEADER {
         return Err(DecodeError::Malformed(
             "header longer than the header limit",
@@ -225,7 +236,7 @@ pub fn decode_body(body: Vec<u8>) -> Result<Frame, DecodeError> {
         return Ok(Frame::control(message));
     }
     let count =
-        read_u32(&body, header_end).ok_or(DecodeError::Malformed("no item count"))? as usize;
+        read_u32(body, header_end).ok_or(DecodeError::Malformed("no item count"))? as usize;
     let ends_start = header_end + 4;
     let data_start = count
         .checked_mul(4)
@@ -238,7 +249,7 @@ pub fn decode_body(body: Vec<u8>) -> Result<Frame, DecodeError> {
     let mut ends = Vec::with_capacity(count);
     let mut last = 0u32;
     for i in 0..count {
-        let end = read_u32(&body, ends_start + 4 * i).expect("checked above");
+        let end = read_u32(body, ends_start + 4 * i).expect("checked above");
         if end < last {
             return Err(DecodeError::Malformed("item offsets go backwards"));
         }
@@ -252,7 +263,7 @@ pub fn decode_body(body: Vec<u8>) -> Result<Frame, DecodeError> {
     }
     Ok(Frame {
         message,
-        items: Items::from_parts(body, data_start, ends),
+        items: Items::from_parts(buf, start + data_start, ends),
     })
 }
 
@@ -365,6 +376,15 @@ mod tests {
             .unwrap();
             assert_eq!(written, bytes);
         }
+    }
+
+    #[test]
+    fn decoding_in_place_keeps_the_buffer() {
+        for frame in all_frames() {
+            let bytes = encode(&frame);
+            assert_eq!(decode_body_at(bytes, 4).unwrap(), frame);
+        }
+        assert!(decode_body_at(vec![1, 2], 5).is_err());
     }
 
     #[test]

@@ -33,7 +33,10 @@ mod function;
 mod items;
 mod message;
 
-pub use codec::{decode_body, encode_frame, read_frame, write_frame, DecodeError, EncodeError};
+pub use codec::{
+    decode_body, decode_body_at, encode_frame, encode_prefix, read_frame, write_frame, DecodeError,
+    EncodeError,
+};
 pub use function::{Function, LocalFn};
 pub use items::Items;
 pub use message::{
