@@ -884,3 +884,49 @@ fn an_allocation_bomb_fails_in_its_worker_under_a_memory_limit() {
     assert_eq!(records[0]["line"], 2);
     assert_eq!(records[0]["kind"], "crashed", "{records:?}");
 }
+
+#[test]
+fn sigterm_lets_the_items_in_flight_finish_and_exits_143() {
+    // The second item hangs until its time limit; SIGTERM comes while it does, and
+    // the launcher waits for it (and what follows it in flight) before it exits.
+    let mut cmd = coord(&[
+        "run",
+        "--function",
+        "misbehave",
+        "--format",
+        "jsonl",
+        "--timeout",
+        "500ms",
+        "--retries",
+        "0",
+    ]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stdin stays open: only the signal ends the input.
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(
+        &mut stdin,
+        b"{\"value\":1}\n{\"value\":2,\"fault\":\"hang\"}\n{\"value\":3}\n",
+    )
+    .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 2];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"1\n");
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    signal(&child, Signal::SIGTERM);
+    let status = wait_exit(&mut child, "pstream-coord after SIGTERM");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    drop(stdin);
+    let stderr = stderr.rest().to_string();
+    let explain = report(&describe(&cmd), status, rest.as_bytes(), stderr.as_bytes());
+    assert_eq!(shell_status(status), 143, "{explain}");
+    assert_eq!(rest, "3\n", "{explain}");
+    assert!(stderr.contains("line 2: timed out"), "{explain}");
+    assert!(stderr.contains("stopped early: SIGTERM"), "{explain}");
+}

@@ -23,6 +23,9 @@ use crate::output::{Sink, FLUSH_INTERVAL};
 use crate::progress::{Counters, Display, Summary};
 use crate::signals::{exit_status, Signals, Stop};
 
+/// How long workers get to exit when the pool shuts down before they are killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
 /// How many results go by between two updates of the published figures.
 const PUBLISH_EVERY: u64 = 256;
 
@@ -177,10 +180,12 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
 
     let stats = results.stats();
     let failure = results.pool_error().map(|e| e.to_string());
+    tracing::debug!(?stats, stop = stop.is_requested(), "results ended");
     // Cancels the job if it did not run to its end.
     drop(results);
     let _ = ticker_done.send(());
     let _ = ticker.join();
+    tracing::debug!("job dropped, ticker stopped");
 
     let input_error = if read_stats.done.load(Ordering::Acquire) {
         reader.handle.join().ok().and_then(Result::err)
@@ -256,6 +261,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     }
     report.write_stats(&summary);
     drop(pool); // Waits for the workers to exit.
+    tracing::debug!(exit_code, "pool shut down");
     Ok(exit_code)
 }
 
@@ -291,7 +297,12 @@ fn open_input(input: &str) -> Result<(Box<dyn Read + Send>, Option<PathBuf>), Cl
 fn build_pool(args: &RunArgs) -> Result<ProcessPool, CliError> {
     let mut builder = ProcessPool::builder()
         .window(args.window as usize)
-        .retries(args.retries);
+        .retries(args.retries)
+        // The pool is shut down only once every result the launcher wants is in (or
+        // the job was abandoned): an idle worker exits at once, and one still busy
+        // works for nothing. (The library's default of 5 s is what a worker blocked
+        // on results nobody reads costs after a cancelled job: `| head`.)
+        .shutdown_grace(SHUTDOWN_GRACE);
     if let Some(n) = args.workers {
         builder = builder.workers(n as usize);
     }
