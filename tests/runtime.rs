@@ -122,11 +122,9 @@ fn the_input_is_never_read_more_than_a_window_ahead() {
             .map(Result::unwrap)
             .collect();
         assert_eq!(again, (0..10).map(|x| x * 2).collect::<Vec<_>>());
-        assert_eq!(
-            pulled.load(Ordering::SeqCst),
-            after_drop,
-            "input read after cancel"
-        );
+        // At most the item whose read was under way when the results were dropped.
+        let late = pulled.load(Ordering::SeqCst) - after_drop;
+        assert!(late <= 1, "{late} items read after cancel");
     }
 }
 

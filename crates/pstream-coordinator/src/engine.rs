@@ -141,6 +141,8 @@ pub(crate) enum Event {
     Cancel { job: u64 },
     /// The pool is dropped.
     Shutdown,
+    /// Kill every worker now (a second Ctrl-C); the pool shuts down.
+    KillAll,
 }
 
 #[derive(Debug)]
@@ -423,6 +425,14 @@ impl Engine {
                 }
             }
             Event::Exited { wid, cause } => {
+                // Take what it sent before it died; then its connection is over, even
+                // if a process it forked still holds the socket open.
+                if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
+                    self.read(wid);
+                    if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
+                        self.on_disconnected(wid, None);
+                    }
+                }
                 if let Some(w) = self.workers.get_mut(&wid) {
                     w.exit = Some(cause);
                     w.dead = true;
@@ -492,6 +502,10 @@ impl Engine {
             }
             Event::Cancel { job } => self.cancel_job(job),
             Event::Shutdown => self.begin_shutdown(),
+            Event::KillAll => {
+                self.begin_shutdown();
+                self.shutdown_deadline = Some(Instant::now());
+            }
         }
     }
 
@@ -797,6 +811,8 @@ impl Engine {
             // The worker claims it computed everything: blame the last item.
             parts.push((len - 1, len));
         }
+        // A hang located by progress is that item's first attempt alone.
+        let located = matches!(blame, Blame::Timeout) && running < len;
         let whole = parts.len() == 1 && parts[0] == (0, len);
         let single = whole && len == 1;
         if single {
@@ -826,11 +842,12 @@ impl Engine {
         let job = self.jobs.get_mut(&batch.job).expect("live");
         job.pending += parts.len() - 1;
         for &(start, end) in parts.iter().rev() {
+            let suspect = located && start == running && end == running + 1;
             self.queue.push_front(Batch {
                 job: batch.job,
                 first_index: batch.first_index + start as u64,
                 items: Arc::new(batch.items.slice(start..end)),
-                attempts: 0,
+                attempts: u32::from(suspect),
             });
         }
     }
@@ -896,6 +913,7 @@ impl Engine {
     /// A worker failed before it could serve.
     fn start_failed(&mut self, reason: String) {
         tracing::warn!("worker failed to start: {reason}");
+        self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
         self.consecutive_failures += 1;
         self.last_failure = reason.clone();
         if let Some(ready) = self.ready.take() {
@@ -916,7 +934,6 @@ impl Engine {
         }
         let backoff = Duration::from_millis(10 << self.consecutive_failures.min(7));
         self.respawn_at = Some(Instant::now() + backoff);
-        self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The pool can no longer serve: end every job with the error.

@@ -48,7 +48,7 @@ pub enum PoolError {
         /// What the workers serve.
         available: Vec<String>,
     },
-    /// Reading or encoding the job's input failed.
+    /// The job's input iterator (or its item encoder) panicked.
     #[error("read the job's input: {0}")]
     Input(String),
     /// A configuration value is unusable.
@@ -66,8 +66,8 @@ pub enum ExitCause {
     Signal(i32),
     /// Exited with a status code.
     Code(i32),
-    /// Closed its connection or broke the protocol while still running, and was
-    /// killed for it.
+    /// Broke the protocol (sent bytes that are not a frame, or results that do not
+    /// match its batches) and was killed for it.
     Disconnected,
 }
 
@@ -79,7 +79,7 @@ impl fmt::Display for ExitCause {
                 Err(_) => write!(f, "killed by signal {sig}"),
             },
             ExitCause::Code(code) => write!(f, "exited with status {code}"),
-            ExitCause::Disconnected => write!(f, "broke its connection"),
+            ExitCause::Disconnected => write!(f, "broke the protocol and was killed"),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::Receiver;
@@ -21,6 +21,8 @@ use crate::stats::{JobStats, PoolCounters};
 #[derive(Debug)]
 pub(crate) struct Window {
     size: usize,
+    /// Set with `state.closed`, read without the lock before every item.
+    cancelled: AtomicBool,
     state: Mutex<WindowState>,
     freed: Condvar,
 }
@@ -35,6 +37,7 @@ impl Window {
     pub fn new(size: usize) -> Window {
         Window {
             size,
+            cancelled: AtomicBool::new(false),
             state: Mutex::new(WindowState {
                 available: size,
                 closed: false,
@@ -71,8 +74,13 @@ impl Window {
     }
 
     fn close(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
         self.state.lock().unwrap().closed = true;
         self.freed.notify_all();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     fn in_use(&self) -> usize {
@@ -129,7 +137,8 @@ pub(crate) struct FeedLimits {
     pub max_batch: usize,
     /// Bytes per batch after which it is sent even if not full.
     pub max_batch_bytes: usize,
-    /// An item larger than this cannot travel.
+    /// An item larger than this cannot travel; a batch's bytes and offsets stay
+    /// within it too.
     pub max_item: usize,
 }
 
@@ -207,6 +216,10 @@ impl Feeder {
             if self.permits == 0 && !self.take_permits() {
                 return false;
             }
+            // Cancelled: read nothing more, even with permits in hand.
+            if self.window.is_closed() {
+                return false;
+            }
             let Some(item) = input.next() else {
                 break;
             };
@@ -229,6 +242,17 @@ impl Feeder {
                             },
                         );
                         continue;
+                    }
+                    // The batch must fit in one frame with its offsets: if this item
+                    // does not, it starts the next batch.
+                    let len = self.batch.len();
+                    if len > 1 && self.batch.data_len() + 4 * len > self.limits.max_item + 4 {
+                        let item = self.batch.get(len - 1).unwrap_or_default().to_vec();
+                        self.batch.pop();
+                        self.next -= 1;
+                        self.flush();
+                        self.next += 1;
+                        self.batch.push(&item);
                     }
                 }
                 Err(message) => {

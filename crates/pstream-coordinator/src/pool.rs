@@ -441,7 +441,12 @@ impl ProcessPool {
             job,
             max_batch: self.max_batch,
             max_batch_bytes: (self.config.max_frame / 4).min(4 << 20),
-            max_item: self.config.max_frame - 4096,
+            // Room for the header (the function's name and a few numbers).
+            max_item: self
+                .config
+                .max_frame
+                .saturating_sub(4096 + function.len())
+                .max(1),
         };
         let raw = RawResults::new(
             job,
@@ -458,6 +463,12 @@ impl ProcessPool {
             .spawn(move || feed(limits, input, encode, window, counters, events))
             .map_err(PoolError::Socket)?;
         Ok(raw)
+    }
+
+    /// Kill every worker at once (SIGKILL, no grace period), for a second Ctrl-C.
+    /// Running jobs end with [`PoolError::Closed`]; the pool serves no more jobs.
+    pub fn kill_workers(&self) {
+        let _ = self.events.send(Event::KillAll);
     }
 
     /// Shut the pool down now, waiting for the workers to exit (as dropping does).

@@ -36,9 +36,12 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
+    /// Signal the worker and every process it started (its process group, which
+    /// it leads), so a function's own children do not outlive it.
     pub fn signal(&self, signal: Signal) {
         let exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
         if !*exited {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(self.pid as i32), signal);
             let _ = kill(Pid::from_raw(self.pid as i32), signal);
         }
     }

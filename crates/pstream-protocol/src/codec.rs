@@ -42,7 +42,7 @@ pub enum DecodeError {
     Header(#[source] bincode::error::DecodeError),
     /// The peer speaks another protocol version.
     #[error(
-        "the peer speaks protocol version {peer}, this build speaks {ours}: \
+        "the peer speaks protocol version {peer}, this build speaks version {ours}: \
          rebuild the plugin against the same pstream version as the coordinator"
     )]
     Version {
@@ -209,23 +209,22 @@ pub fn decode_body_at(buf: Vec<u8>, start: usize) -> Result<Frame, DecodeError> 
             "header length past the end of the frame",
         ))?;
     let header = &body[4..header_end];
+    // A Hello names its version first: check it before the rest, so a build of
+    // another version is named as such, whatever else its Hello holds.
+    if let Ok(((0u32, peer), _)) =
+        bincode::serde::decode_from_slice::<(u32, u32), _>(header, header_config())
+    {
+        if peer != PROTOCOL_VERSION {
+            return Err(DecodeError::Version {
+                peer,
+                ours: PROTOCOL_VERSION,
+            });
+        }
+    }
     let message = match bincode::serde::decode_from_slice::<Message, _>(header, header_config()) {
         Ok((message, used)) if used == header_len => message,
         Ok(_) => return Err(DecodeError::Malformed("trailing bytes after the header")),
-        Err(e) => {
-            // A Hello from another version may not decode as ours: say so plainly.
-            if let Ok(((0u32, peer), _)) =
-                bincode::serde::decode_from_slice::<(u32, u32), _>(header, header_config())
-            {
-                if peer != PROTOCOL_VERSION {
-                    return Err(DecodeError::Version {
-                        peer,
-                        ours: PROTOCOL_VERSION,
-                    });
-                }
-            }
-            return Err(DecodeError::Header(e));
-        }
+        Err(e) => return Err(DecodeError::Header(e)),
     };
     if !carries_items(&message) {
         if header_end != body.len() {
@@ -235,8 +234,7 @@ pub fn decode_body_at(buf: Vec<u8>, start: usize) -> Result<Frame, DecodeError> 
         }
         return Ok(Frame::control(message));
     }
-    let count =
-        read_u32(body, header_end).ok_or(DecodeError::Malformed("no item count"))? as usize;
+    let count = read_u32(body, header_end).ok_or(DecodeError::Malformed("no item count"))? as usize;
     let ends_start = header_end + 4;
     let data_start = count
         .checked_mul(4)

@@ -70,13 +70,14 @@ pub enum Message {
         /// Items of the batch computed so far.
         done: u32,
     },
-    /// Coordinator → worker: drop every queued batch of this job; results of it that
-    /// are still computed will be ignored.
+    /// Coordinator → worker: the job's consumer went away. Batches of it that the
+    /// worker reads after this are answered at once with an empty `Results`; results
+    /// still computed for it are ignored.
     Cancel {
         /// The job.
         job: u64,
     },
-    /// Coordinator → worker: finish the batch in hand, then exit 0.
+    /// Coordinator → worker: finish the batches sent before this, then exit 0.
     Shutdown,
 }
 

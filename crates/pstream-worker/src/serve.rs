@@ -64,6 +64,10 @@ pub fn serve_from_env() -> Result<(), WorkerError> {
         .map_err(|_| WorkerError::Environment(format!("{ENV_TOKEN} is not set")))?;
     let max_frame = env_number(ENV_MAX_FRAME, DEFAULT_MAX_FRAME as u64)?;
     let capacity = env_number(ENV_CAPACITY, DEFAULT_CAPACITY as u64)?;
+    // The function's own child processes are not workers of this coordinator.
+    for name in [ENV_SOCKET, ENV_TOKEN, ENV_MAX_FRAME, ENV_CAPACITY] {
+        std::env::remove_var(name);
+    }
     let config = Config {
         path: PathBuf::from(path),
         token,
@@ -157,7 +161,8 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
     install_panic_hook();
     // Batches are read on this thread: the kernel's socket buffer already holds the
     // next one while this one is computed, and a thread hop per batch costs more
-    // than it saves. A Cancel is seen before the next batch of the job starts.
+    // than it saves. A Cancel is seen once the batches sent before it are done;
+    // batches of the job read after it are answered empty.
     let mut cancelled: HashSet<u64> = HashSet::new();
     loop {
         let frame = match read_frame(&mut reader, config.max_frame) {
