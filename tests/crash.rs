@@ -268,6 +268,10 @@ fn recycled_workers_lose_nothing() {
     assert_eq!(got, (0..n).map(|x| x * 2).collect::<Vec<_>>());
     let stats = pool.stats();
     assert!(stats.spawned >= 8, "{stats:?}");
+    assert!(
+        stats.ready >= 8,
+        "replacements must complete the handshake: {stats:?}"
+    );
     assert_eq!(stats.crashes, 0, "a recycled worker is no crash: {stats:?}");
     assert!(
         first.iter().all(|p| !pool.worker_pids().contains(p)),

@@ -555,6 +555,7 @@ impl Engine {
         w.capacity = hello.capacity.max(1) as usize;
         w.progress_at = Instant::now();
         self.consecutive_failures = 0;
+        self.counters.ready.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(wid, pid, "worker ready");
         if self.ready.is_some() {
             let connected = self.workers.values().filter(|w| w.usable()).count();

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub(crate) struct PoolCounters {
     pub spawned: AtomicU64,
+    pub ready: AtomicU64,
     pub crashes: AtomicU64,
     pub spawn_failures: AtomicU64,
 }
@@ -15,6 +16,8 @@ pub(crate) struct PoolCounters {
 pub struct PoolStats {
     /// Worker processes started, first ones and replacements.
     pub spawned: u64,
+    /// Of those, how many completed the handshake and served.
+    pub ready: u64,
     /// Workers that died or were killed while serving.
     pub crashes: u64,
     /// Workers that failed before completing the handshake.
@@ -25,6 +28,7 @@ impl PoolCounters {
     pub fn snapshot(&self) -> PoolStats {
         PoolStats {
             spawned: self.spawned.load(Ordering::Relaxed),
+            ready: self.ready.load(Ordering::Relaxed),
             crashes: self.crashes.load(Ordering::Relaxed),
             spawn_failures: self.spawn_failures.load(Ordering::Relaxed),
         }
