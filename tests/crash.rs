@@ -158,6 +158,31 @@ fn a_hang_costs_one_item_reported_as_timed_out() {
 }
 
 #[test]
+fn a_located_hang_with_no_retries_costs_one_time_limit() {
+    let pool = hang_pool().retries(0).build().unwrap();
+    let poison = BTreeMap::from([(50, Fault::Hang)]);
+    let mut results = pool
+        .map_raw("misbehave", Codec::Json, true, inputs(200, &poison))
+        .unwrap();
+    let mut errors = Vec::new();
+    while let Some((_, r)) = results.next_raw() {
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    }
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].index, 50);
+    assert_eq!(
+        errors[0].kind,
+        ItemErrorKind::TimedOut {
+            limit: Duration::from_secs(3),
+            attempts: 1
+        }
+    );
+    assert_eq!(results.stats().timeouts, 1, "{:?}", results.stats());
+}
+
+#[test]
 fn job_statistics_count_what_happened() {
     let pool = hang_pool().retries(2).build().unwrap();
     let poison = BTreeMap::from([(10, Fault::Exit), (500, Fault::Panic), (900, Fault::Hang)]);

@@ -844,6 +844,19 @@ impl Engine {
         job.pending += parts.len() - 1;
         for &(start, end) in parts.iter().rev() {
             let suspect = located && start == running && end == running + 1;
+            if suspect && self.config.retries == 0 {
+                // Located exactly, and no retry allowed: that was its one attempt.
+                let kind = ItemErrorKind::TimedOut {
+                    limit: self.config.item_timeout.unwrap_or_default(),
+                    attempts: 1,
+                };
+                let index = batch.first_index + start as u64;
+                let _ = job
+                    .results
+                    .send(JobMsg::Results(ResultBatch::single_failure(index, kind)));
+                job.pending -= 1;
+                continue;
+            }
             self.queue.push_front(Batch {
                 job: batch.job,
                 first_index: batch.first_index + start as u64,
@@ -851,6 +864,7 @@ impl Engine {
                 attempts: u32::from(suspect),
             });
         }
+        self.maybe_end_job(batch.job);
     }
 
     /// A batch of the job is settled without going through a worker again.
