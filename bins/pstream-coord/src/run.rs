@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use pstream::{Codec, ItemErrorKind, PoolError, ProcessPool};
 use serde_json::json;
 
@@ -506,9 +505,8 @@ impl Report {
 /// A second Ctrl-C (or SIGTERM): kill the workers, write what is done, exit.
 fn hard_stop(pool: &Weak<ProcessPool>, report: &Report, signal: Signal) {
     if let Some(pool) = pool.upgrade() {
-        for pid in pool.worker_pids() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
+        // SIGKILL to every worker's process group, and no respawns.
+        pool.kill_workers();
     }
     let first = report.stop.signal().unwrap_or(signal);
     let code = exit_status(first);
