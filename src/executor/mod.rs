@@ -5,11 +5,10 @@
 //!   ([`Results`]).
 //! * `threads.rs`: the thread executor — feeder, worker threads, reassembly.
 //! * `processes.rs`: the process executor, a face over [`ProcessPool`](crate::ProcessPool).
-//! * `window.rs`: the thread executor's memory bound.
+//! * the memory bound is the coordinator's [`pstream_coordinator::Window`], shared with the pool.
 
 mod processes;
 mod threads;
-mod window;
 
 pub use processes::{ProcessExecutor, ProcessExecutorBuilder};
 pub use threads::{ThreadExecutor, ThreadExecutorBuilder};

@@ -12,6 +12,7 @@
 //! The threads belong to the job: they start with `execute` and end when the input is
 //! done or the consumer drops its results.
 
+use pstream_protocol::panic_message as payload_message;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
@@ -20,9 +21,9 @@ use std::sync::{Arc, Once};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::window::Window;
 use super::{Executor, Results, Task};
 use crate::{ItemError, ItemErrorKind};
+use pstream_coordinator::Window;
 
 /// The largest batch a worker thread takes at once. Large enough that a channel
 /// operation per batch costs nothing next to the items, small enough that the
@@ -440,16 +441,6 @@ fn install_panic_hook() {
             }
         }));
     });
-}
-
-fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panicked with a non-string payload".to_string()
-    }
 }
 
 /// The consumer's side of a thread job.

@@ -17,9 +17,10 @@ use crate::stats::{JobStats, PoolCounters};
 
 /// The flow-control window: how many items may be read from the input and not yet
 /// handed to the consumer. The feeder takes permits before reading; the consumer
-/// gives them back as it takes results.
+/// gives them back as it takes results; closing it (the consumer went away) wakes
+/// and stops the feeder. Shared by the process pool and the thread executor.
 #[derive(Debug)]
-pub(crate) struct Window {
+pub struct Window {
     size: usize,
     /// Set with `state.closed`, read without the lock before every item.
     cancelled: AtomicBool,
@@ -34,6 +35,7 @@ struct WindowState {
 }
 
 impl Window {
+    /// A window of `size` permits, all free.
     pub fn new(size: usize) -> Window {
         Window {
             size,
@@ -48,7 +50,7 @@ impl Window {
 
     /// Take up to `want` permits, waiting for at least one if `block`. `None` once
     /// the window is closed (the job was cancelled).
-    fn acquire(&self, want: usize, block: bool) -> Option<usize> {
+    pub fn acquire(&self, want: usize, block: bool) -> Option<usize> {
         let mut state = self.state.lock().unwrap();
         loop {
             if state.closed {
@@ -63,7 +65,8 @@ impl Window {
         }
     }
 
-    fn release(&self, n: usize) {
+    /// Give `n` permits back.
+    pub fn release(&self, n: usize) {
         if n == 0 {
             return;
         }
@@ -73,17 +76,20 @@ impl Window {
         self.freed.notify_all();
     }
 
-    fn close(&self) {
+    /// No more permits, ever; wakes a waiting feeder.
+    pub fn close(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         self.state.lock().unwrap().closed = true;
         self.freed.notify_all();
     }
 
-    fn is_closed(&self) -> bool {
+    /// Whether it was closed (cheap: no lock).
+    pub fn is_closed(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    fn in_use(&self) -> usize {
+    /// Permits held now: items read and not yet handed out.
+    pub fn in_use(&self) -> usize {
         self.size - self.state.lock().unwrap().available
     }
 }
@@ -176,11 +182,7 @@ pub(crate) fn feed<I, E>(
         },
         Ok(false) => return, // Cancelled.
         Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string payload".into());
+            let what = pstream_protocol::panic_message(&*payload);
             Event::InputFailed {
                 job,
                 error: format!("the input iterator (or item encoder) panicked: {what}"),
@@ -357,6 +359,27 @@ struct Current {
     batch: ResultBatch,
     pos: usize,
     next_failure: usize,
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::Window;
+
+    #[test]
+    fn hands_out_at_most_its_size_and_stops_when_closed() {
+        let w = Window::new(3);
+        assert_eq!(w.acquire(2, true), Some(2));
+        assert_eq!(w.acquire(5, false), Some(1));
+        assert_eq!(w.acquire(5, false), Some(0));
+        assert_eq!(w.in_use(), 3);
+        w.release(2);
+        assert_eq!(w.in_use(), 1);
+        assert_eq!(w.acquire(5, true), Some(2));
+        assert!(!w.is_closed());
+        w.close();
+        assert!(w.is_closed());
+        assert_eq!(w.acquire(1, true), None);
+    }
 }
 
 impl std::fmt::Debug for JobMsg {

@@ -22,7 +22,7 @@ mod process;
 mod stats;
 
 pub use error::{ExitCause, ItemError, ItemErrorKind, PoolError};
-pub use job::{Indexed, MapResults, RawResults};
+pub use job::{Indexed, MapResults, RawResults, Window};
 pub use pool::{PoolBuilder, ProcessPool, DEFAULT_WINDOW};
 pub use pstream_protocol::{Codec, Function, FunctionInfo};
 pub use stats::{JobStats, PoolStats};

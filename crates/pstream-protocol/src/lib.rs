@@ -70,6 +70,17 @@ pub const ENV_MAX_FRAME: &str = "PSTREAM_MAX_FRAME";
 /// Environment variable carrying how many items the worker may hold at once.
 pub const ENV_CAPACITY: &str = "PSTREAM_CAPACITY";
 
+/// The text of a panic's payload, as item errors carry it.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panicked with a non-string payload".to_string()
+    }
+}
+
 /// Cut a message to at most [`MAX_MESSAGE`] bytes, on a character boundary.
 pub fn truncate_message(mut message: String) -> String {
     if message.len() > MAX_MESSAGE {

@@ -1,5 +1,6 @@
 //! The serve loop: connect, introduce ourselves, compute batches until told to stop.
 
+use pstream_protocol::panic_message as payload_message;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::{BufReader, BufWriter, Write};
@@ -424,16 +425,6 @@ fn install_panic_hook() {
         let location = info.location().map(|l| l.to_string());
         LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
     }));
-}
-
-fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panicked with a non-string payload".to_string()
-    }
 }
 
 fn take_panic(payload: Box<dyn std::any::Any + Send>) -> (String, Option<String>) {
