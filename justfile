@@ -7,7 +7,7 @@ test:
 # Build the benchmark harness in release and run it; pass flags through, e.g.
 # `just bench --quick` or `just bench --only double sha --runs 5`.
 bench *ARGS:
-    cargo build --release -p pstream-bench
+    cargo build --release -p pstream-bench -p pstream-coord
     target/release/pstream-bench {{ARGS}}
 
 # Formatting and lints, as CI checks them.

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use pstream_examples as _; // links the example functions into this binary's workers
 
+mod cli;
 mod machine;
 mod python;
 mod reference;
@@ -58,7 +59,8 @@ pub enum Scenario {
     Latency,
     /// `slow_double` with a worker SIGKILLed every second.
     Fire,
-    /// The command-line launcher against GNU parallel and xargs (not written yet).
+    /// The command-line launcher `pstream-coord` against GNU parallel, xargs, Python
+    /// and awk (needs `target/release/pstream-coord`).
     Cli,
     /// The `Executor` API: `ThreadExecutor` and `ProcessExecutor` on `double` and
     /// SHA-256, next to rayon's `par_bridge` and a sequential loop.

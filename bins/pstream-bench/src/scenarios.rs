@@ -30,10 +30,7 @@ pub fn run(scenario: Scenario, s: &Settings, summary: &mut Summary) -> Result<()
         Scenario::Rss => rss_scenario(s, summary),
         Scenario::Latency => latency_scenario(s, summary),
         Scenario::Fire => fire_scenario(s, summary),
-        Scenario::Cli => {
-            cli_scenario();
-            Ok(())
-        }
+        Scenario::Cli => crate::cli::cli_scenario(s, summary),
         Scenario::Executors => executors_scenario(s, summary),
     }
 }
@@ -793,26 +790,7 @@ fn fire_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------
-// 7. CLI scenarios — TODO(cli-bench): not written yet.
-//
-// The launcher `pstream-coord` is being written separately. When it lands, measure
-// here, in the same interleaved-rounds style, over `seq 1 N` piped in:
-//   * `pstream-coord run --function double --format lines` (and `jsonl`),
-//   * GNU `parallel --pipe` / `parallel -j cores` with a shell doubling, if installed,
-//   * `xargs -P cores -n 1000` running a doubling command,
-// skipping any peer that is missing with a note, and add a summary target for it.
-// Nothing here may depend on the launcher's crate: drive its binary as a process.
-
-fn cli_scenario() {
-    println!("## 7. Command line (`pstream-coord` vs GNU parallel / xargs)");
-    println!();
-    println!(
-        "- not measured yet: the `pstream-coord` launcher is not written; \
-         see TODO(cli-bench) in `bins/pstream-bench/src/scenarios.rs`"
-    );
-    println!();
-}
+// 7. The command line: in `cli.rs`.
 
 // ---------------------------------------------------------------------------------
 // 8. The Executor API
