@@ -323,7 +323,12 @@ pub fn cli_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         "Every contender is one shell command run with `sh -c`, timed from spawn to exit \
          (process and pool start included); `pstream-coord` is `{}`, with its default \
          of one worker per CPU ({}).",
-        coord.display(),
+        // Shown relative to the working directory: no machine's paths in the report.
+        std::env::current_dir()
+            .ok()
+            .and_then(|dir| coord.strip_prefix(dir).ok())
+            .unwrap_or(&coord)
+            .display(),
         s.workers
     );
     println!();
