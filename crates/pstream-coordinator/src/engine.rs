@@ -124,6 +124,7 @@ pub(crate) enum Event {
         codec: Codec,
         results: Sender<JobMsg>,
         counters: Arc<JobCounters>,
+        recycle: Sender<Items>,
     },
     /// A job's feeder cut a batch.
     Submit(Batch),
@@ -211,6 +212,8 @@ struct Job {
     codec: Codec,
     results: Sender<JobMsg>,
     counters: Arc<JobCounters>,
+    /// Where finished batch buffers go back to the feeder for reuse.
+    recycle: Sender<Items>,
     /// Batches queued or in flight.
     pending: usize,
     input_done: bool,
@@ -449,6 +452,7 @@ impl Engine {
                 codec,
                 results,
                 counters,
+                recycle,
             } => {
                 if let Some(err) = &self.failed {
                     let _ = results.send(JobMsg::Failed(Arc::clone(err)));
@@ -465,6 +469,7 @@ impl Engine {
                         codec,
                         results,
                         counters,
+                        recycle,
                         pending: 0,
                         input_done: false,
                         cancelled: false,
@@ -643,12 +648,17 @@ impl Engine {
         w.items_done += advance as u64;
         w.progress_at = Instant::now();
         if head.answered == total {
-            w.in_flight.pop_front();
+            let done = w.in_flight.pop_front().expect("present");
             if w.retiring && w.in_flight.is_empty() {
                 w.send(&Message::Shutdown, None);
             }
             if let Some(job) = self.jobs.get_mut(&header.job) {
                 job.pending -= 1;
+                // Hand the batch's buffer back to the feeder: no fresh allocation
+                // (and no fresh pages) per batch.
+                if let Ok(items) = Arc::try_unwrap(done.batch.items) {
+                    let _ = job.recycle.try_send(items);
+                }
             }
             self.maybe_end_job(header.job);
         }

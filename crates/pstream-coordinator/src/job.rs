@@ -157,6 +157,7 @@ pub(crate) fn feed<I, E>(
     window: Arc<Window>,
     counters: Arc<JobCounters>,
     events: Events,
+    recycled: Receiver<Items>,
 ) where
     I: Iterator,
     E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
@@ -173,6 +174,7 @@ pub(crate) fn feed<I, E>(
         target: 1,
         permits: 0,
         submitted: 0,
+        recycled,
     };
     let run = panic::catch_unwind(AssertUnwindSafe(|| feeder.run(input, encode)));
     let end = match run {
@@ -205,6 +207,8 @@ struct Feeder {
     target: usize,
     permits: usize,
     submitted: u64,
+    /// Buffers of finished batches, to reuse.
+    recycled: Receiver<Items>,
 }
 
 impl Feeder {
@@ -313,8 +317,14 @@ impl Feeder {
 
     fn flush(&mut self) {
         if !self.batch.is_empty() {
-            let capacity = self.batch.len();
-            let items = std::mem::replace(&mut self.batch, Items::with_capacity(capacity, 0));
+            let fresh = match self.recycled.try_recv() {
+                Ok(mut spare) => {
+                    spare.clear();
+                    spare
+                }
+                Err(_) => Items::with_capacity(self.batch.len(), 0),
+            };
+            let items = std::mem::replace(&mut self.batch, fresh);
             self.submitted += items.len() as u64;
             let _ = self.events.send(Event::Submit(Batch {
                 job: self.limits.job,

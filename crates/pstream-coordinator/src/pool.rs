@@ -426,6 +426,8 @@ impl ProcessPool {
         }
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (results_tx, results) = crossbeam_channel::unbounded();
+        // A few spare batch buffers, handed back by the supervisor.
+        let (recycle_tx, recycled) = crossbeam_channel::bounded(4);
         let counters = Arc::new(JobCounters::default());
         let window = Arc::new(Window::new(self.config.window));
         self.events
@@ -435,6 +437,7 @@ impl ProcessPool {
                 codec,
                 results: results_tx,
                 counters: Arc::clone(&counters),
+                recycle: recycle_tx,
             })
             .map_err(|_| PoolError::Closed)?;
         let limits = FeedLimits {
@@ -460,7 +463,7 @@ impl ProcessPool {
         let events = self.events.clone();
         std::thread::Builder::new()
             .name("pstream-reader".into())
-            .spawn(move || feed(limits, input, encode, window, counters, events))
+            .spawn(move || feed(limits, input, encode, window, counters, events, recycled))
             .map_err(PoolError::Socket)?;
         Ok(raw)
     }

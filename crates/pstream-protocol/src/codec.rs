@@ -151,6 +151,16 @@ pub fn encode_prefix(
 /// The length prefix is checked against `max` before any allocation, and the body's
 /// buffer grows only as bytes actually arrive.
 pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Frame>, DecodeError> {
+    read_frame_into(r, max, Vec::new())
+}
+
+/// [`read_frame`] into a buffer the caller had (from [`Items::into_buffer`], say),
+/// so a reader of many frames does not allocate one per frame.
+pub fn read_frame_into(
+    r: &mut impl Read,
+    max: usize,
+    mut body: Vec<u8>,
+) -> Result<Option<Frame>, DecodeError> {
     let mut len_bytes = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -166,7 +176,9 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Frame>, Decode
     if len > max {
         return Err(DecodeError::TooLarge { len, max });
     }
-    let mut body = Vec::with_capacity(len.min(1 << 20));
+    body.clear();
+    // Grow only as bytes arrive, beyond what the buffer already holds.
+    body.reserve(len.min(1 << 20));
     r.take(len as u64)
         .read_to_end(&mut body)
         .map_err(DecodeError::Io)?;

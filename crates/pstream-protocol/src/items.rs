@@ -139,6 +139,11 @@ impl Items {
         out
     }
 
+    /// The buffer that held the items (and whatever preceded them), for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// Forget every item, keeping the allocations.
     pub fn clear(&mut self) {
         self.buf.clear();

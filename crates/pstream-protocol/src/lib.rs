@@ -34,8 +34,8 @@ mod items;
 mod message;
 
 pub use codec::{
-    decode_body, decode_body_at, encode_frame, encode_prefix, read_frame, write_frame, DecodeError,
-    EncodeError,
+    decode_body, decode_body_at, encode_frame, encode_prefix, read_frame, read_frame_into,
+    write_frame, DecodeError, EncodeError,
 };
 pub use function::{Function, LocalFn};
 pub use items::Items;

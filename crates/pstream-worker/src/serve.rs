@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pstream_protocol::{
-    read_frame, truncate_message, write_frame, BatchHeader, DecodeError, EncodeError, FailureKind,
-    Frame, Hello, ItemFailure, Items, Message, ResultsHeader, DEFAULT_MAX_FRAME, ENV_CAPACITY,
-    ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
+    read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, DecodeError,
+    EncodeError, FailureKind, Frame, Hello, ItemFailure, Items, Message, ResultsHeader,
+    DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
 };
 
 use crate::registry::{functions, registry};
@@ -165,21 +165,40 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
     // than it saves. A Cancel is seen once the batches sent before it are done;
     // batches of the job read after it are answered empty.
     let mut cancelled: HashSet<u64> = HashSet::new();
+    // The receive and result buffers live across batches: no fresh allocation (and
+    // no fresh pages) per batch.
+    let mut spare = Vec::new();
+    let mut out = Items::new();
     loop {
-        let frame = match read_frame(&mut reader, config.max_frame) {
+        let frame = match read_frame_into(&mut reader, config.max_frame, std::mem::take(&mut spare))
+        {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
             Err(e) => return Err(WorkerError::Read(e)),
         };
         match frame.message {
             Message::Batch(header) => {
-                let items = if cancelled.contains(&header.job) {
+                if cancelled.contains(&header.job) {
                     // Answer with no items: the coordinator frees the credit.
-                    Items::new()
+                    run_batch(
+                        &header,
+                        &Items::new(),
+                        &mut out,
+                        flush_interval,
+                        &outbox,
+                        &progress,
+                    )?;
                 } else {
-                    frame.items
-                };
-                run_batch(&header, &items, flush_interval, &outbox, &progress)?;
+                    run_batch(
+                        &header,
+                        &frame.items,
+                        &mut out,
+                        flush_interval,
+                        &outbox,
+                        &progress,
+                    )?;
+                }
+                spare = frame.items.into_buffer();
             }
             Message::Cancel { job } => {
                 cancelled.insert(job);
@@ -301,6 +320,7 @@ fn report_progress(outbox: &Outbox, progress: &Progress, interval: Duration) {
 fn run_batch(
     header: &BatchHeader,
     items: &Items,
+    out: &mut Items,
     flush_interval: Duration,
     outbox: &Outbox,
     progress: &Progress,
@@ -308,7 +328,16 @@ fn run_batch(
     let peer_max = outbox.peer_max;
     progress.done.store(0, Ordering::Relaxed);
     *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = Some((header.job, header.seq));
-    let result = compute_batch(header, items, flush_interval, outbox, progress, peer_max);
+    out.clear();
+    let result = compute_batch(
+        header,
+        items,
+        out,
+        flush_interval,
+        outbox,
+        progress,
+        peer_max,
+    );
     *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = None;
     result
 }
@@ -316,12 +345,12 @@ fn run_batch(
 fn compute_batch(
     header: &BatchHeader,
     items: &Items,
+    out: &mut Items,
     flush_interval: Duration,
     outbox: &Outbox,
     progress: &Progress,
     peer_max: usize,
 ) -> Result<(), WorkerError> {
-    let mut out = Items::with_capacity(items.len(), items.data_len());
     let mut failures = Vec::new();
     let mut offset = 0usize;
     let mut clock = FlushClock::new(flush_interval);
@@ -381,7 +410,7 @@ fn compute_batch(
                     ))
                 } else {
                     // It fits alone: send what came before, then start afresh with it.
-                    send(&mut out, &mut failures, &mut offset)?;
+                    send(out, &mut failures, &mut offset)?;
                     out.push(&last);
                     Ok(())
                 }
@@ -404,11 +433,11 @@ fn compute_batch(
             .done
             .store((offset + out.len()) as u32, Ordering::Relaxed);
         if clock.due() && !out.is_empty() {
-            send(&mut out, &mut failures, &mut offset)?;
+            send(out, &mut failures, &mut offset)?;
         }
     }
     if !out.is_empty() || offset == 0 {
-        send(&mut out, &mut failures, &mut offset)?;
+        send(out, &mut failures, &mut offset)?;
     }
     Ok(())
 }
