@@ -311,3 +311,28 @@ fn dropping_the_pool_stops_and_reaps_every_worker() {
         assert_eq!(last.kind.name(), "aborted");
     }
 }
+
+#[test]
+fn dropping_the_pool_does_not_wait_out_the_grace_period() {
+    // Workers exit at the Shutdown at once; the pool must not then sit until the
+    // (here absurd) grace period ends. Several rounds: the bug this guards against
+    // depended on the order in which the last exits were seen.
+    for _ in 0..5 {
+        let pool = builder()
+            .workers(2)
+            .shutdown_grace(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let pids = pool.worker_pids();
+        doubled(&pool, 1000);
+        let (done, dropped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(pool);
+            let _ = done.send(());
+        });
+        dropped
+            .recv_timeout(Duration::from_secs(120))
+            .expect("dropping an idle pool waited for its grace period");
+        assert_gone(&pids);
+    }
+}

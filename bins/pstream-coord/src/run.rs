@@ -299,8 +299,7 @@ fn build_pool(args: &RunArgs) -> Result<ProcessPool, CliError> {
         .retries(args.retries)
         // The pool is shut down only once every result the launcher wants is in (or
         // the job was abandoned): an idle worker exits at once, and one still busy
-        // works for nothing. (The library's default of 5 s is what a worker blocked
-        // on results nobody reads costs after a cancelled job: `| head`.)
+        // (a hung item, say) works for nothing, so it gets half a second, not 5 s.
         .shutdown_grace(SHUTDOWN_GRACE);
     if let Some(n) = args.workers {
         builder = builder.workers(n as usize);

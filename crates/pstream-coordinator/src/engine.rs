@@ -296,6 +296,10 @@ impl Engine {
             self.on_timers();
             self.dispatch();
             self.flush_all();
+            if self.shutdown_deadline.is_some() && self.workers.is_empty() {
+                // The last worker was settled just now: do not wait for the deadline.
+                return;
+            }
             if !self.events.is_empty() {
                 continue;
             }
