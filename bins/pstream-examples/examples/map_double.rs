@@ -1,7 +1,7 @@
 //! Map `double` over N items through a pool of this very binary (re-executed):
 //! a minimal driver for profiling the runtime's overhead on tiny items.
 //!
-//! `cargo run --release -p pstream-examples --example map_double -- 10000000 [window]`
+//! `cargo run --release -p pstream-examples --example map_double -- 10000000 [window [max_batch]]`
 
 use std::time::Instant;
 
