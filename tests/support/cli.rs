@@ -12,14 +12,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Scales the sizes of the bigger tests (`PSTREAM_TEST_SCALE=0.1` for a quick run).
-pub fn scale(n: u64) -> u64 {
-    let factor: f64 = std::env::var("PSTREAM_TEST_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as u64).max(1)
-}
+#[path = "common.rs"]
+mod common;
+pub use common::scale;
 
 /// The launcher binary.
 pub fn bin() -> PathBuf {
