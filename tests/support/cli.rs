@@ -14,6 +14,8 @@ use nix::unistd::Pid;
 
 #[path = "common.rs"]
 mod common;
+// Not every test binary scales its sizes.
+#[allow(unused_imports)]
 pub use common::scale;
 
 /// The launcher binary.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use pstream::{PoolBuilder, ProcessPool};
 
 mod common;
+// Not every test binary scales its sizes.
+#[allow(unused_imports)]
 pub use common::scale;
 
 /// The example plugin binary.
