@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::report::{count, median, rate, ratio, secs, Summary, Table};
+use crate::report::{count, median, median_ratio, rate, ratio, secs, Summary, Table};
 use crate::{BoxError, Settings};
 
 /// The `lines` target: pstream-coord's throughput ÷ GNU parallel --pipe's.
@@ -67,13 +67,7 @@ impl Peer {
     /// Median over rounds of (this time ÷ `base`'s time): how many times faster
     /// `base` is than this one.
     fn slowdown_vs(&self, base: &Peer) -> f64 {
-        let ratios: Vec<f64> = self
-            .times
-            .iter()
-            .zip(&base.times)
-            .map(|(t, b)| t / b)
-            .collect();
-        median(&ratios)
+        median_ratio(&self.times, &base.times)
     }
 }
 

@@ -10,6 +10,13 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
 }
 
 /// The median of `values` (the mean of the middle two for an even count).
+/// Median over rounds of `times[i] / base[i]`: how many times faster the base
+/// contender was, measured round by round.
+pub fn median_ratio(times: &[f64], base: &[f64]) -> f64 {
+    let ratios: Vec<f64> = times.iter().zip(base).map(|(t, b)| t / b).collect();
+    median(&ratios)
+}
+
 pub fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;

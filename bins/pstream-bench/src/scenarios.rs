@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::python::Python;
 use crate::reference::{self, RefPool};
-use crate::report::{count, median, rate, ratio, secs, timed, Summary, Table};
+use crate::report::{count, median, median_ratio, rate, ratio, secs, timed, Summary, Table};
 use crate::{BoxError, Scenario, Settings};
 
 /// Run one scenario.
@@ -73,13 +73,7 @@ impl Contender {
     /// Median over rounds of (this contender's time / `base`'s time): how many
     /// times faster `base` is than this one.
     fn slowdown_vs(&self, base: &Contender) -> f64 {
-        let ratios: Vec<f64> = self
-            .times
-            .iter()
-            .zip(&base.times)
-            .map(|(t, b)| t / b)
-            .collect();
-        median(&ratios)
+        median_ratio(&self.times, &base.times)
     }
 }
 
