@@ -5,6 +5,7 @@
 //! * `pool`: [`ProcessPool`] and its [`PoolBuilder`], the public face;
 //! * `engine`: the supervisor thread that owns the workers, dispatches batches
 //!   against credit, and recovers from crashes and hangs;
+//! * `conn`: a worker's non-blocking connection as the supervisor polls it;
 //! * `job`: the feeder thread that reads a job's input within the window, and the
 //!   result iterators that reassemble the order;
 //! * `door`: the private socket and the handshake checks;
