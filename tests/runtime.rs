@@ -90,8 +90,16 @@ fn infinite_input_cut_short_then_the_pool_runs_another_job() {
 
 #[test]
 fn the_input_is_never_read_more_than_a_window_ahead() {
-    for window in [1usize, 7, 100, 5000] {
-        let pool = builder().workers(2).window(window).build().unwrap();
+    for (window, input_thread) in [1usize, 7, 100, 5000]
+        .into_iter()
+        .flat_map(|w| [(w, false), (w, true)])
+    {
+        let pool = builder()
+            .workers(2)
+            .window(window)
+            .input_thread(input_thread)
+            .build()
+            .unwrap();
         let (input, pulled) = counting(0i64..1_000_000);
         let mut results = pool.map(double, input).unwrap();
         let mut consumed = 0u64;
@@ -105,8 +113,11 @@ fn the_input_is_never_read_more_than_a_window_ahead() {
                 "window {window}: {ahead} items pulled ahead"
             );
         }
-        // The consumer stops reading: the feeder fills the window, and stops there.
-        wait_for("the window to fill", || results.in_flight() == window);
+        // The consumer stops reading: a feeder thread fills the window, and stops
+        // there. (Read on the consumer's thread, the input is read only in `next`.)
+        if input_thread {
+            wait_for("the window to fill", || results.in_flight() == window);
+        }
         let ahead = pulled.load(Ordering::SeqCst) - consumed;
         assert!(
             ahead <= window as u64,

@@ -89,6 +89,9 @@ enum Hidden {
     /// Map `double` over N items with W workers and print this process's peak RSS.
     #[command(name = "__rss", hide = true)]
     Rss { items: u64, workers: usize },
+    /// Run the reference pool alone over N items with W workers (for profiling).
+    #[command(name = "__ref", hide = true)]
+    Ref { items: u64, workers: usize },
 }
 
 /// How big the inputs are, and how often each measurement is repeated.
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
     let result = match cli.hidden {
         Some(Hidden::RefWorker { path }) => reference::serve(&path),
         Some(Hidden::Rss { items, workers }) => scenarios::rss_child(items, workers),
+        Some(Hidden::Ref { items, workers }) => reference::run_alone(items, workers),
         None => run(&cli),
     };
     match result {

@@ -127,6 +127,19 @@ impl Drop for RefPool {
     }
 }
 
+/// Double `0..items` once through a fresh reference pool and print the rate.
+pub fn run_alone(items: u64, workers: usize) -> Result<(), BoxError> {
+    let mut pool = RefPool::start(workers)?;
+    let start = std::time::Instant::now();
+    let sum = pool.map_double(items)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "reference pool: {items} items in {secs:.3} s: {:.2} M items/s (sum {sum})",
+        items as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
 /// The worker: connect, then double every batch until the socket closes.
 pub fn serve(path: &Path) -> Result<(), BoxError> {
     let mut stream = UnixStream::connect(path)?;

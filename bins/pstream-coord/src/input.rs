@@ -276,6 +276,16 @@ impl Iterator for Lines {
             }
         }
     }
+
+    /// The lines left in the chunk in hand: what can be read without waiting. The
+    /// pool sends a partial batch before a read that may wait.
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self
+            .current
+            .as_ref()
+            .map_or(0, |chunk| chunk.len().saturating_sub(self.next));
+        (left, None)
+    }
 }
 
 /// Count the lines of a file (a last line without a newline counts), for the

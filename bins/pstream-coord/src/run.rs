@@ -300,7 +300,10 @@ fn build_pool(args: &RunArgs) -> Result<ProcessPool, CliError> {
         // The pool is shut down only once every result the launcher wants is in (or
         // the job was abandoned): an idle worker exits at once, and one still busy
         // (a hung item, say) works for nothing, so it gets half a second, not 5 s.
-        .shutdown_grace(SHUTDOWN_GRACE);
+        .shutdown_grace(SHUTDOWN_GRACE)
+        // The input is a pipe or a file that may grow: results must flow while a
+        // read waits.
+        .input_thread(true);
     if let Some(n) = args.workers {
         builder = builder.workers(n as usize);
     }

@@ -85,6 +85,15 @@ impl Events {
         self.wake.ring();
         Ok(())
     }
+
+    /// Send several events, waking the supervisor once.
+    pub fn send_all(&self, events: impl Iterator<Item = Event>) -> Result<(), SendError<Event>> {
+        for event in events {
+            self.tx.send(event)?;
+        }
+        self.wake.ring();
+        Ok(())
+    }
 }
 
 /// An eventfd: rung by whoever sends the supervisor an event.
@@ -92,7 +101,7 @@ impl Events {
 pub(crate) struct Wake(EventFd);
 
 impl Wake {
-    fn ring(&self) {
+    pub fn ring(&self) {
         let _ = self.0.write(1);
     }
 
@@ -136,8 +145,9 @@ pub(crate) enum Event {
     },
     /// A job's input ended after `total` items.
     InputDone { job: u64, total: u64 },
-    /// A job's input failed; the job ends with this error.
-    InputFailed { job: u64, error: String },
+    /// A job's input failed after `total` items; those are computed, then the job
+    /// ends with this error.
+    InputFailed { job: u64, total: u64, error: String },
     /// A job's consumer went away.
     Cancel { job: u64 },
     /// The pool is dropped.
@@ -243,6 +253,15 @@ pub(crate) struct Engine {
     respawn_at: Option<Instant>,
     shutdown_deadline: Option<Instant>,
     failed: Option<Arc<PoolError>>,
+    /// Shut down for good: every step is a no-op.
+    exited: bool,
+}
+
+/// Whether the engine goes on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Go,
+    Exit,
 }
 
 /// How long after the last progress a worker with work in hand may stay silent,
@@ -281,50 +300,96 @@ impl Engine {
             respawn_at: None,
             shutdown_deadline: None,
             failed: None,
+            exited: false,
         }
     }
 
-    pub fn run(mut self) {
+    /// Start the first workers.
+    pub fn start(&mut self) {
         self.top_up_workers();
-        loop {
-            if self.shutdown_deadline.is_some() && self.workers.is_empty() {
-                return;
-            }
-            while let Ok(event) = self.events.try_recv() {
-                self.handle(event);
-            }
-            self.on_timers();
-            self.dispatch();
-            self.flush_all();
-            if self.shutdown_deadline.is_some() && self.workers.is_empty() {
-                // The last worker was settled just now: do not wait for the deadline.
-                return;
-            }
-            if !self.events.is_empty() {
-                continue;
-            }
-            for (wid, flags) in self.poll() {
-                match wid {
-                    None => self.wake.drain(),
-                    Some(wid) => {
-                        if flags.intersects(PollFlags::POLLOUT) {
-                            self.flush(wid);
-                        }
-                        if flags
-                            .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                        {
-                            self.read(wid);
-                        }
+    }
+
+    /// Take events from a thread that holds the engine: after those already in
+    /// the channel, which may come first (a job's start, say).
+    pub fn accept(&mut self, events: impl Iterator<Item = Event>) {
+        while let Ok(event) = self.events.try_recv() {
+            self.handle(event);
+        }
+        for event in events {
+            self.handle(event);
+        }
+    }
+
+    /// One turn of the engine: handle every pending event, enforce deadlines, send
+    /// queued batches, write what is queued, then wait (if `block`) for a socket,
+    /// an event or the next deadline, and read what came. Whoever leads the pool
+    /// (a consumer waiting for results, or the supervisor thread) calls this.
+    pub fn step(&mut self, block: bool) -> Flow {
+        match self.prepare() {
+            Flow::Go => self.wait(block),
+            Flow::Exit => Flow::Exit,
+        }
+    }
+
+    /// The first half of a step: events, deadlines, dispatch, writes. A leader
+    /// looks at its messages between the halves: what this half sent it (a pool
+    /// failure, say) must not wait for the poll of the second.
+    pub fn prepare(&mut self) -> Flow {
+        if self.exited || self.finish_shutdown() {
+            return Flow::Exit;
+        }
+        while let Ok(event) = self.events.try_recv() {
+            self.handle(event);
+        }
+        self.on_timers();
+        self.dispatch();
+        self.flush_all();
+        if self.finish_shutdown() {
+            // The last worker was settled just now: do not wait for the deadline.
+            return Flow::Exit;
+        }
+        Flow::Go
+    }
+
+    /// The second half of a step: wait (if `block`) for a socket, an event or the
+    /// next deadline, and read what came.
+    pub fn wait(&mut self, block: bool) -> Flow {
+        if self.exited {
+            return Flow::Exit;
+        }
+        let block = block && self.events.is_empty();
+        for (wid, flags) in self.poll(block) {
+            match wid {
+                None => self.wake.drain(),
+                Some(wid) => {
+                    if flags.intersects(PollFlags::POLLOUT) {
+                        self.flush(wid);
+                    }
+                    if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                    {
+                        self.read(wid);
                     }
                 }
             }
         }
+        Flow::Go
+    }
+
+    /// During shutdown, once every worker is settled: the engine is done.
+    fn finish_shutdown(&mut self) -> bool {
+        if self.shutdown_deadline.is_some() && self.workers.is_empty() {
+            self.exited = true;
+            self.jobs.clear();
+            self.queue.clear();
+        }
+        self.exited
     }
 
     /// Wait for a connection to be readable (or writable, if it has bytes queued),
     /// for an event, or for the next deadline.
-    fn poll(&self) -> Vec<(Option<u64>, PollFlags)> {
+    fn poll(&self, block: bool) -> Vec<(Option<u64>, PollFlags)> {
         let timeout = match self.next_deadline() {
+            _ if !block => PollTimeout::ZERO,
             None => PollTimeout::NONE,
             Some(at) => {
                 let left = at.saturating_duration_since(Instant::now());
@@ -501,13 +566,12 @@ impl Engine {
                 }
                 self.maybe_end_job(job);
             }
-            Event::InputFailed { job, error } => {
+            Event::InputFailed { job, total, error } => {
                 if let Some(j) = self.jobs.get_mut(&job) {
-                    let _ = j
-                        .results
-                        .send(JobMsg::Failed(Arc::new(PoolError::Input(error))));
+                    j.input_done = true;
+                    let _ = j.results.send(JobMsg::InputFailed { total, error });
                 }
-                self.cancel_job(job);
+                self.maybe_end_job(job);
             }
             Event::Cancel { job } => self.cancel_job(job),
             Event::Shutdown => self.begin_shutdown(),
@@ -1069,12 +1133,44 @@ impl Engine {
             (ENV_MAX_FRAME, self.config.max_frame.to_string()),
             (ENV_CAPACITY, self.config.capacity.to_string()),
         ];
-        // Hold the lock across spawn so the pid is known before the child can connect.
-        let mut spawned = self.checks.spawned.lock().unwrap();
-        let proc = match spawn(&self.config.command, &env) {
-            Ok(p) => Arc::new(p),
-            Err(source) => {
+        let wid = self.next_wid;
+        self.next_wid += 1;
+        // The worker is started by the thread that will reap it. A worker dies with
+        // the thread that started it (PR_SET_PDEATHSIG), and this one lives exactly
+        // as long as the worker does, whichever thread leads the pool now.
+        let (started_tx, started) = crossbeam_channel::bounded(1);
+        let command = self.config.command.clone();
+        let checks = Arc::clone(&self.checks);
+        let events = self.events_tx.clone();
+        let waiter = std::thread::Builder::new()
+            .name(format!("pstream-waiter-{wid}"))
+            .spawn(move || {
+                // Hold the lock across spawn so the pid is known before the child
+                // can connect.
+                let mut spawned = checks.spawned.lock().unwrap();
+                let proc = match spawn(&command, &env) {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        drop(spawned);
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                spawned.insert(proc.pid);
                 drop(spawned);
+                let _ = started_tx.send(Ok(Arc::clone(&proc)));
+                let cause = proc.wait();
+                let _ = events.send(Event::Exited { wid, cause });
+            });
+        let started = match waiter {
+            Ok(_) => started
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the waiter thread died"))),
+            Err(e) => Err(e),
+        };
+        let proc = match started {
+            Ok(proc) => proc,
+            Err(source) => {
                 let error = PoolError::Spawn {
                     program: self.config.command.program.clone(),
                     source,
@@ -1089,28 +1185,6 @@ impl Engine {
                 return false;
             }
         };
-        spawned.insert(proc.pid);
-        drop(spawned);
-        let wid = self.next_wid;
-        self.next_wid += 1;
-        let waiter = Arc::clone(&proc);
-        let events = self.events_tx.clone();
-        let started = std::thread::Builder::new()
-            .name(format!("pstream-waiter-{wid}"))
-            .spawn(move || {
-                let cause = waiter.wait();
-                let _ = events.send(Event::Exited { wid, cause });
-            });
-        if let Err(e) = started {
-            // Without a waiter nobody would reap it: kill and reap here.
-            proc.signal(Signal::SIGKILL);
-            proc.wait();
-            self.fail_pool(PoolError::Spawn {
-                program: self.config.command.program.clone(),
-                source: e,
-            });
-            return false;
-        }
         self.counters.spawned.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         self.workers.insert(

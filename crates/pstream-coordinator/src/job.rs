@@ -7,12 +7,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use pstream_protocol::Items;
 use serde::de::DeserializeOwned;
 
 use crate::engine::{Batch, Event, Events};
 use crate::error::{ItemError, ItemErrorKind, PoolError};
+use crate::hub::Hub;
 use crate::stats::{JobStats, PoolCounters};
 
 /// The flow-control window: how many items may be read from the input and not yet
@@ -109,8 +110,17 @@ pub(crate) struct JobCounters {
 /// What the supervisor sends a job's consumer.
 pub(crate) enum JobMsg {
     Results(ResultBatch),
-    InputDone { total: u64 },
+    InputDone {
+        total: u64,
+    },
+    /// The input failed after `total` items: their results, then the error.
+    InputFailed {
+        total: u64,
+        error: String,
+    },
     Failed(Arc<PoolError>),
+    /// The lead is free: try to take it (see [`crate::hub`]).
+    Lead,
 }
 
 /// Outcomes of consecutive items of a job.
@@ -148,12 +158,34 @@ pub(crate) struct FeedLimits {
     pub max_item: usize,
 }
 
-/// The feeder: runs on its own thread, reads the input while it holds window
-/// permits, encodes items into batches and submits them.
+/// How far a [`Feeder::pump`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// It cut a batch (or failed an item): time to send it.
+    Cut,
+    /// No window permit is free (what it held is sent).
+    Starved,
+    /// The input ended (or failed): the job's last event is out.
+    Ended,
+    /// The job was cancelled.
+    Cancelled,
+}
+
+/// Where a feeder's events go.
+enum Out {
+    /// Straight to whoever leads, through the event channel (the feeder thread).
+    Channel(Events),
+    /// Kept for the consumer, which hands them to the engine itself.
+    Local(Vec<Event>),
+}
+
+/// The feeder thread: reads the input while it holds window permits, encodes items
+/// into batches and submits them. For inputs that may block (a pipe, a socket):
+/// results keep flowing while it waits.
 pub(crate) fn feed<I, E>(
     limits: FeedLimits,
-    input: I,
-    encode: E,
+    mut input: I,
+    mut encode: E,
     window: Arc<Window>,
     counters: Arc<JobCounters>,
     events: Events,
@@ -162,43 +194,61 @@ pub(crate) fn feed<I, E>(
     I: Iterator,
     E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
 {
-    let job = limits.job;
-    let mut feeder = Feeder {
-        limits,
-        window,
-        counters,
-        events: events.clone(),
-        batch: Items::new(),
-        first: 0,
-        next: 0,
-        target: 1,
-        permits: 0,
-        submitted: 0,
-        recycled,
-    };
-    let run = panic::catch_unwind(AssertUnwindSafe(|| feeder.run(input, encode)));
-    let end = match run {
-        Ok(true) => Event::InputDone {
-            job,
-            total: feeder.next,
-        },
-        Ok(false) => return, // Cancelled.
-        Err(payload) => {
-            let what = pstream_protocol::panic_message(&*payload);
-            Event::InputFailed {
-                job,
-                error: format!("the input iterator (or item encoder) panicked: {what}"),
-            }
+    let mut feeder = Feeder::new(limits, window, counters, Out::Channel(events), recycled);
+    feeder.pump(&mut input, &mut encode, true);
+}
+
+/// A job's input read on the consumer's thread, between results: see
+/// [`InlineSource::pump`].
+pub(crate) trait Source: Send {
+    /// Read input while permits last, until a batch is cut; the events it made are
+    /// appended to `out`.
+    fn pump(&mut self, out: &mut Vec<Event>) -> Pumped;
+}
+
+/// The input, its encoder, and the feeder's state, kept by the results iterator.
+pub(crate) struct InlineSource<I, E> {
+    feeder: Feeder,
+    input: I,
+    encode: E,
+}
+
+impl<I, E> InlineSource<I, E> {
+    pub fn new(
+        limits: FeedLimits,
+        input: I,
+        encode: E,
+        window: Arc<Window>,
+        counters: Arc<JobCounters>,
+        recycled: Receiver<Items>,
+    ) -> Self {
+        InlineSource {
+            feeder: Feeder::new(limits, window, counters, Out::Local(Vec::new()), recycled),
+            input,
+            encode,
         }
-    };
-    let _ = events.send(end);
+    }
+}
+
+impl<I, E> Source for InlineSource<I, E>
+where
+    I: Iterator + Send,
+    E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String> + Send,
+{
+    fn pump(&mut self, out: &mut Vec<Event>) -> Pumped {
+        let pumped = self.feeder.pump(&mut self.input, &mut self.encode, false);
+        if let Out::Local(events) = &mut self.feeder.out {
+            out.append(events);
+        }
+        pumped
+    }
 }
 
 struct Feeder {
     limits: FeedLimits,
     window: Arc<Window>,
     counters: Arc<JobCounters>,
-    events: Events,
+    out: Out,
     batch: Items,
     /// Index of the batch's first item.
     first: u64,
@@ -209,30 +259,114 @@ struct Feeder {
     submitted: u64,
     /// Buffers of finished batches, to reuse.
     recycled: Receiver<Items>,
+    /// A batch was cut since the last pump returned.
+    cut: bool,
 }
 
 impl Feeder {
-    /// Returns false if the job was cancelled.
-    fn run<I, E>(&mut self, mut input: I, mut encode: E) -> bool
+    fn new(
+        limits: FeedLimits,
+        window: Arc<Window>,
+        counters: Arc<JobCounters>,
+        out: Out,
+        recycled: Receiver<Items>,
+    ) -> Feeder {
+        Feeder {
+            limits,
+            window,
+            counters,
+            out,
+            batch: Items::new(),
+            first: 0,
+            next: 0,
+            target: 1,
+            permits: 0,
+            submitted: 0,
+            recycled,
+            cut: false,
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        match &mut self.out {
+            Out::Channel(events) => {
+                let _ = events.send(event);
+            }
+            Out::Local(events) => events.push(event),
+        }
+    }
+
+    /// Read and send input. With `block` (the feeder thread), until the input ends
+    /// or the job is cancelled, waiting for permits; without (the consumer's
+    /// thread), also stop at each batch cut and when no permit is free. A panic of
+    /// the input or the encoder ends the job with an input error.
+    fn pump<I, E>(&mut self, input: &mut I, encode: &mut E, block: bool) -> Pumped
+    where
+        I: Iterator,
+        E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
+    {
+        let run = panic::catch_unwind(AssertUnwindSafe(|| self.run(input, encode, block)));
+        let end = match run {
+            Ok(Pumped::Ended) => Event::InputDone {
+                job: self.limits.job,
+                total: self.next,
+            },
+            Ok(other) => return other,
+            Err(payload) => {
+                // What was read before the panic still gets its results.
+                self.batch.truncate_partial();
+                self.flush();
+                let what = pstream_protocol::panic_message(&*payload);
+                Event::InputFailed {
+                    job: self.limits.job,
+                    total: self.next,
+                    error: format!("the input iterator (or item encoder) panicked: {what}"),
+                }
+            }
+        };
+        self.emit(end);
+        Pumped::Ended
+    }
+
+    fn run<I, E>(&mut self, input: &mut I, encode: &mut E, block: bool) -> Pumped
     where
         I: Iterator,
         E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
     {
         loop {
-            if self.permits == 0 && !self.take_permits() {
-                return false;
+            if !block && self.cut {
+                self.cut = false;
+                return Pumped::Cut;
+            }
+            if self.permits == 0 {
+                match self.take_permits(block) {
+                    None => return Pumped::Cancelled,
+                    Some(false) => {
+                        self.cut = false;
+                        return Pumped::Starved;
+                    }
+                    Some(true) => {}
+                }
             }
             // Cancelled: read nothing more, even with permits in hand.
             if self.window.is_closed() {
-                return false;
+                return Pumped::Cancelled;
+            }
+            // On its own thread, the next read may block for good (a quiet pipe):
+            // unless the input says more items are there at once (`size_hint`), send
+            // what we hold first, or its results would wait for the next input.
+            if block && !self.batch.is_empty() && input.size_hint().0 == 0 {
+                self.flush();
             }
             let Some(item) = input.next() else {
                 break;
             };
             self.permits -= 1;
             let index = self.next;
+            // Counted once encoded: an encoder that panics leaves `next` at its item.
+            let pushed = self.batch.push_with(|buf| encode(item, buf));
             self.next += 1;
-            match self.batch.push_with(|buf| encode(item, buf)) {
+            match pushed {
                 Ok(()) => {
                     let size = self.batch.get(self.batch.len() - 1).map_or(0, <[u8]>::len);
                     if size > self.limits.max_item {
@@ -252,7 +386,7 @@ impl Feeder {
                     // The batch must fit in one frame with its offsets: if this item
                     // does not, it starts the next batch.
                     let len = self.batch.len();
-                    if len > 1 && self.batch.data_len() + 4 * len > self.limits.max_item + 4 {
+                    if len > 1 && self.batch.data_len() + 5 * len > self.limits.max_item + 5 {
                         let item = self.batch.get(len - 1).unwrap_or_default().to_vec();
                         self.batch.pop();
                         self.next -= 1;
@@ -277,42 +411,40 @@ impl Feeder {
         self.flush();
         self.window.release(self.permits);
         self.permits = 0;
-        true
+        Pumped::Ended
     }
 
-    /// Take window permits; before waiting for them, send what we hold, or the
-    /// consumer could wait for items we sit on.
-    fn take_permits(&mut self) -> bool {
+    /// Take window permits: `Some(true)` with some in hand, `Some(false)` if none
+    /// is free and we may not wait, `None` once the job is cancelled. Before waiting
+    /// (or giving up), send what we hold, or the consumer could wait for items we
+    /// sit on.
+    fn take_permits(&mut self, block: bool) -> Option<bool> {
         let want = self.target.saturating_sub(self.batch.len()).max(1);
-        match self.window.acquire(want, false) {
-            None => return false,
-            Some(0) => {
+        match self.window.acquire(want, false)? {
+            0 => {
                 self.flush();
-                let want = self.target.max(1);
-                match self.window.acquire(want, true) {
-                    None => return false,
-                    Some(n) => self.permits = n,
+                if !block {
+                    return Some(false);
                 }
+                self.permits = self.window.acquire(self.target.max(1), true)?;
             }
-            Some(n) => self.permits = n,
+            n => self.permits = n,
         }
         let in_use = self.window.in_use() as u64;
         self.counters
             .peak_in_flight
             .fetch_max(in_use, Ordering::Relaxed);
-        true
+        Some(true)
     }
 
     fn fail_item(&mut self, index: u64, kind: ItemErrorKind) {
         // Items before it go first, so every batch covers consecutive indices.
         self.flush();
         self.first = index + 1;
-        let _ = self.events.send(Event::LocalFailure {
-            job: self.limits.job,
-            index,
-            kind,
-        });
+        let job = self.limits.job;
+        self.emit(Event::LocalFailure { job, index, kind });
         self.submitted += 1;
+        self.cut = true;
     }
 
     fn flush(&mut self) {
@@ -326,13 +458,15 @@ impl Feeder {
             };
             let items = std::mem::replace(&mut self.batch, fresh);
             self.submitted += items.len() as u64;
-            let _ = self.events.send(Event::Submit(Batch {
+            let batch = Batch {
                 job: self.limits.job,
                 first_index: self.first,
                 items: Arc::new(items),
                 attempts: 0,
-            }));
+            };
+            self.emit(Event::Submit(batch));
             self.target = (self.target * 2).min(self.limits.max_batch);
+            self.cut = true;
         }
         self.first = self.next;
     }
@@ -343,21 +477,29 @@ impl Feeder {
 /// Read with [`RawResults::next_raw`], which lends each result's bytes without a
 /// copy. Dropping it cancels the job: no more input is read, queued batches are
 /// dropped, and the pool can run the next job.
-#[derive(Debug)]
 pub struct RawResults {
     job: u64,
     ordered: bool,
     rx: Receiver<JobMsg>,
+    /// Sends to `rx`: how a leader passes us the lead.
+    me: Sender<JobMsg>,
+    hub: Arc<Hub>,
     events: Events,
     window: Arc<Window>,
     counters: Arc<JobCounters>,
     pool_counters: Arc<PoolCounters>,
     spawned_at_start: u64,
+    /// The input, when the consumer's thread reads it (no feeder thread).
+    source: Option<Box<dyn Source>>,
+    /// Events the source made, for the engine.
+    outbox: Vec<Event>,
     reorder: BTreeMap<u64, ResultBatch>,
     current: Option<Current>,
     next_index: u64,
     yielded: u64,
     total: Option<u64>,
+    /// The input failed: the error comes after the last item's result.
+    input_error: Option<Arc<PoolError>>,
     error: Option<Arc<PoolError>>,
     finished: bool,
     ok: u64,
@@ -399,8 +541,22 @@ impl std::fmt::Debug for JobMsg {
                 write!(f, "Results({} items from {})", b.items.len(), b.first_index)
             }
             JobMsg::InputDone { total } => write!(f, "InputDone({total})"),
+            JobMsg::InputFailed { total, error } => write!(f, "InputFailed({total}, {error})"),
             JobMsg::Failed(e) => write!(f, "Failed({e})"),
+            JobMsg::Lead => write!(f, "Lead"),
         }
+    }
+}
+
+impl std::fmt::Debug for RawResults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawResults")
+            .field("job", &self.job)
+            .field("ordered", &self.ordered)
+            .field("yielded", &self.yielded)
+            .field("total", &self.total)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 
@@ -410,26 +566,34 @@ impl RawResults {
         job: u64,
         ordered: bool,
         rx: Receiver<JobMsg>,
+        hub: Arc<Hub>,
         events: Events,
         window: Arc<Window>,
         counters: Arc<JobCounters>,
         pool_counters: Arc<PoolCounters>,
+        me: Sender<JobMsg>,
+        source: Option<Box<dyn Source>>,
     ) -> RawResults {
         let spawned_at_start = pool_counters.spawned.load(Ordering::Relaxed);
         RawResults {
             job,
             ordered,
             rx,
+            me,
+            hub,
             events,
             window,
             counters,
             pool_counters,
             spawned_at_start,
+            source,
+            outbox: Vec::new(),
             reorder: BTreeMap::new(),
             current: None,
             next_index: 0,
             yielded: 0,
             total: None,
+            input_error: None,
             error: None,
             finished: false,
             ok: 0,
@@ -468,8 +632,14 @@ impl RawResults {
                 }
             }
             if self.total == Some(self.yielded) {
-                self.finish();
-                return None;
+                match self.input_error.take() {
+                    // Every item read has its result: now the input's error.
+                    Some(error) => self.error = Some(error),
+                    None => {
+                        self.finish();
+                        return None;
+                    }
+                }
             }
             if let Some(error) = &self.error {
                 let index = if self.ordered {
@@ -488,8 +658,8 @@ impl RawResults {
                     }),
                 ));
             }
-            match self.rx.recv() {
-                Ok(JobMsg::Results(batch)) => {
+            match self.next_msg() {
+                JobMsg::Results(batch) => {
                     self.counters
                         .delivered
                         .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
@@ -503,9 +673,13 @@ impl RawResults {
                         });
                     }
                 }
-                Ok(JobMsg::InputDone { total }) => self.total = Some(total),
-                Ok(JobMsg::Failed(error)) => self.error = Some(error),
-                Err(_) => self.error = Some(Arc::new(PoolError::Closed)),
+                JobMsg::InputDone { total } => self.total = Some(total),
+                JobMsg::InputFailed { total, error } => {
+                    self.total = Some(total);
+                    self.input_error = Some(Arc::new(PoolError::Input(error)));
+                }
+                JobMsg::Failed(error) => self.error = Some(error),
+                JobMsg::Lead => {}
             }
         }
         let cur = self.current.as_mut().expect("checked above");
@@ -531,6 +705,21 @@ impl RawResults {
             index,
             Ok(cur.batch.items.get(slot).expect("slot within batch")),
         ))
+    }
+
+    /// The next message from the engine. When this thread reads the input, it
+    /// first reads what the window allows, handing each batch to the engine as it
+    /// is cut, so the workers start on it at once.
+    fn next_msg(&mut self) -> JobMsg {
+        while let Some(source) = self.source.as_mut() {
+            match source.pump(&mut self.outbox) {
+                Pumped::Cut => self.hub.offer(&mut self.outbox),
+                Pumped::Starved => break,
+                Pumped::Ended | Pumped::Cancelled => self.source = None,
+            }
+        }
+        self.hub
+            .recv(self.job, &self.rx, &self.me, &mut self.outbox)
     }
 
     /// The pool error that ended the job early, if one did.
@@ -573,6 +762,10 @@ impl Drop for RawResults {
         // Stops the feeder at its next permit, and the supervisor drops what is queued.
         self.window.close();
         let _ = self.events.send(Event::Cancel { job: self.job });
+        // Deal with it now if nobody leads, and have the supervisor take over
+        // from this consumer.
+        self.hub.step_if_free();
+        self.hub.kick();
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! The parts:
 //! * `pool`: [`ProcessPool`] and its [`PoolBuilder`], the public face;
-//! * `engine`: the supervisor thread that owns the workers, dispatches batches
-//!   against credit, and recovers from crashes and hangs;
+//! * `engine`: the state of the workers and the jobs: it dispatches batches
+//!   against credit and recovers from crashes and hangs;
+//! * `hub`: who steps the engine: a consumer waiting for results, or the
+//!   supervisor thread when no consumer does;
 //! * `conn`: a worker's non-blocking connection as the supervisor polls it;
 //! * `job`: the feeder thread that reads a job's input within the window, and the
 //!   result iterators that reassemble the order;
@@ -17,6 +19,7 @@ mod conn;
 mod door;
 mod engine;
 mod error;
+mod hub;
 mod job;
 mod pool;
 mod process;

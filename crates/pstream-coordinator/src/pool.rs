@@ -15,7 +15,10 @@ use serde::Serialize;
 use crate::door::{Checks, Door};
 use crate::engine::{Config, Engine, Event, Events};
 use crate::error::PoolError;
-use crate::job::{feed, FeedLimits, JobCounters, MapResults, RawResults, Window};
+use crate::hub::Hub;
+use crate::job::{
+    feed, FeedLimits, InlineSource, JobCounters, MapResults, RawResults, Source, Window,
+};
 use crate::process::{random_token, WorkerCommand};
 use crate::stats::{PoolCounters, PoolStats};
 
@@ -39,6 +42,7 @@ pub struct PoolBuilder {
     max_spawn_failures: u32,
     capacity: u32,
     max_batch: Option<usize>,
+    input_thread: bool,
     shutdown_grace: Duration,
 }
 
@@ -59,6 +63,7 @@ impl Default for PoolBuilder {
             max_spawn_failures: 5,
             capacity: 8192,
             max_batch: None,
+            input_thread: false,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -147,6 +152,18 @@ impl PoolBuilder {
         self
     }
 
+    /// Read each job's input on a thread of its own (default: no).
+    ///
+    /// By default the thread that takes the results also reads the input, between
+    /// results, as the window allows: that costs no thread hop, which matters for
+    /// small items. But while the input iterator blocks (a pipe, a socket, a slow
+    /// producer), results that are ready wait. Set this when the input may block, so
+    /// results flow while it waits.
+    pub fn input_thread(mut self, yes: bool) -> Self {
+        self.input_thread = yes;
+        self
+    }
+
     /// The most items in one batch (default: what the window and worker count
     /// allow, at most 4096).
     pub fn max_batch(mut self, items: usize) -> Self {
@@ -218,25 +235,30 @@ impl PoolBuilder {
         let door = Door::open(Arc::clone(&checks), events_tx.clone()).map_err(PoolError::Socket)?;
         let counters = Arc::new(PoolCounters::default());
         let (ready_tx, ready) = crossbeam_channel::bounded(1);
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             Arc::clone(&config),
             events,
             events_tx.clone(),
-            wake,
+            Arc::clone(&wake),
             door.path().to_path_buf(),
             Arc::clone(&checks),
             Arc::clone(&counters),
             ready_tx,
         );
-        // Workers die with the thread that spawned them (PR_SET_PDEATHSIG), so they
-        // are all spawned by the supervisor, which lives as long as the pool.
-        let engine = std::thread::Builder::new()
-            .name("pstream-supervisor".into())
-            .spawn(move || engine.run())
-            .map_err(PoolError::Socket)?;
+        engine.start();
+        let (hub, kicked) = Hub::new(engine, wake, events_tx.clone());
+        let supervisor = {
+            let hub = Arc::clone(&hub);
+            std::thread::Builder::new()
+                .name("pstream-supervisor".into())
+                .spawn(move || hub.supervise(kicked))
+                .map_err(PoolError::Socket)?
+        };
+        hub.kick();
         let mut pool = ProcessPool {
             events: events_tx,
-            engine: Some(engine),
+            hub,
+            supervisor: Some(supervisor),
             door: Some(door),
             functions: Vec::new(),
             checks,
@@ -244,6 +266,7 @@ impl PoolBuilder {
             next_job: AtomicU64::new(0),
             config,
             max_batch,
+            input_thread: self.input_thread,
         };
         match ready.recv() {
             Ok(Ok(functions)) => {
@@ -264,7 +287,8 @@ impl PoolBuilder {
 #[derive(Debug)]
 pub struct ProcessPool {
     events: Events,
-    engine: Option<JoinHandle<()>>,
+    hub: Arc<Hub>,
+    supervisor: Option<JoinHandle<()>>,
     door: Option<Door>,
     functions: Vec<FunctionInfo>,
     checks: Arc<Checks>,
@@ -272,6 +296,7 @@ pub struct ProcessPool {
     next_job: AtomicU64,
     config: Arc<Config>,
     max_batch: usize,
+    input_thread: bool,
 }
 
 impl ProcessPool {
@@ -426,6 +451,7 @@ impl ProcessPool {
         }
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (results_tx, results) = crossbeam_channel::unbounded();
+        let nudge = results_tx.clone();
         // A few spare batch buffers, handed back by the supervisor.
         let (recycle_tx, recycled) = crossbeam_channel::bounded(4);
         let counters = Arc::new(JobCounters::default());
@@ -451,20 +477,36 @@ impl ProcessPool {
                 .saturating_sub(4096 + function.len())
                 .max(1),
         };
+        let source: Option<Box<dyn Source>> = if self.input_thread {
+            let events = self.events.clone();
+            let (window, counters) = (Arc::clone(&window), Arc::clone(&counters));
+            std::thread::Builder::new()
+                .name("pstream-reader".into())
+                .spawn(move || feed(limits, input, encode, window, counters, events, recycled))
+                .map_err(PoolError::Socket)?;
+            None
+        } else {
+            Some(Box::new(InlineSource::new(
+                limits,
+                input,
+                encode,
+                Arc::clone(&window),
+                Arc::clone(&counters),
+                recycled,
+            )))
+        };
         let raw = RawResults::new(
             job,
             ordered,
             results,
+            Arc::clone(&self.hub),
             self.events.clone(),
-            Arc::clone(&window),
-            Arc::clone(&counters),
+            window,
+            counters,
             Arc::clone(&self.counters),
+            nudge,
+            source,
         );
-        let events = self.events.clone();
-        std::thread::Builder::new()
-            .name("pstream-reader".into())
-            .spawn(move || feed(limits, input, encode, window, counters, events, recycled))
-            .map_err(PoolError::Socket)?;
         Ok(raw)
     }
 
@@ -481,8 +523,9 @@ impl ProcessPool {
 impl Drop for ProcessPool {
     fn drop(&mut self) {
         let _ = self.events.send(Event::Shutdown);
-        if let Some(engine) = self.engine.take() {
-            let _ = engine.join();
+        self.hub.kick();
+        if let Some(supervisor) = self.supervisor.take() {
+            let _ = supervisor.join();
         }
         // After the supervisor: no worker is left to connect.
         self.door.take();

@@ -130,8 +130,10 @@ pub fn encode_prefix(
     let header_len = out.len() - start - 8;
     if carries_items(message) {
         out.extend_from_slice(&(items.len() as u32).to_le_bytes());
-        for end in items.ends() {
-            out.extend_from_slice(&end.to_le_bytes());
+        let mut last = 0;
+        for &end in items.ends() {
+            put_varint(out, end - last);
+            last = end;
         }
     } else {
         debug_assert!(items.is_empty(), "only batches and results carry items");
@@ -191,6 +193,31 @@ pub fn read_frame_into(
     decode_body(body).map(Some)
 }
 
+/// Append `v` as LEB128: seven bits a byte, low first, high bit set on all but the
+/// last. One byte for an item under 128 bytes.
+fn put_varint(out: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Read a LEB128 `u32` at `*at`, moving past it. `None` if it runs past the end,
+/// takes more than five bytes or does not fit.
+fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u32> {
+    let mut v = 0u64;
+    for i in 0..5 {
+        let b = *bytes.get(*at + i)?;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            *at += i + 1;
+            return u32::try_from(v).ok();
+        }
+    }
+    None
+}
+
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     let b = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes(b.try_into().ok()?))
@@ -247,28 +274,30 @@ pub fn decode_body_at(buf: Vec<u8>, start: usize) -> Result<Frame, DecodeError> 
         return Ok(Frame::control(message));
     }
     let count = read_u32(body, header_end).ok_or(DecodeError::Malformed("no item count"))? as usize;
-    let ends_start = header_end + 4;
-    let data_start = count
-        .checked_mul(4)
-        .and_then(|n| n.checked_add(ends_start))
-        .filter(|&s| s <= body.len())
-        .ok_or(DecodeError::Malformed(
-            "item count past the end of the frame",
-        ))?;
-    let data_len = body.len() - data_start;
-    let mut ends = Vec::with_capacity(count);
-    let mut last = 0u32;
-    for i in 0..count {
-        let end = read_u32(body, ends_start + 4 * i).expect("checked above");
-        if end < last {
-            return Err(DecodeError::Malformed("item offsets go backwards"));
-        }
-        last = end;
-        ends.push(end);
-    }
-    if last as usize != data_len {
+    let mut at = header_end + 4;
+    // Every length takes a byte at least: a count the frame cannot hold allocates
+    // nothing.
+    if count > body.len() - at {
         return Err(DecodeError::Malformed(
-            "item offsets do not match the item bytes",
+            "item count past the end of the frame",
+        ));
+    }
+    let mut ends = Vec::with_capacity(count);
+    let mut end = 0u64;
+    for _ in 0..count {
+        let len = get_varint(body, &mut at).ok_or(DecodeError::Malformed(
+            "an item length is not a varint of at most 32 bits",
+        ))?;
+        end += u64::from(len);
+        if end > u64::from(u32::MAX) {
+            return Err(DecodeError::Malformed("item lengths exceed 4 GiB"));
+        }
+        ends.push(end as u32);
+    }
+    let data_start = at;
+    if end != (body.len() - data_start) as u64 {
+        return Err(DecodeError::Malformed(
+            "item lengths do not match the item bytes",
         ));
     }
     Ok(Frame {

@@ -122,6 +122,13 @@ impl Items {
         self.close_item();
     }
 
+    /// Drop bytes written after the last item: what a `push_with` whose writer
+    /// panicked left behind.
+    pub fn truncate_partial(&mut self) {
+        let end = self.ends.last().map_or(0, |&e| e as usize);
+        self.buf.truncate(self.data_start + end);
+    }
+
     /// Remove the last item, if any.
     pub fn pop(&mut self) {
         if self.ends.pop().is_some() {

@@ -13,8 +13,9 @@
 //! ```
 //!
 //! The header is a [`Message`]. Frames that carry items ([`Message::Batch`] and
-//! [`Message::Results`]) append an item section: `u32 LE count`, `count` end offsets
-//! (`u32 LE`, cumulative) and the items' bytes, back to back. Items are opaque blobs
+//! [`Message::Results`]) append an item section: `u32 LE count`, `count` item lengths
+//! (LEB128 varints, one byte for an item under 128 bytes) and the items' bytes, back
+//! to back. Items are opaque blobs
 //! encoded by the job's [`Codec`]; the protocol never looks inside them.
 //!
 //! # Guarantees
@@ -22,7 +23,7 @@
 //! * The length prefix is checked against the reader's maximum *before* anything is
 //!   allocated ([`read_frame`]).
 //! * Decoding never panics, whatever the bytes: it returns a frame or a precise
-//!   [`DecodeError`]. Item offsets are validated on decode, so [`Items::get`] cannot
+//!   [`DecodeError`]. Item lengths are validated on decode, so [`Items::get`] cannot
 //!   go out of bounds afterwards.
 //! * A clean end of stream at a frame boundary is `Ok(None)`; an end in the middle of
 //!   a frame is [`DecodeError::Truncated`].
@@ -46,7 +47,7 @@ pub use message::{
 
 /// The protocol version spoken by this build. Bumped on any incompatible change to a
 /// frame; the handshake refuses a peer that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The default maximum size of one frame body, in bytes, on both sides.
 ///

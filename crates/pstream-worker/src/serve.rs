@@ -220,7 +220,7 @@ fn connect_err(config: &Config) -> impl Fn(std::io::Error) -> WorkerError + '_ {
 
 /// Frame overhead we keep free below the peer's limit: header and offsets.
 fn frame_overhead(items: usize, failures: usize) -> usize {
-    4096 + 4 * items + failures * (pstream_protocol::MAX_MESSAGE + 64)
+    4096 + 5 * items + failures * (pstream_protocol::MAX_MESSAGE + 64)
 }
 
 /// When to send the results in hand while a batch is in work: after `interval`,

@@ -1,0 +1,140 @@
+//! Who drives the pool: a consumer waiting for results steps the engine itself, and
+//! the supervisor thread takes over whenever no consumer does. These tests check
+//! that the hand-over loses nothing: several consumers at once, a consumer that
+//! stops reading while a worker dies, inputs that block or panic.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pstream::{ItemErrorKind, PoolError};
+use pstream_examples::{double, slow_double};
+use support::*;
+
+/// Wait for `condition`, failing with `what` after a generous deadline.
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn concurrent_jobs_on_one_pool_each_get_exactly_their_results() {
+    for input_thread in [false, true] {
+        let pool = builder()
+            .workers(2)
+            .window(1000)
+            .input_thread(input_thread)
+            .build()
+            .unwrap();
+        let n = scale(200_000) as i64;
+        std::thread::scope(|s| {
+            for t in 0..4i64 {
+                let pool = &pool;
+                s.spawn(move || {
+                    let offset = t * 1_000_000_000;
+                    let mut expected = offset;
+                    let results = if t % 2 == 0 {
+                        pool.map(double, offset..offset + n).unwrap()
+                    } else {
+                        pool.map(double, (offset..offset + n).collect::<Vec<_>>())
+                            .unwrap()
+                    };
+                    for r in results {
+                        assert_eq!(r.unwrap(), expected * 2, "job {t}");
+                        expected += 1;
+                    }
+                    assert_eq!(expected, offset + n, "job {t} ended early");
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn a_consumer_that_stops_reading_does_not_stop_the_supervision() {
+    // The consumer takes one result, then does something else while a worker is
+    // killed: the supervisor thread must notice, start a replacement and requeue the
+    // dead worker's batch, with nobody calling `next`.
+    let pool = builder().workers(2).build().unwrap();
+    let n = scale(20_000) as i64;
+    let mut results = pool.map(slow_double, 0..n).unwrap();
+    assert_eq!(results.next().unwrap().unwrap(), 0);
+    let ready = pool.stats().ready;
+    let victim = pool.worker_pids()[0];
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    wait_for("a replacement worker", || pool.stats().ready > ready);
+    assert!(!pool.worker_pids().contains(&victim));
+    let mut expected = 1;
+    for r in results.by_ref() {
+        assert_eq!(r.unwrap(), expected * 2);
+        expected += 1;
+    }
+    assert_eq!(expected, n);
+    assert_eq!(pool.stats().crashes, 1);
+}
+
+#[test]
+fn with_an_input_thread_results_flow_while_the_input_blocks() {
+    let pool = builder().workers(2).input_thread(true).build().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<i64>();
+    let mut results = pool.map(double, rx).unwrap();
+    for i in 0..10 {
+        tx.send(i).unwrap();
+    }
+    // The input iterator now blocks in `recv`; the first ten results come anyway.
+    for i in 0..10 {
+        assert_eq!(results.next().unwrap().unwrap(), i * 2);
+    }
+    tx.send(10).unwrap();
+    drop(tx);
+    assert_eq!(results.next().unwrap().unwrap(), 20);
+    assert!(results.next().is_none());
+}
+
+#[test]
+fn an_input_that_panics_ends_the_job_with_an_input_error_and_nothing_before_is_lost() {
+    for input_thread in [false, true] {
+        let pool = builder()
+            .workers(2)
+            .window(100)
+            .input_thread(input_thread)
+            .build()
+            .unwrap();
+        let input = (0..1000i64).inspect(|&i| assert!(i != 500, "input broke at 500"));
+        let mut results = pool.map(double, input).unwrap();
+        let mut expected = 0;
+        let error = loop {
+            match results.next().expect("an error before the end") {
+                Ok(v) => {
+                    assert_eq!(v, expected * 2);
+                    expected += 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(expected, 500, "every item before the panic has its result");
+        assert!(
+            matches!(error.kind, ItemErrorKind::Aborted { .. }),
+            "{error}"
+        );
+        match results.pool_error() {
+            Some(PoolError::Input(message)) => {
+                assert!(message.contains("input broke at 500"), "{message}")
+            }
+            other => panic!("expected an input error, got {other:?}"),
+        }
+        assert!(results.next().is_none());
+        // The pool serves the next job.
+        let again: Vec<i64> = pool
+            .map(double, 0..3)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(again, [0, 2, 4]);
+    }
+}
