@@ -350,9 +350,9 @@ impl ProcessPool {
 
     /// Map `function` over `input`; results come back in input order.
     ///
-    /// The input is read on a separate thread (`pstream-reader`), never more than
-    /// the window ahead of the consumer. Fails at once if no worker serves the
-    /// function.
+    /// The input is read on the consumer's thread between results (or on a thread
+    /// of its own with [`PoolBuilder::input_thread`]), never more than the window
+    /// ahead of the consumer. Fails at once if no worker serves the function.
     pub fn map<In, Out, I>(
         &self,
         function: Function<In, Out>,
