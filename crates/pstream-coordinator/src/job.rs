@@ -604,6 +604,7 @@ impl RawResults {
     /// The next result: the item's index, and its encoded value or why it has none.
     /// `None` when every item has been yielded, or after the job stopped with a pool
     /// error (yielded once as an [`ItemErrorKind::Aborted`] item).
+    #[inline]
     pub fn next_raw(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
         loop {
             if let Some(cur) = &self.current {

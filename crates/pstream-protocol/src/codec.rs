@@ -195,6 +195,7 @@ pub fn read_frame_into(
 
 /// Append `v` as LEB128: seven bits a byte, low first, high bit set on all but the
 /// last. One byte for an item under 128 bytes.
+#[inline]
 fn put_varint(out: &mut Vec<u8>, mut v: u32) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
@@ -205,7 +206,15 @@ fn put_varint(out: &mut Vec<u8>, mut v: u32) {
 
 /// Read a LEB128 `u32` at `*at`, moving past it. `None` if it runs past the end,
 /// takes more than five bytes or does not fit.
+#[inline]
 fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u32> {
+    // Most items are shorter than 128 bytes: one byte.
+    if let Some(&b) = bytes.get(*at) {
+        if b < 0x80 {
+            *at += 1;
+            return Some(u32::from(b));
+        }
+    }
     let mut v = 0u64;
     for i in 0..5 {
         let b = *bytes.get(*at + i)?;
@@ -285,9 +294,12 @@ pub fn decode_body_at(buf: Vec<u8>, start: usize) -> Result<Frame, DecodeError> 
     let mut ends = Vec::with_capacity(count);
     let mut end = 0u64;
     for _ in 0..count {
-        let len = get_varint(body, &mut at).ok_or(DecodeError::Malformed(
-            "an item length is not a varint of at most 32 bits",
-        ))?;
+        // (Not `ok_or`: that builds and drops an error for every item.)
+        let Some(len) = get_varint(body, &mut at) else {
+            return Err(DecodeError::Malformed(
+                "an item length is not a varint of at most 32 bits",
+            ));
+        };
         end += u64::from(len);
         if end > u64::from(u32::MAX) {
             return Err(DecodeError::Malformed("item lengths exceed 4 GiB"));

@@ -49,31 +49,37 @@ impl Items {
     }
 
     /// How many items.
+    #[inline]
     pub fn len(&self) -> usize {
         self.ends.len()
     }
 
     /// Whether there are no items.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 
     /// The items' bytes, all together.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.data_start..]
     }
 
     /// The total size of the items' bytes.
+    #[inline]
     pub fn data_len(&self) -> usize {
         self.buf.len() - self.data_start
     }
 
     /// The cumulative end offsets.
+    #[inline]
     pub fn ends(&self) -> &[u32] {
         &self.ends
     }
 
     /// The `i`th item's bytes, or `None` past the end.
+    #[inline]
     pub fn get(&self, i: usize) -> Option<&[u8]> {
         let end = *self.ends.get(i)? as usize;
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
@@ -92,6 +98,7 @@ impl Items {
     }
 
     /// Append one item.
+    #[inline]
     pub fn push(&mut self, item: &[u8]) {
         self.buf.extend_from_slice(item);
         self.close_item();
@@ -100,6 +107,7 @@ impl Items {
     /// Append one item written by `write` straight into the buffer (no copy, no
     /// allocation per item). If `write` fails, whatever it wrote is removed and
     /// nothing is appended.
+    #[inline]
     pub fn push_with<E>(
         &mut self,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
@@ -158,6 +166,7 @@ impl Items {
         self.ends.clear();
     }
 
+    #[inline]
     fn close_item(&mut self) {
         let end = self.buf.len() - self.data_start;
         // Frames are limited far below 4 GiB, and builders cut batches by size first.
