@@ -604,8 +604,37 @@ impl RawResults {
     /// The next result: the item's index, and its encoded value or why it has none.
     /// `None` when every item has been yielded, or after the job stopped with a pool
     /// error (yielded once as an [`ItemErrorKind::Aborted`] item).
-    #[inline]
+    #[inline(always)]
     pub fn next_raw(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
+        // The common case, small enough to inline into the caller's loop: the
+        // current batch has another item, and it did not fail.
+        let fast = self.current.as_ref().is_some_and(|cur| {
+            cur.pos < cur.batch.items.len()
+                && cur
+                    .batch
+                    .failures
+                    .get(cur.next_failure)
+                    .is_none_or(|(slot, _)| *slot as usize != cur.pos)
+        });
+        if !fast {
+            return self.next_raw_slow();
+        }
+        let cur = self.current.as_mut().expect("checked above");
+        let slot = cur.pos;
+        cur.pos += 1;
+        self.yielded += 1;
+        self.ok += 1;
+        let index = cur.batch.first_index + slot as u64;
+        Some((
+            index,
+            Ok(cur.batch.items.get(slot).expect("slot within batch")),
+        ))
+    }
+
+    /// [`RawResults::next_raw`] when the current batch has no ready item: the end
+    /// of a batch, a failed item, or a wait for the engine.
+    #[inline(never)]
+    fn next_raw_slow(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
         loop {
             if let Some(cur) = &self.current {
                 if cur.pos < cur.batch.items.len() {
@@ -788,6 +817,7 @@ impl<Out: DeserializeOwned> MapResults<Out> {
     }
 
     /// The next result with its input index (useful when unordered).
+    #[inline]
     pub fn next_indexed(&mut self) -> Option<(u64, Result<Out, ItemError>)> {
         let (index, raw) = self.raw.next_raw()?;
         let result = raw.and_then(|bytes| {
@@ -828,6 +858,7 @@ impl<Out: DeserializeOwned> MapResults<Out> {
 impl<Out: DeserializeOwned> Iterator for MapResults<Out> {
     type Item = Result<Out, ItemError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         self.next_indexed().map(|(_, r)| r)
     }
