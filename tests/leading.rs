@@ -5,22 +5,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pstream::{ItemErrorKind, PoolError};
 use pstream_examples::{double, slow_double};
 use support::*;
-
-/// Wait for `condition`, failing with `what` after a generous deadline.
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::yield_now();
-    }
-}
 
 #[test]
 fn concurrent_jobs_on_one_pool_each_get_exactly_their_results() {

@@ -37,15 +37,6 @@ fn counting<I: Iterator>(inner: I) -> (Counting<I>, Arc<AtomicU64>) {
     )
 }
 
-/// Wait for `condition`, failing the test with `what` after a generous deadline.
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::yield_now();
-    }
-}
-
 #[test]
 fn double_a_million_in_order_and_unordered() {
     let pool = pool(2);

@@ -24,6 +24,18 @@ pub fn builder() -> PoolBuilder {
         .shutdown_grace(Duration::from_secs(5))
 }
 
+/// Wait for `condition`, failing the test with `what` after a generous deadline.
+pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::yield_now();
+    }
+}
+
 pub fn pool(workers: usize) -> ProcessPool {
     builder()
         .workers(workers)
