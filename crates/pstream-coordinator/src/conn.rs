@@ -1,7 +1,7 @@
-//! A worker's connection as the supervisor drives it: a non-blocking socket with a
-//! receive buffer cut into frames, and a queue of bytes to send. The supervisor
-//! polls every connection itself, so a batch costs no thread hop on our side and a
-//! slow or stuck worker never blocks anyone.
+//! A worker's connection as the engine drives it: a non-blocking socket with a
+//! receive buffer cut into frames, and a queue of bytes to send. Whoever leads the
+//! engine polls every connection itself, so a batch costs no thread hop on our side
+//! and a slow or stuck worker never blocks anyone.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};

@@ -1,10 +1,13 @@
-//! The supervisor: one thread that owns every worker and every job's queue.
+//! The engine: every worker and every job's queue, stepped by whichever thread leads
+//! the pool (a consumer waiting for results, or the supervisor thread; see
+//! [`crate::hub`]).
 //!
-//! Everything that happens reaches it as an [`Event`] on one channel: a worker
-//! connected, sent a frame, disconnected or exited; a job was submitted, fed a batch,
-//! ran out of input or was cancelled; the pool is shutting down. Between events it
-//! dispatches queued batches against worker credit and watches deadlines (item time
-//! limits, handshakes, respawn backoff, the shutdown grace period).
+//! Everything that happens reaches it as an [`Event`], on one channel or handed over
+//! directly by the leader: a worker connected, sent a frame, disconnected or exited;
+//! a job was submitted, fed a batch, ran out of input or was cancelled; the pool is
+//! shutting down. Between events it dispatches queued batches against worker credit
+//! and watches deadlines (item time limits, handshakes, respawn backoff, the shutdown
+//! grace period).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};

@@ -1,5 +1,6 @@
-//! One job: the feeder thread that reads the input into batches within the window,
-//! and the result iterators that hand results back in order (or as they come).
+//! One job: the feeder that reads the input into batches within the window (on the
+//! consumer's thread, or on a thread of its own for inputs that may block), and the
+//! result iterators that hand results back in order (or as they come).
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -95,7 +96,7 @@ impl Window {
     }
 }
 
-/// Counters of one job, shared by the supervisor, the feeder and the consumer.
+/// Counters of one job, shared by the engine, the feeder and the consumer.
 #[derive(Debug, Default)]
 pub(crate) struct JobCounters {
     pub crashes: AtomicU64,
@@ -107,7 +108,7 @@ pub(crate) struct JobCounters {
     pub delivered: AtomicU64,
 }
 
-/// What the supervisor sends a job's consumer.
+/// What the engine sends a job's consumer.
 pub(crate) enum JobMsg {
     Results(ResultBatch),
     InputDone {
@@ -619,7 +620,13 @@ impl RawResults {
         if !fast {
             return self.next_raw_slow();
         }
-        let cur = self.current.as_mut().expect("checked above");
+        self.take_ok()
+    }
+
+    /// Hand out the current batch's next item, known to be there and not failed.
+    #[inline(always)]
+    fn take_ok(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
+        let cur = self.current.as_mut().expect("an item is ready");
         let slot = cur.pos;
         cur.pos += 1;
         self.yielded += 1;
@@ -714,13 +721,13 @@ impl RawResults {
         }
         let cur = self.current.as_mut().expect("checked above");
         let slot = cur.pos;
-        cur.pos += 1;
-        self.yielded += 1;
-        let index = cur.batch.first_index + slot as u64;
         if let Some((failed_slot, kind)) = cur.batch.failures.get_mut(cur.next_failure) {
             if *failed_slot as usize == slot {
+                cur.pos += 1;
                 cur.next_failure += 1;
+                self.yielded += 1;
                 self.failed += 1;
+                let index = cur.batch.first_index + slot as u64;
                 let kind = std::mem::replace(
                     kind,
                     ItemErrorKind::Failed {
@@ -730,11 +737,7 @@ impl RawResults {
                 return Some((index, Err(ItemError { index, kind })));
             }
         }
-        self.ok += 1;
-        Some((
-            index,
-            Ok(cur.batch.items.get(slot).expect("slot within batch")),
-        ))
+        self.take_ok()
     }
 
     /// The next message from the engine. When this thread reads the input, it
@@ -789,7 +792,7 @@ impl RawResults {
 
 impl Drop for RawResults {
     fn drop(&mut self) {
-        // Stops the feeder at its next permit, and the supervisor drops what is queued.
+        // Stops the feeder at its next permit, and the engine drops what is queued.
         self.window.close();
         let _ = self.events.send(Event::Cancel { job: self.job });
         // Deal with it now if nobody leads, and have the supervisor take over

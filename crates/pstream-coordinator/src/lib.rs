@@ -7,9 +7,10 @@
 //!   against credit and recovers from crashes and hangs;
 //! * `hub`: who steps the engine: a consumer waiting for results, or the
 //!   supervisor thread when no consumer does;
-//! * `conn`: a worker's non-blocking connection as the supervisor polls it;
-//! * `job`: the feeder thread that reads a job's input within the window, and the
-//!   result iterators that reassemble the order;
+//! * `conn`: a worker's non-blocking connection as the engine polls it;
+//! * `job`: the feeder that reads a job's input within the window (on the
+//!   consumer's thread, or its own), and the result iterators that reassemble the
+//!   order;
 //! * `door`: the private socket and the handshake checks;
 //! * `process`: starting, signalling and reaping worker processes;
 //! * `error`, `stats`: what users get back.

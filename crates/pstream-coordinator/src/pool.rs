@@ -452,7 +452,7 @@ impl ProcessPool {
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (results_tx, results) = crossbeam_channel::unbounded();
         let nudge = results_tx.clone();
-        // A few spare batch buffers, handed back by the supervisor.
+        // A few spare batch buffers, handed back by the engine.
         let (recycle_tx, recycled) = crossbeam_channel::bounded(4);
         let counters = Arc::new(JobCounters::default());
         let window = Arc::new(Window::new(self.config.window));
@@ -527,7 +527,7 @@ impl Drop for ProcessPool {
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();
         }
-        // After the supervisor: no worker is left to connect.
+        // After the engine has shut down: no worker is left to connect.
         self.door.take();
     }
 }
