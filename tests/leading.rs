@@ -127,3 +127,35 @@ fn an_input_that_panics_ends_the_job_with_an_input_error_and_nothing_before_is_l
         assert_eq!(again, [0, 2, 4]);
     }
 }
+
+#[test]
+fn dropping_the_pool_ends_the_stream_another_thread_is_leading() {
+    // The consumer's thread leads the engine, mostly blocked in its poll waiting
+    // for slow items, when another thread drops the pool: the drop must not
+    // deadlock on the lead, the stream must end with the pool's error, and every
+    // worker must be gone.
+    let pool = builder().workers(2).build().unwrap();
+    let pids = pool.worker_pids();
+    let mut results = pool.map(slow_double, 0i64..).unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let consumer = std::thread::spawn(move || {
+        assert_eq!(results.next().unwrap().unwrap(), 0);
+        started_tx.send(()).unwrap();
+        let mut last_error = None;
+        for (index, r) in (1i64..).zip(results.by_ref()) {
+            match r {
+                Ok(v) => assert_eq!(v, index * 2),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        last_error
+    });
+    started.recv().unwrap();
+    drop(pool);
+    let last = consumer
+        .join()
+        .unwrap()
+        .expect("the stream ends with an error");
+    assert_eq!(last.kind.name(), "aborted", "{last}");
+    assert_gone(&pids);
+}
