@@ -1,6 +1,7 @@
-//! Workers never outlive their coordinator: SIGKILL the coordinator mid-job and
-//! every worker is gone a second later. Alone in its test binary, because it makes
-//! this process a child subreaper to reap the orphaned workers itself.
+//! Workers never outlive their coordinator: SIGKILL the coordinator while its
+//! workers are stuck in items that never end, and every worker is gone a second
+//! later. Alone in its test binary, because it makes this process a child subreaper
+//! to reap the orphaned workers itself.
 
 mod support;
 
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use pstream_examples::slow_double;
+use pstream::Codec;
+use pstream_examples::Fault;
 use support::*;
 
 const CHILD_ENV: &str = "PSTREAM_TEST_ORPHANS_CHILD";
@@ -23,12 +25,20 @@ fn coordinator_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    let pool = pool(3);
-    let mut results = pool.map(slow_double, 0i64..).unwrap();
-    results.next().unwrap().unwrap();
+    // One item a batch, so item 0 comes back at once; every later item sleeps
+    // forever, so a worker holding one can only end by its parent-death signal.
+    let pool = builder().workers(3).max_batch(1).build().unwrap();
+    let items = (0u64..).map(|i| {
+        let fault = if i == 0 { Fault::None } else { Fault::Hang };
+        format!(r#"{{"value":{i},"fault":"{}"}}"#, fault.name())
+    });
+    let mut results = pool.map_raw("misbehave", Codec::Json, true, items).unwrap();
+    let (index, first) = results.next_raw().unwrap();
+    assert_eq!((index, first.unwrap()), (0, &b"0"[..]));
     let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
     println!("pids {}", pids.join(" "));
-    for r in results {
+    // Lead the engine until killed.
+    while let Some((_, r)) = results.next_raw() {
         r.unwrap();
     }
 }
@@ -69,11 +79,16 @@ fn coordinator_sigkilled_mid_job_leaves_no_worker() {
         }
     };
     let _ = printed.send(());
+    let _cleanup = KillIfFailed(pids.clone());
     assert_eq!(pids.len(), 3);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let killed_at = Instant::now();
-    // Each worker must die on its own (PR_SET_PDEATHSIG); reap each as it does.
+    // Each worker must die on its own; reap each as it does. One stuck in an item
+    // can only be ended by PR_SET_PDEATHSIG (SIGKILL). One that was between frames
+    // may instead read the closed socket first and exit by itself: the kernel
+    // closes the dead coordinator's sockets before it signals its children.
+    let mut exited_by_themselves = 0;
     for &pid in &pids {
         loop {
             match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
@@ -88,10 +103,35 @@ fn coordinator_sigkilled_mid_job_leaves_no_worker() {
                     assert_eq!(signal, Signal::SIGKILL, "worker {pid}");
                     break;
                 }
+                Ok(WaitStatus::Exited(..)) => {
+                    exited_by_themselves += 1;
+                    break;
+                }
                 Ok(other) => panic!("worker {pid} ended unexpectedly: {other:?}"),
                 Err(e) => panic!("worker {pid} was not reparented to the test: {e}"),
             }
         }
     }
+    assert!(
+        exited_by_themselves < pids.len(),
+        "no worker was stuck in an item, so the parent-death signal went untested"
+    );
     assert_gone(&pids);
+}
+
+/// Should the test fail, kill and reap the workers it found alive: a failing test
+/// must not leave sleeping workers behind (they would also hold cargo's pipe open).
+struct KillIfFailed(Vec<u32>);
+
+impl Drop for KillIfFailed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for &pid in &self.0 {
+                let pid = Pid::from_raw(pid as i32);
+                if nix::sys::signal::kill(pid, Signal::SIGKILL).is_ok() {
+                    let _ = waitpid(pid, None);
+                }
+            }
+        }
+    }
 }
