@@ -4,7 +4,7 @@
 //! and a slow or stuck worker never blocks anyone.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -40,7 +40,11 @@ pub(crate) enum Incoming {
 pub(crate) struct Conn {
     pub stream: UnixStream,
     max_frame: usize,
+    /// Received bytes: `rbuf[head..tail]` are not cut into frames yet. Always
+    /// initialised to its length, so reads need no zeroing.
     rbuf: Vec<u8>,
+    head: usize,
+    tail: usize,
     queue: VecDeque<Chunk>,
     /// How much of the queue's first chunk is written.
     written: usize,
@@ -58,7 +62,9 @@ impl Conn {
         Ok(Conn {
             stream,
             max_frame,
-            rbuf: Vec::with_capacity(READ_CHUNK),
+            rbuf: vec![0; 2 * READ_CHUNK],
+            head: 0,
+            tail: 0,
             queue: VecDeque::new(),
             written: 0,
             close_when_sent: false,
@@ -93,21 +99,37 @@ impl Conn {
         !self.queue.is_empty()
     }
 
-    /// Write what the socket takes now. An error means the connection is gone.
+    /// Write what the socket takes now, every queued chunk in one system call (a
+    /// frame's prefix and its items go out together: one wake-up of the worker, not
+    /// two). An error means the connection is gone.
     pub fn flush(&mut self) -> io::Result<()> {
-        while let Some(chunk) = self.queue.front() {
-            let bytes = &chunk.bytes()[self.written..];
-            if bytes.is_empty() {
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 16];
+            let mut count = 0;
+            for (i, chunk) in self.queue.iter().take(slices.len()).enumerate() {
+                let skip = if i == 0 { self.written } else { 0 };
+                slices[count] = IoSlice::new(&chunk.bytes()[skip..]);
+                count += 1;
+            }
+            let mut n = match (&self.stream).write_vectored(&slices[..count]) {
+                Ok(0) if slices[..count].iter().any(|s| !s.is_empty()) => {
+                    return Err(io::ErrorKind::WriteZero.into())
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            // Drop the chunks written whole; remember how far into the next we got.
+            while let Some(chunk) = self.queue.front() {
+                let left = chunk.bytes().len() - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
                 self.queue.pop_front();
                 self.written = 0;
-                continue;
-            }
-            match (&self.stream).write(bytes) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
             }
         }
         if self.close_when_sent {
@@ -133,45 +155,73 @@ impl Conn {
             if budget == 0 {
                 return Incoming::Frames(frames);
             }
-            // Read at most the rest of a frame in progress, so a large frame ends
-            // up alone in the buffer and is decoded without a copy.
+            // A large frame is read alone, to exactly its end, so it is handed on
+            // without a copy; small ones share the buffer and are copied out.
             let want = match self.pending_frame_len() {
-                Some(total) if total > self.rbuf.len() => total - self.rbuf.len(),
+                Some(total) if total > READ_CHUNK => total - (self.tail - self.head),
                 _ => READ_CHUNK,
             };
-            let start = self.rbuf.len();
-            self.rbuf.resize(start + want, 0);
-            match (&self.stream).read(&mut self.rbuf[start..]) {
+            self.make_room(want);
+            let room = if want > READ_CHUNK {
+                self.tail + want
+            } else {
+                self.rbuf.len()
+            };
+            match (&self.stream).read(&mut self.rbuf[self.tail..room]) {
                 Ok(0) => {
-                    self.rbuf.truncate(start);
-                    if !self.rbuf.is_empty() {
-                        let got = self.rbuf.len();
+                    if self.tail > self.head {
+                        let got = self.tail - self.head;
                         let expected = self.pending_frame_len().unwrap_or(4);
                         return Incoming::Broken(frames, DecodeError::Truncated { expected, got });
                     }
                     return Incoming::Closed(frames);
                 }
                 Ok(n) => {
-                    self.rbuf.truncate(start + n);
+                    self.tail += n;
                     budget = budget.saturating_sub(n);
-                }
-                Err(e) => {
-                    self.rbuf.truncate(start);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => return Incoming::Frames(frames),
-                        io::ErrorKind::Interrupted => {}
-                        // A reset connection is a crash, not a protocol violation.
-                        _ => return Incoming::Closed(frames),
+                    // Less than asked for: the socket is drained for now. Cut what
+                    // came and stop, rather than pay a system call to hear "again".
+                    if n < room - (self.tail - n) {
+                        budget = 0;
                     }
                 }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => return Incoming::Frames(frames),
+                    io::ErrorKind::Interrupted => {}
+                    // A reset connection is a crash, not a protocol violation.
+                    _ => return Incoming::Closed(frames),
+                },
             }
+        }
+    }
+
+    /// Make `want` bytes free after `tail`: move what is buffered to the front, and
+    /// grow the buffer (for a large frame) only if that is not enough.
+    fn make_room(&mut self, want: usize) {
+        if self.head == self.tail {
+            self.head = 0;
+            self.tail = 0;
+        }
+        if self.rbuf.len() - self.tail >= want {
+            return;
+        }
+        if self.head > 0 {
+            self.rbuf.copy_within(self.head..self.tail, 0);
+            self.tail -= self.head;
+            self.head = 0;
+        }
+        if self.rbuf.len() - self.tail < want {
+            self.rbuf.resize(self.tail + want, 0);
         }
     }
 
     /// The whole length (prefix included) of the frame at the buffer's start, once
     /// its prefix is in.
     fn pending_frame_len(&self) -> Option<usize> {
-        let prefix: [u8; 4] = self.rbuf.get(..4)?.try_into().ok()?;
+        let prefix: [u8; 4] = self.rbuf.get(self.head..self.head + 4)?.try_into().ok()?;
+        if self.tail - self.head < 4 {
+            return None;
+        }
         Some(4 + u32::from_le_bytes(prefix) as usize)
     }
 
@@ -185,15 +235,19 @@ impl Conn {
                 max: self.max_frame,
             });
         }
-        if self.rbuf.len() < total {
+        if self.tail - self.head < total {
             return Ok(None);
         }
-        if self.rbuf.len() == total {
-            let buf = std::mem::replace(&mut self.rbuf, Vec::with_capacity(READ_CHUNK));
+        if total > READ_CHUNK && self.head == 0 && self.tail == total {
+            // A large frame alone in the buffer: hand the buffer on, no copy.
+            let mut buf = std::mem::replace(&mut self.rbuf, vec![0; 2 * READ_CHUNK]);
+            buf.truncate(total);
+            self.head = 0;
+            self.tail = 0;
             return decode_body_at(buf, 4).map(Some);
         }
-        let body = self.rbuf[4..total].to_vec();
-        self.rbuf.drain(..total);
+        let body = self.rbuf[self.head + 4..self.head + total].to_vec();
+        self.head += total;
         decode_body(body).map(Some)
     }
 }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
-use pstream_protocol::Items;
+use std::time::Duration;
+
+use pstream_protocol::{FlushClock, Items};
 use serde::de::DeserializeOwned;
 
 use crate::engine::{Batch, Event, Events};
@@ -34,6 +36,9 @@ pub struct Window {
 struct WindowState {
     available: usize,
     closed: bool,
+    /// Threads waiting for permits: with none, giving permits back makes no
+    /// system call (a condition variable's notify always does).
+    waiting: usize,
 }
 
 impl Window {
@@ -45,6 +50,7 @@ impl Window {
             state: Mutex::new(WindowState {
                 available: size,
                 closed: false,
+                waiting: 0,
             }),
             freed: Condvar::new(),
         }
@@ -63,7 +69,9 @@ impl Window {
                 state.available -= got;
                 return Some(got);
             }
+            state.waiting += 1;
             state = self.freed.wait(state).unwrap();
+            state.waiting -= 1;
         }
     }
 
@@ -75,7 +83,9 @@ impl Window {
         let mut state = self.state.lock().unwrap();
         state.available += n;
         debug_assert!(state.available <= self.size);
-        self.freed.notify_all();
+        if state.waiting > 0 {
+            self.freed.notify_all();
+        }
     }
 
     /// No more permits, ever; wakes a waiting feeder.
@@ -262,7 +272,14 @@ struct Feeder {
     recycled: Receiver<Items>,
     /// A batch was cut since the last pump returned.
     cut: bool,
+    /// How long a batch may stay open while the workers have nothing to do.
+    idle_clock: FlushClock,
 }
+
+/// While the workers have nothing to do, a batch is sent once it is this old, full
+/// or not: a slow input's items do not wait for a full batch, and a fast input's
+/// batches are not cut to a few items each (a batch costs system calls and wake-ups).
+const IDLE_CUT: Duration = Duration::from_micros(100);
 
 impl Feeder {
     fn new(
@@ -285,6 +302,7 @@ impl Feeder {
             submitted: 0,
             recycled,
             cut: false,
+            idle_clock: FlushClock::new(IDLE_CUT),
         }
     }
 
@@ -401,10 +419,10 @@ impl Feeder {
                     continue;
                 }
             }
-            let idle = self.counters.delivered.load(Ordering::Relaxed) >= self.submitted;
             if self.batch.len() >= self.target
                 || self.batch.data_len() >= self.limits.max_batch_bytes
-                || idle
+                || (self.counters.delivered.load(Ordering::Relaxed) >= self.submitted
+                    && self.idle_clock.due())
             {
                 self.flush();
             }
@@ -417,13 +435,17 @@ impl Feeder {
 
     /// Take window permits: `Some(true)` with some in hand, `Some(false)` if none
     /// is free and we may not wait, `None` once the job is cancelled. Before waiting
-    /// (or giving up), send what we hold, or the consumer could wait for items we
-    /// sit on.
+    /// (or giving up), send what we hold if no other result is on its way, or the
+    /// consumer could wait for items we sit on. While results are on their way, the
+    /// batch stays open: the consumer frees permits as it takes them, and the batch
+    /// grows instead of going out with the few items the last permits allowed.
     fn take_permits(&mut self, block: bool) -> Option<bool> {
         let want = self.target.saturating_sub(self.batch.len()).max(1);
         match self.window.acquire(want, false)? {
             0 => {
-                self.flush();
+                if self.counters.delivered.load(Ordering::Relaxed) >= self.submitted {
+                    self.flush();
+                }
                 if !block {
                     return Some(false);
                 }
@@ -468,6 +490,7 @@ impl Feeder {
             self.emit(Event::Submit(batch));
             self.target = (self.target * 2).min(self.limits.max_batch);
             self.cut = true;
+            self.idle_clock.restart();
         }
         self.first = self.next;
     }

@@ -29,11 +29,13 @@
 //!   a frame is [`DecodeError::Truncated`].
 #![deny(missing_docs)]
 
+mod clock;
 mod codec;
 mod function;
 mod items;
 mod message;
 
+pub use clock::FlushClock;
 pub use codec::{
     decode_body, decode_body_at, encode_frame, encode_prefix, read_frame, read_frame_into,
     write_frame, DecodeError, EncodeError,

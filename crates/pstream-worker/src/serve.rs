@@ -9,11 +9,11 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pstream_protocol::{
     read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, DecodeError,
-    EncodeError, FailureKind, Frame, Hello, ItemFailure, Items, Message, ResultsHeader,
+    EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Message, ResultsHeader,
     DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
 };
 
@@ -221,49 +221,6 @@ fn connect_err(config: &Config) -> impl Fn(std::io::Error) -> WorkerError + '_ {
 /// Frame overhead we keep free below the peer's limit: header and offsets.
 fn frame_overhead(items: usize, failures: usize) -> usize {
     4096 + 5 * items + failures * (pstream_protocol::MAX_MESSAGE + 64)
-}
-
-/// When to send the results in hand while a batch is in work: after `interval`,
-/// looking at the clock only every `stride` items so tiny items do not pay for it.
-struct FlushClock {
-    interval: Duration,
-    last: Instant,
-    stride: u32,
-    countdown: u32,
-}
-
-impl FlushClock {
-    fn new(interval: Duration) -> FlushClock {
-        FlushClock {
-            interval,
-            last: Instant::now(),
-            stride: 1,
-            countdown: 1,
-        }
-    }
-
-    /// Called after each item: whether it is time to flush.
-    fn due(&mut self) -> bool {
-        self.countdown -= 1;
-        if self.countdown > 0 {
-            return false;
-        }
-        let now = Instant::now();
-        let elapsed = now - self.last;
-        // Aim at looking a few times per interval.
-        if elapsed < self.interval / 16 {
-            self.stride = (self.stride * 2).min(1024);
-        } else if elapsed > self.interval / 4 {
-            self.stride = (self.stride / 2).max(1);
-        }
-        self.countdown = self.stride;
-        if elapsed >= self.interval {
-            self.last = now;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// The connection's sending side, shared by the compute loop and the progress
