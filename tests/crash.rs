@@ -293,10 +293,12 @@ fn recycled_workers_lose_nothing() {
     assert_eq!(got, (0..n).map(|x| x * 2).collect::<Vec<_>>());
     let stats = pool.stats();
     assert!(stats.spawned >= 8, "{stats:?}");
-    assert!(
-        stats.ready >= 8,
-        "replacements must complete the handshake: {stats:?}"
-    );
+    // The last replacements may still be starting: wait for their handshakes.
+    wait_for("every replacement to complete its handshake", || {
+        let stats = pool.stats();
+        stats.ready == stats.spawned
+    });
+    let stats = pool.stats();
     assert_eq!(stats.crashes, 0, "a recycled worker is no crash: {stats:?}");
     assert!(
         first.iter().all(|p| !pool.worker_pids().contains(p)),
@@ -349,6 +351,27 @@ fn a_worker_sending_an_oversized_frame_is_killed_and_the_job_goes_on() {
 fn a_worker_answering_a_batch_it_never_got_is_killed_and_the_job_goes_on() {
     assert_job_survives_evil_worker("wrong-batch");
     assert_job_survives_evil_worker("unasked");
+}
+
+#[test]
+fn a_worker_answering_with_the_wrong_packing_is_killed_and_the_job_goes_on() {
+    // A typed job's batches are packed: results with item lengths are refused.
+    assert_job_survives_evil_worker("unpacked");
+    // A JSON job's batches carry lengths: packed results are refused.
+    let (pool, _dir) = evil_pool("unpacked");
+    let n = 5_000u64;
+    let mut results = pool
+        .map_raw("double", Codec::Json, true, (0..n).map(|i| i.to_string()))
+        .unwrap();
+    let mut next = 0;
+    while let Some((index, result)) = results.next_raw() {
+        assert_eq!(index, next);
+        assert_eq!(result.unwrap(), (index * 2).to_string().as_bytes());
+        next += 1;
+    }
+    assert_eq!(next, n);
+    drop(results);
+    assert!(pool.stats().crashes >= 1, "the evil worker was not caught");
 }
 
 #[test]

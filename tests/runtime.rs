@@ -338,3 +338,60 @@ fn dropping_the_pool_does_not_wait_out_the_grace_period() {
         assert_gone(&pids);
     }
 }
+
+#[test]
+fn a_handle_whose_output_type_is_not_the_workers_gets_decode_errors_not_wrong_values() {
+    // A stale handle: the workers' `double` returns i64, this one says u8. Packed
+    // u8s would be read out of the i64s' bytes and come back as wrong numbers; the
+    // results must travel with lengths and each fail to decode instead.
+    let stale: pstream::Function<i64, u8> = pstream::Function::__new("double", |_| Ok(0));
+    let pool = pool(2);
+    let results: Vec<_> = pool.map(stale, 100..300).unwrap().collect();
+    assert_eq!(results.len(), 200);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Err(e) => {
+                assert_eq!(e.index, i as u64);
+                assert_eq!(e.kind.name(), "decode", "{e}");
+                assert!(e.to_string().contains("left over"), "{e}");
+            }
+            Ok(v) => panic!("item {i} decoded as {v}"),
+        }
+    }
+    // The right handle on the same pool: packed, exact.
+    let got: Vec<i64> = pool
+        .map(double, 0..50_000)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..50_000).map(|x| x * 2).collect::<Vec<_>>());
+}
+
+#[test]
+fn large_items_are_read_ahead_by_bytes_not_only_by_count() {
+    // 16 KiB items, a window of 20,000 items but of 1 MiB: about 64 items may be in
+    // flight (plus a batch in the making), not the whole input.
+    let pool = builder()
+        .workers(2)
+        .window(20_000)
+        .window_bytes(1 << 20)
+        .build()
+        .unwrap();
+    let n = 3000usize;
+    let blob = |i: usize| pstream_examples::Blob(vec![(i % 251) as u8; 16 << 10]);
+    let mut results = pool
+        .map(pstream_examples::sha256_bytes, (0..n).map(blob))
+        .unwrap();
+    let mut count = 0;
+    for (i, r) in results.by_ref().enumerate() {
+        let want: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&blob(i).0).into();
+        assert_eq!(r.unwrap(), want, "item {i}");
+        count += 1;
+    }
+    assert_eq!(count, n);
+    let peak = results.stats().peak_in_flight;
+    assert!(
+        peak <= 200,
+        "{peak} items of 16 KiB were in flight with a window of 1 MiB"
+    );
+}

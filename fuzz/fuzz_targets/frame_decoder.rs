@@ -16,8 +16,11 @@ fuzz_target!(|data: &[u8]| {
             .expect("a re-encoded frame decodes")
             .expect("and is not empty");
         assert_eq!(again, frame);
-        for i in 0..frame.items.len() {
-            assert!(frame.items.get(i).is_some());
+        // Items with lengths are all reachable; packed ones are split by their reader.
+        if !frame.items.is_packed() {
+            for i in 0..frame.items.len() {
+                assert!(frame.items.get(i).is_some());
+            }
         }
     }
     // As a stream of length-prefixed frames, with a small limit.

@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{Executor, Results};
-use crate::{Function, PoolBuilder, PoolError, ProcessPool, DEFAULT_WINDOW};
+use crate::{Function, PoolBuilder, PoolError, ProcessPool};
 
 /// Runs registered functions in a pool of worker processes.
 ///
@@ -41,8 +41,10 @@ pub struct ProcessExecutor {
 }
 
 impl ProcessExecutor {
-    /// The default bound on items held in memory: 5 000 (the pool's default window).
-    pub const DEFAULT_MAX_MEMORY_ITEMS: usize = DEFAULT_WINDOW;
+    /// The default bound on items held in memory: 5 000, what callers of the
+    /// executor API expect (the pool's own default window, [`crate::DEFAULT_WINDOW`], is
+    /// deeper).
+    pub const DEFAULT_MAX_MEMORY_ITEMS: usize = 5_000;
 
     /// An executor re-executing this binary as one worker per CPU, with
     /// [`Self::DEFAULT_MAX_MEMORY_ITEMS`]. Starts the workers.
@@ -154,9 +156,10 @@ impl ProcessExecutorBuilder {
         if let Some(n) = self.max_workers {
             pool = pool.workers(n);
         }
-        if let Some(n) = self.max_memory_items {
-            pool = pool.window(n);
-        }
+        pool = match self.max_memory_items {
+            Some(n) => pool.window(n),
+            None => pool.window_or(ProcessExecutor::DEFAULT_MAX_MEMORY_ITEMS),
+        };
         Ok(ProcessExecutor {
             pool: pool.build()?,
         })

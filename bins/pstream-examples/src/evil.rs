@@ -8,6 +8,8 @@
 //! * `oversized`: answers with a length prefix of 4 GiB;
 //! * `wrong-batch`: answers with results for a batch it never received;
 //! * `unasked`: sends results before it was given any batch;
+//! * `unpacked`: answers a batch that asks for packed results with results that
+//!   carry lengths (or the other way round);
 //! * `other-version`: says Hello in a protocol version one above ours.
 
 use std::io::Write;
@@ -62,7 +64,7 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
     let mut reader = stream.try_clone()?;
     // Welcome.
     read_frame(&mut reader, DEFAULT_MAX_FRAME).map_err(std::io::Error::other)?;
-    let results = |job, seq| {
+    let results = |job, seq, packed| {
         let mut items = Items::new();
         items.push(b"1");
         (
@@ -71,6 +73,7 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
                 seq,
                 offset: 0,
                 failures: vec![],
+                packed,
             }),
             items,
         )
@@ -80,7 +83,7 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
         return Ok(());
     }
     if mode == "unasked" {
-        let (message, items) = results(0, 0);
+        let (message, items) = results(0, 0, false);
         write_frame(&mut stream, &message, &items, usize::MAX).map_err(std::io::Error::other)?;
     } else {
         let batch = loop {
@@ -99,7 +102,12 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
             ])?,
             "oversized" => stream.write_all(&u32::MAX.to_le_bytes())?,
             "wrong-batch" => {
-                let (message, items) = results(batch.job, batch.seq + 1000);
+                let (message, items) = results(batch.job, batch.seq + 1000, batch.packed_results);
+                write_frame(&mut stream, &message, &items, usize::MAX)
+                    .map_err(std::io::Error::other)?;
+            }
+            "unpacked" => {
+                let (message, items) = results(batch.job, batch.seq, !batch.packed_results);
                 write_frame(&mut stream, &message, &items, usize::MAX)
                     .map_err(std::io::Error::other)?;
             }

@@ -251,3 +251,590 @@ impl Conn {
         decode_body(body).map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::os::fd::AsFd;
+    use std::thread;
+    use std::time::Duration;
+
+    use nix::errno::Errno;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use pstream_protocol::{
+        read_frame, write_frame, BatchHeader, Codec, FailureKind, ItemFailure, ResultsHeader,
+        DEFAULT_MAX_FRAME,
+    };
+
+    const MAX: usize = DEFAULT_MAX_FRAME;
+
+    /// How long a test waits for the socket before it declares the Conn stuck. Only a
+    /// guard against hanging: the tests wait on events, never on time.
+    fn guard() -> PollTimeout {
+        PollTimeout::from(60_000u16)
+    }
+
+    /// Pseudo-random bytes, different for every seed.
+    fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// A batch (even `seq`) or results (odd `seq`) frame with items of these sizes.
+    fn frame(seq: u64, sizes: &[usize]) -> Frame {
+        let mut items = Items::new();
+        for (i, &len) in sizes.iter().enumerate() {
+            items.push(&bytes(seq * 1_000_003 + i as u64, len));
+        }
+        // Some results travel packed: without their items' lengths.
+        let packed = seq % 5 == 0;
+        let message = if seq % 2 == 0 {
+            Message::Batch(BatchHeader {
+                job: 7,
+                seq,
+                function: format!("f{seq}"),
+                codec: Codec::Bincode,
+                first_index: seq * 10,
+                packed_results: packed,
+            })
+        } else {
+            Message::Results(ResultsHeader {
+                job: 7,
+                seq,
+                offset: seq as u32,
+                failures: if seq % 3 == 0 && !sizes.is_empty() {
+                    vec![ItemFailure {
+                        slot: 0,
+                        kind: FailureKind::Failed,
+                        message: format!("no {seq}"),
+                        location: None,
+                    }]
+                } else {
+                    Vec::new()
+                },
+                packed,
+            })
+        };
+        Frame { message, items }
+    }
+
+    /// The frame's bytes on the wire, length prefix included.
+    fn wire(frame: &Frame) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_frame(&mut out, &frame.message, &frame.items, MAX).unwrap();
+        out
+    }
+
+    /// Numbers frames, so every frame differs from every other.
+    struct Gen(u64);
+
+    impl Gen {
+        fn sized(&mut self, sizes: &[usize]) -> Frame {
+            self.0 += 1;
+            frame(self.0, sizes)
+        }
+
+        /// A frame of exactly `total` bytes on the wire, length prefix included.
+        fn total(&mut self, total: usize) -> Frame {
+            self.0 += 1;
+            let mut last = total - 64;
+            for _ in 0..8 {
+                let f = frame(self.0, &[3, 0, last]);
+                let len = wire(&f).len();
+                if len == total {
+                    return f;
+                }
+                last = (last as isize + total as isize - len as isize) as usize;
+            }
+            panic!("no frame of {total} bytes");
+        }
+    }
+
+    /// Frames of every interesting size. `big` adds frames of several MiB, one of them
+    /// above the read budget.
+    fn sample_frames(big: bool) -> Vec<Frame> {
+        let mut g = Gen(0);
+        let mut v = vec![
+            g.sized(&[]),
+            g.sized(&[]),
+            g.sized(&[1]),
+            g.sized(&[0]),
+            g.sized(&[0, 0, 0]),
+            g.sized(&[5, 1, 200]),
+        ];
+        // Around the read chunk, whole frame sizes; each after a tiny frame, so it does
+        // not start at the front of the receive buffer.
+        for total in READ_CHUNK - 6..=READ_CHUNK + 6 {
+            v.push(g.total(total));
+            v.push(g.sized(&[2]));
+        }
+        // Around the read chunk, item bytes; back to back.
+        for data in [READ_CHUNK - 4, READ_CHUNK, READ_CHUNK + 1] {
+            v.push(g.sized(&[data]));
+        }
+        // Around the receive buffer's size.
+        for total in [2 * READ_CHUNK - 1, 2 * READ_CHUNK, 2 * READ_CHUNK + 1] {
+            v.push(g.total(total));
+        }
+        v.push(g.sized(&(0..3000).map(|i| i % 23).collect::<Vec<_>>()));
+        if big {
+            v.push(g.sized(&[3 << 20]));
+            v.push(g.sized(&[1]));
+            v.push(g.sized(&[READ_BUDGET + 12_345, 7, 1 << 20]));
+            v.push(g.sized(&[READ_CHUNK * 5]));
+        }
+        v.push(g.sized(&[9]));
+        v
+    }
+
+    fn assert_frames_eq(got: &[Frame], want: &[Frame], what: &str) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g.message, w.message, "{what}: message of frame {i}");
+            let packed = match &w.message {
+                Message::Results(h) => h.packed,
+                _ => false,
+            };
+            assert!(
+                if packed {
+                    g.items.is_packed() && g.items.len() == w.items.len()
+                } else {
+                    g.items.ends() == w.items.ends()
+                },
+                "{what}: item lengths of frame {i} differ ({} items of {} bytes, want {} of {})",
+                g.items.len(),
+                g.items.data_len(),
+                w.items.len(),
+                w.items.data_len()
+            );
+            if g.items.data() != w.items.data() {
+                let at = g
+                    .items
+                    .data()
+                    .iter()
+                    .zip(w.items.data())
+                    .position(|(a, b)| a != b);
+                panic!("{what}: item bytes of frame {i} differ, first at {at:?}");
+            }
+        }
+        assert_eq!(got.len(), want.len(), "{what}: number of frames");
+    }
+
+    /// A writer that hands its bytes to the socket in writes of the given sizes, in
+    /// turn (a frame's prefix and items are separate `write`s of `write_frame`, so a
+    /// size can be cut once more there).
+    struct Chunked<'a> {
+        out: &'a UnixStream,
+        sizes: &'a [usize],
+        next: usize,
+        left: usize,
+    }
+
+    impl Write for Chunked<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                self.left = self.sizes[self.next % self.sizes.len()];
+                self.next += 1;
+            }
+            let n = buf.len().min(self.left);
+            self.out.write_all(&buf[..n])?;
+            self.left -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Write `frames` with `write_frame` in writes of `sizes`, then `tail` (a piece of a
+    /// frame, say), then close.
+    fn spawn_writer(
+        peer: UnixStream,
+        frames: Arc<Vec<Frame>>,
+        sizes: &'static [usize],
+        tail: Vec<u8>,
+    ) -> thread::JoinHandle<()> {
+        thread::spawn(move || {
+            let mut w = Chunked {
+                out: &peer,
+                sizes,
+                next: 0,
+                left: 0,
+            };
+            for f in frames.iter() {
+                write_frame(&mut w, &f.message, &f.items, MAX).unwrap();
+            }
+            w.write_all(&tail).unwrap();
+            // Dropping `peer` closes the connection.
+        })
+    }
+
+    fn wait_for(conn: &Conn, flags: PollFlags, timeout: PollTimeout) -> bool {
+        loop {
+            let mut fds = [PollFd::new(conn.stream.as_fd(), flags)];
+            match poll(&mut fds, timeout) {
+                Ok(n) => return n > 0,
+                Err(Errno::EINTR) => continue,
+                Err(e) => panic!("poll: {e}"),
+            }
+        }
+    }
+
+    enum End {
+        Closed,
+        Broken(DecodeError),
+    }
+
+    /// Read until the Conn reports the end of the stream, waiting for readability
+    /// (at most `timeout`) in between.
+    fn read_to_end(conn: &mut Conn, timeout: PollTimeout) -> (Vec<Frame>, End) {
+        let mut frames = Vec::new();
+        loop {
+            match conn.read() {
+                Incoming::Frames(f) => frames.extend(f),
+                Incoming::Closed(f) => {
+                    frames.extend(f);
+                    return (frames, End::Closed);
+                }
+                Incoming::Broken(f, e) => {
+                    frames.extend(f);
+                    return (frames, End::Broken(e));
+                }
+            }
+            assert!(
+                wait_for(conn, PollFlags::POLLIN, timeout),
+                "the connection has nothing more to read, after {} frames and no end",
+                frames.len()
+            );
+        }
+    }
+
+    /// Read what the socket holds now.
+    fn read_available(conn: &mut Conn, frames: &mut Vec<Frame>) {
+        while wait_for(conn, PollFlags::POLLIN, PollTimeout::ZERO) {
+            match conn.read() {
+                Incoming::Frames(f) => frames.extend(f),
+                Incoming::Closed(_) => panic!("closed early"),
+                Incoming::Broken(_, e) => panic!("broken: {e}"),
+            }
+        }
+    }
+
+    const SPLITS: &[&[usize]] = &[
+        &[1, 3, 7, 4096, 100_000],
+        &[100_000],
+        &[READ_CHUNK],
+        &[4096],
+        &[7, READ_CHUNK - 3, 2 * READ_CHUNK + 5],
+    ];
+
+    #[test]
+    fn frames_of_every_size_come_out_whole_and_in_order() {
+        let frames = Arc::new(sample_frames(true));
+        for &sizes in SPLITS {
+            let (ours, peer) = UnixStream::pair().unwrap();
+            let mut conn = Conn::new(ours, MAX).unwrap();
+            let writer = spawn_writer(peer, Arc::clone(&frames), sizes, Vec::new());
+            let (got, end) = read_to_end(&mut conn, guard());
+            writer.join().unwrap();
+            let what = format!("writes of {sizes:?}");
+            assert_frames_eq(&got, &frames, &what);
+            match end {
+                End::Closed => {}
+                End::Broken(e) => panic!("{what}: broken: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn frames_written_a_few_bytes_at_a_time_come_out_whole() {
+        let frames = Arc::new(sample_frames(false));
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, MAX).unwrap();
+        let writer = spawn_writer(peer, Arc::clone(&frames), &[1, 3, 7], Vec::new());
+        let (got, end) = read_to_end(&mut conn, guard());
+        writer.join().unwrap();
+        assert_frames_eq(&got, &frames, "writes of 1, 3, 7");
+        assert!(matches!(end, End::Closed));
+    }
+
+    /// Each write is read before the next is made, so the reads see exactly the
+    /// writes' boundaries, wherever they fall in the frames.
+    #[test]
+    fn frames_cut_anywhere_in_lockstep_come_out_whole() {
+        let frames = sample_frames(true);
+        let stream: Vec<u8> = frames.iter().flat_map(wire).collect();
+        for &sizes in SPLITS {
+            let (ours, peer) = UnixStream::pair().unwrap();
+            peer.set_nonblocking(true).unwrap();
+            let mut conn = Conn::new(ours, MAX).unwrap();
+            let mut got = Vec::new();
+            let mut at = 0;
+            for &size in sizes.iter().cycle() {
+                if at == stream.len() {
+                    break;
+                }
+                let end = (at + size).min(stream.len());
+                while at < end {
+                    match (&peer).write(&stream[at..end]) {
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("write: {e}"),
+                    }
+                    read_available(&mut conn, &mut got);
+                }
+            }
+            drop(peer);
+            let (rest, end) = read_to_end(&mut conn, guard());
+            got.extend(rest);
+            let what = format!("lockstep writes of {sizes:?}");
+            assert_frames_eq(&got, &frames, &what);
+            assert!(matches!(end, End::Closed), "{what}: not a clean close");
+        }
+    }
+
+    #[test]
+    fn a_peer_closing_between_frames_is_a_clean_close() {
+        let mut g = Gen(100);
+        let lasts = [
+            None,
+            Some(g.sized(&[])),
+            Some(g.sized(&[1, 2, 3])),
+            Some(g.total(READ_CHUNK)),
+            Some(g.total(READ_CHUNK + 1)),
+            Some(g.total(3 * READ_CHUNK + 17)),
+        ];
+        for (n, last) in lasts.into_iter().enumerate() {
+            for before in [Vec::new(), vec![g.sized(&[4]), g.total(READ_CHUNK + 9)]] {
+                let mut frames = before;
+                frames.extend(last.clone());
+                let frames = Arc::new(frames);
+                let (ours, peer) = UnixStream::pair().unwrap();
+                let mut conn = Conn::new(ours, MAX).unwrap();
+                let writer = spawn_writer(peer, Arc::clone(&frames), &[4096], Vec::new());
+                let (got, end) = read_to_end(&mut conn, guard());
+                writer.join().unwrap();
+                let what = format!("case {n}, {} frames", frames.len());
+                assert_frames_eq(&got, &frames, &what);
+                match end {
+                    End::Closed => {}
+                    End::Broken(e) => panic!("{what}: broken: {e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_peer_closing_inside_a_frame_is_a_truncation() {
+        let mut g = Gen(200);
+        let before = Arc::new(vec![
+            g.sized(&[4]),
+            g.total(READ_CHUNK + 100),
+            g.sized(&[1, 2]),
+        ]);
+        let small = wire(&g.sized(&[10, 20]));
+        let large = wire(&g.total(3 * READ_CHUNK + 17));
+        let mut cases = Vec::new();
+        for cut in [1, 3, 4, 5, 8, small.len() - 1] {
+            cases.push((&small, cut));
+        }
+        for cut in [
+            2,
+            4,
+            9,
+            READ_CHUNK - 1,
+            READ_CHUNK,
+            READ_CHUNK + 1,
+            2 * READ_CHUNK,
+            large.len() - 1,
+        ] {
+            cases.push((&large, cut));
+        }
+        for (bytes, cut) in cases {
+            for preceded in [false, true] {
+                let frames = if preceded {
+                    Arc::clone(&before)
+                } else {
+                    Arc::new(Vec::new())
+                };
+                let (ours, peer) = UnixStream::pair().unwrap();
+                let mut conn = Conn::new(ours, MAX).unwrap();
+                let tail = bytes[..cut].to_vec();
+                let writer = spawn_writer(peer, Arc::clone(&frames), &[4096, 100_000], tail);
+                let (got, end) = read_to_end(&mut conn, guard());
+                writer.join().unwrap();
+                let what = format!(
+                    "{cut} of {} bytes after {} frames",
+                    bytes.len(),
+                    frames.len()
+                );
+                assert_frames_eq(&got, &frames, &what);
+                let (want_expected, want_got) = if cut < 4 {
+                    (4, cut)
+                } else {
+                    (bytes.len(), cut)
+                };
+                match end {
+                    End::Broken(DecodeError::Truncated { expected, got }) => {
+                        assert_eq!((expected, got), (want_expected, want_got), "{what}")
+                    }
+                    End::Broken(e) => panic!("{what}: {e}"),
+                    End::Closed => panic!("{what}: a clean close"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_length_above_max_frame_is_refused() {
+        let mut g = Gen(300);
+        let max = 1000;
+        let fits = g.total(max + 4);
+        let over = wire(&g.total(max + 5));
+        let lying = u32::MAX.to_le_bytes().to_vec();
+        let mut big_prefix = ((4 * READ_CHUNK + 1) as u32).to_le_bytes().to_vec();
+        big_prefix.extend_from_slice(&[0; 100]);
+        // (the Conn's limit, what follows a frame that fits, the announced length)
+        let cases = [
+            (max, over, max + 1),
+            (max, lying.clone(), u32::MAX as usize),
+            (MAX, lying, u32::MAX as usize),
+            (4 * READ_CHUNK, big_prefix, 4 * READ_CHUNK + 1),
+        ];
+        for (limit, bad, len) in cases {
+            let (ours, mut peer) = UnixStream::pair().unwrap();
+            let mut conn = Conn::new(ours, limit).unwrap();
+            write_frame(&mut peer, &fits.message, &fits.items, MAX).unwrap();
+            peer.write_all(&bad).unwrap();
+            // Everything is in the socket and the peer stays open: the Conn must see
+            // the problem in what it has.
+            let (got, end) = read_to_end(&mut conn, PollTimeout::ZERO);
+            let what = format!("{len} bytes announced, limit {limit}");
+            assert_frames_eq(&got, std::slice::from_ref(&fits), &what);
+            match end {
+                End::Broken(DecodeError::TooLarge { len: l, max: m }) => {
+                    assert_eq!((l, m), (len, limit), "{what}")
+                }
+                End::Broken(e) => panic!("{what}: {e}"),
+                End::Closed => panic!("{what}: a clean close"),
+            }
+            drop(peer);
+        }
+    }
+
+    /// What `push` takes: the message and, for batches and results, the items.
+    fn pushable(frames: &[Frame]) -> Vec<(Message, Option<Arc<Items>>)> {
+        frames
+            .iter()
+            .map(|f| match f.message {
+                Message::Batch(_) | Message::Results(_) => {
+                    (f.message.clone(), Some(Arc::new(f.items.clone())))
+                }
+                _ => (f.message.clone(), None),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pushed_frames_reach_the_peer_even_through_a_full_socket() {
+        let mut g = Gen(400);
+        let mut frames = vec![
+            Frame::control(Message::Progress {
+                job: 1,
+                seq: 2,
+                done: 3,
+            }),
+            g.sized(&[]),
+            g.sized(&[0, 0]),
+            g.sized(&[1]),
+        ];
+        // Many small frames: far more than the 16 chunks one writev takes.
+        for i in 0..200 {
+            frames.push(g.sized(&[i % 7, 30]));
+        }
+        for total in [READ_CHUNK - 1, READ_CHUNK, READ_CHUNK + 1] {
+            frames.push(g.total(total));
+        }
+        frames.push(g.sized(&[1 << 20]));
+        frames.push(Frame::control(Message::Cancel { job: 9 }));
+        frames.push(g.sized(&[3 << 20, 5]));
+        for _ in 0..40 {
+            frames.push(g.sized(&[100_000, 1]));
+        }
+        frames.push(g.sized(&[2]));
+        let total: usize = frames.iter().map(|f| wire(f).len()).sum();
+        assert!(total > 8 << 20);
+        let frames = Arc::new(frames);
+
+        let (ours, peer) = UnixStream::pair().unwrap();
+        // A guard against hanging should the Conn never close its side.
+        peer.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut conn = Conn::new(ours, MAX).unwrap();
+        for (message, items) in pushable(&frames) {
+            conn.push(&message, items.as_ref());
+        }
+        assert!(conn.wants_to_write());
+        // Nobody reads yet: the socket fills, and flush leaves the rest queued.
+        conn.flush().unwrap();
+        assert!(conn.wants_to_write(), "8 MiB fit in the socket?");
+
+        let reader = thread::spawn(move || {
+            let mut peer = peer;
+            let mut got = Vec::new();
+            while let Some(frame) = read_frame(&mut peer, MAX).unwrap() {
+                got.push(frame);
+            }
+            got
+        });
+        conn.close_when_sent();
+        let mut flushes = 0;
+        loop {
+            conn.flush().unwrap();
+            flushes += 1;
+            if !conn.wants_to_write() {
+                break;
+            }
+            assert!(
+                wait_for(&conn, PollFlags::POLLOUT, guard()),
+                "the socket never drained"
+            );
+        }
+        // The reader ends at the end of stream our side's shutdown gives, while the
+        // Conn is still alive.
+        let got = reader.join().unwrap();
+        assert_frames_eq(&got, &frames, &format!("after {flushes} flushes"));
+        drop(conn);
+    }
+
+    #[test]
+    fn a_flush_on_a_socket_with_room_sends_everything_at_once() {
+        let mut g = Gen(500);
+        let frames: Vec<Frame> = (0..100).map(|i| g.sized(&[i % 5, 3])).collect();
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, MAX).unwrap();
+        for (message, items) in pushable(&frames) {
+            conn.push(&message, items.as_ref());
+        }
+        conn.flush().unwrap();
+        assert!(!conn.wants_to_write());
+        // Nothing was held back: the peer reads every frame, then (not blocking) finds
+        // the socket empty.
+        let mut got = Vec::new();
+        for _ in 0..frames.len() {
+            got.push(read_frame(&mut peer, MAX).unwrap().unwrap());
+        }
+        assert_frames_eq(&got, &frames, "one flush");
+        peer.set_nonblocking(true).unwrap();
+        let err = peer.read(&mut [0; 1]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+}

@@ -38,6 +38,8 @@ use crate::stats::PoolCounters;
 pub(crate) struct Config {
     pub workers: usize,
     pub window: usize,
+    /// Bytes of encoded items read ahead, at most (one batch is let through).
+    pub window_bytes: u64,
     pub command: WorkerCommand,
     pub max_frame: usize,
     pub handshake_timeout: Duration,
@@ -134,6 +136,8 @@ pub(crate) enum Event {
         job: u64,
         function: Arc<str>,
         codec: Codec,
+        /// Its results travel packed (typed bincode jobs).
+        packed: bool,
         results: Sender<JobMsg>,
         counters: Arc<JobCounters>,
         recycle: Sender<Items>,
@@ -223,6 +227,7 @@ impl Worker {
 struct Job {
     function: Arc<str>,
     codec: Codec,
+    packed: bool,
     results: Sender<JobMsg>,
     counters: Arc<JobCounters>,
     /// Where finished batch buffers go back to the feeder for reuse.
@@ -522,6 +527,7 @@ impl Engine {
                 job,
                 function,
                 codec,
+                packed,
                 results,
                 counters,
                 recycle,
@@ -539,6 +545,7 @@ impl Engine {
                     Job {
                         function,
                         codec,
+                        packed,
                         results,
                         counters,
                         recycle,
@@ -685,7 +692,17 @@ impl Engine {
                 head.batch.items.len(),
             ),
         };
-        let live = self.jobs.get(&header.job).is_some_and(|j| !j.cancelled);
+        let job = self.jobs.get(&header.job);
+        let live = job.is_some_and(|j| !j.cancelled);
+        if job.is_some_and(|j| j.packed != header.packed) {
+            let what = if header.packed {
+                "sent packed results for a batch that asked for lengths"
+            } else {
+                "sent results with lengths for a batch that asked for packed ones"
+            };
+            self.kill(wid, KillReason::Violation(what.into()));
+            return;
+        }
         let skipped = count == 0 && header.offset == 0 && header.failures.is_empty();
         let advance = if skipped && !live {
             total - answered
@@ -1241,6 +1258,7 @@ impl Engine {
                 function: job.function.to_string(),
                 codec: job.codec,
                 first_index: batch.first_index,
+                packed_results: job.packed,
             };
             let batch = self.queue.pop_front().expect("front");
             self.next_seq += 1;

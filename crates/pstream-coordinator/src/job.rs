@@ -19,10 +19,12 @@ use crate::error::{ItemError, ItemErrorKind, PoolError};
 use crate::hub::Hub;
 use crate::stats::{JobStats, PoolCounters};
 
-/// The flow-control window: how many items may be read from the input and not yet
-/// handed to the consumer. The feeder takes permits before reading; the consumer
+/// The flow-control window: how many items, and how many of their bytes, may be read
+/// from the input and not yet handed to the consumer. The feeder takes permits
+/// before reading and registers each batch it sends with its bytes; the consumer
 /// gives them back as it takes results; closing it (the consumer went away) wakes
-/// and stops the feeder. Shared by the process pool and the thread executor.
+/// and stops the feeder. Shared by the process pool and the thread executor (which
+/// counts items only).
 #[derive(Debug)]
 pub struct Window {
     size: usize,
@@ -39,11 +41,23 @@ struct WindowState {
     /// Threads waiting for permits: with none, giving permits back makes no
     /// system call (a condition variable's notify always does).
     waiting: usize,
+    /// Bytes of the batches sent and not yet wholly handed out, and the most there
+    /// may be before the feeder waits (it never waits with nothing in flight).
+    bytes: u64,
+    max_bytes: u64,
+    /// The batches sent and not yet wholly handed out: first index → (items, items
+    /// not yet handed out, bytes).
+    batches: BTreeMap<u64, (u64, u64, u64)>,
 }
 
 impl Window {
-    /// A window of `size` permits, all free.
+    /// A window of `size` permits, all free, and no bound on bytes.
     pub fn new(size: usize) -> Window {
+        Window::with_bytes(size, u64::MAX)
+    }
+
+    /// A window of `size` items and `max_bytes` bytes of encoded items.
+    pub fn with_bytes(size: usize, max_bytes: u64) -> Window {
         Window {
             size,
             cancelled: AtomicBool::new(false),
@@ -51,21 +65,26 @@ impl Window {
                 available: size,
                 closed: false,
                 waiting: 0,
+                bytes: 0,
+                max_bytes,
+                batches: BTreeMap::new(),
             }),
             freed: Condvar::new(),
         }
     }
 
     /// Take up to `want` permits, waiting for at least one if `block`. `None` once
-    /// the window is closed (the job was cancelled).
+    /// the window is closed (the job was cancelled). None is free while the bytes in
+    /// flight are at their bound.
     pub fn acquire(&self, want: usize, block: bool) -> Option<usize> {
         let mut state = self.state.lock().unwrap();
         loop {
             if state.closed {
                 return None;
             }
-            if state.available > 0 || !block {
-                let got = state.available.min(want);
+            let full = state.bytes >= state.max_bytes && !state.batches.is_empty();
+            if !full && state.available > 0 || !block {
+                let got = if full { 0 } else { state.available.min(want) };
                 state.available -= got;
                 return Some(got);
             }
@@ -83,6 +102,48 @@ impl Window {
         let mut state = self.state.lock().unwrap();
         state.available += n;
         debug_assert!(state.available <= self.size);
+        if state.waiting > 0 {
+            self.freed.notify_all();
+        }
+    }
+
+    /// A batch of `items` items from index `first`, `bytes` bytes in all, was sent.
+    /// Whether the bytes in flight are now at their bound (the feeder then gives
+    /// back the permits it holds, and reads on once batches are out).
+    pub fn sent(&self, first: u64, items: u64, bytes: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if state.max_bytes == u64::MAX {
+            return false;
+        }
+        state.bytes += bytes;
+        state.batches.insert(first, (items, items, bytes));
+        state.bytes >= state.max_bytes
+    }
+
+    /// The `n` results from index `first` on were handed out: give their permits
+    /// back, and the bytes of each batch whose results are now all out.
+    pub fn release_results(&self, first: u64, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut state = self.state.lock().unwrap();
+        state.available += n;
+        debug_assert!(state.available <= self.size);
+        // The batch that holds them, if they came from one (an item that failed
+        // before it was sent did not).
+        let holder = state
+            .batches
+            .range_mut(..=first)
+            .next_back()
+            .filter(|(start, (items, _, _))| first < *start + *items)
+            .map(|(start, entry)| {
+                entry.1 = entry.1.saturating_sub(n as u64);
+                (*start, entry.1, entry.2)
+            });
+        if let Some((start, 0, bytes)) = holder {
+            state.batches.remove(&start);
+            state.bytes -= bytes;
+        }
         if state.waiting > 0 {
             self.freed.notify_all();
         }
@@ -383,11 +444,12 @@ impl Feeder {
             self.permits -= 1;
             let index = self.next;
             // Counted once encoded: an encoder that panics leaves `next` at its item.
+            let before = self.batch.data_len();
             let pushed = self.batch.push_with(|buf| encode(item, buf));
             self.next += 1;
             match pushed {
                 Ok(()) => {
-                    let size = self.batch.get(self.batch.len() - 1).map_or(0, <[u8]>::len);
+                    let size = self.batch.data_len() - before;
                     if size > self.limits.max_item {
                         self.batch.pop();
                         self.fail_item(
@@ -453,10 +515,6 @@ impl Feeder {
             }
             n => self.permits = n,
         }
-        let in_use = self.window.in_use() as u64;
-        self.counters
-            .peak_in_flight
-            .fetch_max(in_use, Ordering::Relaxed);
         Some(true)
     }
 
@@ -480,6 +538,18 @@ impl Feeder {
                 Err(_) => Items::with_capacity(self.batch.len(), 0),
             };
             let items = std::mem::replace(&mut self.batch, fresh);
+            if self
+                .window
+                .sent(self.first, items.len() as u64, items.data_len() as u64)
+            {
+                self.window.release(self.permits);
+                self.permits = 0;
+            }
+            // Items read and not yet handed out: the permits in use but not held.
+            let in_flight = self.window.in_use().saturating_sub(self.permits) as u64;
+            self.counters
+                .peak_in_flight
+                .fetch_max(in_flight, Ordering::Relaxed);
             self.submitted += items.len() as u64;
             let batch = Batch {
                 job: self.limits.job,
@@ -535,6 +605,32 @@ struct Current {
     batch: ResultBatch,
     pos: usize,
     next_failure: usize,
+    /// In packed items: where the next one starts.
+    cursor: usize,
+    /// In packed items: one did not decode, so where the next starts is unknown.
+    lost: bool,
+}
+
+impl Current {
+    fn new(batch: ResultBatch) -> Current {
+        Current {
+            batch,
+            pos: 0,
+            next_failure: 0,
+            cursor: 0,
+            lost: false,
+        }
+    }
+}
+
+/// What [`RawResults::advance`] found.
+enum Advanced {
+    /// Every result is out.
+    Done,
+    /// This item failed (or the job stopped).
+    Failed(u64, ItemError),
+    /// The current batch's next item is ready and did not fail.
+    Ready,
 }
 
 #[cfg(test)]
@@ -555,6 +651,52 @@ mod window_tests {
         w.close();
         assert!(w.is_closed());
         assert_eq!(w.acquire(1, true), None);
+    }
+
+    #[test]
+    fn bytes_in_flight_hold_the_feeder_until_whole_batches_are_out() {
+        let w = Window::with_bytes(100, 10);
+        assert_eq!(w.acquire(10, false), Some(10));
+        w.sent(0, 5, 8);
+        // Under the bound: permits still come.
+        assert_eq!(w.acquire(5, false), Some(5));
+        w.sent(5, 5, 8);
+        assert_eq!(w.acquire(5, false), Some(0), "16 bytes of 10 in flight");
+        // Part of the first batch out: its bytes stay in flight.
+        w.release_results(0, 3);
+        assert_eq!(w.acquire(5, false), Some(0));
+        // All of it: 8 bytes left, under the bound.
+        w.release_results(3, 2);
+        assert_eq!(w.acquire(5, false), Some(5));
+        // A result that came from no batch (an item that failed before it was
+        // sent) gives back its permit only.
+        w.release_results(50, 1);
+        w.sent(10, 5, 8);
+        assert_eq!(w.acquire(1, false), Some(0));
+        // A batch larger than the bound holds the feeder until it is out.
+        w.release_results(5, 5);
+        w.release_results(10, 5);
+        w.sent(15, 1, 1000);
+        assert_eq!(w.acquire(1, false), Some(0));
+        w.release_results(15, 1);
+        assert_eq!(w.acquire(1, false), Some(1), "nothing in flight");
+    }
+
+    #[test]
+    fn a_feeder_waiting_for_bytes_wakes_when_a_batch_is_out() {
+        let w = std::sync::Arc::new(Window::with_bytes(100, 10));
+        assert_eq!(w.acquire(4, false), Some(4));
+        w.sent(0, 4, 20);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let w = std::sync::Arc::clone(&w);
+            std::thread::spawn(move || tx.send(w.acquire(3, true)).unwrap())
+        };
+        // It cannot have its permits while the batch is in flight.
+        assert!(rx.try_recv().is_err());
+        w.release_results(0, 4);
+        assert_eq!(rx.recv().unwrap(), Some(3));
+        waiter.join().unwrap();
     }
 }
 
@@ -632,18 +774,94 @@ impl RawResults {
     pub fn next_raw(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
         // The common case, small enough to inline into the caller's loop: the
         // current batch has another item, and it did not fail.
-        let fast = self.current.as_ref().is_some_and(|cur| {
+        if !self.ready() {
+            match self.advance() {
+                Advanced::Done => return None,
+                Advanced::Failed(index, error) => return Some((index, Err(error))),
+                Advanced::Ready => {}
+            }
+        }
+        self.take_ok()
+    }
+
+    /// The next result decoded by `decode`, which gets the item's bytes (for packed
+    /// items, everything from the item's start to the end of its batch) and returns
+    /// the value and how many bytes it took. For typed results.
+    #[inline(always)]
+    pub(crate) fn next_with<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<(T, usize), String>,
+    ) -> Option<(u64, Result<T, ItemError>)> {
+        if !self.ready() {
+            match self.advance() {
+                Advanced::Done => return None,
+                Advanced::Failed(index, error) => return Some((index, Err(error))),
+                Advanced::Ready => {}
+            }
+        }
+        let cur = self.current.as_mut().expect("an item is ready");
+        let slot = cur.pos;
+        cur.pos += 1;
+        self.yielded += 1;
+        let index = cur.batch.first_index + slot as u64;
+        let items = &cur.batch.items;
+        let decoded = if !items.is_packed() {
+            let bytes = items.get(slot).expect("slot within batch");
+            match decode(bytes) {
+                Ok((_, used)) if used != bytes.len() => Err(format!(
+                    "{} bytes left over after the value",
+                    bytes.len() - used
+                )),
+                other => other,
+            }
+        } else if cur.lost {
+            Err(
+                "an earlier result of its batch did not decode, so where this one starts \
+                 is unknown"
+                    .to_string(),
+            )
+        } else {
+            let rest = items.data().get(cur.cursor..).unwrap_or_default();
+            let decoded = decode(rest);
+            match &decoded {
+                Ok((_, used)) => cur.cursor += used,
+                Err(_) => cur.lost = true,
+            }
+            decoded
+        };
+        match decoded {
+            Ok((value, _)) => {
+                self.ok += 1;
+                Some((index, Ok(value)))
+            }
+            Err(message) => {
+                self.failed += 1;
+                Some((
+                    index,
+                    Err(ItemError {
+                        index,
+                        kind: ItemErrorKind::Decode {
+                            message: format!(
+                                "the result does not decode as the output type: {message}"
+                            ),
+                        },
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// Whether the current batch's next item is there and did not fail.
+    #[inline(always)]
+    fn ready(&self) -> bool {
+        self.current.as_ref().is_some_and(|cur| {
             cur.pos < cur.batch.items.len()
                 && cur
                     .batch
                     .failures
                     .get(cur.next_failure)
                     .is_none_or(|(slot, _)| *slot as usize != cur.pos)
-        });
-        if !fast {
-            return self.next_raw_slow();
-        }
-        self.take_ok()
+        })
     }
 
     /// Hand out the current batch's next item, known to be there and not failed.
@@ -661,32 +879,28 @@ impl RawResults {
         ))
     }
 
-    /// [`RawResults::next_raw`] when the current batch has no ready item: the end
-    /// of a batch, a failed item, or a wait for the engine.
+    /// When the current batch has no ready item: the end of a batch, a failed item,
+    /// or a wait for the engine. Leaves a ready item current, or says why not.
     #[inline(never)]
-    fn next_raw_slow(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
+    fn advance(&mut self) -> Advanced {
         loop {
             if let Some(cur) = &self.current {
                 if cur.pos < cur.batch.items.len() {
                     break;
                 }
-                let n = cur.batch.items.len();
+                let (first, n) = (cur.batch.first_index, cur.batch.items.len());
                 self.current = None;
-                self.window.release(n);
+                self.window.release_results(first, n);
             }
             if self.finished {
-                return None;
+                return Advanced::Done;
             }
             if self.ordered {
                 if let Some(entry) = self.reorder.first_entry() {
                     if *entry.key() == self.next_index {
                         let batch = entry.remove();
                         self.next_index += batch.items.len() as u64;
-                        self.current = Some(Current {
-                            batch,
-                            pos: 0,
-                            next_failure: 0,
-                        });
+                        self.current = Some(Current::new(batch));
                         continue;
                     }
                 }
@@ -697,7 +911,7 @@ impl RawResults {
                     Some(error) => self.error = Some(error),
                     None => {
                         self.finish();
-                        return None;
+                        return Advanced::Done;
                     }
                 }
             }
@@ -710,13 +924,13 @@ impl RawResults {
                 let reason = error.to_string();
                 self.finish();
                 self.failed += 1;
-                return Some((
+                return Advanced::Failed(
                     index,
-                    Err(ItemError {
+                    ItemError {
                         index,
                         kind: ItemErrorKind::Aborted { reason },
-                    }),
-                ));
+                    },
+                );
             }
             match self.next_msg() {
                 JobMsg::Results(batch) => {
@@ -726,11 +940,7 @@ impl RawResults {
                     if self.ordered {
                         self.reorder.insert(batch.first_index, batch);
                     } else {
-                        self.current = Some(Current {
-                            batch,
-                            pos: 0,
-                            next_failure: 0,
-                        });
+                        self.current = Some(Current::new(batch));
                     }
                 }
                 JobMsg::InputDone { total } => self.total = Some(total),
@@ -757,10 +967,10 @@ impl RawResults {
                         message: String::new(),
                     },
                 );
-                return Some((index, Err(ItemError { index, kind })));
+                return Advanced::Failed(index, ItemError { index, kind });
             }
         }
-        self.take_ok()
+        Advanced::Ready
     }
 
     /// The next message from the engine. When this thread reads the input, it
@@ -825,6 +1035,15 @@ impl Drop for RawResults {
     }
 }
 
+/// Decode one bincode value from the front of `bytes`. Inlined into the caller's
+/// loop: as a call, its result went through memory, and reading it back wider than
+/// it was written stalled the store-to-load forwarding on every item.
+#[inline(always)]
+fn decode_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
+    bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
+        .map_err(|e| e.to_string())
+}
+
 /// The typed results of [`crate::ProcessPool::map`]: an iterator of
 /// `Result<Out, ItemError>`, in input order (or as they come for
 /// [`crate::ProcessPool::map_unordered`]). Dropping it cancels the job.
@@ -845,19 +1064,7 @@ impl<Out: DeserializeOwned> MapResults<Out> {
     /// The next result with its input index (useful when unordered).
     #[inline]
     pub fn next_indexed(&mut self) -> Option<(u64, Result<Out, ItemError>)> {
-        let (index, raw) = self.raw.next_raw()?;
-        let result = raw.and_then(|bytes| {
-            match bincode::serde::decode_from_slice::<Out, _>(bytes, bincode::config::standard()) {
-                Ok((value, _)) => Ok(value),
-                Err(e) => Err(ItemError {
-                    index,
-                    kind: ItemErrorKind::Decode {
-                        message: format!("the result does not decode as the output type: {e}"),
-                    },
-                }),
-            }
-        });
-        Some((index, result))
+        self.raw.next_with(decode_bincode::<Out>)
     }
 
     /// Yield `(index, result)` pairs instead of results.

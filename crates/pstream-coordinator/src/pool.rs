@@ -23,13 +23,18 @@ use crate::process::{random_token, WorkerCommand};
 use crate::stats::{PoolCounters, PoolStats};
 
 /// The default flow-control window, in items.
-pub const DEFAULT_WINDOW: usize = 5000;
+pub const DEFAULT_WINDOW: usize = 20_000;
+
+/// The default bound on the bytes of encoded items read ahead of the consumer.
+pub const DEFAULT_WINDOW_BYTES: u64 = 64 << 20;
 
 /// Configures and starts a [`ProcessPool`].
 #[derive(Debug, Clone)]
 pub struct PoolBuilder {
     workers: Option<usize>,
-    window: usize,
+    /// Unset: [`DEFAULT_WINDOW`].
+    window: Option<usize>,
+    window_bytes: u64,
     program: Option<PathBuf>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
@@ -50,7 +55,8 @@ impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
             workers: None,
-            window: DEFAULT_WINDOW,
+            window: None,
+            window_bytes: DEFAULT_WINDOW_BYTES,
             program: None,
             args: Vec::new(),
             env: Vec::new(),
@@ -77,10 +83,28 @@ impl PoolBuilder {
     }
 
     /// The most items read from the input and not yet handed to the consumer
-    /// (default [`DEFAULT_WINDOW`]). Memory on the coordinator's side is
-    /// O(window × item size), however long the input.
+    /// (default [`DEFAULT_WINDOW`]). With [`PoolBuilder::window_bytes`], this
+    /// bounds the coordinator's memory however long the input. Larger windows mean
+    /// larger batches (up to 4,096 items, a quarter of the window per worker) and
+    /// fewer system calls and wake-ups per item.
     pub fn window(mut self, items: usize) -> Self {
-        self.window = items;
+        self.window = Some(items);
+        self
+    }
+
+    /// The window, unless one was set: for wrappers with defaults of their own.
+    #[doc(hidden)]
+    pub fn window_or(mut self, items: usize) -> Self {
+        self.window.get_or_insert(items);
+        self
+    }
+
+    /// The most bytes of encoded items sent and not yet handed to the consumer
+    /// (default [`DEFAULT_WINDOW_BYTES`], 64 MiB): large items are read ahead by
+    /// bytes, not only by count. The input is not read further while batches
+    /// holding this much are in flight; one batch is always let through.
+    pub fn window_bytes(mut self, bytes: u64) -> Self {
+        self.window_bytes = bytes;
         self
     }
 
@@ -186,7 +210,8 @@ impl PoolBuilder {
         if workers == 0 {
             return Err(PoolError::Config("a pool needs at least one worker".into()));
         }
-        if self.window == 0 {
+        let window = self.window.unwrap_or(DEFAULT_WINDOW);
+        if window == 0 {
             return Err(PoolError::Config(
                 "the window must hold at least one item".into(),
             ));
@@ -202,9 +227,15 @@ impl PoolBuilder {
             // Re-execute this very binary, even if its file was replaced since.
             None => PathBuf::from("/proc/self/exe"),
         };
+        if self.window_bytes == 0 {
+            return Err(PoolError::Config(
+                "the window must hold at least one byte".into(),
+            ));
+        }
         let config = Arc::new(Config {
             workers,
-            window: self.window,
+            window,
+            window_bytes: self.window_bytes,
             command: WorkerCommand {
                 program,
                 args: self.args,
@@ -223,7 +254,7 @@ impl PoolBuilder {
         });
         let max_batch = self
             .max_batch
-            .unwrap_or_else(|| (self.window / (2 * workers)).min(4096))
+            .unwrap_or_else(|| (window / (2 * workers)).min(4096))
             .clamp(1, (self.capacity as usize / 2).max(1));
 
         let checks = Arc::new(Checks {
@@ -395,13 +426,18 @@ impl ProcessPool {
         I::IntoIter: Send + 'static,
     {
         let encode = |item: In, buf: &mut Vec<u8>| {
-            bincode::serde::encode_into_std_write(&item, buf, bincode::config::standard())
-                .map(drop)
-                .map_err(|e| e.to_string())
+            pstream_protocol::encode_bincode(&item, buf).map_err(|e| e.to_string())
         };
+        // Results travel packed only if the workers' function has exactly this
+        // output type (a stale plugin may not): packed values of another type would
+        // decode wrong, where values with lengths fail to decode.
+        let packed = self.functions.iter().any(|f| {
+            f.name == function.name() && f.output_type_name == std::any::type_name::<Out>()
+        });
         let raw = self.submit(
             function.name(),
             Codec::Bincode,
+            packed,
             ordered,
             input.into_iter(),
             encode,
@@ -428,13 +464,16 @@ impl ProcessPool {
             buf.extend_from_slice(item.as_ref());
             Ok(())
         };
-        self.submit(function, codec, ordered, input.into_iter(), encode)
+        self.submit(function, codec, false, ordered, input.into_iter(), encode)
     }
 
+    /// Start a job. With `packed`, items and results travel without their lengths:
+    /// only for bincode items whose results are decoded as a known type.
     fn submit<I, E>(
         &self,
         function: &str,
         codec: Codec,
+        packed: bool,
         ordered: bool,
         input: I,
         encode: E,
@@ -455,12 +494,16 @@ impl ProcessPool {
         // A few spare batch buffers, handed back by the engine.
         let (recycle_tx, recycled) = crossbeam_channel::bounded(4);
         let counters = Arc::new(JobCounters::default());
-        let window = Arc::new(Window::new(self.config.window));
+        let window = Arc::new(Window::with_bytes(
+            self.config.window,
+            self.config.window_bytes,
+        ));
         self.events
             .send(Event::NewJob {
                 job,
                 function: Arc::from(function),
                 codec,
+                packed,
                 results: results_tx,
                 counters: Arc::clone(&counters),
                 recycle: recycle_tx,
@@ -469,7 +512,10 @@ impl ProcessPool {
         let limits = FeedLimits {
             job,
             max_batch: self.max_batch,
-            max_batch_bytes: (self.config.max_frame / 4).min(4 << 20),
+            // A quarter of the byte window per worker, as with items.
+            max_batch_bytes: (self.config.max_frame / 4)
+                .min(4 << 20)
+                .min((self.config.window_bytes / (2 * self.config.workers as u64)).max(1) as usize),
             // Room for the header (the function's name and a few numbers).
             max_item: self
                 .config

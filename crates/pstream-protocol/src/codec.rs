@@ -4,7 +4,7 @@ use std::io::{self, Read, Write};
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 
-use crate::{Frame, Items, Message, MAX_HEADER, PROTOCOL_VERSION};
+use crate::{Codec, Frame, Items, Message, MAX_HEADER, PROTOCOL_VERSION};
 
 type HeaderConfig = Configuration<LittleEndian, Varint, Limit<MAX_HEADER>>;
 
@@ -83,6 +83,11 @@ fn carries_items(message: &Message) -> bool {
     matches!(message, Message::Batch(_) | Message::Results(_))
 }
 
+/// Whether the frame's items travel without their lengths.
+fn packed(message: &Message) -> bool {
+    matches!(message, Message::Results(header) if header.packed)
+}
+
 /// Encode a frame into `out` (appending). Fails if its body would exceed `max`.
 pub fn encode_frame(
     message: &Message,
@@ -129,11 +134,17 @@ pub fn encode_prefix(
         .map_err(EncodeError::Header)?;
     let header_len = out.len() - start - 8;
     if carries_items(message) {
+        debug_assert!(
+            packed(message) || !items.is_packed(),
+            "packed items cannot be sent with lengths"
+        );
         out.extend_from_slice(&(items.len() as u32).to_le_bytes());
-        let mut last = 0;
-        for &end in items.ends() {
-            put_varint(out, end - last);
-            last = end;
+        if !packed(message) {
+            let mut last = 0;
+            for &end in items.ends() {
+                put_varint(out, end - last);
+                last = end;
+            }
         }
     } else {
         debug_assert!(items.is_empty(), "only batches and results carry items");
@@ -284,6 +295,21 @@ pub fn decode_body_at(buf: Vec<u8>, start: usize) -> Result<Frame, DecodeError> 
     }
     let count = read_u32(body, header_end).ok_or(DecodeError::Malformed("no item count"))? as usize;
     let mut at = header_end + 4;
+    if let Message::Batch(header) = &message {
+        if header.packed_results && header.codec != Codec::Bincode {
+            return Err(DecodeError::Malformed(
+                "only bincode results can travel packed",
+            ));
+        }
+    }
+    if packed(&message) {
+        // No lengths: the count is checked by whoever decodes the items (a
+        // zero-sized value takes no byte, so the bytes do not bound it).
+        return Ok(Frame {
+            message,
+            items: Items::packed_from_parts(buf, start + at, count),
+        });
+    }
     // Every length takes a byte at least: a count the frame cannot hold allocates
     // nothing.
     if count > body.len() - at {
@@ -335,6 +361,8 @@ mod tests {
                 name: "double".into(),
                 input_type: "i64".into(),
                 output_type: "i64".into(),
+                input_type_name: "i64".into(),
+                output_type_name: "i64".into(),
             }],
         })
     }
@@ -365,6 +393,7 @@ mod tests {
                     function: "double".into(),
                     codec: Codec::Json,
                     first_index: 1000,
+                    packed_results: false,
                 }),
                 items: sample_items(),
             },
@@ -379,6 +408,7 @@ mod tests {
                         message: "boom".into(),
                         location: Some("src/lib.rs:1:1".into()),
                     }],
+                    packed: false,
                 }),
                 items: sample_items(),
             },
@@ -389,6 +419,7 @@ mod tests {
                     function: String::new(),
                     codec: Codec::Bincode,
                     first_index: 0,
+                    packed_results: false,
                 }),
                 items: Items::new(),
             },
@@ -427,6 +458,109 @@ mod tests {
             .unwrap();
             assert_eq!(written, bytes);
         }
+    }
+
+    fn packed_results(values: &[u64]) -> (Frame, Vec<u8>) {
+        let mut items = Items::new();
+        for v in values {
+            items
+                .push_with(|buf| {
+                    bincode::serde::encode_into_std_write(v, buf, bincode::config::standard())
+                        .map(drop)
+                })
+                .unwrap();
+        }
+        let frame = Frame {
+            message: Message::Results(ResultsHeader {
+                job: 1,
+                seq: 2,
+                offset: 0,
+                failures: vec![],
+                packed: true,
+            }),
+            items,
+        };
+        let bytes = encode(&frame);
+        (frame, bytes)
+    }
+
+    #[test]
+    fn packed_items_travel_without_lengths_and_split_by_decoding() {
+        let values = [0u64, 1, 250, 251, 70_000, u64::MAX];
+        let (frame, bytes) = packed_results(&values);
+        let mut unpacked = frame.clone();
+        if let Message::Results(h) = &mut unpacked.message {
+            h.packed = false;
+        }
+        // One length byte per item saved, nothing else changes but the flag.
+        assert_eq!(encode(&unpacked).len(), bytes.len() + values.len());
+        let back = read_frame(&mut &bytes[..], DEFAULT_MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.message, frame.message);
+        assert!(back.items.is_packed());
+        assert_eq!(back.items.len(), values.len());
+        assert_eq!(back.items.get(0), None);
+        assert_eq!(back.items.data(), frame.items.data());
+        let mut rest = back.items.data();
+        for &v in &values {
+            let (got, used): (u64, usize) =
+                bincode::serde::decode_from_slice(rest, bincode::config::standard()).unwrap();
+            assert_eq!(got, v);
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        // In place too.
+        let back = decode_body_at(bytes, 4).unwrap();
+        assert!(back.items.is_packed());
+        assert_eq!(back.items.data(), frame.items.data());
+    }
+
+    /// Job 0, seq 0, function "f", JSON, first index 0.
+    fn json_batch(packed_results: bool) -> Message {
+        Message::Batch(BatchHeader {
+            job: 0,
+            seq: 0,
+            function: "f".into(),
+            codec: Codec::Json,
+            first_index: 0,
+            packed_results,
+        })
+    }
+
+    /// The two frame examples of docs/protocol.md, byte for byte.
+    #[test]
+    fn the_documented_frames() {
+        let mut items = Items::new();
+        items.push(b"1");
+        items.push(b"2");
+        let mut out = Vec::new();
+        encode_frame(&json_batch(false), &items, DEFAULT_MAX_FRAME, &mut out).unwrap();
+        assert_eq!(
+            out,
+            [0x14, 0, 0, 0, 8, 0, 0, 0, 3, 0, 0, 1, 0x66, 1, 0, 0, 2, 0, 0, 0, 1, 1, 0x31, 0x32]
+        );
+        let (_, out) = packed_results(&[1, 300]);
+        assert_eq!(
+            out,
+            [0x12, 0, 0, 0, 6, 0, 0, 0, 4, 1, 2, 0, 0, 1, 2, 0, 0, 0, 1, 0xfb, 0x2c, 1]
+        );
+    }
+
+    #[test]
+    fn only_bincode_results_travel_packed() {
+        let mut bytes = Vec::new();
+        encode_frame(
+            &json_batch(true),
+            &Items::new(),
+            DEFAULT_MAX_FRAME,
+            &mut bytes,
+        )
+        .unwrap();
+        assert!(matches!(
+            read_frame(&mut &bytes[..], DEFAULT_MAX_FRAME),
+            Err(DecodeError::Malformed(m)) if m.contains("packed")
+        ));
     }
 
     #[test]
@@ -543,8 +677,10 @@ mod tests {
             }
             if let Ok(Some(frame)) = read_frame(&mut &bytes[..], 1 << 16) {
                 // Whatever decoded is internally consistent.
-                for i in 0..frame.items.len() {
-                    prop_assert!(frame.items.get(i).is_some());
+                if !frame.items.is_packed() {
+                    for i in 0..frame.items.len() {
+                        prop_assert!(frame.items.get(i).is_some());
+                    }
                 }
             }
         }
@@ -556,7 +692,7 @@ mod tests {
                 batch.push(item);
             }
             let frame = Frame {
-                message: Message::Batch(BatchHeader { job, seq, function: "f".into(), codec: Codec::Bincode, first_index: job }),
+                message: Message::Batch(BatchHeader { job, seq, function: "f".into(), codec: Codec::Bincode, first_index: job, packed_results: false }),
                 items: batch,
             };
             let bytes = encode(&frame);

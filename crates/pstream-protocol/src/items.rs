@@ -16,6 +16,10 @@ pub struct Items {
     data_start: usize,
     /// Cumulative end offset of each item, relative to `data_start`.
     ends: Vec<u32>,
+    /// Items received packed (see [`crate::BatchHeader::packed`]): how many there
+    /// are. Their bytes run together, and only decoding them finds where each
+    /// ends; `ends` is empty.
+    packed: Option<usize>,
 }
 
 impl Items {
@@ -30,6 +34,7 @@ impl Items {
             buf: Vec::with_capacity(bytes),
             data_start: 0,
             ends: Vec::with_capacity(items),
+            packed: None,
         }
     }
 
@@ -45,19 +50,41 @@ impl Items {
             buf,
             data_start,
             ends,
+            packed: None,
         }
+    }
+
+    /// `count` packed items whose bytes are `buf[data_start..]`.
+    pub(crate) fn packed_from_parts(buf: Vec<u8>, data_start: usize, count: usize) -> Items {
+        Items {
+            buf,
+            data_start,
+            ends: Vec::new(),
+            packed: Some(count),
+        }
+    }
+
+    /// Whether the items were received packed: [`Items::get`] and [`Items::iter`]
+    /// cannot split them; whoever knows their type decodes them one after another
+    /// from [`Items::data`].
+    #[inline]
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
     }
 
     /// How many items.
     #[inline]
     pub fn len(&self) -> usize {
-        self.ends.len()
+        match self.packed {
+            Some(count) => count,
+            None => self.ends.len(),
+        }
     }
 
     /// Whether there are no items.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len() == 0
     }
 
     /// The items' bytes, all together.
@@ -78,7 +105,7 @@ impl Items {
         &self.ends
     }
 
-    /// The `i`th item's bytes, or `None` past the end.
+    /// The `i`th item's bytes, or `None` past the end (and for packed items).
     #[inline]
     pub fn get(&self, i: usize) -> Option<&[u8]> {
         let end = *self.ends.get(i)? as usize;
@@ -86,7 +113,7 @@ impl Items {
         Some(&self.buf[self.data_start + start..self.data_start + end])
     }
 
-    /// The items in order.
+    /// The items in order (none, for packed items).
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         let data = self.data();
         let mut start = 0usize;
@@ -164,6 +191,7 @@ impl Items {
         self.buf.clear();
         self.data_start = 0;
         self.ends.clear();
+        self.packed = None;
     }
 
     #[inline]
@@ -177,7 +205,7 @@ impl Items {
 
 impl PartialEq for Items {
     fn eq(&self, other: &Items) -> bool {
-        self.ends == other.ends && self.data() == other.data()
+        self.ends == other.ends && self.packed == other.packed && self.data() == other.data()
     }
 }
 

@@ -15,8 +15,10 @@
 //! The header is a [`Message`]. Frames that carry items ([`Message::Batch`] and
 //! [`Message::Results`]) append an item section: `u32 LE count`, `count` item lengths
 //! (LEB128 varints, one byte for an item under 128 bytes) and the items' bytes, back
-//! to back. Items are opaque blobs
-//! encoded by the job's [`Codec`]; the protocol never looks inside them.
+//! to back. Items are opaque blobs encoded by the job's [`Codec`]; the protocol
+//! never looks inside them. A packed frame ([`BatchHeader::packed`]) leaves the
+//! lengths out: its bincode items are split by decoding them, by whoever knows
+//! their type.
 //!
 //! # Guarantees
 //!
@@ -47,9 +49,28 @@ pub use message::{
     ResultsHeader,
 };
 
+/// Append `value`, bincode-encoded with the standard configuration (the items of
+/// [`Codec::Bincode`]), to `out`. Leaner than going through `std::io::Write`: on
+/// tiny items the encoding is a good part of the cost of an item.
+#[inline]
+pub fn encode_bincode<T: serde::Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), bincode::error::EncodeError> {
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl bincode::enc::write::Writer for Append<'_> {
+        #[inline]
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+    bincode::serde::encode_into_writer(value, Append(out), bincode::config::standard())
+}
+
 /// The protocol version spoken by this build. Bumped on any incompatible change to a
 /// frame; the handshake refuses a peer that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The default maximum size of one frame body, in bytes, on both sides.
 ///

@@ -108,6 +108,12 @@ pub struct FunctionInfo {
     pub input_type: String,
     /// The output type, as written in the source (for humans).
     pub output_type: String,
+    /// The input type's full name (`std::any::type_name`). A typed job travels
+    /// packed only if its input and output types have exactly these names: packed
+    /// items of another type would not fail to decode, they would decode wrong.
+    pub input_type_name: String,
+    /// The output type's full name (`std::any::type_name`).
+    pub output_type_name: String,
 }
 
 /// How a job's items are encoded.
@@ -136,6 +142,10 @@ pub struct BatchHeader {
     pub codec: Codec,
     /// The index, in the job's input, of the batch's first item (for logs).
     pub first_index: u64,
+    /// Answer with packed results (see [`ResultsHeader::packed`]). Only with
+    /// [`Codec::Bincode`]. The batch's own items always carry their lengths, so a
+    /// worker can tell each input from the next even when one does not decode.
+    pub packed_results: bool,
 }
 
 /// The header of the results of one batch.
@@ -149,6 +159,11 @@ pub struct ResultsHeader {
     pub offset: u32,
     /// The items that failed, by their position in this frame, ascending.
     pub failures: Vec<ItemFailure>,
+    /// The items travel packed, as the batch asked: their bytes back to back with no
+    /// lengths (a failed item has none), split by decoding them, which bincode
+    /// values allow. Saves the coordinator, whose one thread reads every result, a
+    /// pass over the lengths, and a byte or more per item.
+    pub packed: bool,
 }
 
 /// Why one item of a batch has no value.

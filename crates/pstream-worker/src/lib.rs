@@ -22,11 +22,12 @@ mod serve;
 pub use pstream_protocol::Function;
 #[doc(hidden)]
 pub use registry::{__call_fallible, __call_plain};
-pub use registry::{functions, registry, CallError, CallFn, Registration};
+pub use registry::{functions, registry, BatchFn, CallError, CallFn, Registration};
 pub use serve::{serve_from_env, WorkerError, DEFAULT_CAPACITY};
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::serve::Batch;
     pub use inventory;
     pub use pstream_protocol::Codec;
 }

@@ -5,6 +5,9 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use pstream_protocol::{Codec, FailureKind, FunctionInfo};
+
+use crate::serve::Batch;
+use crate::WorkerError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -26,9 +29,15 @@ impl CallError {
     }
 }
 
-/// The type-erased entry point of a registered function: decode `input` with the
-/// codec, call, append the encoded result to `out`.
-pub type CallFn = fn(Codec, &[u8], &mut Vec<u8>) -> Result<(), CallError>;
+/// The type-erased entry point of a registered function: decode the item, the first
+/// `len` bytes of `input`, with the codec, call, append the encoded result to `out`.
+/// `input` may go on past the item (with the rest of its batch): a bincode decoder
+/// reads faster with room to spare, and must then end exactly at `len`.
+pub type CallFn = fn(Codec, &[u8], usize, &mut Vec<u8>) -> Result<(), CallError>;
+
+/// The entry point that computes a whole batch with one function: its loop is
+/// compiled for that function, with decoding, body and encoding inlined.
+pub type BatchFn = fn(&mut Batch<'_>) -> Result<(), WorkerError>;
 
 /// One entry of the link-time registry, submitted by [`crate::function!`].
 #[derive(Debug)]
@@ -39,8 +48,12 @@ pub struct Registration {
     pub input_type: &'static str,
     /// The output type as written in the source.
     pub output_type: &'static str,
-    /// The entry point.
+    /// The entry point for one item.
     pub call: CallFn,
+    /// The entry point for a batch.
+    pub batch: BatchFn,
+    /// The input and output types' full names (`std::any::type_name`).
+    pub type_names: fn() -> (&'static str, &'static str),
 }
 
 inventory::collect!(Registration);
@@ -71,36 +84,45 @@ pub fn registry() -> &'static HashMap<&'static str, &'static Registration> {
 pub fn functions() -> Vec<FunctionInfo> {
     let mut list: Vec<FunctionInfo> = registry()
         .values()
-        .map(|r| FunctionInfo {
-            name: r.name.to_string(),
-            input_type: r.input_type.to_string(),
-            output_type: r.output_type.to_string(),
+        .map(|r| {
+            let (input_type_name, output_type_name) = (r.type_names)();
+            FunctionInfo {
+                name: r.name.to_string(),
+                input_type: r.input_type.to_string(),
+                output_type: r.output_type.to_string(),
+                input_type_name: input_type_name.to_string(),
+                output_type_name: output_type_name.to_string(),
+            }
         })
         .collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
     list
 }
 
-fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8]) -> Result<In, CallError> {
+#[inline(always)]
+fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8], len: usize) -> Result<In, CallError> {
     match codec {
         Codec::Bincode => {
             match bincode::serde::decode_from_slice::<In, _>(input, bincode::config::standard()) {
-                Ok((value, used)) if used == input.len() => Ok(value),
-                Ok((_, used)) => Err(CallError::new(
+                Ok((value, used)) if used == len => Ok(value),
+                Ok((_, used)) if used < len => Err(CallError::new(
                     FailureKind::Decode,
-                    format!(
-                        "{} bytes left over after the input value",
-                        input.len() - used
-                    ),
+                    format!("{} bytes left over after the input value", len - used),
                 )),
+                Ok(_) => Err(CallError::new(
+                    FailureKind::Decode,
+                    "the input value runs past the end of its item",
+                )),
+                // Past the item, the error may be about bytes of the next one:
+                // decode the item alone to report on it.
+                Err(_) if input.len() > len => Err(decode_error::<In>(&input[..len])),
                 Err(e) => Err(CallError::new(FailureKind::Decode, e)),
             }
         }
-        Codec::Json => {
-            serde_json::from_slice(input).map_err(|e| CallError::new(FailureKind::Decode, e))
-        }
+        Codec::Json => serde_json::from_slice(&input[..len])
+            .map_err(|e| CallError::new(FailureKind::Decode, e)),
         Codec::Lines => {
-            let text = std::str::from_utf8(input)
+            let text = std::str::from_utf8(&input[..len])
                 .map_err(|e| CallError::new(FailureKind::Decode, format!("not UTF-8: {e}")))?;
             In::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(text))
                 .map_err(|e| CallError::new(FailureKind::Decode, e))
@@ -108,13 +130,26 @@ fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8]) -> Result<In, CallEr
     }
 }
 
+/// Why `item` (alone) does not decode as exactly one `In`.
+#[cold]
+fn decode_error<In: DeserializeOwned>(item: &[u8]) -> CallError {
+    match bincode::serde::decode_from_slice::<In, _>(item, bincode::config::standard()) {
+        Ok((_, used)) => CallError::new(
+            FailureKind::Decode,
+            format!(
+                "{} bytes left over after the input value",
+                item.len() - used
+            ),
+        ),
+        Err(e) => CallError::new(FailureKind::Decode, e),
+    }
+}
+
+#[inline(always)]
 fn encode<Out: Serialize>(codec: Codec, value: &Out, out: &mut Vec<u8>) -> Result<(), CallError> {
     match codec {
-        Codec::Bincode => {
-            bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
-                .map(drop)
-                .map_err(|e| CallError::new(FailureKind::Encode, e))
-        }
+        Codec::Bincode => pstream_protocol::encode_bincode(value, out)
+            .map_err(|e| CallError::new(FailureKind::Encode, e)),
         Codec::Json => serde_json::to_writer(&mut *out, value)
             .map_err(|e| CallError::new(FailureKind::Encode, e)),
         Codec::Lines => {
@@ -136,24 +171,28 @@ fn encode<Out: Serialize>(codec: Codec, value: &Out, out: &mut Vec<u8>) -> Resul
 }
 
 #[doc(hidden)]
+#[inline(always)]
 pub fn __call_plain<In: DeserializeOwned, Out: Serialize>(
     f: fn(In) -> Out,
     codec: Codec,
     input: &[u8],
+    len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), CallError> {
-    let value = f(decode(codec, input)?);
+    let value = f(decode(codec, input, len)?);
     encode(codec, &value, out)
 }
 
 #[doc(hidden)]
+#[inline(always)]
 pub fn __call_fallible<In: DeserializeOwned, Out: Serialize, E: fmt::Display>(
     f: fn(In) -> Result<Out, E>,
     codec: Codec,
     input: &[u8],
+    len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), CallError> {
-    match f(decode(codec, input)?) {
+    match f(decode(codec, input, len)?) {
         Ok(value) => encode(codec, &value, out),
         Err(e) => Err(CallError::new(FailureKind::Failed, e)),
     }
@@ -223,17 +262,25 @@ macro_rules! function {
 macro_rules! __register {
     ($name:ident, $in:ty, $out:ty) => {
         const _: () = {
+            #[inline(always)]
             fn __entry(
                 codec: $crate::__private::Codec,
                 input: &[u8],
+                len: usize,
                 out: &mut ::std::vec::Vec<u8>,
             ) -> ::std::result::Result<(), $crate::CallError> {
                 $crate::__call_fallible::<$in, $out, ::std::string::String>(
                     $name.local(),
                     codec,
                     input,
+                    len,
                     out,
                 )
+            }
+            fn __batch(
+                batch: &mut $crate::__private::Batch<'_>,
+            ) -> ::std::result::Result<(), $crate::WorkerError> {
+                batch.run(__entry)
             }
             $crate::__private::inventory::submit! {
                 $crate::Registration {
@@ -241,6 +288,13 @@ macro_rules! __register {
                     input_type: stringify!($in),
                     output_type: stringify!($out),
                     call: __entry,
+                    batch: __batch,
+                    type_names: || {
+                        (
+                            ::std::any::type_name::<$in>(),
+                            ::std::any::type_name::<$out>(),
+                        )
+                    },
                 }
             }
         };
@@ -260,7 +314,7 @@ mod tests {
 
     fn call(name: &str, codec: Codec, input: &[u8]) -> Result<Vec<u8>, CallError> {
         let mut out = Vec::new();
-        (registry()[name].call)(codec, input, &mut out)?;
+        (registry()[name].call)(codec, input, input.len(), &mut out)?;
         Ok(out)
     }
 

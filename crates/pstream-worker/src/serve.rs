@@ -4,6 +4,7 @@ use pstream_protocol::panic_message as payload_message;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::{BufReader, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -11,13 +12,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
 use pstream_protocol::{
-    read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, DecodeError,
+    read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, Codec, DecodeError,
     EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Message, ResultsHeader,
     DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
 };
 
-use crate::registry::{functions, registry};
+use crate::registry::{functions, registry, CallError};
 
 /// How many items a worker holds by default: room for a batch in work and one queued.
 pub const DEFAULT_CAPACITY: u32 = 8192;
@@ -170,6 +173,9 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
     let mut spare = Vec::new();
     let mut out = Items::new();
     loop {
+        if reader.buffer().is_empty() {
+            wait_readable(reader.get_ref());
+        }
         let frame = match read_frame_into(&mut reader, config.max_frame, std::mem::take(&mut spare))
         {
             Ok(Some(frame)) => frame,
@@ -209,6 +215,16 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
             }
         }
     }
+}
+
+/// Wait in `poll` until the coordinator has sent something (or closed). A thread
+/// asleep in `read` on a Unix socket is also woken each time the coordinator takes
+/// bytes this worker sent (the socket's "room to write" wake-up reaches readers
+/// too): a wasted wake-up per results frame, paid by the coordinator. `poll` for
+/// reading is woken only for reading. Errors are left to the read that follows.
+fn wait_readable(stream: &UnixStream) {
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
 }
 
 fn connect_err(config: &Config) -> impl Fn(std::io::Error) -> WorkerError + '_ {
@@ -286,7 +302,7 @@ fn run_batch(
     progress.done.store(0, Ordering::Relaxed);
     *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = Some((header.job, header.seq));
     out.clear();
-    let result = compute_batch(
+    let mut batch = Batch {
         header,
         items,
         out,
@@ -294,12 +310,76 @@ fn run_batch(
         outbox,
         progress,
         peer_max,
-    );
+    };
+    let result = match registry().get(header.function.as_str()) {
+        Some(reg) => (reg.batch)(&mut batch),
+        None => {
+            let message = format!(
+                "this worker does not serve a function named `{}`",
+                header.function
+            );
+            batch.run(|_, _, _, _| {
+                Err(CallError {
+                    kind: FailureKind::UnknownFunction,
+                    message: message.clone(),
+                })
+            })
+        }
+    };
     *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = None;
     result
 }
 
-fn compute_batch(
+/// A batch in work, as a registered function's batch entry point
+/// ([`crate::Registration::batch`]) gets it.
+#[doc(hidden)]
+pub struct Batch<'a> {
+    header: &'a BatchHeader,
+    items: &'a Items,
+    out: &'a mut Items,
+    flush_interval: Duration,
+    outbox: &'a Outbox,
+    progress: &'a Progress,
+    peer_max: usize,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("job", &self.header.job)
+            .field("seq", &self.header.seq)
+            .field("items", &self.items.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batch<'_> {
+    /// Compute every item with `call`, sending the results in one or more frames.
+    /// `call` gets the codec, the item's bytes followed by the rest of the batch's
+    /// (a decoder of self-delimiting values reads faster with room to spare), the
+    /// item's length, and where to append the encoded result. Generic, so that each
+    /// function's loop is compiled with its decoding, body and encoding inlined.
+    #[inline(always)]
+    pub fn run<F>(&mut self, call: F) -> Result<(), WorkerError>
+    where
+        F: FnMut(Codec, &[u8], usize, &mut Vec<u8>) -> Result<(), CallError>,
+    {
+        compute_batch(
+            self.header,
+            self.items,
+            self.out,
+            self.flush_interval,
+            self.outbox,
+            self.progress,
+            self.peer_max,
+            call,
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn compute_batch<F>(
     header: &BatchHeader,
     items: &Items,
     out: &mut Items,
@@ -307,11 +387,14 @@ fn compute_batch(
     outbox: &Outbox,
     progress: &Progress,
     peer_max: usize,
-) -> Result<(), WorkerError> {
+    mut call: F,
+) -> Result<(), WorkerError>
+where
+    F: FnMut(Codec, &[u8], usize, &mut Vec<u8>) -> Result<(), CallError>,
+{
     let mut failures = Vec::new();
     let mut offset = 0usize;
     let mut clock = FlushClock::new(flush_interval);
-    let function = registry().get(header.function.as_str());
     let budget =
         |items: usize, failures: usize| peer_max.saturating_sub(frame_overhead(items, failures));
     let send = |out: &mut Items,
@@ -323,34 +406,29 @@ fn compute_batch(
             seq: header.seq,
             offset: *offset as u32,
             failures: std::mem::take(failures),
+            packed: header.packed_results,
         };
         outbox.send(&Message::Results(results), out)?;
         *offset += out.len();
         out.clear();
         Ok(())
     };
-    for input in items.iter() {
-        let outcome = match function {
-            None => Err((
-                FailureKind::UnknownFunction,
-                format!(
-                    "this worker does not serve a function named `{}`",
-                    header.function
-                ),
-                None,
-            )),
-            Some(reg) => out.push_with(|buf| {
-                match panic::catch_unwind(AssertUnwindSafe(|| (reg.call)(header.codec, input, buf)))
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err((e.kind, e.message, None)),
-                    Err(payload) => {
-                        let (message, location) = take_panic(payload);
-                        Err((FailureKind::Panicked, message, location))
-                    }
+    let data = items.data();
+    let mut start = 0usize;
+    for &end in items.ends() {
+        let (item_start, len) = (start, end as usize - start);
+        start = end as usize;
+        let outcome = out.push_with(|buf| {
+            let input = &data[item_start..];
+            match panic::catch_unwind(AssertUnwindSafe(|| call(header.codec, input, len, buf))) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err((e.kind, e.message, None)),
+                Err(payload) => {
+                    let (message, location) = take_panic(payload);
+                    Err((FailureKind::Panicked, message, location))
                 }
-            }),
-        };
+            }
+        });
         let outcome = match outcome {
             Ok(()) if out.data_len() > budget(out.len(), failures.len()) => {
                 let last = out.get(out.len() - 1).unwrap_or_default().to_vec();
