@@ -127,7 +127,7 @@ fn pstream_double(pool: &ProcessPool, n: u64) -> Result<i64, BoxError> {
 }
 
 /// The window of the probe that shows what the default window costs.
-const WIDE_WINDOW: usize = 50_000;
+const WIDE_WINDOW: usize = 4 * pstream::DEFAULT_WINDOW;
 
 fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
     let n: u64 = if s.quick { 1_000_000 } else { 10_000_000 };
@@ -135,8 +135,8 @@ fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> 
     println!("## 1. `double` over {} i64", count(n));
     println!();
     let pool = pool(s.workers)?;
-    // The same with a ten times larger window: shows how much the default window
-    // (and the batch size it allows) costs.
+    // The same with a four times larger window: shows how much the default window
+    // (and the batches in flight it allows) costs.
     let wide_pool = ProcessPool::builder()
         .workers(s.workers)
         .window(WIDE_WINDOW)

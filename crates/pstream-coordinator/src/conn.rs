@@ -488,6 +488,26 @@ mod tests {
         }
     }
 
+    /// Run a test on its own thread, and fail it if it has not finished in two
+    /// minutes: a Conn call that never returns fails the test instead of hanging
+    /// it. (A guard only: nothing waits on time to synchronise.)
+    fn watchdog(test: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let runner = thread::spawn(move || {
+            test();
+            drop(done);
+        });
+        // Ends with a disconnection when the test returns or panics.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(Duration::from_secs(120))
+        {
+            panic!("the test did not finish in two minutes: a Conn call never returned");
+        }
+        if let Err(panic) = runner.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     enum End {
         Closed,
         Broken(DecodeError),
@@ -517,6 +537,17 @@ mod tests {
         }
     }
 
+    /// Read until the end of what `writer` sends; then let the writer finish (with
+    /// the Conn gone it fails, rather than blocks, should the Conn have stopped
+    /// early). Whether the writer wrote everything comes last, so that a test
+    /// asserts what the Conn read first.
+    fn receive(mut conn: Conn, writer: thread::JoinHandle<()>) -> (Vec<Frame>, End, bool) {
+        let (frames, end) = read_to_end(&mut conn, guard());
+        drop(conn);
+        let wrote_all = writer.join().is_ok();
+        (frames, end, wrote_all)
+    }
+
     /// Read what the socket holds now.
     fn read_available(conn: &mut Conn, frames: &mut Vec<Frame>) {
         while wait_for(conn, PollFlags::POLLIN, PollTimeout::ZERO) {
@@ -538,196 +569,208 @@ mod tests {
 
     #[test]
     fn frames_of_every_size_come_out_whole_and_in_order() {
-        let frames = Arc::new(sample_frames(true));
-        for &sizes in SPLITS {
-            let (ours, peer) = UnixStream::pair().unwrap();
-            let mut conn = Conn::new(ours, MAX).unwrap();
-            let writer = spawn_writer(peer, Arc::clone(&frames), sizes, Vec::new());
-            let (got, end) = read_to_end(&mut conn, guard());
-            writer.join().unwrap();
-            let what = format!("writes of {sizes:?}");
-            assert_frames_eq(&got, &frames, &what);
-            match end {
-                End::Closed => {}
-                End::Broken(e) => panic!("{what}: broken: {e}"),
+        watchdog(|| {
+            let frames = Arc::new(sample_frames(true));
+            for &sizes in SPLITS {
+                let (ours, peer) = UnixStream::pair().unwrap();
+                let conn = Conn::new(ours, MAX).unwrap();
+                let writer = spawn_writer(peer, Arc::clone(&frames), sizes, Vec::new());
+                let (got, end, wrote_all) = receive(conn, writer);
+                let what = format!("writes of {sizes:?}");
+                assert_frames_eq(&got, &frames, &what);
+                match end {
+                    End::Closed => {}
+                    End::Broken(e) => panic!("{what}: broken: {e}"),
+                }
+                assert!(wrote_all, "{what}: the writer failed");
             }
-        }
+        });
     }
 
     #[test]
     fn frames_written_a_few_bytes_at_a_time_come_out_whole() {
-        let frames = Arc::new(sample_frames(false));
-        let (ours, peer) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(ours, MAX).unwrap();
-        let writer = spawn_writer(peer, Arc::clone(&frames), &[1, 3, 7], Vec::new());
-        let (got, end) = read_to_end(&mut conn, guard());
-        writer.join().unwrap();
-        assert_frames_eq(&got, &frames, "writes of 1, 3, 7");
-        assert!(matches!(end, End::Closed));
+        watchdog(|| {
+            let frames = Arc::new(sample_frames(false));
+            let (ours, peer) = UnixStream::pair().unwrap();
+            let conn = Conn::new(ours, MAX).unwrap();
+            let writer = spawn_writer(peer, Arc::clone(&frames), &[1, 3, 7], Vec::new());
+            let (got, end, wrote_all) = receive(conn, writer);
+            assert_frames_eq(&got, &frames, "writes of 1, 3, 7");
+            assert!(matches!(end, End::Closed));
+            assert!(wrote_all, "the writer failed");
+        });
     }
 
     /// Each write is read before the next is made, so the reads see exactly the
     /// writes' boundaries, wherever they fall in the frames.
     #[test]
     fn frames_cut_anywhere_in_lockstep_come_out_whole() {
-        let frames = sample_frames(true);
-        let stream: Vec<u8> = frames.iter().flat_map(wire).collect();
-        for &sizes in SPLITS {
-            let (ours, peer) = UnixStream::pair().unwrap();
-            peer.set_nonblocking(true).unwrap();
-            let mut conn = Conn::new(ours, MAX).unwrap();
-            let mut got = Vec::new();
-            let mut at = 0;
-            for &size in sizes.iter().cycle() {
-                if at == stream.len() {
-                    break;
-                }
-                let end = (at + size).min(stream.len());
-                while at < end {
-                    match (&peer).write(&stream[at..end]) {
-                        Ok(n) => at += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => panic!("write: {e}"),
+        watchdog(|| {
+            let frames = sample_frames(true);
+            let stream: Vec<u8> = frames.iter().flat_map(wire).collect();
+            for &sizes in SPLITS {
+                let (ours, peer) = UnixStream::pair().unwrap();
+                peer.set_nonblocking(true).unwrap();
+                let mut conn = Conn::new(ours, MAX).unwrap();
+                let mut got = Vec::new();
+                let mut at = 0;
+                for &size in sizes.iter().cycle() {
+                    if at == stream.len() {
+                        break;
                     }
-                    read_available(&mut conn, &mut got);
+                    let end = (at + size).min(stream.len());
+                    while at < end {
+                        match (&peer).write(&stream[at..end]) {
+                            Ok(n) => at += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => panic!("write: {e}"),
+                        }
+                        read_available(&mut conn, &mut got);
+                    }
                 }
+                drop(peer);
+                let (rest, end) = read_to_end(&mut conn, guard());
+                got.extend(rest);
+                let what = format!("lockstep writes of {sizes:?}");
+                assert_frames_eq(&got, &frames, &what);
+                assert!(matches!(end, End::Closed), "{what}: not a clean close");
             }
-            drop(peer);
-            let (rest, end) = read_to_end(&mut conn, guard());
-            got.extend(rest);
-            let what = format!("lockstep writes of {sizes:?}");
-            assert_frames_eq(&got, &frames, &what);
-            assert!(matches!(end, End::Closed), "{what}: not a clean close");
-        }
+        });
     }
 
     #[test]
     fn a_peer_closing_between_frames_is_a_clean_close() {
-        let mut g = Gen(100);
-        let lasts = [
-            None,
-            Some(g.sized(&[])),
-            Some(g.sized(&[1, 2, 3])),
-            Some(g.total(READ_CHUNK)),
-            Some(g.total(READ_CHUNK + 1)),
-            Some(g.total(3 * READ_CHUNK + 17)),
-        ];
-        for (n, last) in lasts.into_iter().enumerate() {
-            for before in [Vec::new(), vec![g.sized(&[4]), g.total(READ_CHUNK + 9)]] {
-                let mut frames = before;
-                frames.extend(last.clone());
-                let frames = Arc::new(frames);
-                let (ours, peer) = UnixStream::pair().unwrap();
-                let mut conn = Conn::new(ours, MAX).unwrap();
-                let writer = spawn_writer(peer, Arc::clone(&frames), &[4096], Vec::new());
-                let (got, end) = read_to_end(&mut conn, guard());
-                writer.join().unwrap();
-                let what = format!("case {n}, {} frames", frames.len());
-                assert_frames_eq(&got, &frames, &what);
-                match end {
-                    End::Closed => {}
-                    End::Broken(e) => panic!("{what}: broken: {e}"),
+        watchdog(|| {
+            let mut g = Gen(100);
+            let lasts = [
+                None,
+                Some(g.sized(&[])),
+                Some(g.sized(&[1, 2, 3])),
+                Some(g.total(READ_CHUNK)),
+                Some(g.total(READ_CHUNK + 1)),
+                Some(g.total(3 * READ_CHUNK + 17)),
+            ];
+            for (n, last) in lasts.into_iter().enumerate() {
+                for before in [Vec::new(), vec![g.sized(&[4]), g.total(READ_CHUNK + 9)]] {
+                    let mut frames = before;
+                    frames.extend(last.clone());
+                    let frames = Arc::new(frames);
+                    let (ours, peer) = UnixStream::pair().unwrap();
+                    let conn = Conn::new(ours, MAX).unwrap();
+                    let writer = spawn_writer(peer, Arc::clone(&frames), &[4096], Vec::new());
+                    let (got, end, wrote_all) = receive(conn, writer);
+                    let what = format!("case {n}, {} frames", frames.len());
+                    assert_frames_eq(&got, &frames, &what);
+                    match end {
+                        End::Closed => {}
+                        End::Broken(e) => panic!("{what}: broken: {e}"),
+                    }
+                    assert!(wrote_all, "{what}: the writer failed");
                 }
             }
-        }
+        });
     }
 
     #[test]
     fn a_peer_closing_inside_a_frame_is_a_truncation() {
-        let mut g = Gen(200);
-        let before = Arc::new(vec![
-            g.sized(&[4]),
-            g.total(READ_CHUNK + 100),
-            g.sized(&[1, 2]),
-        ]);
-        let small = wire(&g.sized(&[10, 20]));
-        let large = wire(&g.total(3 * READ_CHUNK + 17));
-        let mut cases = Vec::new();
-        for cut in [1, 3, 4, 5, 8, small.len() - 1] {
-            cases.push((&small, cut));
-        }
-        for cut in [
-            2,
-            4,
-            9,
-            READ_CHUNK - 1,
-            READ_CHUNK,
-            READ_CHUNK + 1,
-            2 * READ_CHUNK,
-            large.len() - 1,
-        ] {
-            cases.push((&large, cut));
-        }
-        for (bytes, cut) in cases {
-            for preceded in [false, true] {
-                let frames = if preceded {
-                    Arc::clone(&before)
-                } else {
-                    Arc::new(Vec::new())
-                };
-                let (ours, peer) = UnixStream::pair().unwrap();
-                let mut conn = Conn::new(ours, MAX).unwrap();
-                let tail = bytes[..cut].to_vec();
-                let writer = spawn_writer(peer, Arc::clone(&frames), &[4096, 100_000], tail);
-                let (got, end) = read_to_end(&mut conn, guard());
-                writer.join().unwrap();
-                let what = format!(
-                    "{cut} of {} bytes after {} frames",
-                    bytes.len(),
-                    frames.len()
-                );
-                assert_frames_eq(&got, &frames, &what);
-                let (want_expected, want_got) = if cut < 4 {
-                    (4, cut)
-                } else {
-                    (bytes.len(), cut)
-                };
-                match end {
-                    End::Broken(DecodeError::Truncated { expected, got }) => {
-                        assert_eq!((expected, got), (want_expected, want_got), "{what}")
+        watchdog(|| {
+            let mut g = Gen(200);
+            let before = Arc::new(vec![
+                g.sized(&[4]),
+                g.total(READ_CHUNK + 100),
+                g.sized(&[1, 2]),
+            ]);
+            let small = wire(&g.sized(&[10, 20]));
+            let large = wire(&g.total(3 * READ_CHUNK + 17));
+            let mut cases = Vec::new();
+            for cut in [1, 3, 4, 5, 8, small.len() - 1] {
+                cases.push((&small, cut));
+            }
+            for cut in [
+                2,
+                4,
+                9,
+                READ_CHUNK - 1,
+                READ_CHUNK,
+                READ_CHUNK + 1,
+                2 * READ_CHUNK,
+                large.len() - 1,
+            ] {
+                cases.push((&large, cut));
+            }
+            for (bytes, cut) in cases {
+                for preceded in [false, true] {
+                    let frames = if preceded {
+                        Arc::clone(&before)
+                    } else {
+                        Arc::new(Vec::new())
+                    };
+                    let (ours, peer) = UnixStream::pair().unwrap();
+                    let conn = Conn::new(ours, MAX).unwrap();
+                    let tail = bytes[..cut].to_vec();
+                    let writer = spawn_writer(peer, Arc::clone(&frames), &[4096, 100_000], tail);
+                    let (got, end, wrote_all) = receive(conn, writer);
+                    let what = format!(
+                        "{cut} of {} bytes after {} frames",
+                        bytes.len(),
+                        frames.len()
+                    );
+                    assert_frames_eq(&got, &frames, &what);
+                    let (want_expected, want_got) = if cut < 4 {
+                        (4, cut)
+                    } else {
+                        (bytes.len(), cut)
+                    };
+                    match end {
+                        End::Broken(DecodeError::Truncated { expected, got }) => {
+                            assert_eq!((expected, got), (want_expected, want_got), "{what}")
+                        }
+                        End::Broken(e) => panic!("{what}: {e}"),
+                        End::Closed => panic!("{what}: a clean close"),
                     }
-                    End::Broken(e) => panic!("{what}: {e}"),
-                    End::Closed => panic!("{what}: a clean close"),
+                    assert!(wrote_all, "{what}: the writer failed");
                 }
             }
-        }
+        });
     }
 
     #[test]
     fn a_length_above_max_frame_is_refused() {
-        let mut g = Gen(300);
-        let max = 1000;
-        let fits = g.total(max + 4);
-        let over = wire(&g.total(max + 5));
-        let lying = u32::MAX.to_le_bytes().to_vec();
-        let mut big_prefix = ((4 * READ_CHUNK + 1) as u32).to_le_bytes().to_vec();
-        big_prefix.extend_from_slice(&[0; 100]);
-        // (the Conn's limit, what follows a frame that fits, the announced length)
-        let cases = [
-            (max, over, max + 1),
-            (max, lying.clone(), u32::MAX as usize),
-            (MAX, lying, u32::MAX as usize),
-            (4 * READ_CHUNK, big_prefix, 4 * READ_CHUNK + 1),
-        ];
-        for (limit, bad, len) in cases {
-            let (ours, mut peer) = UnixStream::pair().unwrap();
-            let mut conn = Conn::new(ours, limit).unwrap();
-            write_frame(&mut peer, &fits.message, &fits.items, MAX).unwrap();
-            peer.write_all(&bad).unwrap();
-            // Everything is in the socket and the peer stays open: the Conn must see
-            // the problem in what it has.
-            let (got, end) = read_to_end(&mut conn, PollTimeout::ZERO);
-            let what = format!("{len} bytes announced, limit {limit}");
-            assert_frames_eq(&got, std::slice::from_ref(&fits), &what);
-            match end {
-                End::Broken(DecodeError::TooLarge { len: l, max: m }) => {
-                    assert_eq!((l, m), (len, limit), "{what}")
+        watchdog(|| {
+            let mut g = Gen(300);
+            let max = 1000;
+            let fits = g.total(max + 4);
+            let over = wire(&g.total(max + 5));
+            let lying = u32::MAX.to_le_bytes().to_vec();
+            let mut big_prefix = ((4 * READ_CHUNK + 1) as u32).to_le_bytes().to_vec();
+            big_prefix.extend_from_slice(&[0; 100]);
+            // (the Conn's limit, what follows a frame that fits, the announced length)
+            let cases = [
+                (max, over, max + 1),
+                (max, lying.clone(), u32::MAX as usize),
+                (MAX, lying, u32::MAX as usize),
+                (4 * READ_CHUNK, big_prefix, 4 * READ_CHUNK + 1),
+            ];
+            for (limit, bad, len) in cases {
+                let (ours, mut peer) = UnixStream::pair().unwrap();
+                let mut conn = Conn::new(ours, limit).unwrap();
+                write_frame(&mut peer, &fits.message, &fits.items, MAX).unwrap();
+                peer.write_all(&bad).unwrap();
+                // Everything is in the socket and the peer stays open: the Conn must see
+                // the problem in what it has.
+                let (got, end) = read_to_end(&mut conn, PollTimeout::ZERO);
+                let what = format!("{len} bytes announced, limit {limit}");
+                assert_frames_eq(&got, std::slice::from_ref(&fits), &what);
+                match end {
+                    End::Broken(DecodeError::TooLarge { len: l, max: m }) => {
+                        assert_eq!((l, m), (len, limit), "{what}")
+                    }
+                    End::Broken(e) => panic!("{what}: {e}"),
+                    End::Closed => panic!("{what}: a clean close"),
                 }
-                End::Broken(e) => panic!("{what}: {e}"),
-                End::Closed => panic!("{what}: a clean close"),
+                drop(peer);
             }
-            drop(peer);
-        }
+        });
     }
 
     /// What `push` takes: the message and, for batches and results, the items.
@@ -745,96 +788,100 @@ mod tests {
 
     #[test]
     fn pushed_frames_reach_the_peer_even_through_a_full_socket() {
-        let mut g = Gen(400);
-        let mut frames = vec![
-            Frame::control(Message::Progress {
-                job: 1,
-                seq: 2,
-                done: 3,
-            }),
-            g.sized(&[]),
-            g.sized(&[0, 0]),
-            g.sized(&[1]),
-        ];
-        // Many small frames: far more than the 16 chunks one writev takes.
-        for i in 0..200 {
-            frames.push(g.sized(&[i % 7, 30]));
-        }
-        for total in [READ_CHUNK - 1, READ_CHUNK, READ_CHUNK + 1] {
-            frames.push(g.total(total));
-        }
-        frames.push(g.sized(&[1 << 20]));
-        frames.push(Frame::control(Message::Cancel { job: 9 }));
-        frames.push(g.sized(&[3 << 20, 5]));
-        for _ in 0..40 {
-            frames.push(g.sized(&[100_000, 1]));
-        }
-        frames.push(g.sized(&[2]));
-        let total: usize = frames.iter().map(|f| wire(f).len()).sum();
-        assert!(total > 8 << 20);
-        let frames = Arc::new(frames);
-
-        let (ours, peer) = UnixStream::pair().unwrap();
-        // A guard against hanging should the Conn never close its side.
-        peer.set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let mut conn = Conn::new(ours, MAX).unwrap();
-        for (message, items) in pushable(&frames) {
-            conn.push(&message, items.as_ref());
-        }
-        assert!(conn.wants_to_write());
-        // Nobody reads yet: the socket fills, and flush leaves the rest queued.
-        conn.flush().unwrap();
-        assert!(conn.wants_to_write(), "8 MiB fit in the socket?");
-
-        let reader = thread::spawn(move || {
-            let mut peer = peer;
-            let mut got = Vec::new();
-            while let Some(frame) = read_frame(&mut peer, MAX).unwrap() {
-                got.push(frame);
+        watchdog(|| {
+            let mut g = Gen(400);
+            let mut frames = vec![
+                Frame::control(Message::Progress {
+                    job: 1,
+                    seq: 2,
+                    done: 3,
+                }),
+                g.sized(&[]),
+                g.sized(&[0, 0]),
+                g.sized(&[1]),
+            ];
+            // Many small frames: far more than the 16 chunks one writev takes.
+            for i in 0..200 {
+                frames.push(g.sized(&[i % 7, 30]));
             }
-            got
-        });
-        conn.close_when_sent();
-        let mut flushes = 0;
-        loop {
+            for total in [READ_CHUNK - 1, READ_CHUNK, READ_CHUNK + 1] {
+                frames.push(g.total(total));
+            }
+            frames.push(g.sized(&[1 << 20]));
+            frames.push(Frame::control(Message::Cancel { job: 9 }));
+            frames.push(g.sized(&[3 << 20, 5]));
+            for _ in 0..40 {
+                frames.push(g.sized(&[100_000, 1]));
+            }
+            frames.push(g.sized(&[2]));
+            let total: usize = frames.iter().map(|f| wire(f).len()).sum();
+            assert!(total > 8 << 20);
+            let frames = Arc::new(frames);
+
+            let (ours, peer) = UnixStream::pair().unwrap();
+            // A guard against hanging should the Conn never close its side.
+            peer.set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            let mut conn = Conn::new(ours, MAX).unwrap();
+            for (message, items) in pushable(&frames) {
+                conn.push(&message, items.as_ref());
+            }
+            assert!(conn.wants_to_write());
+            // Nobody reads yet: the socket fills, and flush leaves the rest queued.
             conn.flush().unwrap();
-            flushes += 1;
-            if !conn.wants_to_write() {
-                break;
+            assert!(conn.wants_to_write(), "8 MiB fit in the socket?");
+
+            let reader = thread::spawn(move || {
+                let mut peer = peer;
+                let mut got = Vec::new();
+                while let Some(frame) = read_frame(&mut peer, MAX).unwrap() {
+                    got.push(frame);
+                }
+                got
+            });
+            conn.close_when_sent();
+            let mut flushes = 0;
+            loop {
+                conn.flush().unwrap();
+                flushes += 1;
+                if !conn.wants_to_write() {
+                    break;
+                }
+                assert!(
+                    wait_for(&conn, PollFlags::POLLOUT, guard()),
+                    "the socket never drained"
+                );
             }
-            assert!(
-                wait_for(&conn, PollFlags::POLLOUT, guard()),
-                "the socket never drained"
-            );
-        }
-        // The reader ends at the end of stream our side's shutdown gives, while the
-        // Conn is still alive.
-        let got = reader.join().unwrap();
-        assert_frames_eq(&got, &frames, &format!("after {flushes} flushes"));
-        drop(conn);
+            // The reader ends at the end of stream our side's shutdown gives, while the
+            // Conn is still alive.
+            let got = reader.join().unwrap();
+            assert_frames_eq(&got, &frames, &format!("after {flushes} flushes"));
+            drop(conn);
+        });
     }
 
     #[test]
     fn a_flush_on_a_socket_with_room_sends_everything_at_once() {
-        let mut g = Gen(500);
-        let frames: Vec<Frame> = (0..100).map(|i| g.sized(&[i % 5, 3])).collect();
-        let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut conn = Conn::new(ours, MAX).unwrap();
-        for (message, items) in pushable(&frames) {
-            conn.push(&message, items.as_ref());
-        }
-        conn.flush().unwrap();
-        assert!(!conn.wants_to_write());
-        // Nothing was held back: the peer reads every frame, then (not blocking) finds
-        // the socket empty.
-        let mut got = Vec::new();
-        for _ in 0..frames.len() {
-            got.push(read_frame(&mut peer, MAX).unwrap().unwrap());
-        }
-        assert_frames_eq(&got, &frames, "one flush");
-        peer.set_nonblocking(true).unwrap();
-        let err = peer.read(&mut [0; 1]).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        watchdog(|| {
+            let mut g = Gen(500);
+            let frames: Vec<Frame> = (0..100).map(|i| g.sized(&[i % 5, 3])).collect();
+            let (ours, mut peer) = UnixStream::pair().unwrap();
+            let mut conn = Conn::new(ours, MAX).unwrap();
+            for (message, items) in pushable(&frames) {
+                conn.push(&message, items.as_ref());
+            }
+            conn.flush().unwrap();
+            assert!(!conn.wants_to_write());
+            // Nothing was held back: the peer reads every frame, then (not blocking) finds
+            // the socket empty.
+            let mut got = Vec::new();
+            for _ in 0..frames.len() {
+                got.push(read_frame(&mut peer, MAX).unwrap().unwrap());
+            }
+            assert_frames_eq(&got, &frames, "one flush");
+            peer.set_nonblocking(true).unwrap();
+            let err = peer.read(&mut [0; 1]).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        });
     }
 }

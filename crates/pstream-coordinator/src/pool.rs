@@ -23,10 +23,10 @@ use crate::process::{random_token, WorkerCommand};
 use crate::stats::{PoolCounters, PoolStats};
 
 /// The default flow-control window, in items.
-pub const DEFAULT_WINDOW: usize = 20_000;
+pub const DEFAULT_WINDOW: usize = 50_000;
 
 /// The default bound on the bytes of encoded items read ahead of the consumer.
-pub const DEFAULT_WINDOW_BYTES: u64 = 64 << 20;
+pub const DEFAULT_WINDOW_BYTES: u64 = 16 << 20;
 
 /// Configures and starts a [`ProcessPool`].
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ impl PoolBuilder {
     }
 
     /// The most bytes of encoded items sent and not yet handed to the consumer
-    /// (default [`DEFAULT_WINDOW_BYTES`], 64 MiB): large items are read ahead by
+    /// (default [`DEFAULT_WINDOW_BYTES`], 16 MiB): large items are read ahead by
     /// bytes, not only by count. The input is not read further while batches
     /// holding this much are in flight; one batch is always let through.
     pub fn window_bytes(mut self, bytes: u64) -> Self {
@@ -491,8 +491,11 @@ impl ProcessPool {
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (results_tx, results) = crossbeam_channel::unbounded();
         let nudge = results_tx.clone();
-        // A few spare batch buffers, handed back by the engine.
-        let (recycle_tx, recycled) = crossbeam_channel::bounded(4);
+        // Spare batch buffers, handed back by the engine as batches are answered.
+        // Room for as many as may be in flight (the window bounds that), so a
+        // byte-heavy job fills old buffers instead of faulting in fresh pages; it
+        // never holds more than were in flight at once.
+        let (recycle_tx, recycled) = crossbeam_channel::bounded(64);
         let counters = Arc::new(JobCounters::default());
         let window = Arc::new(Window::with_bytes(
             self.config.window,
@@ -514,7 +517,7 @@ impl ProcessPool {
             max_batch: self.max_batch,
             // A quarter of the byte window per worker, as with items.
             max_batch_bytes: (self.config.max_frame / 4)
-                .min(4 << 20)
+                .min(1 << 20)
                 .min((self.config.window_bytes / (2 * self.config.workers as u64)).max(1) as usize),
             // Room for the header (the function's name and a few numbers).
             max_item: self
