@@ -319,7 +319,29 @@ pub fn decode_body_at(buf: Vec<u8>, start: usize) -> Result<Frame, DecodeError> 
     }
     let mut ends = Vec::with_capacity(count);
     let mut end = 0u64;
-    for _ in 0..count {
+    let mut left = count;
+    // Eight lengths at a time while all eight are one byte (items under 128 bytes,
+    // the common case of tiny items): no varint decoding, no per-byte branch. Eight
+    // of at most 127 keep `end` far below the 4 GiB check.
+    while left >= 8 {
+        let Some(chunk) = body.get(at..at + 8) else {
+            break;
+        };
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        if word & 0x8080_8080_8080_8080 != 0 {
+            break;
+        }
+        for &len in chunk {
+            end += u64::from(len);
+            ends.push(end as u32);
+        }
+        if end > u64::from(u32::MAX) {
+            return Err(DecodeError::Malformed("item lengths exceed 4 GiB"));
+        }
+        at += 8;
+        left -= 8;
+    }
+    for _ in 0..left {
         // (Not `ok_or`: that builds and drops an error for every item.)
         let Some(len) = get_varint(body, &mut at) else {
             return Err(DecodeError::Malformed(
@@ -686,7 +708,7 @@ mod tests {
         }
 
         #[test]
-        fn items_round_trip(items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..64), job: u64, seq: u64) {
+        fn items_round_trip(items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..140), 0..64), job: u64, seq: u64) {
             let mut batch = Items::new();
             for item in &items {
                 batch.push(item);

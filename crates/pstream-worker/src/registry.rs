@@ -232,6 +232,7 @@ macro_rules! function {
         #[allow(non_upper_case_globals)]
         $vis const $name: $crate::Function<$in, $out> = {
             fn __body($arg: $in) -> ::std::result::Result<$out, $err> $body
+            #[inline]
             fn __local(input: $in) -> ::std::result::Result<$out, ::std::string::String> {
                 __body(input).map_err(|e| ::std::string::ToString::to_string(&e))
             }
@@ -247,6 +248,7 @@ macro_rules! function {
         #[allow(non_upper_case_globals)]
         $vis const $name: $crate::Function<$in, $out> = {
             fn __body($arg: $in) -> $out $body
+            #[inline]
             fn __local(input: $in) -> ::std::result::Result<$out, ::std::string::String> {
                 ::std::result::Result::Ok(__body(input))
             }
@@ -280,7 +282,14 @@ macro_rules! __register {
             fn __batch(
                 batch: &mut $crate::__private::Batch<'_>,
             ) -> ::std::result::Result<(), $crate::WorkerError> {
-                batch.run(__entry)
+                // A loop for bincode of its own: the codec is known in it, so no
+                // per-item match, and no JSON code in the way.
+                match batch.codec() {
+                    $crate::__private::Codec::Bincode => batch.run(|_, input, len, out| {
+                        __entry($crate::__private::Codec::Bincode, input, len, out)
+                    }),
+                    _ => batch.run(__entry),
+                }
             }
             $crate::__private::inventory::submit! {
                 $crate::Registration {

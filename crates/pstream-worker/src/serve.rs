@@ -354,6 +354,11 @@ impl std::fmt::Debug for Batch<'_> {
 }
 
 impl Batch<'_> {
+    /// How the batch's items are encoded.
+    pub fn codec(&self) -> Codec {
+        self.header.codec
+    }
+
     /// Compute every item with `call`, sending the results in one or more frames.
     /// `call` gets the codec, the item's bytes followed by the rest of the batch's
     /// (a decoder of self-delimiting values reads faster with room to spare), the
