@@ -438,8 +438,40 @@ impl Feeder {
             if block && !self.batch.is_empty() && input.size_hint().0 == 0 {
                 self.flush();
             }
-            let Some(item) = input.next() else {
+            // Read a run of items with nothing to decide between them but their
+            // size: the permits in hand, up to the batch's target; on its own
+            // thread, no more than the input says it has at once.
+            let mut room = self
+                .permits
+                .min(self.target.saturating_sub(self.batch.len()).max(1));
+            if block {
+                room = room.min(input.size_hint().0.max(1));
+            }
+            if self.read_run(input, encode, room) {
                 break;
+            }
+            if self.batch.len() >= self.target {
+                self.flush();
+            }
+        }
+        self.flush();
+        self.window.release(self.permits);
+        self.permits = 0;
+        Pumped::Ended
+    }
+
+    /// Read up to `room` items (permitted, and not past the batch's target) into
+    /// the batch. Stops early after sending a batch (full of bytes, idle workers,
+    /// or an item that did not fit) or failing an item. Whether the input ended.
+    #[inline(always)]
+    fn read_run<I, E>(&mut self, input: &mut I, encode: &mut E, room: usize) -> bool
+    where
+        I: Iterator,
+        E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
+    {
+        for _ in 0..room {
+            let Some(item) = input.next() else {
+                return true;
             };
             self.permits -= 1;
             let index = self.next;
@@ -462,7 +494,7 @@ impl Feeder {
                                 ),
                             },
                         );
-                        continue;
+                        return false;
                     }
                     // The batch must fit in one frame with its offsets: if this item
                     // does not, it starts the next batch.
@@ -474,25 +506,23 @@ impl Feeder {
                         self.flush();
                         self.next += 1;
                         self.batch.push(&item);
+                        return false;
                     }
                 }
                 Err(message) => {
                     self.fail_item(index, ItemErrorKind::Encode { message });
-                    continue;
+                    return false;
                 }
             }
-            if self.batch.len() >= self.target
-                || self.batch.data_len() >= self.limits.max_batch_bytes
+            if self.batch.data_len() >= self.limits.max_batch_bytes
                 || (self.counters.delivered.load(Ordering::Relaxed) >= self.submitted
                     && self.idle_clock.due())
             {
                 self.flush();
+                return false;
             }
         }
-        self.flush();
-        self.window.release(self.permits);
-        self.permits = 0;
-        Pumped::Ended
+        false
     }
 
     /// Take window permits: `Some(true)` with some in hand, `Some(false)` if none
