@@ -202,7 +202,10 @@ impl Conn {
             self.head = 0;
             self.tail = 0;
         }
-        if self.rbuf.len() - self.tail >= want {
+        // A large frame is moved to the front (it has at most one read chunk in so
+        // far), so that it ends up alone in the buffer and is handed on whole.
+        let large = want > READ_CHUNK;
+        if self.rbuf.len() - self.tail >= want && !(large && self.head > 0) {
             return;
         }
         if self.head > 0 {
