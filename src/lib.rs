@@ -46,6 +46,7 @@
 pub use pstream_coordinator::{
     Codec, ExitCause, FunctionInfo, Indexed, ItemError, ItemErrorKind, JobStats, MapResults,
     PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, DEFAULT_WINDOW,
+    DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Function, LocalFn};
 pub use pstream_worker::{function, init, is_worker, serve};

@@ -1,7 +1,7 @@
 //! Map `sha256_bytes` over N blobs of 1 KiB through a pool of this very binary: a
 //! minimal driver for profiling the runtime on byte-heavy items.
 //!
-//! `cargo run --release -p pstream-examples --example map_sha -- 1000000 [window]`
+//! `cargo run --release -p pstream-examples --example map_sha -- 1000000 [window [window_bytes]]`
 
 use std::time::Instant;
 
@@ -18,9 +18,14 @@ fn main() -> Result<(), pstream::PoolError> {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(pstream::DEFAULT_WINDOW);
+    let window_bytes: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(pstream::DEFAULT_WINDOW_BYTES);
     let pool = pstream::ProcessPool::builder()
         .workers(2)
         .window(window)
+        .window_bytes(window_bytes)
         .build()?;
     let blob = |i: u64| {
         let mut v = vec![(i % 251) as u8; 1024];

@@ -28,6 +28,6 @@ mod stats;
 
 pub use error::{ExitCause, ItemError, ItemErrorKind, PoolError};
 pub use job::{Indexed, MapResults, RawResults, Window};
-pub use pool::{PoolBuilder, ProcessPool, DEFAULT_WINDOW};
+pub use pool::{PoolBuilder, ProcessPool, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES};
 pub use pstream_protocol::{Codec, Function, FunctionInfo};
 pub use stats::{JobStats, PoolStats};
