@@ -26,7 +26,7 @@ use crate::stats::{PoolCounters, PoolStats};
 pub const DEFAULT_WINDOW: usize = 50_000;
 
 /// The default bound on the bytes of encoded items read ahead of the consumer.
-pub const DEFAULT_WINDOW_BYTES: u64 = 16 << 20;
+pub const DEFAULT_WINDOW_BYTES: u64 = 4 << 20;
 
 /// Configures and starts a [`ProcessPool`].
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ impl PoolBuilder {
     }
 
     /// The most bytes of encoded items sent and not yet handed to the consumer
-    /// (default [`DEFAULT_WINDOW_BYTES`], 16 MiB): large items are read ahead by
+    /// (default [`DEFAULT_WINDOW_BYTES`], 4 MiB): large items are read ahead by
     /// bytes, not only by count. The input is not read further while batches
     /// holding this much are in flight; one batch is always let through.
     pub fn window_bytes(mut self, bytes: u64) -> Self {
