@@ -96,7 +96,9 @@ impl<'de> Deserialize<'de> for Blob {
                 Ok(Blob(v))
             }
         }
-        d.deserialize_byte_buf(Visitor)
+        // `deserialize_bytes`: a decoder that holds the bytes lends them (one copy
+        // into the Vec); bincode's `deserialize_byte_buf` zeroes a fresh Vec first.
+        d.deserialize_bytes(Visitor)
     }
 }
 
