@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use proptest::prelude::*;
 use pstream::{Codec, ItemError, ItemErrorKind, PoolBuilder, ProcessPool};
-use pstream_examples::{double, slow_double, Fault};
+use pstream_examples::{double, slow_double, upper, Fault};
 use support::*;
 
 /// `misbehave` inputs: item i has value i and behaves, except the poisoned ones.
@@ -372,6 +372,31 @@ fn a_worker_answering_with_the_wrong_packing_is_killed_and_the_job_goes_on() {
     assert_eq!(next, n);
     drop(results);
     assert!(pool.stats().crashes >= 1, "the evil worker was not caught");
+}
+
+#[test]
+fn a_result_claiming_a_huge_length_is_a_decode_error_not_an_abort() {
+    // The coordinator would die on a failed allocation if it believed the length.
+    let (pool, _dir) = evil_pool("lying-length");
+    let n = 20_000usize;
+    let words: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    let results: Vec<_> = pool.map(upper, words.clone()).unwrap().collect();
+    assert_eq!(results.len(), n);
+    let mut lied = 0;
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(v, &words[i].to_uppercase(), "item {i}"),
+            Err(e) => {
+                assert_eq!(e.kind.name(), "decode", "item {i}: {e}");
+                lied += 1;
+            }
+        }
+    }
+    assert_eq!(lied, 1, "exactly the item the evil worker answered");
+    assert!(
+        pool.stats().crashes >= 1,
+        "the evil worker's exit is a crash"
+    );
 }
 
 #[test]

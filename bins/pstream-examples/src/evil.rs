@@ -10,7 +10,9 @@
 //! * `unasked`: sends results before it was given any batch;
 //! * `unpacked`: answers a batch that asks for packed results with results that
 //!   carry lengths (or the other way round);
-//! * `other-version`: says Hello in a protocol version one above ours.
+//! * `other-version`: says Hello in a protocol version one above ours;
+//! * `lying-length`: answers the first item of its first batch with a string that
+//!   claims to be 2^50 bytes long, then exits.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -105,6 +107,25 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
                 let (message, items) = results(batch.job, batch.seq + 1000, batch.packed_results);
                 write_frame(&mut stream, &message, &items, usize::MAX)
                     .map_err(std::io::Error::other)?;
+            }
+            "lying-length" => {
+                // A string (bincode: a u64 length, marker 253, then the bytes) that
+                // claims 2^50 bytes and has none.
+                let mut items = Items::new();
+                let mut lie = vec![253u8];
+                lie.extend_from_slice(&(1u64 << 50).to_le_bytes());
+                items.push(&lie);
+                let message = Message::Results(ResultsHeader {
+                    job: batch.job,
+                    seq: batch.seq,
+                    offset: 0,
+                    failures: vec![],
+                    packed: batch.packed_results,
+                });
+                write_frame(&mut stream, &message, &items, usize::MAX)
+                    .map_err(std::io::Error::other)?;
+                stream.flush()?;
+                return Ok(());
             }
             "unpacked" => {
                 let (message, items) = results(batch.job, batch.seq, !batch.packed_results);

@@ -1068,10 +1068,16 @@ impl Drop for RawResults {
 /// Decode one bincode value from the front of `bytes`. Inlined into the caller's
 /// loop: as a call, its result went through memory, and reading it back wider than
 /// it was written stalled the store-to-load forwarding on every item.
+///
+/// With a limit: bincode allocates a string or a vector as long as its encoded
+/// length says before it reads the bytes, so a worker sending a length of 2^50 would
+/// end this process on a failed allocation. No result can be longer than a frame
+/// (4 GiB at most); a longer claim is a decode error for that item.
 #[inline(always)]
 fn decode_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
-    bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
-        .map_err(|e| e.to_string())
+    const RESULT_LIMIT: usize = u32::MAX as usize;
+    let config = bincode::config::standard().with_limit::<RESULT_LIMIT>();
+    bincode::serde::decode_from_slice::<T, _>(bytes, config).map_err(|e| e.to_string())
 }
 
 /// The typed results of [`crate::ProcessPool::map`]: an iterator of
