@@ -551,6 +551,21 @@ mod tests {
         (frames, end, wrote_all)
     }
 
+    /// A peer writes `frames` in writes of `sizes` and closes: every frame comes out
+    /// of the Conn whole and in order, then a clean close.
+    fn assert_all_arrive(frames: &Arc<Vec<Frame>>, sizes: &'static [usize], what: &str) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let conn = Conn::new(ours, MAX).unwrap();
+        let writer = spawn_writer(peer, Arc::clone(frames), sizes, Vec::new());
+        let (got, end, wrote_all) = receive(conn, writer);
+        assert_frames_eq(&got, frames, what);
+        match end {
+            End::Closed => {}
+            End::Broken(e) => panic!("{what}: broken: {e}"),
+        }
+        assert!(wrote_all, "{what}: the writer failed");
+    }
+
     /// Read what the socket holds now.
     fn read_available(conn: &mut Conn, frames: &mut Vec<Frame>) {
         while wait_for(conn, PollFlags::POLLIN, PollTimeout::ZERO) {
@@ -575,17 +590,7 @@ mod tests {
         watchdog(|| {
             let frames = Arc::new(sample_frames(true));
             for &sizes in SPLITS {
-                let (ours, peer) = UnixStream::pair().unwrap();
-                let conn = Conn::new(ours, MAX).unwrap();
-                let writer = spawn_writer(peer, Arc::clone(&frames), sizes, Vec::new());
-                let (got, end, wrote_all) = receive(conn, writer);
-                let what = format!("writes of {sizes:?}");
-                assert_frames_eq(&got, &frames, &what);
-                match end {
-                    End::Closed => {}
-                    End::Broken(e) => panic!("{what}: broken: {e}"),
-                }
-                assert!(wrote_all, "{what}: the writer failed");
+                assert_all_arrive(&frames, sizes, &format!("writes of {sizes:?}"));
             }
         });
     }
@@ -594,13 +599,7 @@ mod tests {
     fn frames_written_a_few_bytes_at_a_time_come_out_whole() {
         watchdog(|| {
             let frames = Arc::new(sample_frames(false));
-            let (ours, peer) = UnixStream::pair().unwrap();
-            let conn = Conn::new(ours, MAX).unwrap();
-            let writer = spawn_writer(peer, Arc::clone(&frames), &[1, 3, 7], Vec::new());
-            let (got, end, wrote_all) = receive(conn, writer);
-            assert_frames_eq(&got, &frames, "writes of 1, 3, 7");
-            assert!(matches!(end, End::Closed));
-            assert!(wrote_all, "the writer failed");
+            assert_all_arrive(&frames, &[1, 3, 7], "writes of 1, 3, 7");
         });
     }
 
@@ -658,17 +657,8 @@ mod tests {
                     let mut frames = before;
                     frames.extend(last.clone());
                     let frames = Arc::new(frames);
-                    let (ours, peer) = UnixStream::pair().unwrap();
-                    let conn = Conn::new(ours, MAX).unwrap();
-                    let writer = spawn_writer(peer, Arc::clone(&frames), &[4096], Vec::new());
-                    let (got, end, wrote_all) = receive(conn, writer);
                     let what = format!("case {n}, {} frames", frames.len());
-                    assert_frames_eq(&got, &frames, &what);
-                    match end {
-                        End::Closed => {}
-                        End::Broken(e) => panic!("{what}: broken: {e}"),
-                    }
-                    assert!(wrote_all, "{what}: the writer failed");
+                    assert_all_arrive(&frames, &[4096], &what);
                 }
             }
         });
