@@ -7,10 +7,9 @@ use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-
-use crossbeam_channel::{Receiver, Sender};
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
 use pstream_protocol::{FlushClock, Items};
 use serde::de::DeserializeOwned;
 

@@ -85,8 +85,8 @@ impl PoolBuilder {
     /// The most items read from the input and not yet handed to the consumer
     /// (default [`DEFAULT_WINDOW`]). With [`PoolBuilder::window_bytes`], this
     /// bounds the coordinator's memory however long the input. Larger windows mean
-    /// larger batches (up to 4,096 items, a quarter of the window per worker) and
-    /// fewer system calls and wake-ups per item.
+    /// larger batches (`window / (2 × workers)`, up to 4,096 items) and fewer system
+    /// calls and wake-ups per item.
     pub fn window(mut self, items: usize) -> Self {
         self.window = Some(items);
         self
@@ -467,8 +467,8 @@ impl ProcessPool {
         self.submit(function, codec, false, ordered, input.into_iter(), encode)
     }
 
-    /// Start a job. With `packed`, items and results travel without their lengths:
-    /// only for bincode items whose results are decoded as a known type.
+    /// Start a job. With `packed`, the results travel without their lengths: only
+    /// for bincode jobs whose results are decoded as a known type.
     fn submit<I, E>(
         &self,
         function: &str,
@@ -515,7 +515,7 @@ impl ProcessPool {
         let limits = FeedLimits {
             job,
             max_batch: self.max_batch,
-            // A quarter of the byte window per worker, as with items.
+            // Two batches in flight per worker fit in the byte window, as with items.
             max_batch_bytes: (self.config.max_frame / 4)
                 .min(1 << 20)
                 .min((self.config.window_bytes / (2 * self.config.workers as u64)).max(1) as usize),

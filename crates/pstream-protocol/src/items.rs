@@ -16,7 +16,7 @@ pub struct Items {
     data_start: usize,
     /// Cumulative end offset of each item, relative to `data_start`.
     ends: Vec<u32>,
-    /// Items received packed (see [`crate::BatchHeader::packed`]): how many there
+    /// Items received packed (see [`crate::ResultsHeader::packed`]): how many there
     /// are. Their bytes run together, and only decoding them finds where each
     /// ends; `ends` is empty.
     packed: Option<usize>,

@@ -16,9 +16,9 @@
 //! [`Message::Results`]) append an item section: `u32 LE count`, `count` item lengths
 //! (LEB128 varints, one byte for an item under 128 bytes) and the items' bytes, back
 //! to back. Items are opaque blobs encoded by the job's [`Codec`]; the protocol
-//! never looks inside them. A packed frame ([`BatchHeader::packed`]) leaves the
-//! lengths out: its bincode items are split by decoding them, by whoever knows
-//! their type.
+//! never looks inside them. A packed `Results` frame ([`ResultsHeader::packed`])
+//! leaves the lengths out: its bincode items are split by decoding them, by whoever
+//! knows their type.
 //!
 //! # Guarantees
 //!

@@ -108,11 +108,11 @@ pub struct FunctionInfo {
     pub input_type: String,
     /// The output type, as written in the source (for humans).
     pub output_type: String,
-    /// The input type's full name (`std::any::type_name`). A typed job travels
-    /// packed only if its input and output types have exactly these names: packed
-    /// items of another type would not fail to decode, they would decode wrong.
+    /// The input type's full name (`std::any::type_name`).
     pub input_type_name: String,
-    /// The output type's full name (`std::any::type_name`).
+    /// The output type's full name (`std::any::type_name`). A typed job asks for
+    /// packed results only if its output type has exactly this name: packed values
+    /// of another type would not fail to decode, they would decode wrong.
     pub output_type_name: String,
 }
 

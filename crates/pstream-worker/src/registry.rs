@@ -5,11 +5,11 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use pstream_protocol::{Codec, FailureKind, FunctionInfo};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::serve::Batch;
 use crate::WorkerError;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 /// Why one call failed (other than by panicking).
 #[derive(Debug)]
