@@ -221,10 +221,10 @@ impl Conn {
     /// The whole length (prefix included) of the frame at the buffer's start, once
     /// its prefix is in.
     fn pending_frame_len(&self) -> Option<usize> {
-        let prefix: [u8; 4] = self.rbuf.get(self.head..self.head + 4)?.try_into().ok()?;
         if self.tail - self.head < 4 {
             return None;
         }
+        let prefix: [u8; 4] = self.rbuf[self.head..self.head + 4].try_into().ok()?;
         Some(4 + u32::from_le_bytes(prefix) as usize)
     }
 

@@ -803,14 +803,16 @@ impl RawResults {
     pub fn next_raw(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
         // The common case, small enough to inline into the caller's loop: the
         // current batch has another item, and it did not fail.
-        if !self.ready() {
-            match self.advance() {
-                Advanced::Done => return None,
-                Advanced::Failed(index, error) => return Some((index, Err(error))),
-                Advanced::Ready => {}
-            }
+        if let Err(end) = self.make_ready() {
+            return end.map(|(index, error)| (index, Err(error)));
         }
-        self.take_ok()
+        let (index, slot) = self.take_slot();
+        self.ok += 1;
+        let cur = self.current.as_ref().expect("an item is ready");
+        Some((
+            index,
+            Ok(cur.batch.items.get(slot).expect("slot within batch")),
+        ))
     }
 
     /// The next result decoded by `decode`, which gets the item's bytes (for packed
@@ -821,18 +823,11 @@ impl RawResults {
         &mut self,
         decode: impl FnOnce(&[u8]) -> Result<(T, usize), String>,
     ) -> Option<(u64, Result<T, ItemError>)> {
-        if !self.ready() {
-            match self.advance() {
-                Advanced::Done => return None,
-                Advanced::Failed(index, error) => return Some((index, Err(error))),
-                Advanced::Ready => {}
-            }
+        if let Err(end) = self.make_ready() {
+            return end.map(|(index, error)| (index, Err(error)));
         }
+        let (index, slot) = self.take_slot();
         let cur = self.current.as_mut().expect("an item is ready");
-        let slot = cur.pos;
-        cur.pos += 1;
-        self.yielded += 1;
-        let index = cur.batch.first_index + slot as u64;
         let items = &cur.batch.items;
         let decoded = if !items.is_packed() {
             let bytes = items.get(slot).expect("slot within batch");
@@ -880,6 +875,20 @@ impl RawResults {
         }
     }
 
+    /// Leave the current batch's next item ready (there, and not failed), or say
+    /// what to hand out instead: the end (`None`), or a failed item.
+    #[inline(always)]
+    fn make_ready(&mut self) -> Result<(), Option<(u64, ItemError)>> {
+        if self.ready() {
+            return Ok(());
+        }
+        match self.advance() {
+            Advanced::Done => Err(None),
+            Advanced::Failed(index, error) => Err(Some((index, error))),
+            Advanced::Ready => Ok(()),
+        }
+    }
+
     /// Whether the current batch's next item is there and did not fail.
     #[inline(always)]
     fn ready(&self) -> bool {
@@ -893,19 +902,14 @@ impl RawResults {
         })
     }
 
-    /// Hand out the current batch's next item, known to be there and not failed.
+    /// Take the current batch's next item, known to be ready: its index and slot.
     #[inline(always)]
-    fn take_ok(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
+    fn take_slot(&mut self) -> (u64, usize) {
         let cur = self.current.as_mut().expect("an item is ready");
         let slot = cur.pos;
         cur.pos += 1;
         self.yielded += 1;
-        self.ok += 1;
-        let index = cur.batch.first_index + slot as u64;
-        Some((
-            index,
-            Ok(cur.batch.items.get(slot).expect("slot within batch")),
-        ))
+        (cur.batch.first_index + slot as u64, slot)
     }
 
     /// When the current batch has no ready item: the end of a batch, a failed item,

@@ -105,18 +105,9 @@ fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8], len: usize) -> Resul
         Codec::Bincode => {
             match bincode::serde::decode_from_slice::<In, _>(input, bincode::config::standard()) {
                 Ok((value, used)) if used == len => Ok(value),
-                Ok((_, used)) if used < len => Err(CallError::new(
-                    FailureKind::Decode,
-                    format!("{} bytes left over after the input value", len - used),
-                )),
-                Ok(_) => Err(CallError::new(
-                    FailureKind::Decode,
-                    "the input value runs past the end of its item",
-                )),
-                // Past the item, the error may be about bytes of the next one:
-                // decode the item alone to report on it.
-                Err(_) if input.len() > len => Err(decode_error::<In>(&input[..len])),
-                Err(e) => Err(CallError::new(FailureKind::Decode, e)),
+                // Decoded past the item, the bytes read may be the next one's:
+                // decode the item alone to say what is wrong with it.
+                _ => Err(decode_error::<In>(&input[..len])),
             }
         }
         Codec::Json => serde_json::from_slice(&input[..len])
@@ -130,7 +121,8 @@ fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8], len: usize) -> Resul
     }
 }
 
-/// Why `item` (alone) does not decode as exactly one `In`.
+/// Why `item` (alone) does not decode as exactly one `In`: bytes left over, or
+/// bincode's error (which includes running past its end).
 #[cold]
 fn decode_error<In: DeserializeOwned>(item: &[u8]) -> CallError {
     match bincode::serde::decode_from_slice::<In, _>(item, bincode::config::standard()) {

@@ -365,121 +365,105 @@ impl Batch<'_> {
     /// item's length, and where to append the encoded result. Generic, so that each
     /// function's loop is compiled with its decoding, body and encoding inlined.
     #[inline(always)]
-    pub fn run<F>(&mut self, call: F) -> Result<(), WorkerError>
+    pub fn run<F>(&mut self, mut call: F) -> Result<(), WorkerError>
     where
         F: FnMut(Codec, &[u8], usize, &mut Vec<u8>) -> Result<(), CallError>,
     {
-        compute_batch(
-            self.header,
-            self.items,
-            self.out,
-            self.flush_interval,
-            self.outbox,
-            self.progress,
-            self.peer_max,
-            call,
-        )
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn compute_batch<F>(
-    header: &BatchHeader,
-    items: &Items,
-    out: &mut Items,
-    flush_interval: Duration,
-    outbox: &Outbox,
-    progress: &Progress,
-    peer_max: usize,
-    mut call: F,
-) -> Result<(), WorkerError>
-where
-    F: FnMut(Codec, &[u8], usize, &mut Vec<u8>) -> Result<(), CallError>,
-{
-    let mut failures = Vec::new();
-    let mut offset = 0usize;
-    let mut clock = FlushClock::new(flush_interval);
-    let budget =
-        |items: usize, failures: usize| peer_max.saturating_sub(frame_overhead(items, failures));
-    let send = |out: &mut Items,
-                failures: &mut Vec<ItemFailure>,
-                offset: &mut usize|
-     -> Result<(), WorkerError> {
-        let results = ResultsHeader {
-            job: header.job,
-            seq: header.seq,
-            offset: *offset as u32,
-            failures: std::mem::take(failures),
-            packed: header.packed_results,
+        let Batch {
+            header,
+            items,
+            ref mut out,
+            flush_interval,
+            outbox,
+            progress,
+            peer_max,
+        } = *self;
+        let mut failures = Vec::new();
+        let mut offset = 0usize;
+        let mut clock = FlushClock::new(flush_interval);
+        let budget = |items: usize, failures: usize| {
+            peer_max.saturating_sub(frame_overhead(items, failures))
         };
-        outbox.send(&Message::Results(results), out)?;
-        *offset += out.len();
-        out.clear();
-        Ok(())
-    };
-    let data = items.data();
-    let mut start = 0usize;
-    for &end in items.ends() {
-        let (item_start, len) = (start, end as usize - start);
-        start = end as usize;
-        let outcome = out.push_with(|buf| {
-            let input = &data[item_start..];
-            match panic::catch_unwind(AssertUnwindSafe(|| call(header.codec, input, len, buf))) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err((e.kind, e.message, None)),
-                Err(payload) => {
-                    let (message, location) = take_panic(payload);
-                    Err((FailureKind::Panicked, message, location))
+        let send = |out: &mut Items,
+                    failures: &mut Vec<ItemFailure>,
+                    offset: &mut usize|
+         -> Result<(), WorkerError> {
+            let results = ResultsHeader {
+                job: header.job,
+                seq: header.seq,
+                offset: *offset as u32,
+                failures: std::mem::take(failures),
+                packed: header.packed_results,
+            };
+            outbox.send(&Message::Results(results), out)?;
+            *offset += out.len();
+            out.clear();
+            Ok(())
+        };
+        let data = items.data();
+        let mut start = 0usize;
+        for &end in items.ends() {
+            let (item_start, len) = (start, end as usize - start);
+            start = end as usize;
+            let outcome = out.push_with(|buf| {
+                let input = &data[item_start..];
+                match panic::catch_unwind(AssertUnwindSafe(|| call(header.codec, input, len, buf)))
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err((e.kind, e.message, None)),
+                    Err(payload) => {
+                        let (message, location) = take_panic(payload);
+                        Err((FailureKind::Panicked, message, location))
+                    }
                 }
-            }
-        });
-        let outcome = match outcome {
-            Ok(()) if out.data_len() > budget(out.len(), failures.len()) => {
-                let last = out.get(out.len() - 1).unwrap_or_default().to_vec();
-                out.pop();
-                if last.len() > budget(1, 1) {
-                    Err((
-                        FailureKind::TooLarge,
-                        format!(
-                            "the result is {} bytes, more than a frame of at most {peer_max} \
+            });
+            let outcome = match outcome {
+                Ok(()) if out.data_len() > budget(out.len(), failures.len()) => {
+                    let last = out.get(out.len() - 1).unwrap_or_default().to_vec();
+                    out.pop();
+                    if last.len() > budget(1, 1) {
+                        Err((
+                            FailureKind::TooLarge,
+                            format!(
+                                "the result is {} bytes, more than a frame of at most {peer_max} \
                              bytes can carry; raise the frame limit",
-                            last.len()
-                        ),
-                        None,
-                    ))
-                } else {
-                    // It fits alone: send what came before, then start afresh with it.
-                    send(out, &mut failures, &mut offset)?;
-                    out.push(&last);
-                    Ok(())
+                                last.len()
+                            ),
+                            None,
+                        ))
+                    } else {
+                        // It fits alone: send what came before, then start afresh with it.
+                        send(out, &mut failures, &mut offset)?;
+                        out.push(&last);
+                        Ok(())
+                    }
+                }
+                other => other,
+            };
+            match outcome {
+                Ok(()) => {}
+                Err((kind, message, location)) => {
+                    out.push_empty();
+                    failures.push(ItemFailure {
+                        slot: (out.len() - 1) as u32,
+                        kind,
+                        message: truncate_message(message),
+                        location,
+                    });
                 }
             }
-            other => other,
-        };
-        match outcome {
-            Ok(()) => {}
-            Err((kind, message, location)) => {
-                out.push_empty();
-                failures.push(ItemFailure {
-                    slot: (out.len() - 1) as u32,
-                    kind,
-                    message: truncate_message(message),
-                    location,
-                });
+            progress
+                .done
+                .store((offset + out.len()) as u32, Ordering::Relaxed);
+            if clock.due() && !out.is_empty() {
+                send(out, &mut failures, &mut offset)?;
             }
         }
-        progress
-            .done
-            .store((offset + out.len()) as u32, Ordering::Relaxed);
-        if clock.due() && !out.is_empty() {
+        if !out.is_empty() || offset == 0 {
             send(out, &mut failures, &mut offset)?;
         }
+        Ok(())
     }
-    if !out.is_empty() || offset == 0 {
-        send(out, &mut failures, &mut offset)?;
-    }
-    Ok(())
 }
 
 thread_local! {
