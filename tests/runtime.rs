@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pstream::{Codec, PoolError, ProcessPool};
+use pstream::{Codec, PoolBuilder, PoolError, ProcessPool};
 use pstream_examples::{double, upper};
 use support::*;
 
@@ -394,4 +394,22 @@ fn large_items_are_read_ahead_by_bytes_not_only_by_count() {
         peak <= 200,
         "{peak} items of 16 KiB were in flight with a window of 1 MiB"
     );
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_a_clear_error_and_starts_nothing() {
+    let cases: [(PoolBuilder, &str); 5] = [
+        (builder().workers(0), "at least one worker"),
+        (builder().window(0), "at least one item"),
+        (builder().window_bytes(0), "at least one byte"),
+        (builder().max_frame(100), "between 4 KiB and 4 GiB"),
+        (builder().max_frame(1 << 33), "between 4 KiB and 4 GiB"),
+    ];
+    for (bad, says) in cases {
+        match bad.build() {
+            Err(e @ PoolError::Config(_)) => assert!(e.to_string().contains(says), "{e}"),
+            Err(other) => panic!("expected a configuration error saying {says:?}: {other}"),
+            Ok(pool) => panic!("started a pool of {} workers: {says:?}", pool.workers()),
+        }
+    }
 }

@@ -216,6 +216,11 @@ impl PoolBuilder {
                 "the window must hold at least one item".into(),
             ));
         }
+        if self.window_bytes == 0 {
+            return Err(PoolError::Config(
+                "the window must hold at least one byte".into(),
+            ));
+        }
         if self.max_frame < 4096 || self.max_frame > u32::MAX as usize {
             return Err(PoolError::Config(format!(
                 "the frame limit must be between 4 KiB and 4 GiB, not {} bytes",
@@ -227,11 +232,6 @@ impl PoolBuilder {
             // Re-execute this very binary, even if its file was replaced since.
             None => PathBuf::from("/proc/self/exe"),
         };
-        if self.window_bytes == 0 {
-            return Err(PoolError::Config(
-                "the window must hold at least one byte".into(),
-            ));
-        }
         let config = Arc::new(Config {
             workers,
             window,
