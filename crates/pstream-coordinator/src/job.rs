@@ -721,7 +721,15 @@ mod window_tests {
             let w = std::sync::Arc::clone(&w);
             std::thread::spawn(move || tx.send(w.acquire(3, true)).unwrap())
         };
-        // It cannot have its permits while the batch is in flight.
+        // It cannot have its permits while the batch is in flight: it waits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while w.state.lock().unwrap().waiting == 0 {
+            if let Ok(got) = rx.try_recv() {
+                panic!("got {got:?} while the batch was in flight");
+            }
+            assert!(std::time::Instant::now() < deadline, "never waited");
+            std::thread::yield_now();
+        }
         assert!(rx.try_recv().is_err());
         w.release_results(0, 4);
         assert_eq!(rx.recv().unwrap(), Some(3));
