@@ -8,8 +8,10 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+use nix::sys::socket::{setsockopt, sockopt};
+
 use pstream_protocol::{
-    decode_body, decode_body_at, encode_prefix, DecodeError, Frame, Items, Message,
+    decode_body, decode_body_at, encode_prefix, DecodeError, Frame, Items, Message, SEND_BUFFER,
 };
 
 /// Bytes waiting to be written.
@@ -59,6 +61,8 @@ const READ_CHUNK: usize = 64 << 10;
 impl Conn {
     pub fn new(stream: UnixStream, max_frame: usize) -> io::Result<Conn> {
         stream.set_nonblocking(true)?;
+        // Best effort: the kernel caps it, and a smaller buffer only costs speed.
+        let _ = setsockopt(&stream, sockopt::SndBuf, &SEND_BUFFER);
         Ok(Conn {
             stream,
             max_frame,

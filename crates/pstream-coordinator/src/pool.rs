@@ -515,9 +515,10 @@ impl ProcessPool {
         let limits = FeedLimits {
             job,
             max_batch: self.max_batch,
-            // Two batches in flight per worker fit in the byte window, as with items.
+            // Two batches in flight per worker fit in the byte window, as with items,
+            // and a batch fits whole in the socket's send buffer.
             max_batch_bytes: (self.config.max_frame / 4)
-                .min(1 << 20)
+                .min(pstream_protocol::MAX_BATCH_BYTES)
                 .min((self.config.window_bytes / (2 * self.config.workers as u64)).max(1) as usize),
             // Room for the header (the function's name and a few numbers).
             max_item: self

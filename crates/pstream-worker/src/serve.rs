@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use pstream_protocol::{
     read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, Codec, DecodeError,
     EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Message, ResultsHeader,
     DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
+    SEND_BUFFER,
 };
 
 use crate::registry::{functions, registry, CallError};
@@ -102,6 +104,8 @@ fn serve(config: &Config) -> Result<(), WorkerError> {
         path: config.path.clone(),
         source,
     })?;
+    // Best effort: the kernel caps it, and a smaller buffer only costs speed.
+    let _ = setsockopt(&stream, sockopt::SndBuf, &SEND_BUFFER);
     let mut writer =
         BufWriter::with_capacity(1 << 16, stream.try_clone().map_err(connect_err(config))?);
     let mut reader = BufReader::with_capacity(1 << 16, stream);
