@@ -1080,15 +1080,13 @@ impl Drop for RawResults {
 /// loop: as a call, its result went through memory, and reading it back wider than
 /// it was written stalled the store-to-load forwarding on every item.
 ///
-/// With a limit: bincode allocates a string or a vector as long as its encoded
-/// length says before it reads the bytes, so a worker sending a length of 2^50 would
-/// end this process on a failed allocation. No result can be longer than a frame
-/// (4 GiB at most); a longer claim is a decode error for that item.
+/// Through pstream's own reader of the bincode format: every length a worker sends
+/// is checked against the bytes left before anything is allocated, so a worker
+/// claiming a string of 2^50 bytes costs that item a decode error, not this process
+/// an abort on a failed allocation.
 #[inline(always)]
 fn decode_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
-    const RESULT_LIMIT: usize = u32::MAX as usize;
-    let config = bincode::config::standard().with_limit::<RESULT_LIMIT>();
-    bincode::serde::decode_from_slice::<T, _>(bytes, config).map_err(|e| e.to_string())
+    pstream_protocol::decode_bincode::<T>(bytes).map_err(|e| e.to_string())
 }
 
 /// The typed results of [`crate::ProcessPool::map`]: an iterator of

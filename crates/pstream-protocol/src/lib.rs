@@ -31,12 +31,14 @@
 //!   a frame is [`DecodeError::Truncated`].
 #![deny(missing_docs)]
 
+mod bincode_de;
 mod clock;
 mod codec;
 mod function;
 mod items;
 mod message;
 
+pub use bincode_de::{decode_bincode, BincodeError};
 pub use clock::FlushClock;
 pub use codec::{
     decode_body, decode_body_at, encode_frame, encode_prefix, read_frame, read_frame_into,
