@@ -164,7 +164,7 @@ impl<'de> Reader<'de> {
 
     #[inline(always)]
     fn u64(&mut self) -> Result<u64> {
-        self.varint(U64_BYTE).map(|v| v as u64)
+        self.varint(U64_BYTE)
     }
 
     #[inline(always)]
