@@ -103,7 +103,7 @@ pub fn functions() -> Vec<FunctionInfo> {
 fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8], len: usize) -> Result<In, CallError> {
     match codec {
         Codec::Bincode => {
-            match bincode::serde::decode_from_slice::<In, _>(input, bincode::config::standard()) {
+            match pstream_protocol::decode_bincode::<In>(input) {
                 Ok((value, used)) if used == len => Ok(value),
                 // Decoded past the item, the bytes read may be the next one's:
                 // decode the item alone to say what is wrong with it.
@@ -122,10 +122,10 @@ fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8], len: usize) -> Resul
 }
 
 /// Why `item` (alone) does not decode as exactly one `In`: bytes left over, or
-/// bincode's error (which includes running past its end).
+/// the reader's error (which includes running past its end).
 #[cold]
 fn decode_error<In: DeserializeOwned>(item: &[u8]) -> CallError {
-    match bincode::serde::decode_from_slice::<In, _>(item, bincode::config::standard()) {
+    match pstream_protocol::decode_bincode::<In>(item) {
         Ok((_, used)) => CallError::new(
             FailureKind::Decode,
             format!(
