@@ -372,6 +372,31 @@ fn threads_report_a_panicking_input_after_its_items() {
 }
 
 #[test]
+fn threads_hand_out_each_item_of_a_slow_input_before_reading_the_next() {
+    // Item i+1 comes only once the consumer has the result of item i: an executor
+    // that held an item back to fill its batch would wait forever. The input gives
+    // up after 30 s, which ends the stream with an `Aborted` item.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let mut next = 0u64;
+    let input = std::iter::from_fn(move || {
+        if next > 0 {
+            go_rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("the result of the item before was not handed out");
+        }
+        next += 1;
+        (next <= 200).then_some(next)
+    });
+    let ex = ThreadExecutor::builder().max_workers(2).build();
+    let mut got = Vec::new();
+    for r in ex.execute(|x: u64| x * 3, input) {
+        got.push(r.unwrap());
+        let _ = go_tx.send(());
+    }
+    assert_eq!(got, (1..=200).map(|x| x * 3).collect::<Vec<_>>());
+}
+
+#[test]
 fn threads_and_processes_agree_on_sha256() {
     use pstream_examples::{sha256_bytes, Blob};
     let blobs = |n: u64| (0..n).map(|i| Blob(vec![(i % 251) as u8; 1024 + i as usize % 7]));
