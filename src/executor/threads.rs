@@ -375,6 +375,8 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                 }
                 Err(payload) => {
                     // Items read before the panic are still computed and handed out.
+                    // The panic hook took it for a function's: forget it.
+                    LAST_PANIC.with(|p| p.borrow_mut().take());
                     input.ended = true;
                     end = Some(Msg::InputPanicked {
                         total: input.read,
