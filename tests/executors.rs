@@ -397,6 +397,45 @@ fn threads_hand_out_each_item_of_a_slow_input_before_reading_the_next() {
 }
 
 #[test]
+fn threads_report_an_input_whose_size_hint_panics() {
+    // `size_hint` is the input's code too: a panic in it ends the input like one in
+    // `next`, after the items read before it, instead of killing the thread that
+    // holds the input (its permits and items lost, the stream waiting forever).
+    struct Brittle(u32);
+    impl Iterator for Brittle {
+        type Item = u32;
+        fn next(&mut self) -> Option<u32> {
+            self.0 += 1;
+            (self.0 <= 100).then_some(self.0)
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            panic!("size_hint broke")
+        }
+    }
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // One thread: after its second item it has nothing else running, and asks
+        // the input whether the next read may block.
+        let ex = ThreadExecutor::builder().max_workers(1).build();
+        let _ = done_tx.send(ex.execute(|x: u32| x, Brittle(0)).collect::<Vec<_>>());
+    });
+    let results = done
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the stream never ended");
+    let (last, items) = results.split_last().unwrap();
+    assert!(!items.is_empty());
+    for (i, r) in items.iter().enumerate() {
+        assert_eq!(r, &Ok(i as u32 + 1));
+    }
+    let e = last.as_ref().unwrap_err();
+    assert_eq!(e.index, items.len() as u64);
+    assert!(
+        matches!(&e.kind, ItemErrorKind::Aborted { reason } if reason.contains("size_hint broke")),
+        "{e}"
+    );
+}
+
+#[test]
 fn threads_and_processes_agree_on_sha256() {
     use pstream_examples::{sha256_bytes, Blob};
     let blobs = |n: u64| (0..n).map(|i| Blob(vec![(i % 251) as u8; 1024 + i as usize % 7]));

@@ -333,35 +333,49 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
     /// Take permits and read a batch; `None` when there is nothing more to do (the
     /// input ended in another worker's hands, or the job was cancelled).
     fn pull(&self) -> Option<Pulled<I::Item>> {
-        // One permit at least, waited for with nothing in hand; more under the lock.
-        let mut permits = self.window.acquire(1, true)?;
+        let over = |input: &mut Input<I>| {
+            let over = input.ended || self.shared.cancelled.load(Ordering::Relaxed);
+            input.ended |= over;
+            over
+        };
         let mut input = self.input.lock().unwrap_or_else(|e| e.into_inner());
-        if input.ended || self.shared.cancelled.load(Ordering::Relaxed) {
-            input.ended = true;
-            drop(input);
-            self.window.release(permits);
+        if over(&mut input) {
             return None;
         }
-        let want = input.target;
-        permits += self
-            .window
-            .acquire(want - permits.min(want), false)
-            .unwrap_or(0);
+        let mut permits = self.window.acquire(input.target, false)?;
+        if permits == 0 {
+            // Wait for a permit with nothing in hand, not even the lock.
+            drop(input);
+            permits = self.window.acquire(1, true)?;
+            input = self.input.lock().unwrap_or_else(|e| e.into_inner());
+            if over(&mut input) {
+                drop(input);
+                self.window.release(permits);
+                return None;
+            }
+            let more = input.target.saturating_sub(permits);
+            permits += self.window.acquire(more, false).unwrap_or(0);
+        }
         let first_index = input.read;
         let mut items = Vec::with_capacity(permits);
         let mut end = None;
         input.clock.restart();
-        while items.len() < permits {
+        while items.len() < permits && !self.window.is_closed() {
             let input = &mut *input;
             // Every item read before this batch is computed: nobody else has work.
-            // Then the batch goes now, before a read that may block (the input
-            // promises no more items) or once it is getting old, and the next items
-            // are for the next reader.
-            if !items.is_empty()
-                && (input.iter.size_hint().0 == 0 || input.clock.due())
-                && self.shared.completed.load(Ordering::Acquire) >= first_index
-            {
-                break;
+            // Then the batch goes now, before a read that may block (the input does
+            // not promise more items at once: `size_hint`, user code too) or once it
+            // is getting old, and the next items are for the next reader.
+            if !items.is_empty() && self.shared.completed.load(Ordering::Acquire) >= first_index {
+                match panic::catch_unwind(AssertUnwindSafe(|| input.iter.size_hint().0 == 0)) {
+                    Ok(true) => break,
+                    Ok(false) if input.clock.due() => break,
+                    Ok(false) => {}
+                    Err(payload) => {
+                        end = Some(input_panicked(input, &*payload));
+                        break;
+                    }
+                }
             }
             match panic::catch_unwind(AssertUnwindSafe(|| input.iter.next())) {
                 Ok(Some(item)) => {
@@ -375,16 +389,7 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                 }
                 Err(payload) => {
                     // Items read before the panic are still computed and handed out.
-                    // The panic hook took it for a function's: forget it.
-                    LAST_PANIC.with(|p| p.borrow_mut().take());
-                    input.ended = true;
-                    end = Some(Msg::InputPanicked {
-                        total: input.read,
-                        message: format!(
-                            "the input iterator panicked: {}",
-                            payload_message(&*payload)
-                        ),
-                    });
+                    end = Some(input_panicked(input, &*payload));
                     break;
                 }
             }
@@ -412,6 +417,18 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                 Err(ItemErrorKind::Panicked { message, location })
             }
         }
+    }
+}
+
+/// The input panicked (in `next` or `size_hint`): it is over, and the consumer hears
+/// why after the items read before it.
+fn input_panicked<I>(input: &mut Input<I>, payload: &(dyn std::any::Any + Send)) -> Msg<()> {
+    // The panic hook took it for a function's: forget it.
+    LAST_PANIC.with(|p| p.borrow_mut().take());
+    input.ended = true;
+    Msg::InputPanicked {
+        total: input.read,
+        message: format!("the input iterator panicked: {}", payload_message(payload)),
     }
 }
 
