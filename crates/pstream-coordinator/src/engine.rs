@@ -252,6 +252,8 @@ pub(crate) struct Engine {
     workers: HashMap<u64, Worker>,
     next_wid: u64,
     next_seq: u64,
+    /// The worker the last batch went to (ties in `dispatch` go round from it).
+    last_served: u64,
     jobs: HashMap<u64, Job>,
     queue: VecDeque<Batch>,
     functions: Option<Vec<FunctionInfo>>,
@@ -297,6 +299,7 @@ impl Engine {
             checks,
             counters,
             workers: HashMap::new(),
+            last_served: 0,
             next_wid: 0,
             next_seq: 0,
             jobs: HashMap::new(),
@@ -1242,12 +1245,16 @@ impl Engine {
                 continue;
             };
             let n = batch.items.len();
+            // The worker with the most credit free; among equals (idle workers, say)
+            // the next after the one served last, so that a job whose batches are
+            // answered before the next is cut still goes round every worker.
+            let last = self.last_served;
             let best = self
                 .workers
                 .iter()
                 .filter(|(_, w)| w.usable() && w.within_allowance(limit))
                 .filter(|(_, w)| w.free() >= n || w.outstanding == 0)
-                .max_by_key(|(_, w)| w.free())
+                .max_by_key(|(&wid, w)| (w.free(), wid > last, std::cmp::Reverse(wid)))
                 .map(|(&wid, _)| wid);
             let Some(wid) = best else {
                 return;
@@ -1262,6 +1269,7 @@ impl Engine {
             };
             let batch = self.queue.pop_front().expect("front");
             self.next_seq += 1;
+            self.last_served = wid;
             let w = self.workers.get_mut(&wid).expect("chosen");
             if w.in_flight.is_empty() {
                 w.progress_at = Instant::now();
