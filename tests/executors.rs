@@ -492,6 +492,35 @@ fn a_pool_error_ends_the_stream_with_one_aborted_item() {
 }
 
 #[test]
+fn a_process_executor_dropped_before_its_results_serves_them_all() {
+    // The results hold the pool: `ProcessExecutor::new()?.execute(f, data)` with a
+    // temporary executor works, and the workers go when the results do.
+    let ex = ProcessExecutor::builder()
+        .pool(builder())
+        .max_workers(2)
+        .build()
+        .unwrap();
+    let pids = ex.pool().worker_pids();
+    let results = ex.execute(double, 0..20_000i64);
+    // While results are alive, the pool cannot be taken out of the executor.
+    let ex = ex.into_pool().expect_err("the results hold the pool");
+    drop(ex);
+    let got: Vec<i64> = results.map(Result::unwrap).collect();
+    assert_eq!(got, (0..20_000).map(|x| x * 2).collect::<Vec<_>>());
+    assert_gone(&pids);
+
+    let got: Vec<i64> = ProcessExecutor::builder()
+        .pool(builder())
+        .max_workers(1)
+        .build()
+        .unwrap()
+        .execute(double, 0..100i64)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..100).map(|x| x * 2).collect::<Vec<_>>());
+}
+
+#[test]
 fn dropping_a_process_executor_leaves_no_worker() {
     let ex = ProcessExecutor::builder()
         .pool(builder())
@@ -502,6 +531,8 @@ fn dropping_a_process_executor_leaves_no_worker() {
     assert_eq!(pids.len(), 2);
     let first: Vec<_> = ex.execute(double, 0..10i64).take(3).collect();
     assert_eq!(first, [Ok(0), Ok(2), Ok(4)]);
-    drop(ex);
+    // No results alive: the pool comes out whole, and dropping it reaps its workers.
+    let pool = ex.into_pool().expect("no results hold the pool");
+    drop(pool);
     assert_gone(&pids);
 }

@@ -14,9 +14,11 @@ mod threads;
 pub use processes::{ProcessExecutor, ProcessExecutorBuilder};
 pub use threads::{ThreadExecutor, ThreadExecutorBuilder};
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 
-use crate::{Function, ItemError, ItemErrorKind, MapResults, PoolError};
+use crate::{Function, ItemError, ItemErrorKind, MapResults, PoolError, ProcessPool};
 
 /// Something an executor can call on each item: a closure, or a registered
 /// [`Function`] handle.
@@ -193,17 +195,25 @@ trait ProcessStream<Out>: Send {
     fn pool_error(&self) -> Option<&PoolError>;
 }
 
-impl<Out: DeserializeOwned> ProcessStream<Out> for MapResults<Out> {
+/// A process job's results with the pool they come from: dropping a pool ends its
+/// jobs, so the results keep it alive. Fields drop in order: the job is cancelled
+/// before the pool (if this was its last holder) shuts down.
+struct Held<Out> {
+    results: MapResults<Out>,
+    _pool: Arc<ProcessPool>,
+}
+
+impl<Out: DeserializeOwned> ProcessStream<Out> for Held<Out> {
     fn next_indexed(&mut self) -> Option<(u64, Result<Out, ItemError>)> {
-        MapResults::next_indexed(self)
+        self.results.next_indexed()
     }
 
     fn in_flight(&self) -> usize {
-        MapResults::in_flight(self)
+        self.results.in_flight()
     }
 
     fn pool_error(&self) -> Option<&PoolError> {
-        MapResults::pool_error(self)
+        self.results.pool_error()
     }
 }
 
@@ -214,12 +224,15 @@ impl<Out> Results<Out> {
         }
     }
 
-    fn processes(results: MapResults<Out>) -> Self
+    fn processes(results: MapResults<Out>, pool: Arc<ProcessPool>) -> Self
     where
         Out: DeserializeOwned + 'static,
     {
         Results {
-            inner: Inner::Processes(Box::new(results)),
+            inner: Inner::Processes(Box::new(Held {
+                results,
+                _pool: pool,
+            })),
         }
     }
 

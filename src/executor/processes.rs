@@ -1,5 +1,7 @@
 //! [`ProcessExecutor`]: the [`Executor`] face of a [`ProcessPool`].
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -19,6 +21,9 @@ use crate::{Function, PoolBuilder, PoolError, ProcessPool};
 /// [`ItemErrorKind::Aborted`](crate::ItemErrorKind::Aborted) item;
 /// [`Results::pool_error`] has the error.
 ///
+/// The results of a job keep the pool alive: an executor dropped while they are
+/// read (a temporary, say) stops its workers when the last of them is dropped.
+///
 /// ```
 /// use pstream::{Executor, ProcessExecutor};
 ///
@@ -37,7 +42,8 @@ use crate::{Function, PoolBuilder, PoolError, ProcessPool};
 /// ```
 #[derive(Debug)]
 pub struct ProcessExecutor {
-    pool: ProcessPool,
+    /// Shared with the results of its jobs: dropping a pool ends its jobs.
+    pool: Arc<ProcessPool>,
 }
 
 impl ProcessExecutor {
@@ -60,7 +66,9 @@ impl ProcessExecutor {
 
     /// An executor over a pool already started; `max_memory_items` is its window.
     pub fn from_pool(pool: ProcessPool) -> ProcessExecutor {
-        ProcessExecutor { pool }
+        ProcessExecutor {
+            pool: Arc::new(pool),
+        }
     }
 
     /// The pool underneath, for its statistics and worker pids.
@@ -68,9 +76,10 @@ impl ProcessExecutor {
         &self.pool
     }
 
-    /// The pool, to use directly.
-    pub fn into_pool(self) -> ProcessPool {
-        self.pool
+    /// The pool, to use directly; the executor back while results of its jobs are
+    /// still alive (they hold the pool).
+    pub fn into_pool(self) -> Result<ProcessPool, ProcessExecutor> {
+        Arc::try_unwrap(self.pool).map_err(|pool| ProcessExecutor { pool })
     }
 
     /// How many worker processes run the function.
@@ -95,7 +104,7 @@ where
         I::IntoIter: Send + 'static,
     {
         match self.pool.map(func, data) {
-            Ok(results) => Results::processes(results),
+            Ok(results) => Results::processes(results, Arc::clone(&self.pool)),
             Err(e) => Results::failed(Some(e), String::new()),
         }
     }
@@ -106,7 +115,7 @@ where
         I::IntoIter: Send + 'static,
     {
         match self.pool.map_unordered(func, data) {
-            Ok(results) => Results::processes(results),
+            Ok(results) => Results::processes(results, Arc::clone(&self.pool)),
             Err(e) => Results::failed(Some(e), String::new()),
         }
     }
@@ -160,8 +169,6 @@ impl ProcessExecutorBuilder {
             Some(n) => pool.window(n),
             None => pool.window_or(ProcessExecutor::DEFAULT_MAX_MEMORY_ITEMS),
         };
-        Ok(ProcessExecutor {
-            pool: pool.build()?,
-        })
+        Ok(ProcessExecutor::from_pool(pool.build()?))
     }
 }

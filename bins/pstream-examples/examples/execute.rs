@@ -19,21 +19,16 @@ where
     In: serde::Serialize + Send + 'static,
     Out: serde::de::DeserializeOwned + Send + 'static,
 {
-    // The executor outlives its results: dropping a process pool ends its jobs.
-    let processes;
-    let threads;
     let results = match kind {
-        "processes" => {
-            processes = ProcessExecutor::builder()
-                .max_workers(2)
-                .build()
-                .expect("a pool");
-            processes.execute(f, input)
-        }
-        _ => {
-            threads = ThreadExecutor::builder().max_workers(2).build();
-            threads.execute(f, input)
-        }
+        "processes" => ProcessExecutor::builder()
+            .max_workers(2)
+            .build()
+            .expect("a pool")
+            .execute(f, input),
+        _ => ThreadExecutor::builder()
+            .max_workers(2)
+            .build()
+            .execute(f, input),
     };
     results
         .map(|r| fold(r.expect("the function does not fail")))
