@@ -1,7 +1,7 @@
 //! Map `double` over N integers, or `sha256_bytes` over N blobs of 1 KiB, with an
 //! `Executor`: threads or processes. A minimal driver for profiling the `Executor` API.
 //!
-//! `cargo run --release -p pstream-examples --example execute -- [double|sha] [n] [threads|processes]`
+//! `cargo run --release -p pstream-examples --example execute -- [double|double-filtered|sha] [n] [threads|processes]`
 
 use std::time::Instant;
 
@@ -52,6 +52,11 @@ fn main() {
             Blob(v)
         };
         run(&kind, sha256_bytes, (0..n).map(blob), |d| u64::from(d[0]))
+    } else if what == "double-filtered" {
+        // An input that promises nothing (`size_hint` 0), as filters, channels and
+        // `from_fn` do.
+        let input = (0..n as i64).filter(|x| x % 7 != 3);
+        run(&kind, double, input, |x| x as u64)
     } else {
         run(&kind, double, 0..n as i64, |x| x as u64)
     };
