@@ -1,18 +1,22 @@
-//! [`ThreadExecutor`]: a bounded pool of threads in this process, each pulling
-//! batches from the input within the memory bound, with results reassembled in input
+//! [`ThreadExecutor`]: a bounded pool of threads in this process that take turns
+//! reading the input within the memory bound, with results reassembled in input
 //! order.
 //!
 //! ```text
-//!  input (behind a mutex) ◀──pull── pstream-thread-N (× max_workers) ──results──▶ consumer
-//!                                      ▲ takes permits                               │
-//!                                      └──────── Window (max_memory_items) ◀─────────┘
+//!  input ◀──read── the worker in the reader's role ──publishes batches for idle workers──┐
+//!                    │ computes its last batch                                           │
+//!                    ▼                                                                   ▼
+//!            pstream-thread-N (× max_workers) ──────────results──────────▶ consumer
+//!                    ▲ the reader takes permits                              │
+//!                    └────────────── Window (max_memory_items) ◀─────────────┘
 //! ```
 //!
-//! There is no feeder thread: each worker takes the input's lock, reads a batch and
-//! computes it. An item is then made and dropped on the same thread. With a feeder,
-//! every item was allocated on one thread and freed on another, and the allocator's
-//! arena lock became the bottleneck (SHA-256 of 1 KiB blobs: 1.3 M/s on 2 threads,
-//! slower than a sequential loop).
+//! There is no feeder thread: one worker at a time reads a round of items and
+//! computes the last batch it read, so an item is usually made and dropped on the
+//! same thread. With a feeder, every item was allocated on one thread and freed on
+//! another, and the allocator's arena lock became the bottleneck (SHA-256 of 1 KiB
+//! blobs: 1.0–1.3 M/s on 2 threads, slower than a sequential loop). See
+//! `docs/executors.md`.
 //!
 //! The threads belong to the job: they start with `execute` and end when the input is
 //! done or the consumer drops its results.
@@ -20,10 +24,10 @@
 use pstream_protocol::panic_message as payload_message;
 use pstream_protocol::FlushClock;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -104,14 +108,21 @@ impl ThreadExecutor {
             cancelled: AtomicBool::new(false),
             completed: AtomicU64::new(0),
         });
-        let input = Arc::new(Mutex::new(Input {
-            iter: data,
-            read: 0,
-            target: 1,
-            max_batch: (self.max_memory_items / (2 * workers)).clamp(1, MAX_BATCH),
-            ended: false,
-            clock: FlushClock::new(IDLE_CUT),
-        }));
+        let sched = Arc::new(Sched {
+            state: Mutex::new(SchedState {
+                published: VecDeque::new(),
+                reading: false,
+                ended: false,
+            }),
+            wake: Condvar::new(),
+            input: Mutex::new(Input {
+                iter: data,
+                read: 0,
+                target: 1,
+                max_batch: (self.max_memory_items / (2 * workers)).clamp(1, MAX_BATCH),
+                clock: FlushClock::new(IDLE_CUT),
+            }),
+        });
         // Unbounded: the window bounds what is in it.
         let (results_tx, results_rx) = crossbeam_channel::unbounded::<Msg<F::Output>>();
         let func = Arc::new(func);
@@ -120,7 +131,8 @@ impl ThreadExecutor {
         for n in 0..workers {
             let worker = Worker {
                 func: Arc::clone(&func),
-                input: Arc::clone(&input),
+                sched: Arc::clone(&sched),
+                workers,
                 window: Arc::clone(&window),
                 results: results_tx.clone(),
                 shared: Arc::clone(&shared),
@@ -139,6 +151,7 @@ impl ThreadExecutor {
             rx: results_rx,
             window,
             shared,
+            waker: sched,
             reorder: BTreeMap::new(),
             current: None,
             next_index: 0,
@@ -242,26 +255,64 @@ struct Shared {
     completed: AtomicU64,
 }
 
-/// The job's input, read by whichever worker holds the lock.
+/// Who reads the input, and the batches cut for idle workers. One worker at a time
+/// holds the reader's role; the others compute, or wait on `wake` for a published
+/// batch or the role.
+struct Sched<I: Iterator> {
+    state: Mutex<SchedState<I::Item>>,
+    wake: Condvar,
+    /// Locked only by the worker in the reader's role: never contended.
+    input: Mutex<Input<I>>,
+}
+
+struct SchedState<In> {
+    /// Batches the reader cut for workers with nothing to do.
+    published: VecDeque<Work<In>>,
+    /// A worker holds the reader's role.
+    reading: bool,
+    /// The input is over (ended, panicked, or the job was cancelled).
+    ended: bool,
+}
+
+/// Consecutive items for a worker.
+struct Work<In> {
+    first_index: u64,
+    items: Vec<In>,
+}
+
+/// The job's input, read by the worker in the reader's role.
 struct Input<I> {
     iter: I,
     /// Items read so far: the index of the next one.
     read: u64,
-    /// Batches start at one item (a first result at once) and double up to
-    /// `max_batch`.
+    /// A reader's round starts at one item (a first result at once) and doubles up
+    /// to `max_batch`.
     target: usize,
     max_batch: usize,
-    /// The input ended (or panicked, or the job was cancelled): nothing more is read.
-    ended: bool,
-    /// How long the batch being read has been open, looked at every so many items.
+    /// How long the items in hand have been waiting, looked at every so many items.
     clock: FlushClock,
 }
 
-/// A batch being read goes to work unfilled once it is this old and no other worker
-/// has anything to do. Cutting as soon as the others were idle made batches of one
-/// item when items are tiny (the others are idle again within a microsecond):
-/// `double` ran at 23 M/s instead of 60.
+/// A worker alone, with every item read before them computed, stops reading and
+/// computes the items in hand once they are this old, even if the input promises
+/// more at once.
 const IDLE_CUT: Duration = Duration::from_micros(100);
+
+/// Wakes the workers waiting for work (the consumer went away).
+trait WakeAll: Send + Sync {
+    fn wake_all(&self);
+}
+
+impl<I: Iterator + Send> WakeAll for Sched<I>
+where
+    I::Item: Send,
+{
+    fn wake_all(&self) {
+        // Under the lock: a worker checks for cancellation under it before waiting.
+        let _state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.notify_all();
+    }
+}
 
 /// What the consumer hears.
 enum Msg<Out> {
@@ -276,18 +327,24 @@ enum Msg<Out> {
     InputPanicked { total: u64, message: String },
 }
 
-/// A batch read from the input, and how the input was left.
-struct Pulled<In> {
-    first_index: u64,
-    items: Vec<In>,
-    /// Set by the reader that saw the input end: the message for the consumer.
+/// What a worker does next.
+enum Next<In> {
+    Compute(Work<In>),
+    Read,
+}
+
+/// What a reader's round leaves it: its own batch, and how the input ended if it did.
+struct Round<In> {
+    own: Work<In>,
     end: Option<Msg<()>>,
 }
 
-/// One thread reading and computing batches.
+/// One thread computing batches, and reading the input when nobody else does.
 struct Worker<I: Iterator, F: Task<I::Item>> {
     func: Arc<F>,
-    input: Arc<Mutex<Input<I>>>,
+    sched: Arc<Sched<I>>,
+    /// How many workers the job has (one alone never publishes).
+    workers: usize,
     window: Arc<Window>,
     results: Sender<Msg<F::Output>>,
     shared: Arc<Shared>,
@@ -296,84 +353,152 @@ struct Worker<I: Iterator, F: Task<I::Item>> {
 impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
     fn run(self) {
         IN_WORKER.with(|w| *w.borrow_mut() = true);
-        loop {
-            let Some(pulled) = self.pull() else { return };
-            let n = pulled.items.len();
-            if n > 0 {
-                let mut outcomes = Vec::with_capacity(n);
-                for item in pulled.items {
-                    if self.shared.cancelled.load(Ordering::Relaxed) {
-                        return;
+        while let Some(next) = self.next() {
+            let more = match next {
+                Next::Compute(work) => self.compute(work),
+                Next::Read => {
+                    let round = self.read();
+                    let ended = round.end.is_some() || self.window.is_closed();
+                    {
+                        let mut state = self.lock();
+                        state.reading = false;
+                        state.ended |= ended;
+                        if ended {
+                            self.sched.wake.notify_all();
+                        } else {
+                            self.sched.wake.notify_one();
+                        }
                     }
-                    outcomes.push(self.call(item));
+                    let more = self.compute(round.own);
+                    match round.end {
+                        Some(Msg::InputDone { total }) => {
+                            let _ = self.results.send(Msg::InputDone { total });
+                        }
+                        Some(Msg::InputPanicked { total, message }) => {
+                            let _ = self.results.send(Msg::InputPanicked { total, message });
+                        }
+                        _ => {}
+                    }
+                    more
                 }
-                self.shared.completed.fetch_add(n as u64, Ordering::Release);
-                let msg = Msg::Results {
-                    first_index: pulled.first_index,
-                    outcomes,
-                };
-                if self.results.send(msg).is_err() {
-                    return;
-                }
-            }
-            match pulled.end {
-                Some(Msg::InputDone { total }) => {
-                    let _ = self.results.send(Msg::InputDone { total });
-                    return;
-                }
-                Some(Msg::InputPanicked { total, message }) => {
-                    let _ = self.results.send(Msg::InputPanicked { total, message });
-                    return;
-                }
-                _ => {}
+            };
+            if !more {
+                return;
             }
         }
     }
 
-    /// Take permits and read a batch; `None` when there is nothing more to do (the
-    /// input ended in another worker's hands, or the job was cancelled).
-    fn pull(&self) -> Option<Pulled<I::Item>> {
-        let over = |input: &mut Input<I>| {
-            let over = input.ended || self.shared.cancelled.load(Ordering::Relaxed);
-            input.ended |= over;
-            over
-        };
-        let mut input = self.input.lock().unwrap_or_else(|e| e.into_inner());
-        if over(&mut input) {
-            return None;
-        }
-        let mut permits = self.window.acquire(input.target, false)?;
-        if permits == 0 {
-            // Wait for a permit with nothing in hand, not even the lock.
-            drop(input);
-            permits = self.window.acquire(1, true)?;
-            input = self.input.lock().unwrap_or_else(|e| e.into_inner());
-            if over(&mut input) {
-                drop(input);
-                self.window.release(permits);
+    fn lock(&self) -> std::sync::MutexGuard<'_, SchedState<I::Item>> {
+        self.sched.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A published batch, else the reader's role; `None` when the job is over.
+    fn next(&self) -> Option<Next<I::Item>> {
+        let mut state = self.lock();
+        loop {
+            if self.shared.cancelled.load(Ordering::Relaxed) {
                 return None;
             }
-            let more = input.target.saturating_sub(permits);
-            permits += self.window.acquire(more, false).unwrap_or(0);
+            if let Some(work) = state.published.pop_front() {
+                return Some(Next::Compute(work));
+            }
+            if state.ended {
+                return None;
+            }
+            if !state.reading {
+                state.reading = true;
+                return Some(Next::Read);
+            }
+            state = self
+                .sched
+                .wake
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
         }
-        let first_index = input.read;
+    }
+
+    /// Compute a batch and send its outcomes; false if the job is over.
+    fn compute(&self, work: Work<I::Item>) -> bool {
+        let n = work.items.len();
+        if n == 0 {
+            return true;
+        }
+        let mut outcomes = Vec::with_capacity(n);
+        for item in work.items {
+            if self.shared.cancelled.load(Ordering::Relaxed) {
+                return false;
+            }
+            outcomes.push(self.call(item));
+        }
+        self.shared.completed.fetch_add(n as u64, Ordering::Release);
+        let msg = Msg::Results {
+            first_index: work.first_index,
+            outcomes,
+        };
+        self.results.send(msg).is_ok()
+    }
+
+    /// Give the items in hand to the workers waiting for work.
+    fn publish(&self, first_index: u64, items: Vec<I::Item>) {
+        let mut state = self.lock();
+        state.published.push_back(Work { first_index, items });
+        self.sched.wake.notify_one();
+    }
+
+    /// A round in the reader's role: take permits, read up to the round's target,
+    /// and keep the last batch read to compute.
+    ///
+    /// Before each read, if every item read before the ones in hand is computed
+    /// (nobody else has anything to do), the items in hand are published for the
+    /// other workers and the reader reads on: they do not wait for a read that may
+    /// block (a slow input's items are computed as they come; an input whose next
+    /// item waits for an earlier result runs at all), and idle workers get work
+    /// without the role changing hands (with tiny items, handing the role over each
+    /// round, a wake-up each time, ran `double` at 40–60 M/s; publishing, 65–90).
+    /// A worker alone instead stops reading there and computes what it holds, if
+    /// the next read may block (the input does not promise more items at once:
+    /// `size_hint`, user code too) or the items have waited `IDLE_CUT`.
+    fn read(&self) -> Round<I::Item> {
+        let mut input = self.sched.input.lock().unwrap_or_else(|e| e.into_inner());
+        let none = |first_index| Round {
+            own: Work {
+                first_index,
+                items: Vec::new(),
+            },
+            end: None,
+        };
+        let read = input.read;
+        let Some(mut permits) = self.window.acquire(input.target, false) else {
+            return none(read);
+        };
+        if permits == 0 {
+            // Nothing in hand; the others compute published batches meanwhile.
+            let Some(one) = self.window.acquire(1, true) else {
+                return none(read);
+            };
+            let more = input.target.saturating_sub(one);
+            permits = one + self.window.acquire(more, false).unwrap_or(0);
+        }
+        let mut first_index = input.read;
         let mut items = Vec::with_capacity(permits);
+        let mut taken = 0;
         let mut end = None;
         input.clock.restart();
-        while items.len() < permits && !self.window.is_closed() {
+        while taken < permits && !self.window.is_closed() {
             let input = &mut *input;
-            // Every item read before this batch is computed: nobody else has work.
-            // Then the batch goes now, before a read that may block (the input does
-            // not promise more items at once: `size_hint`, user code too) or once it
-            // is getting old, and the next items are for the next reader.
             if !items.is_empty() && self.shared.completed.load(Ordering::Acquire) >= first_index {
-                match panic::catch_unwind(AssertUnwindSafe(|| input.iter.size_hint().0 == 0)) {
-                    Ok(true) => break,
-                    Ok(false) if input.clock.due() => break,
-                    Ok(false) => {}
-                    Err(payload) => {
-                        end = Some(input_panicked(input, &*payload));
-                        break;
+                if self.workers > 1 {
+                    let n = items.len();
+                    self.publish(first_index, std::mem::take(&mut items));
+                    first_index += n as u64;
+                } else {
+                    match panic::catch_unwind(AssertUnwindSafe(|| input.iter.size_hint().0 == 0)) {
+                        Ok(may_block) if may_block || input.clock.due() => break,
+                        Ok(_) => {}
+                        Err(payload) => {
+                            end = Some(input_panicked(input, &*payload));
+                            break;
+                        }
                     }
                 }
             }
@@ -381,9 +506,9 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                 Ok(Some(item)) => {
                     items.push(item);
                     input.read += 1;
+                    taken += 1;
                 }
                 Ok(None) => {
-                    input.ended = true;
                     end = Some(Msg::InputDone { total: input.read });
                     break;
                 }
@@ -394,16 +519,15 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                 }
             }
         }
-        if !items.is_empty() {
+        if taken > 0 {
             input.target = (input.target * 2).min(input.max_batch);
         }
         drop(input);
-        self.window.release(permits - items.len());
-        Some(Pulled {
-            first_index,
-            items,
+        self.window.release(permits - taken);
+        Round {
+            own: Work { first_index, items },
             end,
-        })
+        }
     }
 
     fn call(&self, item: I::Item) -> Result<F::Output, ItemErrorKind> {
@@ -425,7 +549,6 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
 fn input_panicked<I>(input: &mut Input<I>, payload: &(dyn std::any::Any + Send)) -> Msg<()> {
     // The panic hook took it for a function's: forget it.
     LAST_PANIC.with(|p| p.borrow_mut().take());
-    input.ended = true;
     Msg::InputPanicked {
         total: input.read,
         message: format!("the input iterator panicked: {}", payload_message(payload)),
@@ -464,6 +587,8 @@ pub(crate) struct ThreadResults<Out> {
     rx: Receiver<Msg<Out>>,
     window: Arc<Window>,
     shared: Arc<Shared>,
+    /// Wakes the workers waiting for work when the consumer goes away.
+    waker: Arc<dyn WakeAll>,
     /// Batches that came before their turn (ordered jobs only).
     reorder: BTreeMap<u64, Vec<Result<Out, ItemErrorKind>>>,
     /// The batch being handed out: its first index, its size, and what is left.
@@ -584,9 +709,10 @@ impl<Out> ThreadResults<Out> {
 
 impl<Out> Drop for ThreadResults<Out> {
     fn drop(&mut self) {
-        // The feeder stops at its next permit, the workers before their next item;
-        // queued batches are dropped with the channel.
+        // The reader stops at its next item or permit, the others before their next
+        // item or when woken; published batches are dropped with the job.
         self.shared.cancelled.store(true, Ordering::Relaxed);
         self.window.close();
+        self.waker.wake_all();
     }
 }
