@@ -355,6 +355,38 @@ fn threads_catch_a_panic_per_item() {
 }
 
 #[test]
+fn threads_name_the_panic_that_ended_the_item_not_an_earlier_one() {
+    // Item 3 catches a panic of its own and succeeds; item 7 is ended by a panic
+    // passed on with `resume_unwind`, which the panic hook never sees. Item 7's
+    // error is its own message, without item 3's.
+    let ex = ThreadExecutor::builder().max_workers(1).build();
+    let results: Vec<_> = ex
+        .execute(
+            |x: u32| {
+                if x == 3 {
+                    let caught = std::panic::catch_unwind(|| panic!("caught inside"));
+                    assert!(caught.is_err());
+                }
+                if x == 7 {
+                    std::panic::resume_unwind(Box::new("passed on"));
+                }
+                x
+            },
+            0..10u32,
+        )
+        .collect();
+    assert_eq!(results[3], Ok(3));
+    let e = results[7].as_ref().unwrap_err();
+    match &e.kind {
+        ItemErrorKind::Panicked { message, location } => {
+            assert_eq!(message, "passed on");
+            assert_eq!(location, &None);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
 fn threads_report_a_panicking_input_after_its_items() {
     let ex = ThreadExecutor::builder().max_workers(2).build();
     let input = (0..10u32).map(|x| if x == 7 { panic!("input broke") } else { x });
@@ -394,6 +426,62 @@ fn threads_hand_out_each_item_of_a_slow_input_before_reading_the_next() {
         let _ = go_tx.send(());
     }
     assert_eq!(got, (1..=200).map(|x| x * 3).collect::<Vec<_>>());
+}
+
+#[test]
+fn threads_do_not_sit_on_an_item_while_the_input_waits_for_its_result() {
+    // A work queue that results feed (a crawler): items 0 and 1 are queued; only
+    // item 1's result queues item 2. Item 0 is computed until the reader has item 1
+    // in hand and is waiting for the queue; a reader that kept item 1 to itself
+    // while it waited would wait forever (the queue gives up after 30 s, which
+    // ends the stream with an `Aborted` item).
+    let waiting = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    tx.send(0).unwrap();
+    tx.send(1).unwrap();
+    let signal = Arc::clone(&waiting);
+    let input = std::iter::from_fn(move || match rx.try_recv() {
+        Ok(item) => Some(item),
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+        Err(std::sync::mpsc::TryRecvError::Empty) => {
+            *signal.0.lock().unwrap() = true;
+            signal.1.notify_all();
+            match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(item) => Some(item),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+                Err(e) => panic!("the queue got nothing more: {e}"),
+            }
+        }
+    });
+    let gate = Arc::clone(&waiting);
+    let f = move |x: u64| {
+        if x == 0 {
+            let (lock, cond) = &*gate;
+            let guard = lock.lock().unwrap();
+            let (_guard, timeout) = cond
+                .wait_timeout_while(guard, std::time::Duration::from_secs(30), |w| !*w)
+                .unwrap();
+            assert!(
+                !timeout.timed_out(),
+                "the reader never waited for the queue"
+            );
+        }
+        x * 10
+    };
+    let ex = ThreadExecutor::builder().max_workers(2).build();
+    let mut tx = Some(tx);
+    let mut got = Vec::new();
+    for r in ex.execute_unordered(f, input) {
+        let v = r.unwrap();
+        got.push(v);
+        match v {
+            10 => tx.as_ref().unwrap().send(2).unwrap(),
+            20 => tx = None, // the queue is done: the input ends
+            _ => {}
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, [0, 10, 20]);
 }
 
 #[test]

@@ -111,6 +111,9 @@ impl ThreadExecutor {
         let sched = Arc::new(Sched {
             state: Mutex::new(SchedState {
                 published: VecDeque::new(),
+                in_hand: None,
+                exposures: 0,
+                parked: 0,
                 reading: false,
                 ended: false,
             }),
@@ -268,6 +271,14 @@ struct Sched<I: Iterator> {
 struct SchedState<In> {
     /// Batches the reader cut for workers with nothing to do.
     published: VecDeque<Work<In>>,
+    /// The items the reader holds while it is in a read that may block: a worker
+    /// with nothing to do takes them, or the reader takes them back after the read.
+    in_hand: Option<Work<In>>,
+    /// Counts the reader's reads with items exposed: the same count a
+    /// `STEAL_AFTER` later means the reader is still in the same read.
+    exposures: u64,
+    /// Workers waiting on `wake` (nobody to wake: no system call).
+    parked: usize,
     /// A worker holds the reader's role.
     reading: bool,
     /// The input is over (ended, panicked, or the job was cancelled).
@@ -297,6 +308,10 @@ struct Input<I> {
 /// computes the items in hand once they are this old, even if the input promises
 /// more at once.
 const IDLE_CUT: Duration = Duration::from_micros(100);
+
+/// How long a waiting worker lets the reader sit in one read with items in hand
+/// before it takes them (at least this, at most twice).
+const STEAL_AFTER: Duration = Duration::from_millis(1);
 
 /// Wakes the workers waiting for work (the consumer went away).
 trait WakeAll: Send + Sync {
@@ -365,7 +380,7 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                         state.ended |= ended;
                         if ended {
                             self.sched.wake.notify_all();
-                        } else {
+                        } else if state.parked > 0 {
                             self.sched.wake.notify_one();
                         }
                     }
@@ -395,11 +410,17 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
     /// A published batch, else the reader's role; `None` when the job is over.
     fn next(&self) -> Option<Next<I::Item>> {
         let mut state = self.lock();
+        let mut seen = None;
         loop {
             if self.shared.cancelled.load(Ordering::Relaxed) {
                 return None;
             }
             if let Some(work) = state.published.pop_front() {
+                return Some(Next::Compute(work));
+            }
+            if state.in_hand.is_some() && seen == Some(state.exposures) {
+                // The reader has been in the same read for a while: take its items.
+                let work = state.in_hand.take().expect("checked");
                 return Some(Next::Compute(work));
             }
             if state.ended {
@@ -409,11 +430,19 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                 state.reading = true;
                 return Some(Next::Read);
             }
+            // The reader is at work: wait for a published batch or the role, and look
+            // again after a while in case the reader is stuck in a read with items in
+            // hand (it does not wake anyone for that: it happens before every read
+            // that may block).
+            seen = state.in_hand.is_some().then_some(state.exposures);
+            state.parked += 1;
             state = self
                 .sched
                 .wake
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+                .wait_timeout(state, STEAL_AFTER)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            state.parked -= 1;
         }
     }
 
@@ -442,7 +471,17 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
     fn publish(&self, first_index: u64, items: Vec<I::Item>) {
         let mut state = self.lock();
         state.published.push_back(Work { first_index, items });
-        self.sched.wake.notify_one();
+        if state.parked > 0 {
+            self.sched.wake.notify_one();
+        }
+    }
+
+    /// Leave the items in hand where a worker with nothing to do finds them if this
+    /// read that may block takes longer than `STEAL_AFTER`.
+    fn expose(&self, first_index: u64, items: Vec<I::Item>) {
+        let mut state = self.lock();
+        state.in_hand = Some(Work { first_index, items });
+        state.exposures += 1;
     }
 
     /// A round in the reader's role: take permits, read up to the round's target,
@@ -486,14 +525,22 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
         input.clock.restart();
         while taken < permits && !self.window.is_closed() {
             let input = &mut *input;
-            if !items.is_empty() && self.shared.completed.load(Ordering::Acquire) >= first_index {
-                if self.workers > 1 {
+            let mut exposed = false;
+            if !items.is_empty() {
+                let idle = self.shared.completed.load(Ordering::Acquire) >= first_index;
+                if idle && self.workers > 1 {
                     let n = items.len();
                     self.publish(first_index, std::mem::take(&mut items));
                     first_index += n as u64;
-                } else {
+                } else if idle || self.workers > 1 {
                     match panic::catch_unwind(AssertUnwindSafe(|| input.iter.size_hint().0 == 0)) {
-                        Ok(may_block) if may_block || input.clock.due() => break,
+                        // Alone: compute what we hold rather than have it wait.
+                        Ok(may_block) if idle && (may_block || input.clock.due()) => break,
+                        // Others are busy, and will look here when they are done.
+                        Ok(true) if !idle => {
+                            self.expose(first_index, std::mem::take(&mut items));
+                            exposed = true;
+                        }
                         Ok(_) => {}
                         Err(payload) => {
                             end = Some(input_panicked(input, &*payload));
@@ -502,7 +549,15 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                     }
                 }
             }
-            match panic::catch_unwind(AssertUnwindSafe(|| input.iter.next())) {
+            let next = panic::catch_unwind(AssertUnwindSafe(|| input.iter.next()));
+            if exposed {
+                match self.lock().in_hand.take() {
+                    Some(work) => items = work.items,
+                    // Taken by a worker that had nothing to do.
+                    None => first_index = input.read,
+                }
+            }
+            match next {
                 Ok(Some(item)) => {
                     items.push(item);
                     input.read += 1;
@@ -535,9 +590,14 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(ItemErrorKind::Failed { message }),
             Err(payload) => {
-                let (message, location) = LAST_PANIC
+                // The hook's record, if it is of this panic: one caught inside the
+                // function leaves a record behind, and one passed on with
+                // `resume_unwind` (from another thread, say) makes none.
+                let message = payload_message(&*payload);
+                let location = LAST_PANIC
                     .with(|p| p.borrow_mut().take())
-                    .unwrap_or_else(|| (payload_message(&*payload), None));
+                    .filter(|(recorded, _)| *recorded == message)
+                    .and_then(|(_, location)| location);
                 Err(ItemErrorKind::Panicked { message, location })
             }
         }
