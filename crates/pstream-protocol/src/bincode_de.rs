@@ -21,8 +21,8 @@
 //! zigzagged; `bool` is 0 or 1; `char` is its UTF-8 bytes; strings, byte strings,
 //! sequences and maps carry a varint length; `Option` a byte tag 0 or 1; enum
 //! variants a `u32` varint index; tuples, structs and arrays no length; no
-//! self-description (`deserialize_any` and friends are errors). The test
-//! `agrees_with_bincode` holds it to bincode on values and on arbitrary bytes.
+//! self-description (`deserialize_any` and friends are errors). The tests
+//! `agrees_with_bincode_on_*` hold it to bincode on values and on arbitrary bytes.
 
 use std::fmt;
 
@@ -187,20 +187,22 @@ impl<'de> Reader<'de> {
     }
 }
 
+/// `deserialize_*` for unsigned integers: read by `$read`, cast to the type.
 macro_rules! unsigned {
-    ($($method:ident $visit:ident $ty:ty = $marker:expr;)*) => {$(
+    ($($method:ident $visit:ident $ty:ty = $read:ident($($arg:expr)?);)*) => {$(
         #[inline(always)]
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-            visitor.$visit(self.varint($marker)? as $ty)
+            visitor.$visit(self.$read($($arg)?)? as $ty)
         }
     )*};
 }
 
+/// `deserialize_*` for signed integers: zigzag-decoded, then cast to the type.
 macro_rules! signed {
-    ($($method:ident $visit:ident $ty:ty = $marker:expr;)*) => {$(
+    ($($method:ident $visit:ident $ty:ty = $read:ident($($arg:expr)?);)*) => {$(
         #[inline(always)]
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-            let n = self.varint($marker)?;
+            let n = self.$read($($arg)?)?;
             visitor.$visit((if n % 2 == 0 { n / 2 } else { !(n / 2) }) as $ty)
         }
     )*};
@@ -233,24 +235,17 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     }
 
     unsigned! {
-        deserialize_u16 visit_u16 u16 = U16_BYTE;
-        deserialize_u32 visit_u32 u32 = U32_BYTE;
-        deserialize_u64 visit_u64 u64 = U64_BYTE;
-    }
-
-    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_u128(self.varint128()?)
+        deserialize_u16 visit_u16 u16 = varint(U16_BYTE);
+        deserialize_u32 visit_u32 u32 = varint(U32_BYTE);
+        deserialize_u64 visit_u64 u64 = varint(U64_BYTE);
+        deserialize_u128 visit_u128 u128 = varint128();
     }
 
     signed! {
-        deserialize_i16 visit_i16 i16 = U16_BYTE;
-        deserialize_i32 visit_i32 i32 = U32_BYTE;
-        deserialize_i64 visit_i64 i64 = U64_BYTE;
-    }
-
-    fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let n = self.varint128()?;
-        visitor.visit_i128((if n % 2 == 0 { n / 2 } else { !(n / 2) }) as i128)
+        deserialize_i16 visit_i16 i16 = varint(U16_BYTE);
+        deserialize_i32 visit_i32 i32 = varint(U32_BYTE);
+        deserialize_i64 visit_i64 i64 = varint(U64_BYTE);
+        deserialize_i128 visit_i128 i128 = varint128();
     }
 
     #[inline(always)]
