@@ -252,9 +252,9 @@ impl ThreadExecutorBuilder {
 struct Shared {
     /// The consumer dropped its results: workers stop before their next item.
     cancelled: AtomicBool,
-    /// Items computed by the workers. Equal to the items read before a batch, it
-    /// means no other worker has anything to do: the batch goes to work with what
-    /// it holds rather than wait for a slow input to fill it.
+    /// Items computed by the workers. Equal to the items read before the ones the
+    /// reader holds, it means no other worker has anything to do: the reader then
+    /// publishes what it holds rather than keep it through a read that may be slow.
     completed: AtomicU64,
 }
 
@@ -348,10 +348,11 @@ enum Next<In> {
     Read,
 }
 
-/// What a reader's round leaves it: its own batch, and how the input ended if it did.
-struct Round<In> {
+/// What a reader's round leaves it: its own batch, and the message saying how the
+/// input ended, if it did.
+struct Round<In, Out> {
     own: Work<In>,
-    end: Option<Msg<()>>,
+    end: Option<Msg<Out>>,
 }
 
 /// One thread computing batches, and reading the input when nobody else does.
@@ -385,14 +386,8 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                         }
                     }
                     let more = self.compute(round.own);
-                    match round.end {
-                        Some(Msg::InputDone { total }) => {
-                            let _ = self.results.send(Msg::InputDone { total });
-                        }
-                        Some(Msg::InputPanicked { total, message }) => {
-                            let _ = self.results.send(Msg::InputPanicked { total, message });
-                        }
-                        _ => {}
+                    if let Some(end) = round.end {
+                        let _ = self.results.send(end);
                     }
                     more
                 }
@@ -497,7 +492,7 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
     /// A worker alone instead stops reading there and computes what it holds, if
     /// the next read may block (the input does not promise more items at once:
     /// `size_hint`, user code too) or the items have waited `IDLE_CUT`.
-    fn read(&self) -> Round<I::Item> {
+    fn read(&self) -> Round<I::Item, F::Output> {
         let mut input = self.sched.input.lock().unwrap_or_else(|e| e.into_inner());
         let none = |first_index| Round {
             own: Work {
@@ -606,7 +601,7 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
 
 /// The input panicked (in `next` or `size_hint`): it is over, and the consumer hears
 /// why after the items read before it.
-fn input_panicked<I>(input: &mut Input<I>, payload: &(dyn std::any::Any + Send)) -> Msg<()> {
+fn input_panicked<I, Out>(input: &Input<I>, payload: &(dyn std::any::Any + Send)) -> Msg<Out> {
     // The panic hook took it for a function's: forget it.
     LAST_PANIC.with(|p| p.borrow_mut().take());
     Msg::InputPanicked {
