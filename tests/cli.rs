@@ -930,3 +930,122 @@ fn sigterm_lets_the_items_in_flight_finish_and_exits_143() {
     assert!(stderr.contains("line 2: timed out"), "{explain}");
     assert!(stderr.contains("stopped early: SIGTERM"), "{explain}");
 }
+
+// ---------------------------------------------------------------------------------
+// Inputs that can be read only once: every line comes back exactly once, in order,
+// with the progress display forced on (it counts a file's lines for its total, and
+// must not take them from a pipe to do so).
+
+/// `double` over the lines of `input` (a path), with progress lines forced on.
+fn progress_job(input: &str) -> Command {
+    coord(&[
+        "run",
+        "--function",
+        "double",
+        "--format",
+        "jsonl",
+        "--workers",
+        "2",
+        "--input",
+        input,
+        "--progress",
+    ])
+}
+
+fn doubled(n: u64) -> Vec<u8> {
+    (1..=n)
+        .map(|i| format!("{}\n", i * 2))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn a_pipe_on_stdin_with_progress_loses_nothing() {
+    let n = scale(300_000);
+    for input in ["/dev/stdin", "-"] {
+        let mut cmd = progress_job(input);
+        let out = expect_code(&mut cmd, Some(&seq(n)), 0);
+        assert_same(
+            &format!("--input {input} from a pipe"),
+            &out.stdout,
+            &doubled(n),
+        );
+    }
+}
+
+#[test]
+fn a_fifo_with_progress_loses_nothing() {
+    let n = scale(300_000);
+    let dir = tempdir();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let writer = {
+        let fifo = fifo.clone();
+        let data = seq(n);
+        // Blocks in open() until the launcher opens the FIFO for reading.
+        std::thread::spawn(move || {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &data));
+        })
+    };
+    let mut cmd = progress_job(path_str(&fifo));
+    cmd.stdin(Stdio::null());
+    let out = output_of(&mut cmd);
+    // If the launcher never opened the FIFO, release the writer (it then fails
+    // with EPIPE once this reader is closed).
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _unblock = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&fifo);
+    }
+    writer.join().unwrap();
+    check_code(&cmd, &out, 0);
+    assert_same("--input FIFO", &out.stdout, &doubled(n));
+}
+
+#[test]
+fn process_substitution_with_progress_loses_nothing() {
+    // `-i <(seq 1 N)`: the input is /dev/fd/N, a pipe. `exec`: the shell becomes
+    // the launcher, so the hang guard kills the right process.
+    let n = scale(300_000);
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec \"$0\" run --function double --format jsonl --workers 2 \
+             --input <(seq 1 {n}) --progress"
+        ))
+        .arg(bin())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    let out = output_of(&mut cmd);
+    check_code(&cmd, &out, 0);
+    assert_same("--input <(seq)", &out.stdout, &doubled(n));
+}
+
+#[test]
+fn a_file_with_progress_is_counted_and_read_once() {
+    // A regular file, also behind stdin: the progress lines give the total, and the
+    // output is whole.
+    let n = scale(300_000);
+    let dir = tempdir();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, seq(n)).unwrap();
+    for stdin in [false, true] {
+        let mut cmd = if stdin {
+            let mut cmd = progress_job("-");
+            cmd.stdin(std::fs::File::open(&input).unwrap());
+            cmd
+        } else {
+            let mut cmd = progress_job(path_str(&input));
+            cmd.stdin(Stdio::null());
+            cmd
+        };
+        let out = output_of(&mut cmd);
+        check_code(&cmd, &out, 0);
+        assert_same("--input FILE", &out.stdout, &doubled(n));
+    }
+}

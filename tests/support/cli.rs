@@ -275,3 +275,42 @@ pub fn shell_status(status: ExitStatus) -> i32 {
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(-1)
 }
+
+/// Start `cmd` (its stdin set up by the caller), collect its stdout and stderr, and
+/// wait for it to exit, with a hang guard of [`PATIENCE`] (then it is killed).
+pub fn output_of(cmd: &mut Command) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", describe(cmd)));
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let status = wait_exit(&mut child, &describe(cmd));
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Check that `output` has exit code `code`, or panic with a report.
+pub fn check_code(cmd: &Command, output: &Output, code: i32) {
+    if output.status.code() != Some(code) {
+        panic!(
+            "expected exit code {code}\n{}",
+            report(
+                &describe(cmd),
+                output.status,
+                &output.stdout,
+                &output.stderr
+            )
+        );
+    }
+}

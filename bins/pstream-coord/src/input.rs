@@ -7,7 +7,9 @@
 //! with a timeout and checks the stop flag in between.
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -288,24 +290,50 @@ impl Iterator for Lines {
     }
 }
 
-/// Count the lines of a file (a last line without a newline counts), for the
-/// progress bar's total. `None` if it cannot be read.
-pub fn count_lines(path: &std::path::Path) -> Option<u64> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut buf = vec![0u8; 256 << 10];
-    let mut lines = 0u64;
-    let mut last = b'\n';
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return None,
-        };
-        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
-        last = buf[n - 1];
+/// An input that can be counted for the progress bar's total without taking
+/// anything from the reader: a regular file, read with positional reads from the
+/// offset the reader starts at. A pipe, a FIFO, a terminal or a socket cannot: what
+/// is read from them is gone.
+#[derive(Debug)]
+pub struct Countable {
+    file: File,
+    from: u64,
+}
+
+impl Countable {
+    /// `None` unless `input` is a regular file.
+    pub fn of(input: &File) -> Option<Countable> {
+        if !input.metadata().ok()?.file_type().is_file() {
+            return None;
+        }
+        // A duplicate shares the reader's file offset; `read_at` (pread) neither
+        // uses nor moves it. Where the reader starts: stdin may be a file a shell
+        // has already read from.
+        let mut file = input.try_clone().ok()?;
+        let from = file.stream_position().ok()?;
+        Some(Countable { file, from })
     }
-    Some(lines + u64::from(last != b'\n'))
+
+    /// Count the lines (a last line without a newline counts). `None` if it
+    /// cannot be read.
+    pub fn count_lines(&self) -> Option<u64> {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut lines = 0u64;
+        let mut last = b'\n';
+        let mut at = self.from;
+        loop {
+            let n = match self.file.read_at(&mut buf, at) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            };
+            at += n as u64;
+            lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+            last = buf[n - 1];
+        }
+        Some(lines + u64::from(last != b'\n'))
+    }
 }
 
 #[cfg(test)]
@@ -377,11 +405,32 @@ mod tests {
     fn counting_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        std::fs::write(&path, b"a\nb\nc").unwrap();
-        assert_eq!(count_lines(&path), Some(3));
-        std::fs::write(&path, b"a\nb\n").unwrap();
-        assert_eq!(count_lines(&path), Some(2));
-        std::fs::write(&path, b"").unwrap();
-        assert_eq!(count_lines(&path), Some(0));
+        let count = |text: &[u8]| {
+            std::fs::write(&path, text).unwrap();
+            Countable::of(&File::open(&path).unwrap())
+                .unwrap()
+                .count_lines()
+        };
+        assert_eq!(count(b"a\nb\nc"), Some(3));
+        assert_eq!(count(b"a\nb\n"), Some(2));
+        assert_eq!(count(b""), Some(0));
+    }
+
+    #[test]
+    fn counting_neither_moves_the_reader_nor_reads_a_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"a\nb\nc\nd\n").unwrap();
+        let mut file = File::open(&path).unwrap();
+        let mut first = [0u8; 2];
+        file.read_exact(&mut first).unwrap();
+        // Counted from where the reader is, and the reader stays there.
+        assert_eq!(Countable::of(&file).unwrap().count_lines(), Some(3));
+        let mut rest = String::new();
+        file.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "b\nc\nd\n");
+
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        assert!(Countable::of(&File::from(read)).is_none());
     }
 }

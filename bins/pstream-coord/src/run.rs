@@ -2,7 +2,7 @@
 //! the pool to the output, and report.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -45,7 +45,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
         ));
     }
 
-    let (source, input_path) = open_input(&args.input)?;
+    let source = open_input(&args.input)?;
     let pool = Arc::new(build_pool(&args)?);
     if !pool.functions().iter().any(|f| f.name == args.function) {
         return Err(unknown_function(
@@ -70,22 +70,28 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
 
     let counters = Arc::new(Counters::default());
     let display = Arc::new(Mutex::new(Display::new(args.progress_choice())));
-    if let Some(path) = input_path.filter(|_| !matches!(*display.lock().unwrap(), Display::None)) {
-        let counters = Arc::clone(&counters);
-        // Only for the total and the ETA: the job does not wait for it.
-        let _ = std::thread::Builder::new()
-            .name("pstream-coord-count".into())
-            .spawn(move || {
-                if let Some(n) = input::count_lines(&path) {
-                    counters
-                        .total
-                        .store(n.saturating_sub(base), Ordering::Relaxed);
-                }
-            });
+    if !matches!(*display.lock().unwrap(), Display::None) {
+        // Only for the total and the ETA: the job does not wait for it. Only a
+        // regular file can be counted without taking lines from the reader: it is
+        // read with positional reads (pread) on a duplicate of the descriptor the
+        // reader uses, never opened again (a second open of a pipe, a FIFO or
+        // /dev/stdin would read the very data the job needs).
+        if let Some(counted) = input::Countable::of(&source) {
+            let counters = Arc::clone(&counters);
+            let _ = std::thread::Builder::new()
+                .name("pstream-coord-count".into())
+                .spawn(move || {
+                    if let Some(n) = counted.count_lines() {
+                        counters
+                            .total
+                            .store(n.saturating_sub(base), Ordering::Relaxed);
+                    }
+                });
+        }
     }
 
     let read_stats = Arc::new(ReadStats::default());
-    let reader = input::start_reader(source, base, Arc::clone(&read_stats))
+    let reader = input::start_reader(Box::new(source), base, Arc::clone(&read_stats))
         .map_err(|e| CliError::Run("start the input thread".into(), e.into()))?;
     let pending = Arc::new(Pending::default());
     let lines = Lines::new(reader.chunks, Arc::clone(&stop), Arc::clone(&pending));
@@ -277,7 +283,9 @@ fn error_record(line: u64, input: &[u8], kind: &str, error: &str) -> String {
     )
 }
 
-fn open_input(input: &str) -> Result<(Box<dyn Read + Send>, Option<PathBuf>), CliError> {
+/// Open the input, once: everything else that needs it (the progress count, the
+/// checks of the other file arguments) works on this descriptor.
+fn open_input(input: &str) -> Result<File, CliError> {
     if input == "-" {
         // A file of our own on fd 0: read without the standard library's stdin lock
         // and buffer.
@@ -285,12 +293,11 @@ fn open_input(input: &str) -> Result<(Box<dyn Read + Send>, Option<PathBuf>), Cl
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| CliError::Run("read stdin".into(), e.into()))?;
-        return Ok((Box::new(File::from(fd)), None));
+        return Ok(File::from(fd));
     }
     let path = PathBuf::from(input);
-    let file = File::open(&path)
-        .map_err(|e| CliError::Run(format!("open the input {}", path.display()), e.into()))?;
-    Ok((Box::new(file), Some(path)))
+    File::open(&path)
+        .map_err(|e| CliError::Run(format!("open the input {}", path.display()), e.into()))
 }
 
 fn build_pool(args: &RunArgs) -> Result<ProcessPool, CliError> {
