@@ -85,3 +85,39 @@ fn status_kib(field: &str) -> u64 {
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
+
+/// A watchdog over a test's result loop: if it is not dropped within `limit`, it
+/// prints `what` and ends the test process (exit 101), so a bug that would make a
+/// loop wait forever fails the test instead of hanging the suite.
+#[must_use = "the watchdog is disarmed when dropped"]
+pub struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn watchdog(what: &str, limit: Duration) -> Watchdog {
+    let (done, rx) = std::sync::mpsc::channel::<()>();
+    let what = what.to_string();
+    let thread = std::thread::Builder::new()
+        .name("test-watchdog".into())
+        .spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("watchdog: {what} did not finish within {limit:?}: the test hangs");
+                std::process::exit(101);
+            }
+        })
+        .expect("start the watchdog thread");
+    Watchdog {
+        done: Some(done),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

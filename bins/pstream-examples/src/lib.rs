@@ -133,11 +133,14 @@ pub enum Fault {
     Hang,
     /// Allocate (and touch) memory until something gives.
     Oom,
+    /// Shut down every socket of the process (its connection to the coordinator
+    /// among them), then sleep forever: a native library gone wild.
+    Close,
 }
 
 impl Fault {
     /// Every fault kind, in a fixed order.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::None,
         Fault::Panic,
         Fault::Abort,
@@ -146,6 +149,7 @@ impl Fault {
         Fault::Kill,
         Fault::Hang,
         Fault::Oom,
+        Fault::Close,
     ];
 
     /// The name used on the wire.
@@ -159,6 +163,7 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Hang => "hang",
             Fault::Oom => "oom",
+            Fault::Close => "close",
         }
     }
 
@@ -184,6 +189,20 @@ impl Fault {
             Fault::Hang => loop {
                 std::thread::sleep(Duration::from_secs(3600));
             },
+            Fault::Close => {
+                if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+                    for fd in fds.flatten() {
+                        let Ok(fd) = fd.file_name().to_string_lossy().parse::<i32>() else {
+                            continue;
+                        };
+                        // On an fd that is not a socket this fails with ENOTSOCK.
+                        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+                    }
+                }
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
             Fault::Oom => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {

@@ -278,6 +278,10 @@ pub(crate) enum Flow {
 /// beyond the item time limit, before it is judged hung.
 const PROGRESS_SLACK: Duration = Duration::from_millis(50);
 
+/// How many reads (of up to the connection's read budget each) a gone worker's
+/// socket gets to be emptied.
+const DRAIN_ROUNDS: usize = 16;
+
 impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -452,26 +456,46 @@ impl Engine {
             None => false,
         };
         if failed {
-            // The worker is gone; reading would tell, but do not wait for it.
-            self.on_disconnected(wid, None);
+            // The worker is gone, or has shut its end. What it sent before is still
+            // in the socket: results of batches it finished. Take them first, or
+            // those batches would be blamed for a death that came after them.
+            self.drain(wid);
+            if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
+                self.on_disconnected(wid, None);
+            }
         }
     }
 
-    fn read(&mut self, wid: u64) {
+    /// Read everything a worker that is gone (or going) left in its socket, up to
+    /// its end. Bounded: a dead peer left at most a socket buffer's worth; a live
+    /// one that keeps writing is cut off after `DRAIN_ROUNDS` reads.
+    fn drain(&mut self, wid: u64) {
+        for _ in 0..DRAIN_ROUNDS {
+            if !self.read(wid) {
+                return;
+            }
+        }
+    }
+
+    /// Read what came on a worker's connection and handle it. Whether more may be
+    /// waiting (the read stopped at its budget, not at the end of what was there).
+    fn read(&mut self, wid: u64) -> bool {
         let Some(conn) = self.workers.get_mut(&wid).and_then(|w| w.conn.as_mut()) else {
-            return;
+            return false;
         };
         let (frames, end) = match conn.read() {
             Incoming::Frames(frames) => (frames, None),
             Incoming::Closed(frames) => (frames, Some(None)),
             Incoming::Broken(frames, e) => (frames, Some(Some(e.to_string()))),
         };
+        let more = !frames.is_empty() && end.is_none();
         for frame in frames {
             self.on_frame(wid, frame);
         }
         if let Some(error) = end {
             self.on_disconnected(wid, error);
         }
+        more
     }
 
     /// The worker's connection ended (cleanly or not); no more frames will come.
@@ -511,7 +535,7 @@ impl Engine {
                 // Take what it sent before it died; then its connection is over, even
                 // if a process it forked still holds the socket open.
                 if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
-                    self.read(wid);
+                    self.drain(wid);
                     if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
                         self.on_disconnected(wid, None);
                     }
