@@ -228,7 +228,7 @@ proptest! {
 }
 
 /// Many poison items, of every kind of death, over several runs and both retry
-/// settings: not one innocent item may be blamed (`run_and_check` fails on any good
+/// settings, two of them under a flood of connections to the pool's socket: not one innocent item may be blamed (`run_and_check` fails on any good
 /// item that does not come back), and each poison is tried exactly `retries + 1`
 /// times alone. `close` shuts the worker's socket while results of its earlier
 /// batches may still be unread, and batches for it queued: those results count.
@@ -244,7 +244,31 @@ fn many_poisons_blame_no_innocent_item() {
         let poison: BTreeMap<u64, Fault> = (1..=poisons)
             .map(|k| (k * every + round, faults[((k + round) % 4) as usize]))
             .collect();
+        // Two runs under a flood of connections to the pool's socket.
+        let flood = (round % 4 == 2).then(|| {
+            let (path, stop) = (
+                pool.socket_path().to_path_buf(),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let thread = {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&path) {
+                            let _ = std::io::Write::write_all(&mut s, &[0xff; 64]);
+                        }
+                        // The flood's pace (a thousand a second), not synchronisation.
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            };
+            (stop, thread)
+        });
         let errors = run_and_check(&pool, n, &poison);
+        if let Some((stop, thread)) = flood {
+            stop.store(true, Ordering::SeqCst);
+            thread.join().unwrap();
+        }
         for e in errors {
             match e.kind {
                 ItemErrorKind::Crashed { attempts, .. } => assert_eq!(
