@@ -37,6 +37,19 @@ pub enum PoolError {
         /// The last failure.
         last: String,
     },
+    /// The worker program builds a pool where it should serve: its `main` does not
+    /// call `pstream::init()` first. (A copy started as a worker reached
+    /// [`crate::PoolBuilder::build`] and ended there rather than start workers of
+    /// its own.)
+    #[error(
+        "the workers of {program} do not serve: its `main` builds a pool without \
+         calling `pstream::init()` first (a worker reached the pool's `build()` and \
+         stopped there); call `pstream::init();` as the first line of `main`"
+    )]
+    InitMissing {
+        /// The program.
+        program: PathBuf,
+    },
     /// The pool's socket could not be set up.
     #[error("set up the pool's socket")]
     Socket(#[source] std::io::Error),

@@ -2,13 +2,13 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pstream_protocol::{Codec, Function, FunctionInfo, DEFAULT_MAX_FRAME};
+use pstream_protocol::{Codec, Function, FunctionInfo, DEFAULT_MAX_FRAME, ENV_SOCKET};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -203,7 +203,21 @@ impl PoolBuilder {
     }
 
     /// Start the workers and wait until each has completed the handshake.
+    ///
+    /// # Errors
+    /// Besides configuration and start failures: [`PoolError::InitMissing`] when the
+    /// workers (this program re-executed, or the plugin) build a pool where they
+    /// should serve, because their `main` does not call `pstream::init()` first.
+    ///
+    /// In a process that was started as a worker, this never returns: it says on
+    /// stderr that `pstream::init()` is missing and exits with status 1 (that copy
+    /// of the program must not go on with the work of `main`, nor start workers of
+    /// its own, which would do the same without end). The coordinator that started
+    /// it then fails with [`PoolError::InitMissing`].
     pub fn build(self) -> Result<ProcessPool, PoolError> {
+        if pstream_protocol::started_as_worker() {
+            refuse_in_worker();
+        }
         let workers = self
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -304,10 +318,62 @@ impl PoolBuilder {
                 pool.functions = functions;
                 Ok(pool)
             }
-            Ok(Err(e)) => Err(e),
+            Ok(Err(e)) => {
+                let init_missing = pool
+                    .door
+                    .as_ref()
+                    .and_then(|door| door.path().parent())
+                    .is_some_and(|dir| dir.join(INIT_MISSING).exists());
+                if init_missing {
+                    Err(PoolError::InitMissing {
+                        program: shown_program(&pool.config.command.program),
+                    })
+                } else {
+                    Err(e)
+                }
+            }
             Err(_) => Err(PoolError::Closed),
         }
     }
+}
+
+/// The file a worker that reached [`PoolBuilder::build`] leaves in its
+/// coordinator's socket directory, so the coordinator can say why it ended.
+const INIT_MISSING: &str = "init-missing";
+
+/// `build` in a process started as a worker: its `main` did not call
+/// `pstream::init()`. Leave word for the coordinator, say it, and exit.
+fn refuse_in_worker() -> ! {
+    if let Some(socket) = std::env::var_os(ENV_SOCKET) {
+        // The socket's directory is the coordinator's private one (0700): write
+        // there only if it is a directory of this user, not wherever a stray
+        // variable points.
+        if let Some(dir) = Path::new(&socket).parent() {
+            use std::os::unix::fs::MetadataExt;
+            let ours = std::fs::symlink_metadata(dir)
+                .is_ok_and(|m| m.is_dir() && m.uid() == nix::unistd::getuid().as_raw());
+            if ours {
+                let _ = std::fs::write(dir.join(INIT_MISSING), std::process::id().to_string());
+            }
+        }
+    }
+    eprintln!(
+        "pstream worker {}: this process was started as a pstream worker, but its \
+         `main` builds a pool instead of serving: call `pstream::init();` as the first \
+         line of `main` (this copy exits rather than start workers of its own)",
+        std::process::id()
+    );
+    std::process::exit(1)
+}
+
+/// The program as the user knows it (not the link a pool re-executes itself by).
+fn shown_program(program: &Path) -> PathBuf {
+    if program == Path::new("/proc/self/exe") {
+        if let Ok(exe) = std::env::current_exe() {
+            return exe;
+        }
+    }
+    program.to_path_buf()
 }
 
 /// A pool of worker processes that maps functions over streams of items.

@@ -104,6 +104,13 @@ pub const MAX_MESSAGE: usize = 4096;
 
 /// Environment variable naming the coordinator's socket, set for every worker.
 pub const ENV_SOCKET: &str = "PSTREAM_SOCKET";
+/// Whether this process was started as a worker by a coordinator (the environment
+/// names a coordinator's socket). The worker runtime serves in such a process; a
+/// pool must never be built in one, or every worker would start workers of its own.
+pub fn started_as_worker() -> bool {
+    std::env::var_os(ENV_SOCKET).is_some()
+}
+
 /// Environment variable carrying the worker's authentication token (hex).
 pub const ENV_TOKEN: &str = "PSTREAM_TOKEN";
 /// Environment variable carrying the worker's maximum frame size.

@@ -34,7 +34,7 @@ pub mod __private {
 
 /// Whether this process was started as a worker by a coordinator.
 pub fn is_worker() -> bool {
-    std::env::var_os(pstream_protocol::ENV_SOCKET).is_some()
+    pstream_protocol::started_as_worker()
 }
 
 /// Call first in `main`. In a process started as a worker, serve and exit (this call

@@ -1,0 +1,102 @@
+//! Traps a first-time user falls into, each turned into a clear error (or into
+//! code that works): programs written with the mistake, run as the user would run
+//! them, with a deadline.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// A hang guard, not a timing assertion.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Run `cmd` (in a process group of its own) to the end; after [`PATIENCE`], kill
+/// the group and fail.
+fn run(cmd: &mut Command) -> Output {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("RUST_LOG")
+        .env_remove(pstream::protocol::ENV_SOCKET)
+        .process_group(0);
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(output) => output.expect("wait for the program"),
+        Err(_) => {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let output = rx.recv().expect("the waiting thread ends").expect("wait");
+            panic!(
+                "{cmd:?} did not end within {PATIENCE:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+fn report(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout:\n{}\n--- stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Seen failing before the fix: the copies started as workers built pools of their
+/// own (the fixture's depth guard stopped the chain at 4 processes, where the real
+/// program went on without end), and the error was a generic "exited with status 1
+/// before completing the handshake".
+#[test]
+fn a_pool_built_without_init_fails_at_once_and_says_to_call_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let starts = dir.path().join("starts");
+    let output = run(Command::new(env!("CARGO_BIN_EXE_pstream-forgot-init"))
+        .env("TMPDIR", &tmp)
+        .env("PSTREAM_FIXTURE_STARTS", &starts)
+        .env_remove("PSTREAM_FIXTURE_DEPTH"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}", report(&output));
+    // The coordinator's error, as `build()` returned it.
+    let parent = stderr
+        .lines()
+        .find(|l| l.starts_with("forgot_init: "))
+        .unwrap_or_else(|| panic!("no error from build()\n{}", report(&output)));
+    assert!(
+        parent.contains("does not serve") || parent.contains("do not serve"),
+        "{parent}"
+    );
+    assert!(
+        parent.contains("call `pstream::init();` as the first line of `main`"),
+        "{parent}"
+    );
+    assert!(parent.contains("pstream-forgot-init"), "{parent}");
+    // The worker's own word, on the stderr it shares.
+    assert!(
+        stderr.contains("was started as a pstream worker"),
+        "{}",
+        report(&output)
+    );
+    // The program and its one worker, no more.
+    let started = std::fs::read_to_string(&starts).unwrap();
+    assert_eq!(started.lines().count(), 2, "processes started:\n{started}");
+    // No socket directory left behind.
+    assert_eq!(entries(&tmp), Vec::<String>::new());
+}
