@@ -1049,3 +1049,224 @@ fn a_file_with_progress_is_counted_and_read_once() {
         assert_same("--input FILE", &out.stdout, &doubled(n));
     }
 }
+
+// ---------------------------------------------------------------------------------
+// File arguments that name the same file are refused before anything is written.
+
+/// A directory with an input file (`in.txt`, 3 lines) and an output file
+/// (`out.txt`, an earlier result) to check that nothing was touched.
+fn files_to_protect() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempdir();
+    let input = dir.path().join("in.txt");
+    let output = dir.path().join("out.txt");
+    std::fs::write(&input, "1\n2\n3\n").unwrap();
+    std::fs::write(&output, "earlier results\n").unwrap();
+    (dir, input, output)
+}
+
+fn assert_untouched(input: &Path, output: &Path) {
+    assert_eq!(read(input), b"1\n2\n3\n", "the input was changed");
+    assert_eq!(read(output), b"earlier results\n", "the output was changed");
+}
+
+#[test]
+fn an_output_that_is_the_input_is_refused() {
+    let (dir, input, output) = files_to_protect();
+    let d = dir.path();
+    std::fs::hard_link(&input, d.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(&input, d.join("symlink.txt")).unwrap();
+    let relative = format!("./{}", input.file_name().unwrap().to_str().unwrap());
+    // (arguments after -f double --format jsonl, the options named in the message)
+    let cases: Vec<(Vec<String>, [&str; 2])> = vec![
+        (
+            vec!["-i".into(), "in.txt".into(), "-o".into(), "in.txt".into()],
+            ["--output in.txt", "--input in.txt"],
+        ),
+        (
+            vec![
+                "-i".into(),
+                relative.clone(),
+                "-o".into(),
+                path_str(&input).into(),
+            ],
+            ["--output", "--input ./in.txt"],
+        ),
+        (
+            vec!["-i".into(), "in.txt".into(), "-o".into(), "link.txt".into()],
+            ["--output link.txt", "--input"],
+        ),
+        (
+            vec![
+                "-i".into(),
+                "in.txt".into(),
+                "-o".into(),
+                "symlink.txt".into(),
+            ],
+            ["--output symlink.txt", "--input"],
+        ),
+        (
+            vec![
+                "-i".into(),
+                "in.txt".into(),
+                "--errors".into(),
+                "in.txt".into(),
+            ],
+            ["--errors in.txt", "--input"],
+        ),
+        (
+            vec![
+                "-i".into(),
+                "in.txt".into(),
+                "--stats-json".into(),
+                "in.txt".into(),
+            ],
+            ["--stats-json in.txt", "--input"],
+        ),
+        (
+            vec![
+                "-i".into(),
+                "in.txt".into(),
+                "-o".into(),
+                "out.txt".into(),
+                "--errors".into(),
+                "./out.txt".into(),
+            ],
+            ["--errors ./out.txt", "--output out.txt"],
+        ),
+        // The journal of -o is the input, or the errors file.
+        (
+            vec![
+                "-i".into(),
+                "out.txt.pstream-resume".into(),
+                "-o".into(),
+                "out.txt".into(),
+            ],
+            ["resume journal", "--input out.txt.pstream-resume"],
+        ),
+    ];
+    std::fs::write(d.join("out.txt.pstream-resume"), "1\n2\n3\n").unwrap();
+    for (args, [first, second]) in cases {
+        let mut cmd = coord(&["run", "-f", "double", "--format", "jsonl"]);
+        cmd.args(&args).current_dir(d);
+        let out = expect_code(&mut cmd, Some(b"4\n"), 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(first) && stderr.contains(second) && stderr.contains("same file"),
+            "{args:?}: the message must name both arguments:\n{stderr}"
+        );
+        assert_untouched(&input, &output);
+        assert_eq!(read(&d.join("out.txt.pstream-resume")), b"1\n2\n3\n");
+    }
+}
+
+#[test]
+fn errors_and_output_that_do_not_exist_yet_are_compared_by_place() {
+    let dir = tempdir();
+    let d = dir.path();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    let mut cmd = coord(&[
+        "run",
+        "-f",
+        "double",
+        "--format",
+        "jsonl",
+        "-o",
+        "sub/new.txt",
+    ]);
+    cmd.args(["--errors", "sub/../sub/new.txt"]).current_dir(d);
+    let out = expect_code(&mut cmd, Some(b"1\nx\n"), 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--errors sub/../sub/new.txt") && stderr.contains("--output sub/new.txt"),
+        "{stderr}"
+    );
+    assert!(
+        !d.join("sub/new.txt").exists(),
+        "a refused run created its output"
+    );
+}
+
+#[test]
+fn stdout_redirected_to_the_input_is_refused() {
+    let (_dir, input, output) = files_to_protect();
+    let mut cmd = coord(&[
+        "run",
+        "-f",
+        "double",
+        "--format",
+        "jsonl",
+        "-i",
+        path_str(&input),
+    ]);
+    let append = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(append)
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    let status = wait_exit(&mut child, &describe(&cmd));
+    let stderr = stderr.rest().to_string();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the output (stdout)") && stderr.contains("--input"),
+        "{stderr}"
+    );
+    assert_untouched(&input, &output);
+}
+
+#[test]
+fn an_errors_file_that_cannot_be_opened_leaves_the_output_alone() {
+    let (dir, input, output) = files_to_protect();
+    let errors = dir.path().join("a-directory");
+    std::fs::create_dir(&errors).unwrap();
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "-f",
+            "double",
+            "--format",
+            "jsonl",
+            "-i",
+            path_str(&input),
+            "-o",
+            path_str(&output),
+            "--errors",
+            path_str(&errors),
+        ]),
+        None,
+        3,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("errors file") && stderr.contains("a-directory"),
+        "{stderr}"
+    );
+    assert_untouched(&input, &output);
+}
+
+#[test]
+fn dev_null_may_be_named_for_every_file() {
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "-f",
+            "double",
+            "--format",
+            "jsonl",
+            "-i",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "--errors",
+            "/dev/null",
+            "--stats-json",
+            "/dev/null",
+        ]),
+        None,
+        0,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 items"));
+}

@@ -103,8 +103,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = OnError::Skip)]
     pub on_error: OnError,
 
-    /// Append a JSON record per failed item to FILE:
-    /// {"line": N, "input": "...", "kind": "...", "error": "..."}.
+    /// Write a JSON record per failed item to FILE, one per line:
+    /// {"line": N, "input": "...", "kind": "...", "error": "..."}. The file is
+    /// emptied first (with --resume, it is continued instead).
     #[arg(long, value_name = "FILE")]
     pub errors: Option<PathBuf>,
 

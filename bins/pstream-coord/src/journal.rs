@@ -62,17 +62,28 @@ pub struct Journal {
 
 impl Journal {
     pub fn for_output(output: &Path, job: Value) -> Journal {
-        let mut path = output.as_os_str().to_owned();
-        path.push(SUFFIX);
-        let path = PathBuf::from(path);
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
+        let path = Journal::path_for(output);
         Journal {
+            tmp: Journal::tmp_for(&path),
             path,
-            tmp: PathBuf::from(tmp),
             job,
             last: None,
         }
+    }
+
+    /// The journal of `output`: its name with [`SUFFIX`] appended.
+    pub fn path_for(output: &Path) -> PathBuf {
+        let mut path = output.as_os_str().to_owned();
+        path.push(SUFFIX);
+        PathBuf::from(path)
+    }
+
+    /// Where the next record of the journal at `path` is written before it is
+    /// renamed over it.
+    pub fn tmp_for(path: &Path) -> PathBuf {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        PathBuf::from(tmp)
     }
 
     pub fn path(&self) -> &Path {

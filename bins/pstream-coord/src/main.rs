@@ -4,6 +4,7 @@
 //! (`progress`); `run` puts them together. Without `--plugin`, it re-executes
 //! itself as the worker and serves the example functions linked into it.
 
+mod clash;
 mod cli;
 mod error;
 mod input;

@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use pstream::{Codec, ItemErrorKind, PoolError, ProcessPool};
 use serde_json::json;
 
+use crate::clash;
 use crate::cli::{Format, OnError, RunArgs};
 use crate::error::CliError;
 use crate::input::{self, Answered, Lines, Pending, ReadStats};
@@ -46,6 +47,9 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     }
 
     let source = open_input(&args.input)?;
+    // Before anything is opened for writing: an output that is the input (or
+    // another output) would be emptied.
+    clash::check(&args, &source)?;
     let pool = Arc::new(build_pool(&args)?);
     if !pool.functions().iter().any(|f| f.name == args.function) {
         return Err(unknown_function(
@@ -63,8 +67,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
         "format": args.format.name(),
         "errors": args.errors.as_ref().map(|p| p.display().to_string()),
     });
-    let (out, journal, resumed) = open_output(&args, job)?;
-    let errors = open_errors(args.errors.as_deref(), resumed)?;
+    let (out, errors, journal, resumed) = open_outputs(&args, job)?;
     let base = resumed.lines;
     let sink = Arc::new(Mutex::new(Sink::new(out, errors, journal, resumed)));
 
@@ -351,59 +354,109 @@ fn pool_error(e: PoolError, pool: &ProcessPool, plugin: Option<&Path>) -> CliErr
     }
 }
 
-/// Open (or continue) the output, and its journal if it is a regular file.
-fn open_output(
+/// Open (or continue) the output, the errors file, and the output's journal if it
+/// is a regular file. Both files are opened before either is emptied or cut back:
+/// an errors file that cannot be opened (a directory, say) leaves the output as it
+/// was.
+fn open_outputs(
     args: &RunArgs,
     job: serde_json::Value,
-) -> Result<(File, Option<Journal>, Progress), CliError> {
+) -> Result<(File, Option<File>, Option<Journal>, Progress), CliError> {
     if args.output == "-" {
         let fd = io::stdout()
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| CliError::Run("write stdout".into(), e.into()))?;
-        return Ok((File::from(fd), None, Progress::default()));
+        let errors = match &args.errors {
+            Some(path) => Some(start_file(open_errors(path)?, path, None)?),
+            None => None,
+        };
+        return Ok((File::from(fd), errors, None, Progress::default()));
     }
     let path = PathBuf::from(&args.output);
     let mut journal = Journal::for_output(&path, job);
     let run_error = |what: &str, e: io::Error| {
         CliError::Run(format!("{what} the output {}", path.display()), e.into())
     };
+    let mut resumed = None;
     if args.resume {
-        match journal.load()? {
-            Some(progress) => {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| run_error("open", e))?;
-                cut_back(&mut file, &path, progress.output_bytes)?;
-                return Ok((file, Some(journal), progress));
-            }
-            None => {
-                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                if len > 0 {
-                    return Err(CliError::Usage(format!(
-                        "nothing to resume: {} has no journal {} (the run that wrote it \
-                         finished, or it was not written by pstream-coord); run without \
-                         --resume to start over",
-                        path.display(),
-                        journal.path().display()
-                    )));
-                }
+        resumed = journal.load()?;
+        if resumed.is_none() {
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if len > 0 {
+                return Err(CliError::Usage(format!(
+                    "nothing to resume: {} has no journal {} (the run that wrote it \
+                     finished, or it was not written by pstream-coord); run without \
+                     --resume to start over",
+                    path.display(),
+                    journal.path().display()
+                )));
             }
         }
     }
-    let file = File::create(&path).map_err(|e| run_error("create", e))?;
-    let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    let errors = match &args.errors {
+        Some(errors) => Some(open_errors(errors)?),
+        None => None,
+    };
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| run_error("open", e))?;
+    // Only now is anything emptied or cut back.
+    let regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
+    let out = start_file(out, &path, resumed.map(|p| p.output_bytes))?;
+    let errors = match (errors, &args.errors) {
+        (Some(file), Some(errors)) => {
+            Some(start_file(file, errors, resumed.map(|p| p.errors_bytes))?)
+        }
+        _ => None,
+    };
+    let progress = resumed.unwrap_or_default();
     let journal = if regular {
-        // From the first moment, a killed run leaves a journal to resume from.
-        journal
-            .record(Progress::default())
-            .map_err(|e| run_error("journal", e))?;
+        if resumed.is_none() {
+            // From the first moment, a killed run leaves a journal to resume from.
+            journal
+                .record(Progress::default())
+                .map_err(|e| run_error("journal", e))?;
+        }
         Some(journal)
     } else {
         None // /dev/null, a pipe: nothing to resume.
     };
-    Ok((file, journal, Progress::default()))
+    Ok((out, errors, journal, progress))
+}
+
+/// Open the errors file for writing, changing nothing in it yet.
+fn open_errors(path: &Path) -> Result<File, CliError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| CliError::Run(format!("open the errors file {}", path.display()), e.into()))
+}
+
+/// Make an opened output or errors file ready to be written: a regular file is
+/// emptied, or with `resume` cut back to that many bytes (what the journal vouches
+/// for) and written from its end. Anything else (`/dev/null`, a terminal, a pipe)
+/// is written as it is.
+fn start_file(mut file: File, path: &Path, resume: Option<u64>) -> Result<File, CliError> {
+    let regular = file
+        .metadata()
+        .map_err(|e| CliError::Run(format!("inspect {}", path.display()), e.into()))?
+        .is_file();
+    if !regular {
+        return Ok(file);
+    }
+    match resume {
+        Some(len) => cut_back(&mut file, path, len)?,
+        None => file
+            .set_len(0)
+            .map_err(|e| CliError::Run(format!("empty {}", path.display()), e.into()))?,
+    }
+    Ok(file)
 }
 
 /// Cut `file` back to `len` bytes (what the journal vouches for) and go to its end.
@@ -425,24 +478,6 @@ fn cut_back(file: &mut File, path: &Path, len: u64) -> Result<(), CliError> {
     file.set_len(len)
         .and_then(|()| file.seek(SeekFrom::End(0)).map(drop))
         .map_err(|e| CliError::Run(format!("cut back {}", path.display()), e.into()))
-}
-
-fn open_errors(path: Option<&Path>, resumed: Progress) -> Result<Option<File>, CliError> {
-    let Some(path) = path else { return Ok(None) };
-    let error =
-        |e: io::Error| CliError::Run(format!("open the errors file {}", path.display()), e.into());
-    if resumed.lines > 0 || resumed.errors_bytes > 0 {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(error)?;
-        cut_back(&mut file, path, resumed.errors_bytes)?;
-        Ok(Some(file))
-    } else {
-        File::create(path).map(Some).map_err(error)
-    }
 }
 
 /// The ticker: flushes results that wait (the pump may be blocked waiting for the
