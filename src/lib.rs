@@ -49,7 +49,7 @@ pub use pstream_coordinator::{
     DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Function, LocalFn};
-pub use pstream_worker::{function, init, is_worker, serve};
+pub use pstream_worker::{function, init, is_worker, plugin, serve};
 
 mod executor;
 pub use executor::{

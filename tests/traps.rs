@@ -2,13 +2,15 @@
 //! code that works): programs written with the mistake, run as the user would run
 //! them, with a deadline.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use pstream::{PoolError, ProcessPool};
+use pstream_fixtures::triple;
 
 /// A hang guard, not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -99,4 +101,102 @@ fn a_pool_built_without_init_fails_at_once_and_says_to_call_init() {
     assert_eq!(started.lines().count(), 2, "processes started:\n{started}");
     // No socket directory left behind.
     assert_eq!(entries(&tmp), Vec::<String>::new());
+}
+
+/// The launcher. It is another package's binary, which cargo does not build for
+/// this package's tests: build it (a quick no-op after `cargo test --workspace`,
+/// which already has), into the target directory this test runs from.
+fn launcher() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // <target>/<profile>/deps/traps-<hash>
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "pstream-coord",
+            "--bin",
+            "pstream-coord",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile_dir.file_name() == Some("release".as_ref()) {
+        build.arg("--release");
+    }
+    let output = run(&mut build);
+    assert!(
+        output.status.success(),
+        "build the launcher\n{}",
+        report(&output)
+    );
+    let bin = profile_dir.join("pstream-coord");
+    assert!(bin.exists(), "no launcher at {}", bin.display());
+    bin
+}
+
+fn build(program: &str) -> Result<ProcessPool, PoolError> {
+    ProcessPool::builder()
+        .program(program)
+        .workers(1)
+        .handshake_timeout(PATIENCE)
+        .build()
+}
+
+/// A plugin laid out the obvious way: functions in src/lib.rs, and a `main.rs` of
+/// one line, `pstream::plugin!(pstream_fixtures);`. Before the fix there was no
+/// such macro, and the obvious `fn main() { pstream::serve() }` served nothing
+/// (the next test).
+#[test]
+fn a_plugin_serves_the_functions_of_its_library() {
+    let pool = build(env!("CARGO_BIN_EXE_pstream-fixtures")).expect("start the plugin");
+    let names: Vec<&str> = pool.functions().iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["triple"]);
+    let tripled: Vec<i64> = pool
+        .map(triple, 1..=3i64)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(tripled, [3, 6, 9]);
+}
+
+/// Seen failing before the fix: `build()` succeeded with no function at all,
+/// `pstream-coord functions` printed nothing and exited 0, and the plugin started by
+/// hand listed nothing without saying why.
+#[test]
+fn a_plugin_that_links_no_function_is_refused_saying_how_to_link_them() {
+    let unlinked = env!("CARGO_BIN_EXE_pstream-unlinked");
+    let hint = "`pstream::plugin!(my_plugin);` as the whole of src/main.rs";
+
+    match build(unlinked) {
+        Err(e @ PoolError::NoFunctions { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("pstream-unlinked serves no function"),
+                "{message}"
+            );
+            assert!(message.contains(hint), "{message}");
+        }
+        Err(e) => panic!("expected NoFunctions, got: {e}"),
+        Ok(pool) => panic!("a pool of a plugin that serves {:?}", pool.functions()),
+    }
+
+    // Started by hand.
+    let output = run(&mut Command::new(unlinked));
+    assert_eq!(output.status.code(), Some(2), "{}", report(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("serves no function"), "{}", report(&output));
+    assert!(stderr.contains(hint), "{}", report(&output));
+
+    // Through the launcher.
+    let output = run(Command::new(launcher()).args(["functions", "--plugin", unlinked]));
+    assert_eq!(output.status.code(), Some(3), "{}", report(&output));
+    assert!(output.stdout.is_empty(), "{}", report(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("serves no function"), "{}", report(&output));
+    assert!(stderr.contains(hint), "{}", report(&output));
 }

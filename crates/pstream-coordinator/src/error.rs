@@ -50,6 +50,19 @@ pub enum PoolError {
         /// The program.
         program: PathBuf,
     },
+    /// The workers serve no function: none is linked into the worker program.
+    #[error(
+        "{program} serves no function: no `pstream::function!` is linked into it. \
+         If the functions are in the library of the plugin's package, its `main.rs` must \
+         name that library or the linker leaves it out: write \
+         `pstream::plugin!(my_plugin);` as the whole of src/main.rs, with the library's \
+         name (the package's name with `-` written `_`), or `use my_plugin as _;` above \
+         your own `fn main`"
+    )]
+    NoFunctions {
+        /// The program.
+        program: PathBuf,
+    },
     /// The pool's socket could not be set up.
     #[error("set up the pool's socket")]
     Socket(#[source] std::io::Error),

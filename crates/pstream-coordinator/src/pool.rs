@@ -205,9 +205,11 @@ impl PoolBuilder {
     /// Start the workers and wait until each has completed the handshake.
     ///
     /// # Errors
-    /// Besides configuration and start failures: [`PoolError::InitMissing`] when the
-    /// workers (this program re-executed, or the plugin) build a pool where they
-    /// should serve, because their `main` does not call `pstream::init()` first.
+    /// Besides configuration and start failures: [`PoolError::NoFunctions`] when
+    /// the workers serve no function (none is linked into the program), and
+    /// [`PoolError::InitMissing`] when the workers (this program re-executed, or
+    /// the plugin) build a pool where they should serve, because their `main`
+    /// does not call `pstream::init()` first.
     ///
     /// In a process that was started as a worker, this never returns: it says on
     /// stderr that `pstream::init()` is missing and exits with status 1 (that copy
@@ -314,6 +316,10 @@ impl PoolBuilder {
             input_thread: self.input_thread,
         };
         match ready.recv() {
+            // Nothing could ever be mapped: say why at once, and how to fix it.
+            Ok(Ok(functions)) if functions.is_empty() => Err(PoolError::NoFunctions {
+                program: shown_program(&pool.config.command.program),
+            }),
             Ok(Ok(functions)) => {
                 pool.functions = functions;
                 Ok(pool)

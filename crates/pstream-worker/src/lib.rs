@@ -47,16 +47,67 @@ pub fn init() {
 
 /// The `main` of a plugin binary: serve the functions linked into it, then exit.
 /// Started by hand, it says what it is and exits with status 2.
+///
+/// Only functions that are *linked* into the binary are served: when they are
+/// defined in the library of the plugin's package, `main.rs` must name that
+/// library, or the linker leaves it out. [`plugin!`] writes such a `main`.
+/// A binary that serves no function refuses: started by hand, it says how to link
+/// them and exits with status 2; started as a worker, its coordinator's pool fails
+/// to build with the same advice.
 pub fn serve() -> ! {
     if !is_worker() {
         eprintln!("{}", WorkerError::NotAWorker);
-        eprintln!("functions served by this binary:");
-        for f in functions() {
-            eprintln!("  {}: {} -> {}", f.name, f.input_type, f.output_type);
+        let functions = functions();
+        if functions.is_empty() {
+            eprintln!("{NO_FUNCTIONS}");
+        } else {
+            eprintln!("functions served by this binary:");
+            for f in functions {
+                eprintln!("  {}: {} -> {}", f.name, f.input_type, f.output_type);
+            }
         }
         std::process::exit(2);
     }
     exit_after_serving()
+}
+
+/// What a binary that serves no function says when started by hand.
+const NO_FUNCTIONS: &str = "this binary serves no function: no `pstream::function!` is \
+    linked into it. If the functions are in the library of this package \
+    (src/lib.rs), `main.rs` must name that library or the linker leaves it out: write \
+    `pstream::plugin!(my_plugin);` as the whole of src/main.rs, with the library's \
+    name (the package's name with `-` written `_`), or `use my_plugin as _;` above \
+    your own `fn main`";
+
+/// The whole `main.rs` of a plugin whose functions are in its package's library
+/// (or in other crates): links each named crate in, and serves.
+///
+/// ```ignore
+/// // src/lib.rs of the package `my-plugin`:
+/// pstream::function! {
+///     pub fn double(x: i64) -> i64 { x * 2 }
+/// }
+///
+/// // src/main.rs:
+/// pstream::plugin!(my_plugin);
+/// ```
+///
+/// A `main.rs` of only `fn main() { pstream::serve() }` links nothing from the
+/// library (nothing in `main` names it) and would serve no function. `plugin!`
+/// names each crate (`use my_plugin as _;`) and defines
+/// `fn main() { pstream::serve() }`; to do more in `main`, write those two
+/// yourself.
+#[macro_export]
+macro_rules! plugin {
+    ($($library:ident),+ $(,)?) => {
+        $(
+            #[allow(unused_imports)]
+            use $library as _;
+        )+
+        fn main() {
+            $crate::serve()
+        }
+    };
 }
 
 fn exit_after_serving() -> ! {
