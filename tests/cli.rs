@@ -1270,3 +1270,134 @@ fn dev_null_may_be_named_for_every_file() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 items"));
 }
+
+// ---------------------------------------------------------------------------------
+// Closed standard streams, faithful error records, the frame limit.
+
+/// `cmd` with descriptor `fd` closed in the child, as `<&-` or `>&-` do.
+fn with_closed(cmd: &mut Command, fd: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // close(2), which is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::libc::close(fd);
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn a_closed_stdin_or_stdout_is_an_error_not_an_empty_job() {
+    let dir = tempdir();
+    let output = dir.path().join("out.txt");
+    // Closed stdin, output to a file: nothing to read is not "0 items, exit 0".
+    let mut cmd = coord(&["run", "-f", "double", "-o", path_str(&output)]);
+    cmd.stdin(Stdio::null());
+    with_closed(&mut cmd, 0);
+    let out = output_of(&mut cmd);
+    check_code(&cmd, &out, 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stdin") && stderr.contains("closed"),
+        "{stderr}"
+    );
+    assert!(!output.exists(), "the output was created");
+
+    // Closed stdout: results written nowhere are not a success.
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "1\n2\n").unwrap();
+    let mut cmd = coord(&["run", "-f", "double", "-i", path_str(&input)]);
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+    with_closed(&mut cmd, 1);
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    let status = wait_exit(&mut child, &describe(&cmd));
+    let stderr = stderr.rest().to_string();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("stdout") && stderr.contains("closed"),
+        "{stderr}"
+    );
+
+    // /dev/null is not a closed stream.
+    let mut cmd = coord(&["run", "-f", "upper", "-i", path_str(&input)]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    assert_eq!(wait_exit(&mut child, &describe(&cmd)).code(), Some(0));
+}
+
+#[test]
+fn an_error_record_carries_a_non_utf8_line_exactly() {
+    let dir = tempdir();
+    let errors = dir.path().join("errors.jsonl");
+    let bad: &[u8] = b"\xff\xfe7\x80";
+    let mut input = b"1\n\"\xc3\xa9t\xc3\xa9\"\n".to_vec();
+    input.extend_from_slice(bad);
+    input.extend_from_slice(b"\n2\n");
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "-f",
+            "double",
+            "--format",
+            "jsonl",
+            "--errors",
+            path_str(&errors),
+        ]),
+        Some(&input),
+        1,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n4\n");
+    let records = records(&errors);
+    assert_eq!(records.len(), 2, "{records:?}");
+    // A UTF-8 line: its text, and no bytes field.
+    assert_eq!(records[0]["input"], "\"été\"");
+    assert!(records[0].get("input_base64").is_none(), "{records:?}");
+    // Not UTF-8: the bytes, exactly, in base64 (checked with coreutils).
+    assert_eq!(records[1]["line"], 3);
+    let encoded = records[1]["input_base64"].as_str().expect("input_base64");
+    let mut cmd = Command::new("base64");
+    cmd.arg("-d");
+    let decoded = expect_code(&mut cmd, Some(encoded.as_bytes()), 0).stdout;
+    assert_eq!(decoded, bad);
+}
+
+#[test]
+fn max_frame_bounds_an_item_and_the_hint_names_it() {
+    let dir = tempdir();
+    let input = dir.path().join("long.txt");
+    let line = "a".repeat(30_000);
+    std::fs::write(&input, format!("short\n{line}\n")).unwrap();
+    let run = |frame: &str, code| {
+        expect_code(
+            &mut coord(&[
+                "run",
+                "-f",
+                "upper",
+                "-i",
+                path_str(&input),
+                "--max-frame",
+                frame,
+            ]),
+            None,
+            code,
+        )
+    };
+    let out = run("16K", 1);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SHORT\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2: too large") && stderr.contains("--max-frame"),
+        "{stderr}"
+    );
+    let out = run("1M", 0);
+    assert_eq!(
+        out.stdout,
+        format!("SHORT\n{}\n", line.to_uppercase()).into_bytes()
+    );
+    let out = run("1K", 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("frame limit"));
+}

@@ -129,6 +129,12 @@ pub struct RunArgs {
     /// fails in its worker instead of exhausting the machine.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: Option<u64>,
+
+    /// The largest message between the launcher and a worker, e.g. 256M: bounds
+    /// one line and one result (default 64M; 4K to 4G). Both sides may allocate
+    /// this much for one message.
+    #[arg(long, value_name = "SIZE", value_parser = parse_frame_size)]
+    pub max_frame: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -200,8 +206,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// `1048576`, `512K`, `512M`, `2G`, `1GiB`, `64MB` (powers of 1024 in every case).
+/// A worker's memory limit: a size of at least 1 MiB.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s)?;
+    if bytes < 1 << 20 {
+        return Err(format!(
+            "`{s}` is too small for a worker process to start (at least 1M)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A frame limit: a size from 4 KiB to 4 GiB (what the pool accepts).
+pub fn parse_frame_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s)?;
+    if !(4 << 10..=u32::MAX as u64).contains(&bytes) {
+        return Err(format!(
+            "`{s}` is not a usable frame limit (from 4K to 4G, less one byte)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `1048576`, `512K`, `512M`, `2G`, `1GiB`, `64MB` (powers of 1024 in every case).
+fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
@@ -220,15 +248,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ))
         }
     };
-    let bytes = value
+    value
         .checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{s}` is too large"))?;
-    if bytes < 1 << 20 {
-        return Err(format!(
-            "`{s}` is too small for a worker process to start (at least 1M)"
-        ));
-    }
-    Ok(bytes)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 #[cfg(test)]
@@ -256,6 +278,10 @@ mod tests {
         assert!(parse_size("12").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_frame_size("4K"), Ok(4096));
+        assert_eq!(parse_frame_size("256M"), Ok(256 << 20));
+        assert!(parse_frame_size("4095").is_err());
+        assert!(parse_frame_size("4G").is_err());
     }
 
     #[test]

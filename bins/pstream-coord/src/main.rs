@@ -13,6 +13,7 @@ mod output;
 mod progress;
 mod run;
 mod signals;
+mod stdio;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -58,6 +59,7 @@ fn init_tracing() {
 
 /// `pstream-coord functions`: start one worker and print what it serves.
 fn functions(args: &FunctionsArgs) -> Result<u8, CliError> {
+    stdio::refuse_closed(1)?;
     let mut builder = ProcessPool::builder().workers(1);
     if let Some(plugin) = &args.plugin {
         builder = builder.program(plugin);

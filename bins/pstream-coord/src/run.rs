@@ -22,6 +22,7 @@ use crate::journal::{Journal, Progress};
 use crate::output::{Sink, FLUSH_INTERVAL};
 use crate::progress::{Counters, Display, Summary};
 use crate::signals::{exit_status, Signals, Stop};
+use crate::stdio;
 
 /// How long workers get to exit when the pool shuts down before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -46,6 +47,9 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
         ));
     }
 
+    if args.output == "-" {
+        stdio::refuse_closed(1)?;
+    }
     let source = open_input(&args.input)?;
     // Before anything is opened for writing: an output that is the input (or
     // another output) would be emptied.
@@ -274,22 +278,54 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
 }
 
 /// `{"line": N, "input": "...", "kind": "...", "error": "..."}`, in that order. The
-/// input is the line's exact text as a JSON string (whatever the format), so that
-/// `jq -r .input` gives the failed lines back.
+/// input is the line's text as a JSON string (whatever the format), so that
+/// `jq -r .input` gives the failed lines back. A line that is not UTF-8 cannot be a
+/// JSON string: its `input` has U+FFFD for the bytes that are not, and an
+/// `input_base64` field after it carries the exact bytes.
 fn error_record(line: u64, input: &[u8], kind: &str, error: &str) -> String {
     let string = |s: &str| serde_json::Value::from(s).to_string();
+    let input = match std::str::from_utf8(input) {
+        Ok(text) => string(text),
+        Err(_) => format!(
+            "{},\"input_base64\":\"{}\"",
+            string(&String::from_utf8_lossy(input)),
+            base64(input)
+        ),
+    };
     format!(
-        "{{\"line\":{line},\"input\":{},\"kind\":{},\"error\":{}}}",
-        string(&String::from_utf8_lossy(input)),
+        "{{\"line\":{line},\"input\":{input},\"kind\":{},\"error\":{}}}",
         string(kind),
         string(error)
     )
+}
+
+/// Standard base64 (RFC 4648, with padding), as `base64 -d` reads it.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Open the input, once: everything else that needs it (the progress count, the
 /// checks of the other file arguments) works on this descriptor.
 fn open_input(input: &str) -> Result<File, CliError> {
     if input == "-" {
+        stdio::refuse_closed(0)?;
         // A file of our own on fd 0: read without the standard library's stdin lock
         // and buffer.
         let fd = io::stdin()
@@ -325,6 +361,10 @@ fn build_pool(args: &RunArgs) -> Result<ProcessPool, CliError> {
     }
     if let Some(limit) = args.memory_limit {
         builder = builder.memory_limit(limit);
+    }
+    if let Some(bytes) = args.max_frame {
+        // At most u32::MAX (checked by the parser): fits a usize on Linux.
+        builder = builder.max_frame(bytes as usize);
     }
     builder
         .build()
@@ -582,4 +622,38 @@ fn hard_stop(pool: &Weak<ProcessPool>, report: &Report, signal: Signal) {
     eprintln!("{}", summary.line());
     report.write_stats(&summary);
     std::process::exit(code.into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_as_rfc_4648_gives_it() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"", ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"\xff\xfe\xfd", "//79"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(base64(bytes), text);
+        }
+    }
+
+    #[test]
+    fn error_records_are_json_with_the_fields_in_order() {
+        let record = error_record(7, b"x\"y", "decode", "bad");
+        assert_eq!(
+            record,
+            r#"{"line":7,"input":"x\"y","kind":"decode","error":"bad"}"#
+        );
+        let record: serde_json::Value =
+            serde_json::from_str(&error_record(8, b"a\xffb", "failed", "e")).unwrap();
+        assert_eq!(record["input"], "a\u{fffd}b");
+        assert_eq!(record["input_base64"], "Yf9i");
+    }
 }

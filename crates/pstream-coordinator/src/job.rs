@@ -488,7 +488,8 @@ impl Feeder {
                             ItemErrorKind::TooLarge {
                                 message: format!(
                                     "the item is {size} bytes, more than a frame of at most {} \
-                                     bytes can carry; raise the frame limit",
+                                     bytes can carry; raise the frame limit (PoolBuilder::max_frame, \
+                                     pstream-coord run --max-frame)",
                                     self.limits.max_item
                                 ),
                             },

@@ -430,7 +430,8 @@ impl Batch<'_> {
                             FailureKind::TooLarge,
                             format!(
                                 "the result is {} bytes, more than a frame of at most {peer_max} \
-                             bytes can carry; raise the frame limit",
+                             bytes can carry; raise the frame limit (PoolBuilder::max_frame, \
+                             pstream-coord run --max-frame)",
                                 last.len()
                             ),
                             None,
