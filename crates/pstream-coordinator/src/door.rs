@@ -3,10 +3,16 @@
 //! The socket lives in a private directory (0700, the socket itself 0600) that is
 //! removed with the pool. Every connection gets its own short-lived thread for the
 //! handshake, so a peer that connects and says nothing delays nobody.
+//!
+//! The directory's name says whose it is: `pstream-<pid>-<start time>-<random>`, the
+//! pid and start time (in clock ticks since boot, from `/proc/<pid>/stat`) of the
+//! process that made it. A pool that starts removes the directories of this user
+//! whose maker is gone (killed by SIGKILL, say, so nothing ran to remove them).
 
 use std::collections::HashSet;
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{getsockopt, shutdown, sockopt::PeerCredentials, Shutdown};
 use pstream_protocol::{read_frame, write_frame, Frame, Hello, Items, Message, PROTOCOL_VERSION};
 
 use crate::engine::{Event, Events};
@@ -37,6 +43,9 @@ pub(crate) struct Checks {
 pub(crate) struct Door {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The listening socket (a duplicate of the acceptor's descriptor): shut down to
+    /// wake the acceptor, whatever became of the path.
+    listener: UnixListener,
     acceptor: Option<JoinHandle<()>>,
     // Last: removed after the acceptor has stopped.
     _dir: tempfile::TempDir,
@@ -44,7 +53,14 @@ pub(crate) struct Door {
 
 impl Door {
     pub fn open(checks: Arc<Checks>, events: Events) -> io::Result<Door> {
-        let dir = tempfile::Builder::new().prefix("pstream-").tempdir()?;
+        let tmp = std::env::temp_dir();
+        sweep_stale(&tmp);
+        let prefix = match owner_tag(std::process::id()) {
+            Some(tag) => format!("pstream-{tag}-"),
+            // No /proc: a directory no later pool can prove stale.
+            None => "pstream-".into(),
+        };
+        let dir = tempfile::Builder::new().prefix(&prefix).tempdir_in(&tmp)?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
         let path = dir.path().join("socket");
         let listener = UnixListener::bind(&path)?;
@@ -52,6 +68,7 @@ impl Door {
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
             let stop = Arc::clone(&stop);
+            let listener = listener.try_clone()?;
             std::thread::Builder::new()
                 .name("pstream-acceptor".into())
                 .spawn(move || accept_loop(listener, checks, events, stop))?
@@ -59,6 +76,7 @@ impl Door {
         Ok(Door {
             path,
             stop,
+            listener,
             acceptor: Some(acceptor),
             _dir: dir,
         })
@@ -72,8 +90,16 @@ impl Door {
 impl Drop for Door {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept with a connection of our own.
-        let _ = UnixStream::connect(&self.path);
+        // Wake the blocking accept through the socket itself, not its path (which
+        // may be gone: somebody cleaning $TMPDIR): on Linux, shutting down a listening
+        // Unix socket makes a blocked `accept` fail with EINVAL, and every later one
+        // fail at once, so the acceptor sees `stop` whether it was in `accept` or
+        // about to enter it.
+        if let Err(e) = shutdown(self.listener.as_raw_fd(), Shutdown::Both) {
+            tracing::warn!("shut down the pool's socket: {e}");
+            // Then by its path, if it is still there.
+            let _ = UnixStream::connect(&self.path);
+        }
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -189,4 +215,187 @@ fn check_peer(
         .set_read_timeout(None)
         .map_err(|e| format!("clear the read timeout: {e}"))?;
     Ok(hello)
+}
+
+/// `<pid>-<start time>` of process `pid`: names it uniquely while this system runs
+/// (a pid is reused only by a process that starts later).
+fn owner_tag(pid: u32) -> Option<String> {
+    Some(format!("{pid}-{}", start_time(pid)?))
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`); `None` if there is no such process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold anything: count from its end.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Remove the socket directories in `tmp` that this user's pools left behind when
+/// they were killed: named `pstream-<pid>-<start time>-…`, owned by this uid, whose
+/// maker no longer runs, and with no socket listening in them. Best effort: what
+/// cannot be removed stays, and nothing else is touched (another user's directory,
+/// a live pool's, an older pstream's `pstream-XXXXXX`, anything not a directory).
+fn sweep_stale(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    let mut listening: Option<Option<Vec<String>>> = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((pid, start)) = parse_owner(name) else {
+            continue;
+        };
+        // Not followed: a symbolic link is not a directory of ours.
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != uid || start_time(pid) == Some(start) {
+            continue;
+        }
+        // Its maker is gone from this pid namespace. A pool in another one (a
+        // container sharing this directory) would still listen: keep those.
+        let socket = format!("/{name}/socket");
+        match listening.get_or_insert_with(listening_sockets) {
+            Some(lines) if !lines.iter().any(|line| line.ends_with(&socket)) => {}
+            // Listening, or no way to tell.
+            _ => continue,
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::debug!("removed the stale socket directory {name}"),
+            Err(e) => tracing::debug!("could not remove the stale socket directory {name}: {e}"),
+        }
+    }
+}
+
+/// The pid and start time in a socket directory's name `pstream-<pid>-<start>-<random>`.
+fn parse_owner(name: &str) -> Option<(u32, u64)> {
+    let mut parts = name.strip_prefix("pstream-")?.splitn(3, '-');
+    let pid = parts.next()?.parse().ok()?;
+    let start = parts.next()?.parse().ok()?;
+    parts.next()?; // the random part
+    Some((pid, start))
+}
+
+/// The lines of `/proc/net/unix` that show a listening socket (flag
+/// `__SO_ACCEPTCON`, 0x10000), each ending with the socket's path; `None` if the
+/// table cannot be read.
+fn listening_sockets() -> Option<Vec<String>> {
+    const ACCEPTCON: u32 = 0x10000;
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    Some(
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                // Num RefCount Protocol Flags Type St Inode Path
+                line.split_whitespace()
+                    .nth(3)
+                    .and_then(|flags| u32::from_str_radix(flags, 16).ok())
+                    .is_some_and(|flags| flags & ACCEPTCON != 0)
+            })
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn checks() -> Arc<Checks> {
+        Arc::new(Checks {
+            token: "t".into(),
+            spawned: Mutex::new(HashSet::new()),
+            handshake_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Run `f` on a thread; fail the test if it takes longer than a generous deadline
+    /// (the thread is left behind, the test process ends).
+    fn within_deadline(what: &str, f: impl FnOnce() + Send + 'static) {
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "{what} did not finish"
+        );
+    }
+
+    #[test]
+    fn a_door_whose_directory_was_deleted_still_closes() {
+        let (events, _rx, _wake) = Events::new().unwrap();
+        let door = Door::open(checks(), events).unwrap();
+        let dir = door.path().parent().unwrap().to_path_buf();
+        std::fs::remove_dir_all(&dir).unwrap();
+        within_deadline("dropping the door", move || drop(door));
+    }
+
+    #[test]
+    fn a_closed_door_removes_its_directory() {
+        let (events, _rx, _wake) = Events::new().unwrap();
+        let door = Door::open(checks(), events).unwrap();
+        let dir = door.path().parent().unwrap().to_path_buf();
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(
+            parse_owner(&name).map(|(pid, _)| pid),
+            Some(std::process::id()),
+            "{name} does not name its maker"
+        );
+        assert!(door.path().exists());
+        within_deadline("dropping the door", move || drop(door));
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn the_sweep_removes_only_stale_directories_of_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let start = start_time(me).unwrap();
+        let make = |name: &str| {
+            let path = tmp.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            std::fs::write(path.join("socket"), b"").unwrap();
+            path
+        };
+        // Our pid with another start time: a process that had this pid before us.
+        let stale = make(&format!("pstream-{me}-{}-aaaaaa", start + 1));
+        let live = make(&format!("pstream-{me}-{start}-bbbbbb"));
+        let old_format = make("pstream-cccccc");
+        let not_ours = make("other-1-2-dddddd");
+        // A stale name, but a socket listens in it (a pool of another pid namespace).
+        let listened = tmp
+            .path()
+            .join(format!("pstream-{me}-{}-eeeeee", start + 1));
+        std::fs::create_dir(&listened).unwrap();
+        let _listener = UnixListener::bind(listened.join("socket")).unwrap();
+        // Not directories.
+        let file = tmp
+            .path()
+            .join(format!("pstream-{me}-{}-ffffff", start + 1));
+        std::fs::write(&file, b"").unwrap();
+        let link = tmp
+            .path()
+            .join(format!("pstream-{me}-{}-gggggg", start + 1));
+        std::os::unix::fs::symlink(&live, &link).unwrap();
+
+        sweep_stale(tmp.path());
+
+        assert!(!stale.exists(), "the stale directory was kept");
+        for kept in [&live, &old_format, &not_ours, &listened, &file] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+        assert!(
+            link.symlink_metadata().is_ok(),
+            "the symbolic link was removed"
+        );
+        assert!(live.join("socket").exists());
+    }
 }
