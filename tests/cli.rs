@@ -1401,3 +1401,129 @@ fn max_frame_bounds_an_item_and_the_hint_names_it() {
     let out = run("1K", 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("frame limit"));
 }
+
+// ---------------------------------------------------------------------------------
+// A full disk, a torn last line: the output holds whole lines only, and --resume
+// completes it.
+
+/// `cmd` run with a file size limit of `bytes` (RLIMIT_FSIZE) and SIGXFSZ ignored:
+/// a write past the limit fails with EFBIG, as a write to a full disk fails with
+/// ENOSPC, without touching the machine's disks or settings.
+fn with_file_size_limit(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // signal(2) and setrlimit(2), both async-signal-safe, with values on its stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::libc::signal(nix::libc::SIGXFSZ, nix::libc::SIG_IGN);
+            let limit = nix::libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if nix::libc::setrlimit(nix::libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn a_full_disk_leaves_whole_lines_and_resume_completes_the_output() {
+    let n = scale(200_000).max(100_000);
+    let dir = tempdir();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, seq(n)).unwrap();
+    let want = doubled(n);
+    // The "disk" fills three bytes into a line.
+    let limit = want[300_000..].iter().position(|&b| b == b'\n').unwrap() + 300_000 + 4;
+    assert_ne!(want[limit - 1], b'\n');
+    let output = dir.path().join("out.txt");
+    let journal = dir.path().join("out.txt.pstream-resume");
+    let args = [
+        "run",
+        "-f",
+        "double",
+        "--format",
+        "jsonl",
+        "-j",
+        "2",
+        "-i",
+        path_str(&input),
+        "-o",
+        path_str(&output),
+    ];
+    let mut cmd = coord(&args);
+    cmd.stdin(Stdio::null());
+    with_file_size_limit(&mut cmd, limit as u64);
+    let out = output_of(&mut cmd);
+    check_code(&cmd, &out, 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("failed to write the output"), "{stderr}");
+    let got = read(&output);
+    assert!(!got.is_empty() && got.len() < limit, "{} bytes", got.len());
+    assert!(
+        got.ends_with(b"\n"),
+        "the output ends inside a line: ...{:?}",
+        String::from_utf8_lossy(&got[got.len().saturating_sub(20)..])
+    );
+    assert_same("output on a full disk", &got, &want[..got.len()]);
+    assert!(journal.exists(), "no journal to resume from");
+
+    // Room again: --resume continues from the whole lines the journal vouches for.
+    let mut cmd = coord(&[&args[..], &["--resume"]].concat());
+    let done = expect_code(&mut cmd, None, 0);
+    assert!(String::from_utf8_lossy(&done.stderr).contains("resumed after line"));
+    assert_same("resumed output", &read(&output), &want);
+    assert!(!journal.exists());
+}
+
+#[test]
+fn resume_cuts_off_a_torn_last_line() {
+    // A SIGKILL can cut the last write short inside a line (the kernel stops a
+    // write between pages for a fatal signal); this test makes the torn line
+    // itself, after a real SIGKILL, and --resume must cut it off.
+    let dir = tempdir();
+    let input = slow_input(dir.path(), scale(200_000));
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut cmd = coord(&slow_job(&input, &out, &err));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the output to grow", || file_len(&out) > 50_000);
+    let workers = children(child.id());
+    signal(&child, Signal::SIGKILL);
+    child.wait().unwrap();
+    wait_gone(&workers);
+    assert!(
+        dir.path().join("out.pstream-resume").exists(),
+        "the job finished before it was killed; make it longer"
+    );
+    for file in [&out, &err] {
+        let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+        std::io::Write::write_all(&mut f, b"{\"torn").unwrap();
+    }
+    let done = expect_code(
+        &mut coord(&[slow_job(&input, &out, &err), vec!["--resume"]].concat()),
+        None,
+        1,
+    );
+    assert!(String::from_utf8_lossy(&done.stderr).contains("resumed after line"));
+    let text = std::fs::read_to_string(&input).unwrap();
+    let want: String = text
+        .lines()
+        .filter_map(|l| l.parse::<i64>().ok())
+        .map(|x| format!("{}\n", x * 2))
+        .collect();
+    assert_same("resumed output", &read(&out), want.as_bytes());
+    let records = records(&err);
+    let lines: Vec<u64> = records
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    let want_lines: Vec<u64> = (1..=scale(200_000)).filter(|i| i % 997 == 0).collect();
+    assert_eq!(lines, want_lines);
+}

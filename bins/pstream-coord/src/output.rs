@@ -3,12 +3,16 @@
 //!
 //! Results are gathered as whole lines and written in large pieces: when a piece
 //! is full, and at least every [`FLUSH_INTERVAL`] (the ticker thread flushes while
-//! the main thread waits for results). A write never ends inside a line, so an
-//! interrupted output ends with a whole line. The journal is updated after the
-//! bytes it describes are written.
+//! the main thread waits for results). A piece is written whole or, when a write
+//! fails part way (the disk is full, the file size limit is reached), the file is
+//! cut back to its last whole line before the error is reported. The journal is
+//! updated after the bytes it describes are written, so it vouches only for whole
+//! lines. (A SIGKILL can still cut a write short: the kernel stops a write between
+//! pages for a fatal signal. Such a torn last line lies past what the journal
+//! vouches for, and `--resume` cuts it off.)
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
 use crate::journal::{Journal, Progress};
@@ -119,12 +123,12 @@ impl Sink {
 
     fn write_out(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.out.write_all(&self.buf)?;
+            write_whole_lines(&mut self.out, &self.buf)?;
             self.buf.clear();
         }
         if let Some(errors) = &mut self.errors {
             if !self.errbuf.is_empty() {
-                errors.write_all(&self.errbuf)?;
+                write_whole_lines(errors, &self.errbuf)?;
                 self.errbuf.clear();
             }
         }
@@ -146,5 +150,46 @@ impl Sink {
     /// Whether a write failed because the reader of the output went away.
     pub fn is_broken_pipe(&self) -> bool {
         self.broken == Some(io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// Write `lines` (whole lines) to `file`. If a write fails part way, a regular file
+/// is cut back to the end of the last whole line written, so that it never ends
+/// inside a line; the error is returned.
+fn write_whole_lines(file: &mut File, lines: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    let error = loop {
+        if done == lines.len() {
+            return Ok(());
+        }
+        match file.write(&lines[done..]) {
+            Ok(0) => break io::Error::from(io::ErrorKind::WriteZero),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break e,
+        }
+    };
+    let whole = lines[..done]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |at| at + 1);
+    let torn = (done - whole) as u64;
+    if torn == 0 || !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(error);
+    }
+    // Where the write ended (with O_APPEND, the end of the file), less the torn part.
+    let cut = file
+        .stream_position()
+        .and_then(|end| {
+            file.set_len(end - torn.min(end))
+                .map(|()| end - torn.min(end))
+        })
+        .and_then(|len| file.seek(SeekFrom::Start(len)));
+    match cut {
+        Ok(_) => Err(error),
+        Err(cut) => Err(io::Error::new(
+            error.kind(),
+            format!("{error} (and the file could not be cut back to its last whole line: {cut})"),
+        )),
     }
 }
