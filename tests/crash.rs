@@ -88,6 +88,10 @@ fn one_poison_in(pool: PoolBuilder, fault: Fault) -> (ItemError, ProcessPool, Ve
 
 #[test]
 fn panic_is_an_item_error_and_the_worker_lives_on() {
+    let _watchdog = watchdog(
+        "panic_is_an_item_error_and_the_worker_lives_on",
+        Duration::from_secs(240),
+    );
     let (error, pool, pids) = one_poison(Fault::Panic);
     match &error.kind {
         ItemErrorKind::Panicked { message, location } => {
@@ -110,6 +114,12 @@ fn assert_crashed_by(fault: Fault, signal: Option<Signal>, code: Option<i32>) {
 fn assert_crashed_in(pool: PoolBuilder, fault: Fault, signal: Option<Signal>, code: Option<i32>) {
     let (error, pool, _) = one_poison_in(pool, fault);
     assert!(error.is_crash(), "{fault:?}: {error}");
+    // Tried alone once, and once more (the default retry): exactly.
+    assert!(
+        matches!(error.kind, ItemErrorKind::Crashed { attempts: 2, .. }),
+        "{fault:?}: {:?}",
+        error.kind
+    );
     if let Some(signal) = signal {
         assert_eq!(error.signal(), Some(signal as i32), "{error}");
     }
@@ -124,26 +134,34 @@ fn assert_crashed_in(pool: PoolBuilder, fault: Fault, signal: Option<Signal>, co
 
 #[test]
 fn abort_costs_one_item() {
+    let _watchdog = watchdog("abort_costs_one_item", Duration::from_secs(240));
     assert_crashed_by(Fault::Abort, Some(Signal::SIGABRT), None);
 }
 
 #[test]
 fn segfault_costs_one_item() {
+    let _watchdog = watchdog("segfault_costs_one_item", Duration::from_secs(240));
     assert_crashed_by(Fault::Segv, Some(Signal::SIGSEGV), None);
 }
 
 #[test]
 fn exit_costs_one_item() {
+    let _watchdog = watchdog("exit_costs_one_item", Duration::from_secs(240));
     assert_crashed_by(Fault::Exit, None, Some(3));
 }
 
 #[test]
 fn sigkill_costs_one_item() {
+    let _watchdog = watchdog("sigkill_costs_one_item", Duration::from_secs(240));
     assert_crashed_by(Fault::Kill, Some(Signal::SIGKILL), None);
 }
 
 #[test]
 fn an_allocation_bomb_costs_one_item() {
+    let _watchdog = watchdog(
+        "an_allocation_bomb_costs_one_item",
+        Duration::from_secs(240),
+    );
     // Under the memory limit the bomb fails in its worker (Rust aborts on a failed
     // allocation) instead of waking the machine's OOM killer. No time limit here:
     // on a loaded machine filling the allocation may take a while.
@@ -153,13 +171,28 @@ fn an_allocation_bomb_costs_one_item() {
 
 #[test]
 fn a_hang_costs_one_item_reported_as_timed_out() {
+    let _watchdog = watchdog(
+        "a_hang_costs_one_item_reported_as_timed_out",
+        Duration::from_secs(240),
+    );
     let (error, pool, _) = one_poison_in(hang_pool(), Fault::Hang);
     assert!(error.is_timeout(), "{error}");
+    assert_eq!(
+        error.kind,
+        ItemErrorKind::TimedOut {
+            limit: Duration::from_secs(3),
+            attempts: 2
+        }
+    );
     assert!(pool.stats().crashes >= 2);
 }
 
 #[test]
 fn a_located_hang_with_no_retries_costs_one_time_limit() {
+    let _watchdog = watchdog(
+        "a_located_hang_with_no_retries_costs_one_time_limit",
+        Duration::from_secs(240),
+    );
     let pool = hang_pool().retries(0).build().unwrap();
     let poison = BTreeMap::from([(50, Fault::Hang)]);
     let mut results = pool
@@ -183,8 +216,50 @@ fn a_located_hang_with_no_retries_costs_one_time_limit() {
     assert_eq!(results.stats().timeouts, 1, "{:?}", results.stats());
 }
 
+/// A poison that freezes its whole worker (its progress reports included) is found
+/// by bisection: O(log batch) time limits, not one per item before it.
+#[test]
+fn a_frozen_worker_is_bisected_in_few_time_limits() {
+    let _watchdog = watchdog(
+        "a_frozen_worker_is_bisected_in_few_time_limits",
+        Duration::from_secs(240),
+    );
+    for retries in [0, 1] {
+        let limit = Duration::from_millis(700);
+        let pool = crash_pool()
+            .item_timeout(limit)
+            .retries(retries)
+            .build()
+            .unwrap();
+        let n = 4000;
+        let poison = BTreeMap::from([(2500, Fault::Freeze)]);
+        let errors = run_and_check(&pool, n, &poison);
+        assert_eq!(
+            errors[0].kind,
+            ItemErrorKind::TimedOut {
+                limit,
+                attempts: retries + 1
+            }
+        );
+        // The batch holding it is at most n items: log2(n) halvings, then the tries
+        // alone; a little more where another worker's batch was cut by a halving.
+        // Every time limit kills a worker: the pool counts it as a crash.
+        let timeouts = pool.stats().crashes;
+        let bound = (n as f64).log2().ceil() as u64 + 2 + u64::from(retries);
+        eprintln!("retries {retries}: {timeouts} time limits (bound {bound})");
+        assert!(
+            timeouts <= bound,
+            "{timeouts} time limits to find one frozen item (bound {bound}), retries {retries}"
+        );
+    }
+}
+
 #[test]
 fn job_statistics_count_what_happened() {
+    let _watchdog = watchdog(
+        "job_statistics_count_what_happened",
+        Duration::from_secs(240),
+    );
     let pool = hang_pool().retries(2).build().unwrap();
     let poison = BTreeMap::from([(10, Fault::Exit), (500, Fault::Panic), (900, Fault::Hang)]);
     let mut results = pool
@@ -234,6 +309,10 @@ proptest! {
 /// batches may still be unread, and batches for it queued: those results count.
 #[test]
 fn many_poisons_blame_no_innocent_item() {
+    let _watchdog = watchdog(
+        "many_poisons_blame_no_innocent_item",
+        Duration::from_secs(240),
+    );
     let faults = [Fault::Close, Fault::Segv, Fault::Kill, Fault::Exit];
     let n = scale(40_000);
     let poisons = 12;
@@ -286,6 +365,10 @@ fn many_poisons_blame_no_innocent_item() {
 
 #[test]
 fn chaos_random_sigkills_lose_nothing() {
+    let _watchdog = watchdog(
+        "chaos_random_sigkills_lose_nothing",
+        Duration::from_secs(240),
+    );
     let pool = builder().workers(2).retries(4).build().unwrap();
     let n = scale(1_000_000) as i64;
     let stop = Arc::new(AtomicBool::new(false));
@@ -336,6 +419,7 @@ fn chaos_random_sigkills_lose_nothing() {
 
 #[test]
 fn recycled_workers_lose_nothing() {
+    let _watchdog = watchdog("recycled_workers_lose_nothing", Duration::from_secs(240));
     let pool = builder()
         .workers(2)
         .max_items_per_worker(1000)
@@ -397,22 +481,38 @@ fn assert_job_survives_evil_worker(mode: &str) {
 
 #[test]
 fn a_worker_sending_garbage_is_killed_and_the_job_goes_on() {
+    let _watchdog = watchdog(
+        "a_worker_sending_garbage_is_killed_and_the_job_goes_on",
+        Duration::from_secs(240),
+    );
     assert_job_survives_evil_worker("garbage");
 }
 
 #[test]
 fn a_worker_sending_an_oversized_frame_is_killed_and_the_job_goes_on() {
+    let _watchdog = watchdog(
+        "a_worker_sending_an_oversized_frame_is_killed_and_the_job_goes_on",
+        Duration::from_secs(240),
+    );
     assert_job_survives_evil_worker("oversized");
 }
 
 #[test]
 fn a_worker_answering_a_batch_it_never_got_is_killed_and_the_job_goes_on() {
+    let _watchdog = watchdog(
+        "a_worker_answering_a_batch_it_never_got_is_killed_and_the_job_goes_on",
+        Duration::from_secs(240),
+    );
     assert_job_survives_evil_worker("wrong-batch");
     assert_job_survives_evil_worker("unasked");
 }
 
 #[test]
 fn a_worker_answering_with_the_wrong_packing_is_killed_and_the_job_goes_on() {
+    let _watchdog = watchdog(
+        "a_worker_answering_with_the_wrong_packing_is_killed_and_the_job_goes_on",
+        Duration::from_secs(240),
+    );
     // A typed job's batches are packed: results with item lengths are refused.
     assert_job_survives_evil_worker("unpacked");
     // A JSON job's batches carry lengths: packed results are refused.
@@ -434,6 +534,10 @@ fn a_worker_answering_with_the_wrong_packing_is_killed_and_the_job_goes_on() {
 
 #[test]
 fn a_result_claiming_a_huge_length_is_a_decode_error_not_an_abort() {
+    let _watchdog = watchdog(
+        "a_result_claiming_a_huge_length_is_a_decode_error_not_an_abort",
+        Duration::from_secs(240),
+    );
     // The coordinator would die on a failed allocation if it believed the length.
     let (pool, _dir) = evil_pool("lying-length");
     let n = 20_000usize;
@@ -459,6 +563,10 @@ fn a_result_claiming_a_huge_length_is_a_decode_error_not_an_abort() {
 
 #[test]
 fn failing_respawns_end_the_job_with_a_clear_error() {
+    let _watchdog = watchdog(
+        "failing_respawns_end_the_job_with_a_clear_error",
+        Duration::from_secs(240),
+    );
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("broken");
     let script = dir.path().join("worker.sh");

@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pstream::{ItemErrorKind, PoolError};
@@ -13,6 +15,10 @@ use support::*;
 
 #[test]
 fn concurrent_jobs_on_one_pool_each_get_exactly_their_results() {
+    let _watchdog = watchdog(
+        "concurrent_jobs_on_one_pool_each_get_exactly_their_results",
+        Duration::from_secs(240),
+    );
     for input_thread in [false, true] {
         let pool = builder()
             .workers(2)
@@ -46,6 +52,10 @@ fn concurrent_jobs_on_one_pool_each_get_exactly_their_results() {
 
 #[test]
 fn a_consumer_that_stops_reading_does_not_stop_the_supervision() {
+    let _watchdog = watchdog(
+        "a_consumer_that_stops_reading_does_not_stop_the_supervision",
+        Duration::from_secs(240),
+    );
     // The consumer takes one result, then does something else while a worker is
     // killed: the supervisor thread must notice, start a replacement and requeue the
     // dead worker's batch, with nobody calling `next`.
@@ -69,6 +79,10 @@ fn a_consumer_that_stops_reading_does_not_stop_the_supervision() {
 
 #[test]
 fn with_an_input_thread_results_flow_while_the_input_blocks() {
+    let _watchdog = watchdog(
+        "with_an_input_thread_results_flow_while_the_input_blocks",
+        Duration::from_secs(240),
+    );
     let pool = builder().workers(2).input_thread(true).build().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<i64>();
     let mut results = pool.map(double, rx).unwrap();
@@ -87,6 +101,10 @@ fn with_an_input_thread_results_flow_while_the_input_blocks() {
 
 #[test]
 fn an_input_that_panics_ends_the_job_with_an_input_error_and_nothing_before_is_lost() {
+    let _watchdog = watchdog(
+        "an_input_that_panics_ends_the_job_with_an_input_error_and_nothing_before_is_lost",
+        Duration::from_secs(240),
+    );
     for input_thread in [false, true] {
         let pool = builder()
             .workers(2)
@@ -130,6 +148,10 @@ fn an_input_that_panics_ends_the_job_with_an_input_error_and_nothing_before_is_l
 
 #[test]
 fn dropping_the_pool_ends_the_stream_another_thread_is_leading() {
+    let _watchdog = watchdog(
+        "dropping_the_pool_ends_the_stream_another_thread_is_leading",
+        Duration::from_secs(240),
+    );
     // The consumer's thread leads the engine, mostly blocked in its poll waiting
     // for slow items, when another thread drops the pool: the drop must not
     // deadlock on the lead, the stream must end with the pool's error, and every

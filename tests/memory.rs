@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use pstream_examples::double;
 use support::*;
 
@@ -10,6 +12,10 @@ const MIB: u64 = 1 << 20;
 
 #[test]
 fn coordinator_memory_is_flat_over_twenty_million_items() {
+    let _watchdog = watchdog(
+        "coordinator_memory_is_flat_over_twenty_million_items",
+        Duration::from_secs(600),
+    );
     let n = scale(20_000_000);
     let pool = pool(2);
     // Warm up allocator and threads, then take the baseline.

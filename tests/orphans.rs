@@ -22,6 +22,7 @@ const CHILD_ENV: &str = "PSTREAM_TEST_ORPHANS_CHILD";
 #[test]
 #[ignore = "run by coordinator_sigkilled_mid_job_leaves_no_worker"]
 fn coordinator_child() {
+    let _watchdog = watchdog("coordinator_child", Duration::from_secs(240));
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
@@ -45,6 +46,10 @@ fn coordinator_child() {
 
 #[test]
 fn coordinator_sigkilled_mid_job_leaves_no_worker() {
+    let _watchdog = watchdog(
+        "coordinator_sigkilled_mid_job_leaves_no_worker",
+        Duration::from_secs(240),
+    );
     // Orphaned workers are reparented to us, so we can see them die and reap them.
     nix::sys::prctl::set_child_subreaper(true).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())

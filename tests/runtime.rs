@@ -39,6 +39,10 @@ fn counting<I: Iterator>(inner: I) -> (Counting<I>, Arc<AtomicU64>) {
 
 #[test]
 fn double_a_million_in_order_and_unordered() {
+    let _watchdog = watchdog(
+        "double_a_million_in_order_and_unordered",
+        Duration::from_secs(240),
+    );
     let pool = pool(2);
     let n = scale(1_000_000) as i64;
     let mut expected = 0i64;
@@ -62,6 +66,10 @@ fn double_a_million_in_order_and_unordered() {
 
 #[test]
 fn infinite_input_cut_short_then_the_pool_runs_another_job() {
+    let _watchdog = watchdog(
+        "infinite_input_cut_short_then_the_pool_runs_another_job",
+        Duration::from_secs(240),
+    );
     let pool = pool(2);
     let first: Vec<i64> = pool
         .map(double, 0i64..)
@@ -81,6 +89,10 @@ fn infinite_input_cut_short_then_the_pool_runs_another_job() {
 
 #[test]
 fn the_input_is_never_read_more_than_a_window_ahead() {
+    let _watchdog = watchdog(
+        "the_input_is_never_read_more_than_a_window_ahead",
+        Duration::from_secs(240),
+    );
     for (window, input_thread) in [1usize, 7, 100, 5000]
         .into_iter()
         .flat_map(|w| [(w, false), (w, true)])
@@ -141,6 +153,7 @@ fn doubled(pool: &ProcessPool, n: i64) {
 
 #[test]
 fn degenerate_shapes() {
+    let _watchdog = watchdog("degenerate_shapes", Duration::from_secs(240));
     // One worker.
     doubled(&builder().workers(1).build().unwrap(), 10_000);
     // Window of one item.
@@ -171,6 +184,10 @@ fn degenerate_shapes() {
 
 #[test]
 fn item_failures_are_values_and_the_stream_goes_on() {
+    let _watchdog = watchdog(
+        "item_failures_are_values_and_the_stream_goes_on",
+        Duration::from_secs(240),
+    );
     let pool = pool(2);
     let input = vec![1, i64::MAX, 3];
     let results: Vec<_> = pool.map(double, input).unwrap().collect();
@@ -208,6 +225,7 @@ fn item_failures_are_values_and_the_stream_goes_on() {
 
 #[test]
 fn lines_codec_passes_strings_raw() {
+    let _watchdog = watchdog("lines_codec_passes_strings_raw", Duration::from_secs(240));
     let pool = pool(1);
     let mut raw = pool
         .map_raw("upper", Codec::Lines, true, ["hello", "wörld", "a\"b"])
@@ -221,6 +239,10 @@ fn lines_codec_passes_strings_raw() {
 
 #[test]
 fn unknown_function_is_a_clear_error() {
+    let _watchdog = watchdog(
+        "unknown_function_is_a_clear_error",
+        Duration::from_secs(240),
+    );
     let pool = pool(1);
     let err = pool
         .map_raw("no_such_function", Codec::Json, true, ["1"])
@@ -237,6 +259,10 @@ fn unknown_function_is_a_clear_error() {
 
 #[test]
 fn a_missing_worker_binary_is_a_clear_error() {
+    let _watchdog = watchdog(
+        "a_missing_worker_binary_is_a_clear_error",
+        Duration::from_secs(240),
+    );
     let start = Instant::now();
     let err = ProcessPool::builder()
         .workers(2)
@@ -250,6 +276,10 @@ fn a_missing_worker_binary_is_a_clear_error() {
 
 #[test]
 fn a_worker_that_exits_at_once_is_a_clear_error() {
+    let _watchdog = watchdog(
+        "a_worker_that_exits_at_once_is_a_clear_error",
+        Duration::from_secs(240),
+    );
     let err = ProcessPool::builder()
         .workers(2)
         .program("true")
@@ -265,6 +295,10 @@ fn a_worker_that_exits_at_once_is_a_clear_error() {
 
 #[test]
 fn a_worker_that_never_says_hello_is_a_clear_error() {
+    let _watchdog = watchdog(
+        "a_worker_that_never_says_hello_is_a_clear_error",
+        Duration::from_secs(240),
+    );
     let err = ProcessPool::builder()
         .workers(1)
         .program("sleep")
@@ -285,6 +319,10 @@ fn a_worker_that_never_says_hello_is_a_clear_error() {
 
 #[test]
 fn dropping_the_pool_stops_and_reaps_every_worker() {
+    let _watchdog = watchdog(
+        "dropping_the_pool_stops_and_reaps_every_worker",
+        Duration::from_secs(240),
+    );
     let pool = pool(3);
     let pids = pool.worker_pids();
     assert_eq!(pids.len(), 3);
@@ -316,6 +354,10 @@ fn dropping_the_pool_stops_and_reaps_every_worker() {
 
 #[test]
 fn dropping_the_pool_does_not_wait_out_the_grace_period() {
+    let _watchdog = watchdog(
+        "dropping_the_pool_does_not_wait_out_the_grace_period",
+        Duration::from_secs(240),
+    );
     // Workers exit at the Shutdown at once; the pool must not then sit until the
     // (here absurd) grace period ends. Several rounds: the bug this guards against
     // depended on the order in which the last exits were seen.
@@ -341,6 +383,10 @@ fn dropping_the_pool_does_not_wait_out_the_grace_period() {
 
 #[test]
 fn a_handle_whose_output_type_is_not_the_workers_gets_decode_errors_not_wrong_values() {
+    let _watchdog = watchdog(
+        "a_handle_whose_output_type_is_not_the_workers_gets_decode_errors_not_wrong_values",
+        Duration::from_secs(240),
+    );
     // A stale handle: the workers' `double` returns i64, this one says u8. Packed
     // u8s would be read out of the i64s' bytes and come back as wrong numbers; the
     // results must travel with lengths and each fail to decode instead.
@@ -369,6 +415,10 @@ fn a_handle_whose_output_type_is_not_the_workers_gets_decode_errors_not_wrong_va
 
 #[test]
 fn large_items_are_read_ahead_by_bytes_not_only_by_count() {
+    let _watchdog = watchdog(
+        "large_items_are_read_ahead_by_bytes_not_only_by_count",
+        Duration::from_secs(240),
+    );
     // 16 KiB items, a window of 20,000 items but of 1 MiB: about 64 items may be in
     // flight (plus a batch in the making), not the whole input.
     let pool = builder()
@@ -398,6 +448,10 @@ fn large_items_are_read_ahead_by_bytes_not_only_by_count() {
 
 #[test]
 fn a_bad_configuration_is_refused_with_a_clear_error_and_starts_nothing() {
+    let _watchdog = watchdog(
+        "a_bad_configuration_is_refused_with_a_clear_error_and_starts_nothing",
+        Duration::from_secs(240),
+    );
     let cases: [(PoolBuilder, &str); 5] = [
         (builder().workers(0), "at least one worker"),
         (builder().window(0), "at least one item"),

@@ -133,6 +133,11 @@ pub enum Fault {
     Hang,
     /// Allocate (and touch) memory until something gives.
     Oom,
+    /// Write a line to stderr, then behave: no failure at all, unless writing to a
+    /// terminal stops the process (job control).
+    Talk,
+    /// SIGSTOP to itself: the whole process (its progress reports included) freezes.
+    Freeze,
     /// Shut down every socket of the process (its connection to the coordinator
     /// among them), then sleep forever: a native library gone wild.
     Close,
@@ -140,7 +145,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault kind, in a fixed order.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 11] = [
         Fault::None,
         Fault::Panic,
         Fault::Abort,
@@ -149,6 +154,8 @@ impl Fault {
         Fault::Kill,
         Fault::Hang,
         Fault::Oom,
+        Fault::Talk,
+        Fault::Freeze,
         Fault::Close,
     ];
 
@@ -163,6 +170,8 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Hang => "hang",
             Fault::Oom => "oom",
+            Fault::Talk => "talk",
+            Fault::Freeze => "freeze",
             Fault::Close => "close",
         }
     }
@@ -171,6 +180,10 @@ impl Fault {
         use nix::sys::signal::{raise, signal, SigHandler, Signal};
         match self {
             Fault::None => return,
+            Fault::Talk => {
+                eprintln!("misbehave: talking on stderr");
+                return;
+            }
             Fault::Panic => panic!("misbehave: asked to panic"),
             Fault::Abort => std::process::abort(),
             Fault::Segv => {
@@ -188,6 +201,10 @@ impl Fault {
             }
             Fault::Hang => loop {
                 std::thread::sleep(Duration::from_secs(3600));
+            },
+            Fault::Freeze => loop {
+                // Stopped until killed; a SIGCONT from outside only stops it again.
+                let _ = raise(Signal::SIGSTOP);
             },
             Fault::Close => {
                 if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {

@@ -23,7 +23,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 use pstream_protocol::{
     write_frame, BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Items,
-    Message, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
+    Message, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROGRESS_HEARTBEAT,
 };
 
 use crate::conn::{Conn, Incoming};
@@ -165,7 +165,11 @@ pub(crate) enum Event {
 
 #[derive(Debug)]
 enum KillReason {
-    Timeout,
+    /// Over the item time limit; `located` if the worker, alive, had just reported
+    /// that it was still on the item at `running`.
+    Timeout {
+        located: bool,
+    },
     Violation(String),
     Handshake(String),
 }
@@ -178,6 +182,8 @@ struct InFlight {
     /// How many of its items the worker says it has computed (at least `answered`):
     /// the item at this position is the one in work.
     running: usize,
+    /// When the worker last reported on this batch (a move or a repeat).
+    heard_at: Option<Instant>,
 }
 
 struct Worker {
@@ -810,9 +816,11 @@ impl Engine {
             self.kill(wid, KillReason::Violation(what));
             return;
         }
+        let now = Instant::now();
+        head.heard_at = Some(now);
         if done > head.running {
             head.running = done;
-            w.progress_at = Instant::now();
+            w.progress_at = now;
         }
     }
 
@@ -848,7 +856,7 @@ impl Engine {
             // It never became a worker: a start failure.
             let reason = match w.kill_reason.take() {
                 Some(KillReason::Handshake(r)) | Some(KillReason::Violation(r)) => r,
-                Some(KillReason::Timeout) => "timed out".into(),
+                Some(KillReason::Timeout { .. }) => "timed out".into(),
                 None => format!("{exit} before completing the handshake"),
             };
             self.start_failed(reason);
@@ -858,7 +866,7 @@ impl Engine {
         if !planned {
             self.counters.crashes.fetch_add(1, Ordering::Relaxed);
             let blame = match w.kill_reason.take() {
-                Some(KillReason::Timeout) => Blame::Timeout,
+                Some(KillReason::Timeout { located }) => Blame::Timeout { located },
                 Some(KillReason::Violation(what)) => {
                     tracing::warn!(wid, "worker broke the protocol: {what}");
                     Blame::Crash(ExitCause::Disconnected)
@@ -895,9 +903,11 @@ impl Engine {
     /// The batch was in work when its worker died or hung.
     ///
     /// Items the worker reported computed are innocent and go back as they are. A
-    /// hang is exactly the item in work (the worker reports progress while it
-    /// computes), so that item is tried alone. A crash may have happened anywhere
-    /// after the last report: the rest is split in halves until one item is left.
+    /// hang located by a fresh report (the worker, alive, said it was still on that
+    /// item) is exactly that item, so it is tried alone. A crash, or a hang of a
+    /// worker that fell silent (frozen whole), may have happened anywhere after the
+    /// last report: the rest is split in halves until one item is left. Only an item
+    /// alone in its batch, or located exactly, is ever charged an attempt.
     fn blame(&mut self, head: InFlight, blame: Blame) {
         let InFlight {
             batch,
@@ -912,14 +922,20 @@ impl Engine {
         }
         let job = &self.jobs[&batch.job];
         match blame {
-            Blame::Timeout => job.counters.timeouts.fetch_add(1, Ordering::Relaxed),
+            Blame::Timeout { .. } => job.counters.timeouts.fetch_add(1, Ordering::Relaxed),
             Blame::Crash(_) => job.counters.crashes.fetch_add(1, Ordering::Relaxed),
         };
         let attempts = batch.attempts;
         let len = batch.items.len();
+        if running >= len {
+            // It computed every item and died before it sent the last results:
+            // nothing of this batch was running.
+            self.requeue(batch, answered);
+            return;
+        }
         let cuts: Vec<usize> = match blame {
-            Blame::Timeout => [answered, running, running + 1, len].to_vec(),
-            Blame::Crash(_) => {
+            Blame::Timeout { located: true } => [answered, running, running + 1, len].to_vec(),
+            Blame::Timeout { located: false } | Blame::Crash(_) => {
                 let suspect = len - running;
                 if suspect > 1 {
                     [answered, running, running + suspect / 2, len].to_vec()
@@ -938,14 +954,14 @@ impl Engine {
             parts.push((len - 1, len));
         }
         // A hang located by progress is that item's first attempt alone.
-        let located = matches!(blame, Blame::Timeout) && running < len;
+        let located = matches!(blame, Blame::Timeout { located: true });
         let whole = parts.len() == 1 && parts[0] == (0, len);
         let single = whole && len == 1;
         if single {
             let attempts = attempts + 1;
             if attempts > self.config.retries {
                 let kind = match blame {
-                    Blame::Timeout => ItemErrorKind::TimedOut {
+                    Blame::Timeout { .. } => ItemErrorKind::TimedOut {
                         limit: self.config.item_timeout.unwrap_or_default(),
                         attempts,
                     },
@@ -1118,7 +1134,15 @@ impl Engine {
             }
         }
         for wid in hung {
-            self.kill(wid, KillReason::Timeout);
+            // Located only if the worker repeated its count lately: a process frozen
+            // whole (stopped, say) may have moved on since its last report.
+            let fresh = self.config.flush_interval * PROGRESS_HEARTBEAT * 3 + PROGRESS_SLACK;
+            let located = self.workers[&wid]
+                .in_flight
+                .front()
+                .and_then(|h| h.heard_at)
+                .is_some_and(|at| now.saturating_duration_since(at) <= fresh);
+            self.kill(wid, KillReason::Timeout { located });
         }
         for wid in silent {
             let reason = format!(
@@ -1305,6 +1329,7 @@ impl Engine {
                 batch,
                 answered: 0,
                 running: 0,
+                heard_at: None,
             });
         }
     }
@@ -1312,7 +1337,10 @@ impl Engine {
 
 #[derive(Debug, Clone, Copy)]
 enum Blame {
-    Timeout,
+    /// Over the time limit; `located`: at the item in work, exactly.
+    Timeout {
+        located: bool,
+    },
     Crash(ExitCause),
 }
 

@@ -88,9 +88,16 @@ pub(crate) fn spawn(command: &WorkerCommand, extra_env: &[(&str, String)]) -> io
     let parent = nix::unistd::getpid();
     let memory_limit = command.memory_limit;
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (prctl, getppid, setrlimit); it allocates nothing.
+    // async-signal-safe system calls (sigaction, prctl, getppid, setrlimit). Setting
+    // SIGTTOU and SIGTTIN to "ignore" installs no handler of ours: the disposition
+    // survives exec and no code of this process runs on a signal.
     unsafe {
         cmd.pre_exec(move || {
+            // A worker is a background process group of the coordinator's terminal,
+            // if it has one: with `stty tostop`, its first write to the terminal
+            // (a function's stderr) would stop it until the time limit killed it.
+            nix::sys::signal::signal(Signal::SIGTTOU, nix::sys::signal::SigHandler::SigIgn)?;
+            nix::sys::signal::signal(Signal::SIGTTIN, nix::sys::signal::SigHandler::SigIgn)?;
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The parent may have died before the prctl: then nobody would kill us.
             if nix::unistd::getppid() != parent {

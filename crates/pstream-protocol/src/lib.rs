@@ -94,6 +94,11 @@ pub const MAX_HEADER: usize = 16 << 20;
 /// queued whole in the socket while the worker computes), at 2.0 M/s.
 pub const SEND_BUFFER: usize = 1 << 20;
 
+/// A worker reports how far its batch has come every flush interval while the count
+/// moves, and repeats an unchanged count every this many intervals: a repeat shows
+/// the process alive and still on the same item.
+pub const PROGRESS_HEARTBEAT: u32 = 8;
+
 /// The most bytes of items the coordinator puts in one batch (less when the frame
 /// limit or the window's bytes are smaller): a batch fits whole in a stock socket
 /// buffer, so a worker finds its next batch complete when it finishes one.

@@ -18,8 +18,8 @@ use nix::sys::socket::{setsockopt, sockopt};
 use pstream_protocol::{
     read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, Codec, DecodeError,
     EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Message, ResultsHeader,
-    DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
-    SEND_BUFFER,
+    DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROGRESS_HEARTBEAT,
+    PROTOCOL_VERSION, SEND_BUFFER,
 };
 
 use crate::registry::{functions, registry, CallError};
@@ -270,9 +270,13 @@ struct Progress {
 }
 
 /// Every interval, tell the coordinator how far the batch in work has come, if it
-/// moved: a hung item is then known exactly, without bisection.
+/// moved; if it did not, say so again every [`PROGRESS_HEARTBEAT`] intervals. A hung
+/// item is then known exactly, without bisection: the repeated report shows this
+/// process alive and still on that item. A process frozen whole (SIGSTOP, a stopped
+/// terminal job) repeats nothing, and the coordinator bisects instead.
 fn report_progress(outbox: &Outbox, progress: &Progress, interval: Duration) {
     let mut last = None;
+    let mut quiet = 0u32;
     loop {
         std::thread::sleep(interval);
         let batch = *progress.batch.lock().unwrap_or_else(|e| e.into_inner());
@@ -281,8 +285,12 @@ fn report_progress(outbox: &Outbox, progress: &Progress, interval: Duration) {
         };
         let done = progress.done.load(Ordering::Relaxed);
         if last == Some((seq, done)) {
-            continue;
+            quiet += 1;
+            if quiet < PROGRESS_HEARTBEAT {
+                continue;
+            }
         }
+        quiet = 0;
         last = Some((seq, done));
         if outbox
             .send(&Message::Progress { job, seq, done }, &Items::new())
