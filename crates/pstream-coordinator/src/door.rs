@@ -23,8 +23,8 @@ use std::time::Duration;
 use nix::sys::socket::{getsockopt, shutdown, sockopt::PeerCredentials, Shutdown};
 use pstream_protocol::{read_frame, write_frame, Frame, Hello, Items, Message, PROTOCOL_VERSION};
 
-use crate::engine::{Event, Events};
 use crate::process::constant_time_eq;
+use crate::vocab::{Event, Events};
 
 /// The largest Hello we read: names of a few thousand functions at most.
 const MAX_HELLO: usize = 1 << 20;

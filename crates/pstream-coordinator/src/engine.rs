@@ -10,16 +10,15 @@
 //! grace period).
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, SendError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 use pstream_protocol::{
     write_frame, BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Items,
@@ -29,9 +28,9 @@ use pstream_protocol::{
 use crate::conn::{Conn, Incoming};
 use crate::door::Checks;
 use crate::error::{ExitCause, ItemErrorKind, PoolError};
-use crate::job::{JobCounters, JobMsg, ResultBatch};
 use crate::process::{spawn, Proc, WorkerCommand};
 use crate::stats::PoolCounters;
+use crate::vocab::{Batch, Event, Events, JobCounters, JobMsg, Ready, ResultBatch, Wake};
 
 /// The pool's settings, fixed at build.
 #[derive(Debug, Clone)]
@@ -50,117 +49,6 @@ pub(crate) struct Config {
     pub capacity: u32,
     pub flush_interval: Duration,
     pub shutdown_grace: Duration,
-}
-
-/// A run of a job's input, to be computed together.
-#[derive(Debug, Clone)]
-pub(crate) struct Batch {
-    pub job: u64,
-    pub first_index: u64,
-    pub items: Arc<Items>,
-    /// How many times this batch, as a single item, was tried and killed its worker
-    /// or timed out. Batches of several items are split instead of retried.
-    pub attempts: u32,
-}
-
-/// The supervisor's inbox: a channel, and an eventfd that wakes it from `poll`.
-#[derive(Debug, Clone)]
-pub(crate) struct Events {
-    tx: Sender<Event>,
-    wake: Arc<Wake>,
-}
-
-impl Events {
-    pub fn new() -> std::io::Result<(Events, Receiver<Event>, Arc<Wake>)> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        let wake = Arc::new(Wake(fd));
-        Ok((
-            Events {
-                tx,
-                wake: Arc::clone(&wake),
-            },
-            rx,
-            wake,
-        ))
-    }
-
-    pub fn send(&self, event: Event) -> Result<(), SendError<Event>> {
-        self.tx.send(event)?;
-        self.wake.ring();
-        Ok(())
-    }
-
-    /// Send several events, waking the supervisor once.
-    pub fn send_all(&self, events: impl Iterator<Item = Event>) -> Result<(), SendError<Event>> {
-        for event in events {
-            self.tx.send(event)?;
-        }
-        self.wake.ring();
-        Ok(())
-    }
-}
-
-/// An eventfd: rung by whoever sends the supervisor an event.
-#[derive(Debug)]
-pub(crate) struct Wake(EventFd);
-
-impl Wake {
-    pub fn ring(&self) {
-        let _ = self.0.write(1);
-    }
-
-    fn drain(&self) {
-        let _ = self.0.read();
-    }
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
-    }
-}
-
-/// What the supervisor hears.
-pub(crate) enum Event {
-    /// A peer passed the handshake.
-    Connected {
-        pid: u32,
-        stream: UnixStream,
-        hello: Hello,
-    },
-    /// One of our workers failed the handshake.
-    Rejected { pid: u32, reason: String },
-    /// A worker process ended and was reaped.
-    Exited { wid: u64, cause: ExitCause },
-    /// A job starts.
-    NewJob {
-        job: u64,
-        function: Arc<str>,
-        codec: Codec,
-        /// Its results travel packed (typed bincode jobs).
-        packed: bool,
-        results: Sender<JobMsg>,
-        counters: Arc<JobCounters>,
-        recycle: Sender<Items>,
-    },
-    /// A job's feeder cut a batch.
-    Submit(Batch),
-    /// An item failed before it could be sent (encoding, size).
-    LocalFailure {
-        job: u64,
-        index: u64,
-        kind: ItemErrorKind,
-    },
-    /// A job's input ended after `total` items.
-    InputDone { job: u64, total: u64 },
-    /// A job's input failed after `total` items; those are computed, then the job
-    /// ends with this error.
-    InputFailed { job: u64, total: u64, error: String },
-    /// A job's consumer went away.
-    Cancel { job: u64 },
-    /// The pool is dropped.
-    Shutdown,
-    /// Kill every worker now (a second Ctrl-C); the pool shuts down.
-    KillAll,
 }
 
 #[derive(Debug)]
@@ -243,9 +131,6 @@ struct Job {
     input_done: bool,
     cancelled: bool,
 }
-
-/// Startup reporting: who waits for the pool to be ready.
-pub(crate) type Ready = Sender<Result<Vec<FunctionInfo>, PoolError>>;
 
 pub(crate) struct Engine {
     config: Arc<Config>,

@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::engine::{Engine, Event, Events, Flow, Wake};
+use crate::engine::{Engine, Flow};
 use crate::error::PoolError;
-use crate::job::JobMsg;
+use crate::vocab::JobMsg;
+use crate::vocab::{Event, Events, Wake};
 
 /// How long the engine may go unstepped while consumers are busy elsewhere before
 /// the supervisor thread takes over: the longest a crash, a hang or a new worker

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -13,10 +13,10 @@ use crossbeam_channel::{Receiver, Sender};
 use pstream_protocol::{FlushClock, Items};
 use serde::de::DeserializeOwned;
 
-use crate::engine::{Batch, Event, Events};
 use crate::error::{ItemError, ItemErrorKind, PoolError};
 use crate::hub::Hub;
 use crate::stats::{JobStats, PoolCounters};
+use crate::vocab::{Batch, Event, Events, JobCounters, JobMsg, ResultBatch};
 
 /// The flow-control window: how many items, and how many of their bytes, may be read
 /// from the input and not yet handed to the consumer. The feeder takes permits
@@ -163,56 +163,6 @@ impl Window {
     /// Permits held now: items read and not yet handed out.
     pub fn in_use(&self) -> usize {
         self.size - self.state.lock().unwrap().available
-    }
-}
-
-/// Counters of one job, shared by the engine, the feeder and the consumer.
-#[derive(Debug, Default)]
-pub(crate) struct JobCounters {
-    pub crashes: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub retries: AtomicU64,
-    pub peak_in_flight: AtomicU64,
-    /// Items whose results reached the consumer's side: with what the feeder sent,
-    /// tells it whether anything is in flight.
-    pub delivered: AtomicU64,
-}
-
-/// What the engine sends a job's consumer.
-pub(crate) enum JobMsg {
-    Results(ResultBatch),
-    InputDone {
-        total: u64,
-    },
-    /// The input failed after `total` items: their results, then the error.
-    InputFailed {
-        total: u64,
-        error: String,
-    },
-    Failed(Arc<PoolError>),
-    /// The lead is free: try to take it (see [`crate::hub`]).
-    Lead,
-}
-
-/// Outcomes of consecutive items of a job.
-#[derive(Debug)]
-pub(crate) struct ResultBatch {
-    pub first_index: u64,
-    /// One slot per item: the encoded value, or empty for a failed item.
-    pub items: Items,
-    /// Failed items by slot, ascending.
-    pub failures: Vec<(u32, ItemErrorKind)>,
-}
-
-impl ResultBatch {
-    pub fn single_failure(index: u64, kind: ItemErrorKind) -> ResultBatch {
-        let mut items = Items::new();
-        items.push_empty();
-        ResultBatch {
-            first_index: index,
-            items,
-            failures: vec![(0, kind)],
-        }
     }
 }
 
@@ -735,20 +685,6 @@ mod window_tests {
         w.release_results(0, 4);
         assert_eq!(rx.recv().unwrap(), Some(3));
         waiter.join().unwrap();
-    }
-}
-
-impl std::fmt::Debug for JobMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JobMsg::Results(b) => {
-                write!(f, "Results({} items from {})", b.items.len(), b.first_index)
-            }
-            JobMsg::InputDone { total } => write!(f, "InputDone({total})"),
-            JobMsg::InputFailed { total, error } => write!(f, "InputFailed({total}, {error})"),
-            JobMsg::Failed(e) => write!(f, "Failed({e})"),
-            JobMsg::Lead => write!(f, "Lead"),
-        }
     }
 }
 

@@ -13,6 +13,7 @@
 //!   order;
 //! * `door`: the private socket and the handshake checks;
 //! * `process`: starting, signalling and reaping worker processes;
+//! * `vocab`: the events, batches and job messages the rooms above trade (a leaf);
 //! * `error`, `stats`: what users get back.
 #![deny(missing_docs)]
 
@@ -25,6 +26,7 @@ mod job;
 mod pool;
 mod process;
 mod stats;
+mod vocab;
 
 pub use error::{ExitCause, ItemError, ItemErrorKind, PoolError};
 pub use job::{Indexed, MapResults, RawResults, Window};

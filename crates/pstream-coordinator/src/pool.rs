@@ -13,14 +13,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::door::{Checks, Door};
-use crate::engine::{Config, Engine, Event, Events};
+use crate::engine::{Config, Engine};
 use crate::error::PoolError;
 use crate::hub::Hub;
-use crate::job::{
-    feed, FeedLimits, InlineSource, JobCounters, MapResults, RawResults, Source, Window,
-};
+use crate::job::{feed, FeedLimits, InlineSource, MapResults, RawResults, Source, Window};
 use crate::process::{random_token, WorkerCommand};
 use crate::stats::{PoolCounters, PoolStats};
+use crate::vocab::{Event, Events, JobCounters};
 
 /// The default flow-control window, in items.
 pub const DEFAULT_WINDOW: usize = 50_000;
