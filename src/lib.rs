@@ -49,7 +49,76 @@ pub use pstream_coordinator::{
     DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Function, LocalFn};
-pub use pstream_worker::{function, init, is_worker, plugin, serve};
+pub use pstream_worker::{init, is_worker, plugin, serve};
+
+/// Define functions that workers serve, and a typed handle to call each with.
+///
+/// ```
+/// pstream::function! {
+///     /// Twice the input.
+///     pub fn twice(x: i64) -> i64 { x * 2 }
+/// }
+///
+/// pstream::function! {
+///     /// A result: `Err` fails the item, with the error's text.
+///     fn parse(s: String) -> Result<u32, std::num::ParseIntError> { s.parse() }
+///
+///     /// Any `Result` is one, by whatever path it is named.
+///     fn size(path: String) -> std::io::Result<u64> {
+///         Ok(std::fs::metadata(path)?.len())
+///     }
+///
+///     /// Several arguments travel as a tuple: the input is `(i64, i64)`.
+///     fn add(a: i64, b: i64) -> i64 { a + b }
+///
+///     /// Any pattern an argument can have; no return type means `()`.
+///     fn report(mut text: String) {
+///         text.push('\n');
+///         eprint!("{text}");
+///     }
+/// }
+///
+/// assert_eq!(twice.name(), "twice");
+/// assert_eq!(twice.call(21), Ok(42)); // the body, called in this process
+/// assert!(parse.call("x".into()).is_err());
+/// assert!(size.call("/no/such/file".into()).is_err());
+/// assert_eq!(add.call((2, 3)), Ok(5));
+/// ```
+///
+/// Each function becomes a constant named like it, of type
+/// [`Function<In, Out>`](Function) (only its name travels to the workers), and its
+/// body is registered under that name at link time, so a re-executed copy of the
+/// binary (or a plugin that links the same code) serves exactly the same functions.
+///
+/// * **Input**: the argument's type; a tuple of the arguments' types for several
+///   (`add` above takes `(i64, i64)`: a JSON array `[2, 3]` on the command line);
+///   `()` for none. Arguments are owned values (`String`, not `&str`) that
+///   implement `serde::Deserialize`; any pattern works (`mut x`, `(a, b): (i64, i64)`).
+/// * **Output**: the return type (`Serialize`), `()` if there is none. A return
+///   type whose path ends in `Result` (`Result<T, E>`, `std::result::Result`,
+///   `io::Result<T>`, an alias such as `anyhow::Result<T>`) is a result: the output
+///   is `T`, and an `Err` fails that item with the error's text (`E: Display`).
+/// * Refused, with a message saying why: generic, `async`, `const` or `unsafe`
+///   functions, `self`, arguments taken by reference.
+///
+/// The handle is a constant, so no argument or local variable in the same module
+/// can share a function's name (a pattern would take it for the constant); the
+/// macro says so when an argument is named like its own function.
+///
+/// The handle also carries the body as a plain function pointer
+/// ([`Function::call`]), so a thread executor runs the very same handle without a
+/// worker process.
+#[macro_export]
+macro_rules! function {
+    ($($function:tt)*) => {
+        $crate::__private::function_impl! { ($crate) $($function)* }
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use pstream_worker::__private::*;
+}
 
 mod executor;
 pub use executor::{

@@ -9,8 +9,14 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use pstream::{Function, ItemErrorKind};
 use pstream::{PoolError, ProcessPool};
-use pstream_fixtures::triple;
+// The functions named like common variables (`len`, `input`, ...) are constants:
+// they are named by their path here, not imported, so that local variables of those
+// names stay possible.
+use pstream_fixtures::{
+    add, answer, countdown, file_size, halve, ignore, parse, positive, swap, triple,
+};
 
 /// A hang guard, not a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -155,7 +161,7 @@ fn build(program: &str) -> Result<ProcessPool, PoolError> {
 fn a_plugin_serves_the_functions_of_its_library() {
     let pool = build(env!("CARGO_BIN_EXE_pstream-fixtures")).expect("start the plugin");
     let names: Vec<&str> = pool.functions().iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["triple"]);
+    assert!(names.contains(&"triple"), "{names:?}");
     let tripled: Vec<i64> = pool
         .map(triple, 1..=3i64)
         .unwrap()
@@ -199,4 +205,125 @@ fn a_plugin_that_links_no_function_is_refused_saying_how_to_link_them() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("serves no function"), "{}", report(&output));
     assert!(stderr.contains(hint), "{}", report(&output));
+}
+
+/// Map `f` over `items` in `pool`: each value, or the error's text.
+fn map_all<In, Out>(
+    pool: &ProcessPool,
+    f: Function<In, Out>,
+    items: Vec<In>,
+) -> Vec<Result<Out, String>>
+where
+    In: serde::Serialize + Send + 'static,
+    Out: serde::de::DeserializeOwned + Send + 'static,
+{
+    pool.map(f, items)
+        .unwrap()
+        .map(|r| {
+            r.map_err(|e| match e.kind {
+                ItemErrorKind::Failed { message } => message,
+                other => panic!("{} failed other than by its error: {other:?}", f.name()),
+            })
+        })
+        .collect()
+}
+
+/// Every form the old macro refused or got wrong runs in a worker, with the right
+/// results. Seen failing before the fix: the fixture library did not compile with
+/// the old `macro_rules!` (`len` is interpreted as a constant pattern; no rules
+/// expected `mut`, a second argument, a tuple pattern or no return type; `io::Error:
+/// Serialize`), and `halve`, returning `std::result::Result<i64, String>`, was a
+/// plain value whose `Err` came back as a success.
+#[test]
+fn every_form_of_function_runs_in_a_worker() {
+    let pool = build(env!("CARGO_BIN_EXE_pstream-fixtures")).expect("start the plugin");
+
+    assert_eq!(
+        map_all(&pool, pstream_fixtures::len, vec!["four".into()]),
+        [Ok(4)]
+    );
+    assert_eq!(map_all(&pool, pstream_fixtures::input, vec![0]), [Ok(1)]);
+    assert_eq!(map_all(&pool, pstream_fixtures::out, vec![0]), [Ok(2)]);
+    assert_eq!(map_all(&pool, pstream_fixtures::codec, vec![0]), [Ok(3)]);
+    assert_eq!(map_all(&pool, pstream_fixtures::batch, vec![0]), [Ok(4)]);
+    assert_eq!(map_all(&pool, countdown, vec![3]), [Ok(vec![3, 2, 1])]);
+    assert_eq!(map_all(&pool, add, vec![(2, 3), (-1, 1)]), [Ok(5), Ok(0)]);
+    assert_eq!(
+        map_all(&pool, swap, vec![(7, "seven".into())]),
+        [Ok(("seven".to_string(), 7))]
+    );
+    assert_eq!(map_all(&pool, ignore, vec![1, 2]), [Ok(()), Ok(())]);
+    assert_eq!(map_all(&pool, answer, vec![()]), [Ok(42)]);
+
+    assert_eq!(
+        map_all(&pool, halve, vec![4, 3]),
+        [Ok(2), Err("3 is odd".to_string())]
+    );
+    let missing = tempfile::tempdir().unwrap().path().join("missing");
+    let sizes = map_all(
+        &pool,
+        file_size,
+        vec![
+            env!("CARGO_MANIFEST_DIR").to_string() + "/Cargo.toml",
+            missing.display().to_string(),
+        ],
+    );
+    assert!(matches!(sizes[0], Ok(n) if n > 0), "{sizes:?}");
+    assert!(
+        matches!(&sizes[1], Err(m) if m.contains("No such file")),
+        "{sizes:?}"
+    );
+    assert_eq!(
+        map_all(&pool, parse, vec!["12".into(), "x".into()]),
+        [Ok(12), Err("invalid digit found in string".to_string())]
+    );
+    assert_eq!(
+        map_all(&pool, positive, vec![1, -1]),
+        [Ok(1), Err("-1 is not positive".to_string())]
+    );
+
+    // The types as the launcher lists them.
+    let listed = |name: &str| {
+        let f = pool.functions().iter().find(|f| f.name == name).unwrap();
+        (f.input_type.clone(), f.output_type.clone())
+    };
+    assert_eq!(listed("add"), ("(i64, i64)".into(), "i64".into()));
+    assert_eq!(listed("halve"), ("i64".into(), "i64".into()));
+    assert_eq!(listed("file_size"), ("String".into(), "u64".into()));
+    assert_eq!(listed("ignore"), ("i64".into(), "()".into()));
+    assert_eq!(listed("answer"), ("()".into(), "i64".into()));
+}
+
+/// Through the launcher, an `Err` of a function written with
+/// `std::result::Result` is a failed item (an error record, exit code 1), not a
+/// success that prints `{"Err":...}` with exit code 0 as before the fix. Several
+/// arguments are a JSON array.
+#[test]
+fn an_err_is_a_failed_item_through_the_launcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = dir.path().join("errors.jsonl");
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(&input, "4\n3\n8\n").unwrap();
+    let plugin = env!("CARGO_BIN_EXE_pstream-fixtures");
+    let output = run(Command::new(launcher())
+        .args([
+            "run", "--plugin", plugin, "-f", "halve", "--format", "jsonl",
+        ])
+        .arg("--input")
+        .arg(&input)
+        .arg("--errors")
+        .arg(&errors));
+    assert_eq!(output.status.code(), Some(1), "{}", report(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "2\n4\n");
+    let records = std::fs::read_to_string(&errors).unwrap();
+    assert_eq!(records.lines().count(), 1, "{records}");
+    assert!(records.contains("3 is odd"), "{records}");
+
+    std::fs::write(&input, "[2,3]\n[40,2]\n").unwrap();
+    let output = run(Command::new(launcher())
+        .args(["run", "--plugin", plugin, "-f", "add", "--format", "jsonl"])
+        .arg("--input")
+        .arg(&input));
+    assert_eq!(output.status.code(), Some(0), "{}", report(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "5\n42\n");
 }

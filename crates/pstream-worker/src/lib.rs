@@ -21,15 +21,19 @@ mod serve;
 
 pub use pstream_protocol::Function;
 #[doc(hidden)]
-pub use registry::{__call_fallible, __call_plain};
+pub use registry::__call_fallible;
 pub use registry::{functions, registry, BatchFn, CallError, CallFn, Registration};
 pub use serve::{serve_from_env, WorkerError, DEFAULT_CAPACITY};
 
+/// What the expansion of [`function!`] names (through `$crate`, so that it works
+/// from any crate, whichever of `pstream` and `pstream-worker` it depends on).
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::registry::{batch, entry, type_names, Entry, Fallible, Registration};
     pub use crate::serve::Batch;
     pub use inventory;
-    pub use pstream_protocol::Codec;
+    pub use pstream_macros::function as function_impl;
+    pub use pstream_protocol::{Codec, Function, LocalFn};
 }
 
 /// Whether this process was started as a worker by a coordinator.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
 
-use pstream_protocol::{Codec, FailureKind, FunctionInfo};
+use pstream_protocol::{Codec, FailureKind, FunctionInfo, LocalFn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -164,19 +164,6 @@ fn encode<Out: Serialize>(codec: Codec, value: &Out, out: &mut Vec<u8>) -> Resul
 
 #[doc(hidden)]
 #[inline(always)]
-pub fn __call_plain<In: DeserializeOwned, Out: Serialize>(
-    f: fn(In) -> Out,
-    codec: Codec,
-    input: &[u8],
-    len: usize,
-    out: &mut Vec<u8>,
-) -> Result<(), CallError> {
-    let value = f(decode(codec, input, len)?);
-    encode(codec, &value, out)
-}
-
-#[doc(hidden)]
-#[inline(always)]
 pub fn __call_fallible<In: DeserializeOwned, Out: Serialize, E: fmt::Display>(
     f: fn(In) -> Result<Out, E>,
     codec: Codec,
@@ -190,7 +177,78 @@ pub fn __call_fallible<In: DeserializeOwned, Out: Serialize, E: fmt::Display>(
     }
 }
 
-/// Define a function that workers serve, and a typed handle to call it with.
+/// A function defined with [`crate::function!`], as a type: the expansion defines
+/// one per function, so that the entry points below are compiled for it (with its
+/// body inlined) from code in this crate, where no name of the caller's is in
+/// scope.
+#[doc(hidden)]
+pub trait Entry: 'static {
+    /// The input type (a tuple for several arguments).
+    type In: DeserializeOwned;
+    /// The output type (a result's `Ok` type).
+    type Out: Serialize;
+    /// The body.
+    const LOCAL: LocalFn<Self::In, Self::Out>;
+}
+
+/// The [`CallFn`] of a function.
+#[doc(hidden)]
+#[inline(always)]
+pub fn entry<E: Entry>(
+    codec: Codec,
+    input: &[u8],
+    len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), CallError> {
+    __call_fallible::<E::In, E::Out, String>(E::LOCAL, codec, input, len, out)
+}
+
+/// The [`BatchFn`] of a function.
+#[doc(hidden)]
+pub fn batch<E: Entry>(batch: &mut Batch<'_>) -> Result<(), WorkerError> {
+    // A loop for bincode of its own: the codec is known in it, so no per-item
+    // match, and no JSON code in the way.
+    match batch.codec() {
+        Codec::Bincode => {
+            batch.run(|_, input, len, out| entry::<E>(Codec::Bincode, input, len, out))
+        }
+        _ => batch.run(entry::<E>),
+    }
+}
+
+/// The full names of a function's input and output types.
+#[doc(hidden)]
+pub fn type_names<In, Out>() -> (&'static str, &'static str) {
+    (std::any::type_name::<In>(), std::any::type_name::<Out>())
+}
+
+/// A return type taken as a result (by the last segment of its path: `Result`,
+/// `std::result::Result`, `io::Result`, `anyhow::Result`, ...): `Ok` is the output,
+/// `Err` fails the item with the error's text.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `Result<T, E>` whose error implements `Display`",
+    label = "a return type named `Result` makes a pstream function fallible",
+    note = "an `Err` fails its item with the error's text, so the error type must \
+            implement `std::fmt::Display`; to send a value of a type named `Result` as \
+            it is, return it under another name (a type alias)"
+)]
+pub trait Fallible {
+    /// The `Ok` type.
+    type Out;
+    /// The value, or the error's text.
+    fn into_outcome(self) -> Result<Self::Out, String>;
+}
+
+impl<T, E: fmt::Display> Fallible for Result<T, E> {
+    type Out = T;
+    #[inline(always)]
+    fn into_outcome(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Define functions that workers serve, and a typed handle to call each with.
 ///
 /// ```
 /// pstream_worker::function! {
@@ -199,106 +257,24 @@ pub fn __call_fallible<In: DeserializeOwned, Out: Serialize, E: fmt::Display>(
 /// }
 /// pstream_worker::function! {
 ///     fn parse(s: String) -> Result<u32, std::num::ParseIntError> { s.parse() }
+///
+///     /// Several arguments travel as a tuple.
+///     fn add(a: i64, b: i64) -> i64 { a + b }
 /// }
 /// assert_eq!(twice.name(), "twice");
 /// assert_eq!(twice.call(21), Ok(42)); // the body, called in this process
 /// assert!(parse.call("x".into()).is_err());
+/// assert_eq!(add.call((2, 3)), Ok(5));
 /// ```
 ///
-/// The macro defines a constant named like the function, of type
-/// `Function<In, Out>`, and registers the body under that name at link time, so a
-/// re-executed copy of the binary serves exactly the same functions. A function whose
-/// return type is written `Result<T, E>` (with `E: Display`) has output `T`; an `Err`
-/// becomes an error for that item.
-///
-/// The handle also carries the body as a plain function pointer
-/// ([`Function::call`](crate::Function::call)), so a thread executor can run the very
-/// same handle without a worker process.
+/// See `pstream::function!` for the forms accepted. The macro defines a constant
+/// named like each function, of type `Function<In, Out>`, and registers the body
+/// under that name at link time, so a re-executed copy of the binary serves exactly
+/// the same functions.
 #[macro_export]
 macro_rules! function {
-    (
-        $(#[$meta:meta])*
-        $vis:vis fn $name:ident ($arg:ident : $in:ty) -> Result<$out:ty, $err:ty> $body:block
-    ) => {
-        $(#[$meta])*
-        #[allow(non_upper_case_globals)]
-        $vis const $name: $crate::Function<$in, $out> = {
-            fn __body($arg: $in) -> ::std::result::Result<$out, $err> $body
-            #[inline]
-            fn __local(input: $in) -> ::std::result::Result<$out, ::std::string::String> {
-                __body(input).map_err(|e| ::std::string::ToString::to_string(&e))
-            }
-            $crate::Function::__new(stringify!($name), __local)
-        };
-        $crate::__register!($name, $in, $out);
-    };
-    (
-        $(#[$meta:meta])*
-        $vis:vis fn $name:ident ($arg:ident : $in:ty) -> $out:ty $body:block
-    ) => {
-        $(#[$meta])*
-        #[allow(non_upper_case_globals)]
-        $vis const $name: $crate::Function<$in, $out> = {
-            fn __body($arg: $in) -> $out $body
-            #[inline]
-            fn __local(input: $in) -> ::std::result::Result<$out, ::std::string::String> {
-                ::std::result::Result::Ok(__body(input))
-            }
-            $crate::Function::__new(stringify!($name), __local)
-        };
-        $crate::__register!($name, $in, $out);
-    };
-}
-
-/// Registers the handle `$name` (made by [`function!`]) under its name, at link time.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __register {
-    ($name:ident, $in:ty, $out:ty) => {
-        const _: () = {
-            #[inline(always)]
-            fn __entry(
-                codec: $crate::__private::Codec,
-                input: &[u8],
-                len: usize,
-                out: &mut ::std::vec::Vec<u8>,
-            ) -> ::std::result::Result<(), $crate::CallError> {
-                $crate::__call_fallible::<$in, $out, ::std::string::String>(
-                    $name.local(),
-                    codec,
-                    input,
-                    len,
-                    out,
-                )
-            }
-            fn __batch(
-                batch: &mut $crate::__private::Batch<'_>,
-            ) -> ::std::result::Result<(), $crate::WorkerError> {
-                // A loop for bincode of its own: the codec is known in it, so no
-                // per-item match, and no JSON code in the way.
-                match batch.codec() {
-                    $crate::__private::Codec::Bincode => batch.run(|_, input, len, out| {
-                        __entry($crate::__private::Codec::Bincode, input, len, out)
-                    }),
-                    _ => batch.run(__entry),
-                }
-            }
-            $crate::__private::inventory::submit! {
-                $crate::Registration {
-                    name: stringify!($name),
-                    input_type: stringify!($in),
-                    output_type: stringify!($out),
-                    call: __entry,
-                    batch: __batch,
-                    type_names: || {
-                        (
-                            ::std::any::type_name::<$in>(),
-                            ::std::any::type_name::<$out>(),
-                        )
-                    },
-                }
-            }
-        };
+    ($($function:tt)*) => {
+        $crate::__private::function_impl! { ($crate) $($function)* }
     };
 }
 

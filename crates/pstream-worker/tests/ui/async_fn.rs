@@ -1,0 +1,7 @@
+pstream_worker::function! {
+    async fn fetch(url: String) -> String {
+        url
+    }
+}
+
+fn main() {}

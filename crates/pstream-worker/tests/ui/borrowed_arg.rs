@@ -1,0 +1,7 @@
+pstream_worker::function! {
+    fn length(s: &str) -> usize {
+        s.len()
+    }
+}
+
+fn main() {}
