@@ -1527,3 +1527,62 @@ fn resume_cuts_off_a_torn_last_line() {
     let want_lines: Vec<u64> = (1..=scale(200_000)).filter(|i| i % 997 == 0).collect();
     assert_eq!(lines, want_lines);
 }
+
+// ---------------------------------------------------------------------------------
+// The socket's directory: never where another user could swap it.
+
+#[test]
+fn a_tmpdir_other_users_could_rename_things_in_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let entries = |p: &Path| std::fs::read_dir(p).unwrap().count();
+
+    // World-writable without the sticky bit: anybody may rename the pool's
+    // directory aside and put a socket of theirs in its place.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cmd = coord(&["run", "-f", "double", "--format", "jsonl", "-j", "1"]);
+    cmd.env("TMPDIR", &open);
+    let out = expect_code(&mut cmd, Some(b"1\n"), 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(path_str(&open)), "{stderr}");
+    assert!(stderr.contains("without the sticky bit"), "{stderr}");
+    assert!(stderr.contains("TMPDIR"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{stderr}");
+    assert_eq!(entries(&open), 0, "nothing is made in a refused TMPDIR");
+
+    // The same with the sticky bit, as /tmp: fine.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut cmd = coord(&["run", "-f", "double", "--format", "jsonl", "-j", "1"]);
+    cmd.env("TMPDIR", &open);
+    let out = expect_code(&mut cmd, Some(b"1\n"), 0);
+    assert_eq!(out.stdout, b"2\n");
+    assert_eq!(entries(&open), 0, "the pool's directory is removed");
+
+    // A directory below an unsafe one is no safer: the parent's entry can be swapped.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let below = open.join("mine");
+    std::fs::create_dir(&below).unwrap();
+    std::fs::set_permissions(&below, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut cmd = coord(&["run", "-f", "double", "--format", "jsonl", "-j", "1"]);
+    cmd.env("TMPDIR", &below);
+    let out = expect_code(&mut cmd, Some(b"1\n"), 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without the sticky bit"), "{stderr}");
+
+    // Another user's directory (only root can make one to try).
+    if nix::unistd::geteuid().is_root() {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let mut cmd = coord(&["run", "-f", "double", "--format", "jsonl", "-j", "1"]);
+        cmd.env("TMPDIR", &theirs);
+        let out = expect_code(&mut cmd, Some(b"1\n"), 3);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+    } else {
+        eprintln!("not root: the case of another user's TMPDIR is not tried");
+    }
+}

@@ -9,8 +9,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pstream::protocol::auth::{Role, Token};
 use pstream::protocol::{
-    read_frame, write_frame, Frame, Hello, Items, Message, ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
+    read_frame, write_frame, Frame, Hello, Items, Message, ENV_COORDINATOR_PID, ENV_SOCKET,
+    ENV_TOKEN, PROTOCOL_VERSION,
 };
 use pstream::PoolError;
 use pstream_examples::{double, sha256_bytes, Blob};
@@ -33,14 +35,11 @@ fn assert_refused(mut stream: UnixStream, what: &str) {
     }
 }
 
-fn hello(token: &str) -> Message {
+fn hello() -> Message {
     Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
-        token: token.into(),
         pid: std::process::id(),
-        capacity: 10,
-        max_frame: 1 << 20,
-        functions: vec![],
+        nonce: [7; 32],
     })
 }
 
@@ -67,16 +66,11 @@ fn the_door_is_private_and_foreign_peers_are_refused_while_a_job_runs() {
     };
     take(1000, &mut results);
 
-    // A wrong token.
+    // A Hello from a process the pool did not start.
     let mut s = UnixStream::connect(&socket).unwrap();
     // The door may refuse (and close) before the Hello is even written.
-    let _ = write_frame(
-        &mut s,
-        &hello("0123456789abcdef0123456789abcdef"),
-        &Items::new(),
-        1 << 20,
-    );
-    assert_refused(s, "wrong token");
+    let _ = write_frame(&mut s, &hello(), &Items::new(), 1 << 20);
+    assert_refused(s, "a stranger's hello");
     take(1000, &mut results);
 
     // No Hello at all: dropped after the handshake timeout.
@@ -162,27 +156,241 @@ fn a_hundred_mib_item_is_an_item_error_unless_the_limit_is_raised() {
     assert_eq!(digest, expected);
 }
 
-/// Start the plugin as a worker of a fake coordinator: our own socket.
-fn fake_coordinator() -> (std::process::Child, UnixStream, tempfile::TempDir) {
+/// The token the fake coordinators below give their worker.
+const TOKEN: &str = "feedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedface";
+
+/// A listening socket in a private directory, as a coordinator makes it.
+fn private_socket() -> (tempfile::TempDir, std::path::PathBuf, UnixListener) {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let path = dir.path().join("socket");
     let listener = UnixListener::bind(&path).unwrap();
-    let child = Command::new(plugin())
-        .env(ENV_SOCKET, &path)
-        .env(ENV_TOKEN, "feedfacefeedfacefeedfacefeedface")
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (dir, path, listener)
+}
+
+/// Start the plugin as a coordinator would, told that its coordinator is
+/// `coordinator` and listens on `path`.
+fn summon(path: &std::path::Path, coordinator: u32) -> std::process::Child {
+    Command::new(plugin())
+        .env(ENV_SOCKET, path)
+        .env(ENV_TOKEN, TOKEN)
+        .env(ENV_COORDINATOR_PID, coordinator.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .unwrap()
+}
+
+/// Accept the worker's connection, failing the test if it does not come in time.
+fn accept(listener: &UnixListener) -> UnixStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                return stream;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the worker did not connect");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// Start the plugin as a worker of a fake coordinator (our own socket, our pid),
+/// and take its Hello.
+fn fake_coordinator() -> (std::process::Child, UnixStream, Hello, tempfile::TempDir) {
+    let (dir, path, listener) = private_socket();
+    let child = summon(&path, std::process::id());
+    let mut stream = accept(&listener);
+    let hello = match read_frame(&mut stream, 1 << 20).unwrap().unwrap().message {
+        Message::Hello(hello) => hello,
+        other => panic!("{other:?}"),
+    };
+    (child, stream, hello, dir)
+}
+
+/// Answer the worker's Hello as a coordinator holding `token` would.
+fn challenge(stream: &mut UnixStream, hello: &Hello, token: &Token) -> [u8; 32] {
+    let nonce = [0x42; 32];
+    let proof = token.prove(Role::Coordinator, &hello.nonce, &nonce);
+    let message = Message::Challenge { nonce, proof };
+    write_frame(stream, &message, &Items::new(), 1 << 20).unwrap();
+    nonce
+}
+
+/// Complete the handshake as the worker's real coordinator would.
+fn welcome(stream: &mut UnixStream, hello: &Hello) {
+    let token = Token::from_hex(TOKEN).unwrap();
+    let nonce = challenge(stream, hello, &token);
+    match read_frame(stream, 1 << 20).unwrap().unwrap().message {
+        Message::Join(join) => {
+            assert!(token.verify(Role::Worker, &hello.nonce, &nonce, &join.proof))
+        }
+        other => panic!("{other:?}"),
+    }
+    let welcome = Message::Welcome {
+        worker_id: 0,
+        max_frame: 1 << 20,
+        flush_interval_us: 2000,
+    };
+    write_frame(stream, &welcome, &Items::new(), 1 << 20).unwrap();
+}
+
+/// Wait, with a deadline, for the child to exit; return its code and stderr.
+fn exit_of(mut child: std::process::Child) -> (Option<i32>, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the worker did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
         .unwrap();
-    let (mut stream, _) = listener.accept().unwrap();
-    let hello = read_frame(&mut stream, 1 << 20).unwrap().unwrap();
+    (status.code(), stderr)
+}
+
+/// Everything the worker sent on `stream` until it closed it (or went quiet for the
+/// stream's read timeout).
+fn rest(mut stream: UnixStream) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = stream.read(&mut buf) {
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    bytes
+}
+
+/// Whether the token shows in `bytes`, as text or as its bytes.
+fn shows_token(bytes: &[u8]) -> bool {
+    let raw = [0xfe, 0xed, 0xfa, 0xce, 0xfe, 0xed, 0xfa, 0xce];
+    bytes
+        .windows(8)
+        .any(|w| w == raw || w == &TOKEN.as_bytes()[..8])
+}
+
+#[test]
+fn a_worker_tells_nothing_to_a_socket_its_coordinator_does_not_listen_on() {
+    // The socket looks right (this user's, private), but the process listening on it
+    // is this test, not the pid the worker was given: somebody swapped the socket.
+    let (_dir, path, listener) = private_socket();
+    let mut real = Command::new("sleep").arg("60").spawn().unwrap();
+    let mut child = summon(&path, real.id());
+    // It may connect (to learn who listens), but it must say nothing at all.
+    listener.set_nonblocking(true).unwrap();
+    let mut conn: Option<UnixStream> = None;
+    let mut said = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        if conn.is_none() {
+            if let Ok((stream, _)) = listener.accept() {
+                stream.set_nonblocking(true).unwrap();
+                conn = Some(stream);
+            }
+        }
+        if let Some(stream) = &mut conn {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = stream.read(&mut buf) {
+                said.extend_from_slice(&buf[..n]);
+            }
+        }
+        if !said.is_empty() || child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            break child.try_wait().unwrap().is_some();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = real.kill();
+    let _ = real.wait();
+    if !exited {
+        let _ = child.kill();
+    }
+    let (code, stderr) = exit_of(child);
+    if let Some(stream) = conn {
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        said.extend(rest(stream));
+    }
     assert!(
-        matches!(hello.message, Message::Hello(_)),
-        "{:?}",
-        hello.message
+        said.is_empty(),
+        "the worker sent {} bytes to an impostor (the token among them: {})",
+        said.len(),
+        shows_token(&said)
     );
-    (child, stream, dir)
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "pid {}, not the coordinator (pid {})",
+            std::process::id(),
+            real.id()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_worker_proves_nothing_to_a_coordinator_that_cannot_prove_the_token() {
+    // The process at the other end passes every check of the socket, but does not
+    // know the token: the worker gets no proof of it, and gives none.
+    let (child, mut stream, hello, _dir) = fake_coordinator();
+    challenge(&mut stream, &hello, &Token::random().unwrap());
+    let said = rest(stream);
+    assert!(
+        said.is_empty(),
+        "after a wrong proof the worker still sent {} bytes",
+        said.len()
+    );
+    let (code, stderr) = exit_of(child);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("could not prove that it holds the job's token"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_worker_refuses_a_socket_other_users_may_reach() {
+    let check = |dir_mode: u32, socket_mode: u32, owner: Option<u32>, expect: &str| {
+        let (dir, path, listener) = private_socket();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(dir_mode)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(socket_mode)).unwrap();
+        if let Some(uid) = owner {
+            nix::unistd::chown(dir.path(), Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
+        }
+        let (code, stderr) = exit_of(summon(&path, std::process::id()));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(expect), "{stderr}");
+        // It did not even connect.
+        listener.set_nonblocking(true).unwrap();
+        assert!(listener.accept().is_err(), "the worker connected");
+    };
+    check(0o755, 0o600, None, "has mode 0755: other users may use it");
+    check(0o700, 0o666, None, "has mode 0666: other users may use it");
+    if nix::unistd::geteuid().is_root() {
+        check(0o700, 0o600, Some(65534), "belongs to uid 65534");
+    } else {
+        eprintln!("not root: the case of another user's directory is not tried");
+    }
 }
 
 /// Wait for the worker to exit; it must do so non-zero, within a second, saying why.
@@ -211,14 +419,16 @@ fn assert_exits_with_message(mut child: std::process::Child, since: Instant, exp
 
 #[test]
 fn a_coordinator_sending_garbage_makes_the_worker_exit_with_a_message() {
-    let (child, mut stream, _dir) = fake_coordinator();
+    let (child, mut stream, hello, _dir) = fake_coordinator();
+    welcome(&mut stream, &hello);
     stream.write_all(&[0xff; 64]).unwrap();
     assert_exits_with_message(child, Instant::now(), "failed to serve");
 }
 
 #[test]
 fn a_coordinator_vanishing_mid_frame_makes_the_worker_exit_with_a_message() {
-    let (child, mut stream, _dir) = fake_coordinator();
+    let (child, mut stream, hello, _dir) = fake_coordinator();
+    welcome(&mut stream, &hello);
     stream.write_all(&100u32.to_le_bytes()).unwrap();
     stream.write_all(&[1, 2, 3]).unwrap();
     drop(stream);

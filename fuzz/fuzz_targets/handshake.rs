@@ -1,9 +1,11 @@
 //! The coordinator's side of the handshake on arbitrary bytes: the first frame of a
-//! connection must be a Hello of our version within the Hello limit; anything else
-//! is refused with a reason, never a panic.
+//! connection must be a Hello of our version within the Hello limit, the second a
+//! Join whose proof checks out; anything else is refused with a reason, never a
+//! panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use pstream_protocol::auth::{Role, Token};
 use pstream_protocol::{read_frame, DecodeError, Message, PROTOCOL_VERSION};
 
 const MAX_HELLO: usize = 1 << 20;
@@ -21,10 +23,19 @@ fn judge(mut bytes: &[u8]) -> Result<(), String> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(format!("version {}", hello.protocol_version));
     }
-    if hello.token.len() != 32 {
-        return Err("wrong token".into());
+    let join = match read_frame(&mut bytes, MAX_HELLO) {
+        Ok(Some(frame)) => match frame.message {
+            Message::Join(join) => join,
+            _ => return Err("expected Join".into()),
+        },
+        Ok(None) => return Err("closed before Join".into()),
+        Err(e) => return Err(format!("no valid Join: {e}")),
+    };
+    let token = Token::from_hex(&"5a".repeat(32)).expect("a valid token");
+    if !token.verify(Role::Worker, &hello.nonce, &[0; 32], &join.proof) {
+        return Err("a wrong proof".into());
     }
-    if hello.functions.iter().any(|f| f.name.is_empty()) {
+    if join.functions.iter().any(|f| f.name.is_empty()) {
         return Err("a function without a name".into());
     }
     Ok(())

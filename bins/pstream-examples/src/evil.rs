@@ -15,12 +15,13 @@
 //!   claims to be 2^50 bytes long, then exits.
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 
+use pstream::protocol::auth::{random_nonce, Role};
 use pstream::protocol::{
-    read_frame, write_frame, Frame, Hello, Items, Message, ResultsHeader, DEFAULT_MAX_FRAME,
-    ENV_SOCKET, ENV_TOKEN, PROTOCOL_VERSION,
+    read_frame, write_frame, Frame, Hello, Items, Join, Message, ResultsHeader, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
 };
+use pstream_worker::__private::Summons;
 
 /// If this process is to misbehave, do so and exit; otherwise return.
 pub fn maybe_misbehave() {
@@ -46,24 +47,40 @@ pub fn maybe_misbehave() {
 }
 
 fn misbehave(mode: &str) -> std::io::Result<()> {
-    let path = std::env::var_os(ENV_SOCKET).ok_or_else(|| std::io::Error::other("no socket"))?;
-    let token = std::env::var(ENV_TOKEN).unwrap_or_default();
-    let mut stream = UnixStream::connect(path)?;
+    let summons = Summons::from_env().map_err(std::io::Error::other)?;
+    let mut stream = summons.connect().map_err(std::io::Error::other)?;
+    let mut reader = stream.try_clone()?;
     let version = if mode == "other-version" {
         PROTOCOL_VERSION + 1
     } else {
         PROTOCOL_VERSION
     };
+    let nonce = random_nonce()?;
     let hello = Message::Hello(Hello {
         protocol_version: version,
-        token,
         pid: std::process::id(),
+        nonce,
+    });
+    write_frame(&mut stream, &hello, &Items::new(), usize::MAX).map_err(std::io::Error::other)?;
+    if mode == "other-version" {
+        // The coordinator answers with Reject; nothing more to do.
+        read_frame(&mut reader, DEFAULT_MAX_FRAME).map_err(std::io::Error::other)?;
+        return Ok(());
+    }
+    let theirs = match read_frame(&mut reader, DEFAULT_MAX_FRAME).map_err(std::io::Error::other)? {
+        Some(Frame {
+            message: Message::Challenge { nonce, .. },
+            ..
+        }) => nonce,
+        other => return Err(std::io::Error::other(format!("no Challenge: {other:?}"))),
+    };
+    let join = Message::Join(Join {
+        proof: summons.token.prove(Role::Worker, &nonce, &theirs),
         capacity: 8192,
         max_frame: DEFAULT_MAX_FRAME as u32,
         functions: pstream_worker::functions(),
     });
-    write_frame(&mut stream, &hello, &Items::new(), usize::MAX).map_err(std::io::Error::other)?;
-    let mut reader = stream.try_clone()?;
+    write_frame(&mut stream, &join, &Items::new(), usize::MAX).map_err(std::io::Error::other)?;
     // Welcome.
     read_frame(&mut reader, DEFAULT_MAX_FRAME).map_err(std::io::Error::other)?;
     let results = |job, seq, packed| {
@@ -80,10 +97,6 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
             items,
         )
     };
-    if mode == "other-version" {
-        // The coordinator answers with Reject; nothing more to do.
-        return Ok(());
-    }
     if mode == "unasked" {
         let (message, items) = results(0, 0, false);
         write_frame(&mut stream, &message, &items, usize::MAX).map_err(std::io::Error::other)?;

@@ -21,9 +21,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, shutdown, sockopt::PeerCredentials, Shutdown};
-use pstream_protocol::{read_frame, write_frame, Frame, Hello, Items, Message, PROTOCOL_VERSION};
+use pstream_protocol::auth::{random_nonce, Role, Token};
+use pstream_protocol::{read_frame, write_frame, Frame, Items, Join, Message, PROTOCOL_VERSION};
 
-use crate::process::constant_time_eq;
 use crate::vocab::{Event, Events};
 
 /// The largest Hello we read: names of a few thousand functions at most.
@@ -32,7 +32,7 @@ const MAX_HELLO: usize = 1 << 20;
 /// What a connecting peer must show.
 #[derive(Debug)]
 pub(crate) struct Checks {
-    pub token: String,
+    pub token: Token,
     /// Pids of the workers this pool started and has not yet seen exit.
     pub spawned: Mutex<HashSet<u32>>,
     pub handshake_timeout: Duration,
@@ -54,6 +54,7 @@ pub(crate) struct Door {
 impl Door {
     pub fn open(checks: Arc<Checks>, events: Events) -> io::Result<Door> {
         let tmp = std::env::temp_dir();
+        check_temp_dir(&tmp)?;
         sweep_stale(&tmp);
         let prefix = match owner_tag(std::process::id()) {
             Some(tag) => format!("pstream-{tag}-"),
@@ -106,6 +107,51 @@ impl Drop for Door {
     }
 }
 
+/// Refuse to make the pool's directory where another user could move it aside and
+/// put a socket of theirs in its place: in a directory (or below one) that is
+/// writable by everybody without the sticky bit, or that belongs to somebody other
+/// than this user or root.
+fn check_temp_dir(dir: &Path) -> io::Result<()> {
+    let refuse = |why: String| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing the temporary directory {} (TMPDIR): {why}; another user could \
+                 replace the pool's socket there. Set TMPDIR to a directory of your own, \
+                 or give this one the sticky bit (chmod +t) as /tmp has",
+                dir.display()
+            ),
+        )
+    };
+    let canonical = dir.canonicalize().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("the temporary directory {} (TMPDIR): {e}", dir.display()),
+        )
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    for ancestor in canonical.ancestors() {
+        let meta = std::fs::metadata(ancestor).map_err(|e| {
+            io::Error::new(e.kind(), format!("inspect {}: {e}", ancestor.display()))
+        })?;
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(refuse(format!(
+                "{} belongs to uid {}, neither this user (uid {me}) nor root",
+                ancestor.display(),
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(refuse(format!(
+                "{} is writable by every user (mode {:04o}) without the sticky bit",
+                ancestor.display(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn accept_loop(listener: UnixListener, checks: Arc<Checks>, events: Events, stop: Arc<AtomicBool>) {
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
@@ -123,12 +169,8 @@ fn accept_loop(listener: UnixListener, checks: Arc<Checks>, events: Events, stop
         let spawned = std::thread::Builder::new()
             .name("pstream-handshake".into())
             .spawn(move || match handshake(&stream, &checks) {
-                Ok(hello) => {
-                    let _ = events.send(Event::Connected {
-                        pid: hello.pid,
-                        stream,
-                        hello,
-                    });
+                Ok((pid, join)) => {
+                    let _ = events.send(Event::Connected { pid, stream, join });
                 }
                 Err(Refusal { ours, reason }) => {
                     tracing::warn!("refused a connection to the pool's socket: {reason}");
@@ -156,17 +198,20 @@ struct Refusal {
     reason: String,
 }
 
-/// Check a new connection; on success it is a worker of ours.
-fn handshake(stream: &UnixStream, checks: &Checks) -> Result<Hello, Refusal> {
+/// Check a new connection; on success it is a worker of ours, with this pid.
+fn handshake(stream: &UnixStream, checks: &Checks) -> Result<(u32, Join), Refusal> {
     let mut ours = None;
     check_peer(stream, checks, &mut ours).map_err(|reason| Refusal { ours, reason })
 }
 
+/// The coordinator's half of the handshake (docs/protocol.md): the peer must be a
+/// process this pool started, say `Hello` with its own pid, and, after the
+/// coordinator proved that it holds the token, prove that it holds it too.
 fn check_peer(
     stream: &UnixStream,
     checks: &Checks,
     ours: &mut Option<u32>,
-) -> Result<Hello, String> {
+) -> Result<(u32, Join), String> {
     stream
         .set_read_timeout(Some(checks.handshake_timeout))
         .map_err(|e| format!("set a read timeout: {e}"))?;
@@ -202,19 +247,40 @@ fn check_peer(
             hello.protocol_version, PROTOCOL_VERSION
         ));
     }
-    if !constant_time_eq(hello.token.as_bytes(), checks.token.as_bytes()) {
-        return Err(format!("pid {peer_pid} presented a wrong token"));
-    }
     if hello.pid != peer_pid {
         return Err(format!(
             "Hello claims pid {} but the socket's peer is pid {peer_pid}",
             hello.pid
         ));
     }
+    let nonce = random_nonce().map_err(|e| e.to_string())?;
+    let challenge = Message::Challenge {
+        nonce,
+        proof: checks.token.prove(Role::Coordinator, &hello.nonce, &nonce),
+    };
+    write_frame(&mut &*stream, &challenge, &Items::new(), MAX_HELLO)
+        .map_err(|e| format!("send the challenge: {e}"))?;
+    let join = match read_frame(&mut &*stream, MAX_HELLO) {
+        Ok(Some(Frame {
+            message: Message::Join(join),
+            ..
+        })) => join,
+        Ok(Some(other)) => return Err(format!("expected Join, got {:?}", other.message)),
+        Ok(None) => return Err("closed before proving that it holds the token".into()),
+        Err(e) => return Err(format!("no valid Join: {e}")),
+    };
+    if !checks
+        .token
+        .verify(Role::Worker, &hello.nonce, &nonce, &join.proof)
+    {
+        return Err(format!(
+            "pid {peer_pid} failed to prove that it holds the job's token (a wrong token)"
+        ));
+    }
     stream
         .set_read_timeout(None)
         .map_err(|e| format!("clear the read timeout: {e}"))?;
-    Ok(hello)
+    Ok((peer_pid, join))
 }
 
 /// `<pid>-<start time>` of process `pid`: names it uniquely while this system runs
@@ -309,7 +375,7 @@ mod tests {
 
     fn checks() -> Arc<Checks> {
         Arc::new(Checks {
-            token: "t".into(),
+            token: Token::random().unwrap(),
             spawned: Mutex::new(HashSet::new()),
             handshake_timeout: Duration::from_secs(5),
         })

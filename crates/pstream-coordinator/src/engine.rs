@@ -21,8 +21,9 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use pstream_protocol::{
-    write_frame, BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Items,
-    Message, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROGRESS_HEARTBEAT,
+    write_frame, BatchHeader, Codec, FailureKind, Frame, FunctionInfo, ItemFailure, Items, Join,
+    Message, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
+    PROGRESS_HEARTBEAT,
 };
 
 use crate::conn::{Conn, Incoming};
@@ -408,7 +409,7 @@ impl Engine {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Connected { pid, stream, hello } => self.on_connected(pid, stream, hello),
+            Event::Connected { pid, stream, join } => self.on_connected(pid, stream, join),
             Event::Rejected { pid, reason } => {
                 let starting = self
                     .workers
@@ -510,7 +511,7 @@ impl Engine {
         }
     }
 
-    fn on_connected(&mut self, pid: u32, stream: UnixStream, hello: Hello) {
+    fn on_connected(&mut self, pid: u32, stream: UnixStream, hello: Join) {
         let Some((&wid, _)) = self
             .workers
             .iter()
@@ -1085,7 +1086,8 @@ impl Engine {
     fn spawn_worker(&mut self) -> bool {
         let env = [
             (ENV_SOCKET, self.socket.to_string_lossy().into_owned()),
-            (ENV_TOKEN, self.checks.token.clone()),
+            (ENV_TOKEN, self.checks.token.to_hex()),
+            (ENV_COORDINATOR_PID, std::process::id().to_string()),
             (ENV_MAX_FRAME, self.config.max_frame.to_string()),
             (ENV_CAPACITY, self.config.capacity.to_string()),
         ];

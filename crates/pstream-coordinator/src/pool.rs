@@ -17,9 +17,10 @@ use crate::engine::{Config, Engine};
 use crate::error::PoolError;
 use crate::hub::Hub;
 use crate::job::{feed, FeedLimits, InlineSource, MapResults, RawResults, Source, Window};
-use crate::process::{random_token, WorkerCommand};
+use crate::process::WorkerCommand;
 use crate::stats::{PoolCounters, PoolStats};
 use crate::vocab::{Event, Events, JobCounters};
+use pstream_protocol::auth::Token;
 
 /// The default flow-control window, in items.
 pub const DEFAULT_WINDOW: usize = 50_000;
@@ -273,7 +274,7 @@ impl PoolBuilder {
             .clamp(1, (self.capacity as usize / 2).max(1));
 
         let checks = Arc::new(Checks {
-            token: random_token().map_err(PoolError::Socket)?,
+            token: Token::random().map_err(PoolError::Socket)?,
             spawned: Mutex::new(HashSet::new()),
             handshake_timeout: self.handshake_timeout,
         });

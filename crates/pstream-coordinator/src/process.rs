@@ -121,37 +121,9 @@ pub(crate) fn spawn(command: &WorkerCommand, extra_env: &[(&str, String)]) -> io
     })
 }
 
-/// 128 bits from the OS's random source, as hex.
-pub(crate) fn random_token() -> io::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Compare two byte strings in time that depends only on their lengths.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_random_and_compared_exactly() {
-        let a = random_token().unwrap();
-        let b = random_token().unwrap();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
-        assert!(constant_time_eq(a.as_bytes(), a.as_bytes()));
-        assert!(!constant_time_eq(a.as_bytes(), b.as_bytes()));
-        assert!(!constant_time_eq(b"ab", b"abc"));
-    }
 
     #[test]
     fn exit_causes_are_seen() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, SendError, Sender};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use pstream_protocol::{Codec, FunctionInfo, Hello, Items};
+use pstream_protocol::{Codec, FunctionInfo, Items, Join};
 
 use crate::error::{ExitCause, ItemErrorKind, PoolError};
 
@@ -88,7 +88,7 @@ pub(crate) enum Event {
     Connected {
         pid: u32,
         stream: UnixStream,
-        hello: Hello,
+        join: Join,
     },
     /// One of our workers failed the handshake.
     Rejected { pid: u32, reason: String },

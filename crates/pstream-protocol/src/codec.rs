@@ -375,8 +375,14 @@ mod tests {
     fn hello() -> Message {
         Message::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
-            token: "00ff".into(),
             pid: 42,
+            nonce: [0x5a; 32],
+        })
+    }
+
+    fn join() -> Message {
+        Message::Join(Join {
+            proof: [0xa5; 32],
             capacity: 10,
             max_frame: 1 << 20,
             functions: vec![FunctionInfo {
@@ -452,6 +458,11 @@ mod tests {
             }),
             Frame::control(Message::Cancel { job: u64::MAX }),
             Frame::control(Message::Shutdown),
+            Frame::control(Message::Challenge {
+                nonce: [1; 32],
+                proof: [2; 32],
+            }),
+            Frame::control(join()),
         ]
     }
 
@@ -662,8 +673,8 @@ mod tests {
         let future = (
             0u32,
             h.protocol_version,
-            "token",
             1u32,
+            [9u8; 32],
             2u32,
             3u32,
             4u32,
@@ -689,7 +700,7 @@ mod tests {
 
         #[test]
         fn mutated_frames_never_panic(
-            which in 0usize..9,
+            which in 0usize..11,
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         ) {
             let mut bytes = encode(&all_frames()[which]);

@@ -31,6 +31,7 @@
 //!   a frame is [`DecodeError::Truncated`].
 #![deny(missing_docs)]
 
+pub mod auth;
 mod bincode_de;
 mod clock;
 mod codec;
@@ -47,7 +48,7 @@ pub use codec::{
 pub use function::{Function, LocalFn};
 pub use items::Items;
 pub use message::{
-    BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Message,
+    BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Join, Message,
     ResultsHeader,
 };
 
@@ -72,7 +73,7 @@ pub fn encode_bincode<T: serde::Serialize + ?Sized>(
 
 /// The protocol version spoken by this build. Bumped on any incompatible change to a
 /// frame; the handshake refuses a peer that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The default maximum size of one frame body, in bytes, on both sides.
 ///
@@ -118,6 +119,9 @@ pub fn started_as_worker() -> bool {
 
 /// Environment variable carrying the worker's authentication token (hex).
 pub const ENV_TOKEN: &str = "PSTREAM_TOKEN";
+/// Environment variable carrying the coordinator's process id: the only process
+/// the worker accepts as the peer of its socket.
+pub const ENV_COORDINATOR_PID: &str = "PSTREAM_COORDINATOR_PID";
 /// Environment variable carrying the worker's maximum frame size.
 pub const ENV_MAX_FRAME: &str = "PSTREAM_MAX_FRAME";
 /// Environment variable carrying how many items the worker may hold at once.

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Nonce, Proof};
 use crate::Items;
 
 /// One decoded frame: its header and, for batches and results, its items.
@@ -31,7 +32,9 @@ impl Frame {
 /// which versions they speak.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// Worker → coordinator, first frame on a connection.
+    /// Worker → coordinator, first frame on a connection: who it is and its nonce.
+    /// It carries no secret: the worker has not yet seen proof that its peer is
+    /// the coordinator.
     Hello(Hello),
     /// Coordinator → worker: the worker is accepted.
     Welcome {
@@ -79,6 +82,18 @@ pub enum Message {
     },
     /// Coordinator → worker: finish the batches sent before this, then exit 0.
     Shutdown,
+    /// Coordinator → worker, the answer to an acceptable `Hello`: the coordinator's
+    /// nonce and its proof that it holds the job's token
+    /// ([`crate::auth::Role::Coordinator`] over the worker's nonce and this one).
+    Challenge {
+        /// The coordinator's fresh nonce.
+        nonce: Nonce,
+        /// HMAC-SHA256 of the coordinator's label and both nonces, keyed by the token.
+        proof: Proof,
+    },
+    /// Worker → coordinator, once the coordinator's proof checked out: the worker's
+    /// proof and what it offers. The coordinator answers `Welcome` or `Reject`.
+    Join(Join),
 }
 
 /// The worker's introduction.
@@ -86,10 +101,18 @@ pub enum Message {
 pub struct Hello {
     /// [`crate::PROTOCOL_VERSION`] of the worker's build. Must stay the first field.
     pub protocol_version: u32,
-    /// The token the coordinator gave this worker in its environment.
-    pub token: String,
     /// The worker's process id, checked against the socket's peer credentials.
     pub pid: u32,
+    /// The worker's fresh nonce, which the coordinator's proof must cover.
+    pub nonce: Nonce,
+}
+
+/// The worker's proof that it holds the job's token, and what it offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    /// HMAC-SHA256 of the worker's label and both nonces, keyed by the token
+    /// ([`crate::auth::Role::Worker`]).
+    pub proof: Proof,
     /// How many items the worker will hold at once (in work and queued); the
     /// coordinator never sends more than this.
     pub capacity: u32,

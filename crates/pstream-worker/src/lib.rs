@@ -30,7 +30,7 @@ pub use serve::{serve_from_env, WorkerError, DEFAULT_CAPACITY};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::registry::{batch, entry, type_names, Entry, Fallible, Registration};
-    pub use crate::serve::Batch;
+    pub use crate::serve::{Batch, Summons};
     pub use inventory;
     pub use pstream_macros::function as function_impl;
     pub use pstream_protocol::{Codec, Function, LocalFn};

@@ -5,21 +5,23 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::{BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
+use pstream_protocol::auth::{random_nonce, Role, Token};
 use pstream_protocol::{
     read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, Codec, DecodeError,
-    EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Message, ResultsHeader,
-    DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN, PROGRESS_HEARTBEAT,
-    PROTOCOL_VERSION, SEND_BUFFER,
+    EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Join, Message,
+    ResultsHeader, DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME, ENV_SOCKET,
+    ENV_TOKEN, PROGRESS_HEARTBEAT, PROTOCOL_VERSION, SEND_BUFFER,
 };
 
 use crate::registry::{functions, registry, CallError};
@@ -39,6 +41,14 @@ pub enum WorkerError {
     /// The environment is set but unusable.
     #[error("invalid worker environment: {0}")]
     Environment(String),
+    /// The socket is not the coordinator's: the worker sent nothing secret.
+    #[error("refused the socket {path}: {reason}; it is not this worker's coordinator")]
+    Untrusted {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Could not reach the coordinator.
     #[error("connect to the coordinator at {path}")]
     Connect {
@@ -65,22 +75,140 @@ pub enum WorkerError {
 /// Serve the functions of this binary to the coordinator named by the environment,
 /// until it says `Shutdown` or closes the connection.
 pub fn serve_from_env() -> Result<(), WorkerError> {
-    let path = std::env::var_os(ENV_SOCKET).ok_or(WorkerError::NotAWorker)?;
-    let token = std::env::var(ENV_TOKEN)
-        .map_err(|_| WorkerError::Environment(format!("{ENV_TOKEN} is not set")))?;
-    let max_frame = env_number(ENV_MAX_FRAME, DEFAULT_MAX_FRAME as u64)?;
-    let capacity = env_number(ENV_CAPACITY, DEFAULT_CAPACITY as u64)?;
-    // The function's own child processes are not workers of this coordinator.
-    for name in [ENV_SOCKET, ENV_TOKEN, ENV_MAX_FRAME, ENV_CAPACITY] {
-        std::env::remove_var(name);
+    let summons = Summons::from_env()?;
+    serve(&summons)
+}
+
+/// What a coordinator tells the worker it starts: where to connect, the secret to
+/// prove, whom to expect at the other end, and the limits.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Summons {
+    /// The coordinator's socket.
+    pub path: PathBuf,
+    /// The job's secret.
+    pub token: Token,
+    /// The coordinator's process id: the only acceptable peer of the socket.
+    pub coordinator: u32,
+    /// The largest frame this worker accepts.
+    pub max_frame: usize,
+    /// How many items this worker holds at once.
+    pub capacity: u32,
+}
+
+impl Summons {
+    /// Read the summons from the environment, and take it out of the environment so
+    /// that the function's own child processes do not see it.
+    pub fn from_env() -> Result<Summons, WorkerError> {
+        let path = std::env::var_os(ENV_SOCKET).ok_or(WorkerError::NotAWorker)?;
+        let token = std::env::var(ENV_TOKEN)
+            .map_err(|_| WorkerError::Environment(format!("{ENV_TOKEN} is not set")))?;
+        let token = Token::from_hex(&token)
+            .map_err(|e| WorkerError::Environment(format!("{ENV_TOKEN}: {e}")))?;
+        let coordinator = match std::env::var(ENV_COORDINATOR_PID) {
+            Ok(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|&pid| pid > 0)
+                .ok_or_else(|| {
+                    WorkerError::Environment(format!(
+                        "{ENV_COORDINATOR_PID}={v} is not a process id"
+                    ))
+                })?,
+            Err(_) => {
+                return Err(WorkerError::Environment(format!(
+                    "{ENV_COORDINATOR_PID} is not set"
+                )))
+            }
+        };
+        let max_frame = env_number(ENV_MAX_FRAME, DEFAULT_MAX_FRAME as u64)?;
+        let capacity = env_number(ENV_CAPACITY, DEFAULT_CAPACITY as u64)?;
+        // The function's own child processes are not workers of this coordinator.
+        for name in [
+            ENV_SOCKET,
+            ENV_TOKEN,
+            ENV_COORDINATOR_PID,
+            ENV_MAX_FRAME,
+            ENV_CAPACITY,
+        ] {
+            std::env::remove_var(name);
+        }
+        Ok(Summons {
+            path: PathBuf::from(path),
+            token,
+            coordinator,
+            max_frame: usize::try_from(max_frame.min(u32::MAX as u64)).unwrap_or(DEFAULT_MAX_FRAME),
+            capacity: capacity.clamp(1, u32::MAX as u64) as u32,
+        })
     }
-    let config = Config {
-        path: PathBuf::from(path),
-        token,
-        max_frame: usize::try_from(max_frame.min(u32::MAX as u64)).unwrap_or(DEFAULT_MAX_FRAME),
-        capacity: capacity.clamp(1, u32::MAX as u64) as u32,
-    };
-    serve(&config)
+
+    /// Connect to the coordinator's socket, having made sure that it is the
+    /// coordinator's: the directory and the socket belong to this user and are
+    /// private to it, and the process at the other end is this user's and the
+    /// coordinator's pid. Nothing is sent yet.
+    pub fn connect(&self) -> Result<UnixStream, WorkerError> {
+        let untrusted = |reason: String| WorkerError::Untrusted {
+            path: self.path.clone(),
+            reason,
+        };
+        let uid = nix::unistd::geteuid().as_raw();
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        check_private(dir, uid, "directory", |t| t.is_dir()).map_err(untrusted)?;
+        check_private(&self.path, uid, "socket", |t| t.is_socket()).map_err(untrusted)?;
+        let stream = UnixStream::connect(&self.path).map_err(|source| WorkerError::Connect {
+            path: self.path.clone(),
+            source,
+        })?;
+        let creds = getsockopt(&stream, sockopt::PeerCredentials)
+            .map_err(|e| untrusted(format!("cannot read its peer's credentials: {e}")))?;
+        if creds.uid() != uid {
+            return Err(untrusted(format!(
+                "the process listening on it runs as uid {}, not as this worker's uid {uid}",
+                creds.uid()
+            )));
+        }
+        if creds.pid() as u32 != self.coordinator {
+            return Err(untrusted(format!(
+                "the process listening on it is pid {}, not the coordinator (pid {})",
+                creds.pid(),
+                self.coordinator
+            )));
+        }
+        Ok(stream)
+    }
+}
+
+/// Check that `path` is a `what` (by `kind`, not through a symbolic link), owned by
+/// `uid`, that no other user may use.
+fn check_private(
+    path: &Path,
+    uid: u32,
+    what: &str,
+    kind: impl Fn(&std::fs::FileType) -> bool,
+) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cannot inspect its {what} {}: {e}", path.display()))?;
+    if !kind(&meta.file_type()) {
+        return Err(format!("{} is not a {what}", path.display()));
+    }
+    if meta.uid() != uid {
+        return Err(format!(
+            "its {what} {} belongs to uid {}, not to this worker's uid {uid}",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "its {what} {} has mode {:04o}: other users may use it",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 fn env_number(name: &str, default: u64) -> Result<u64, WorkerError> {
@@ -92,36 +220,74 @@ fn env_number(name: &str, default: u64) -> Result<u64, WorkerError> {
     }
 }
 
-struct Config {
-    path: PathBuf,
-    token: String,
-    max_frame: usize,
-    capacity: u32,
-}
-
-fn serve(config: &Config) -> Result<(), WorkerError> {
-    let stream = UnixStream::connect(&config.path).map_err(|source| WorkerError::Connect {
-        path: config.path.clone(),
-        source,
-    })?;
+fn serve(config: &Summons) -> Result<(), WorkerError> {
+    let stream = config.connect()?;
     // Best effort: the kernel caps it, and a smaller buffer only costs speed.
     let _ = setsockopt(&stream, sockopt::SndBuf, &SEND_BUFFER);
     let mut writer =
         BufWriter::with_capacity(1 << 16, stream.try_clone().map_err(connect_err(config))?);
     let mut reader = BufReader::with_capacity(1 << 16, stream);
 
+    let send = |writer: &mut BufWriter<UnixStream>, message: &Message| {
+        write_frame(writer, message, &Items::new(), usize::MAX).map_err(WorkerError::Write)?;
+        writer
+            .flush()
+            .map_err(|e| WorkerError::Write(EncodeError::Io(e)))
+    };
+    // The worker speaks first, but gives nothing away: its pid and a nonce. The
+    // coordinator must prove it holds the token before the worker proves it does.
+    let nonce = random_nonce().map_err(|e| WorkerError::Environment(e.to_string()))?;
     let hello = Message::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
-        token: config.token.clone(),
         pid: std::process::id(),
+        nonce,
+    });
+    send(&mut writer, &hello)?;
+    let theirs = match read_frame(&mut reader, config.max_frame).map_err(WorkerError::Read)? {
+        Some(Frame {
+            message:
+                Message::Challenge {
+                    nonce: theirs,
+                    proof,
+                },
+            ..
+        }) => {
+            if !config
+                .token
+                .verify(Role::Coordinator, &nonce, &theirs, &proof)
+            {
+                return Err(WorkerError::Untrusted {
+                    path: config.path.clone(),
+                    reason: "the process listening on it could not prove that it holds \
+                             the job's token"
+                        .into(),
+                });
+            }
+            theirs
+        }
+        Some(Frame {
+            message: Message::Reject { reason },
+            ..
+        }) => return Err(WorkerError::Rejected(reason)),
+        Some(other) => {
+            return Err(WorkerError::Protocol(format!(
+                "expected Challenge, got {:?}",
+                other.message
+            )))
+        }
+        None => {
+            return Err(WorkerError::Rejected(
+                "connection closed before Challenge".into(),
+            ))
+        }
+    };
+    let join = Message::Join(Join {
+        proof: config.token.prove(Role::Worker, &nonce, &theirs),
         capacity: config.capacity,
         max_frame: config.max_frame as u32,
         functions: functions(),
     });
-    write_frame(&mut writer, &hello, &Items::new(), usize::MAX).map_err(WorkerError::Write)?;
-    writer
-        .flush()
-        .map_err(|e| WorkerError::Write(EncodeError::Io(e)))?;
+    send(&mut writer, &join)?;
 
     let (peer_max, flush_interval) =
         match read_frame(&mut reader, config.max_frame).map_err(WorkerError::Read)? {
@@ -231,7 +397,7 @@ fn wait_readable(stream: &UnixStream) {
     while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
 }
 
-fn connect_err(config: &Config) -> impl Fn(std::io::Error) -> WorkerError + '_ {
+fn connect_err(config: &Summons) -> impl Fn(std::io::Error) -> WorkerError + '_ {
     move |source| WorkerError::Connect {
         path: config.path.clone(),
         source,
