@@ -9,6 +9,7 @@ mod cli;
 mod error;
 mod input;
 mod journal;
+mod notices;
 mod output;
 mod progress;
 mod run;

@@ -19,6 +19,7 @@ use crate::cli::{Format, OnError, RunArgs};
 use crate::error::CliError;
 use crate::input::{self, Answered, Lines, Pending, ReadStats};
 use crate::journal::{Journal, Progress};
+use crate::notices::Notices;
 use crate::output::{Sink, FLUSH_INTERVAL};
 use crate::progress::{Counters, Display, Summary};
 use crate::signals::{exit_status, Signals, Stop};
@@ -138,6 +139,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     let mut write_error = None;
     let mut since_publish = 0u64;
     let mut stopped_at_failure = false;
+    let mut notices = Notices::default();
     while let Some((index, result)) = results.next_raw() {
         let line = base + index + 1;
         let written = match result {
@@ -155,11 +157,11 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
             Err(e) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
                 let text = answered.answer(index, true).unwrap_or_default();
-                display
-                    .lock()
-                    .unwrap()
-                    .println(&format!("pstream-coord: line {line}: {}", e.kind));
-                let record = error_record(line, &text, e.kind.name(), &e.kind.to_string());
+                let message = e.kind.to_string();
+                if let Some(shown) = notices.failed(line, &text, e.kind.name(), &message) {
+                    display.lock().unwrap().println(&shown);
+                }
+                let record = error_record(line, &text, e.kind.name(), &message);
                 let mut sink = sink.lock().unwrap();
                 let written = sink.error_record(record.as_bytes());
                 if args.on_error == OnError::Fail {
@@ -260,6 +262,10 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     display.lock().unwrap().finish();
     // A closed output (`| head`) ends the job quietly.
     if !broken_pipe {
+        let errors_file = args.errors.as_ref().map(|p| p.display().to_string());
+        for line in notices.summary(errors_file.as_deref()) {
+            eprintln!("{line}");
+        }
         if let Some(e) = &failure {
             eprintln!("pstream-coord: failed to run the job: {e}");
         }

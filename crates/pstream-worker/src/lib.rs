@@ -16,6 +16,7 @@
 //!   A worker never waits on a coordinator that is gone.
 #![deny(missing_docs)]
 
+mod line;
 mod registry;
 mod serve;
 

@@ -115,7 +115,8 @@ fn decode<In: DeserializeOwned>(codec: Codec, input: &[u8], len: usize) -> Resul
         Codec::Lines => {
             let text = std::str::from_utf8(&input[..len])
                 .map_err(|e| CallError::new(FailureKind::Decode, format!("not UTF-8: {e}")))?;
-            In::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(text))
+            // The input type decides how the line is read (see `line`).
+            In::deserialize(crate::line::LineDeserializer::new(text))
                 .map_err(|e| CallError::new(FailureKind::Decode, e))
         }
     }

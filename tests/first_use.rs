@@ -1,0 +1,107 @@
+//! What a first-time user of `pstream-coord` runs into (issue 13, items 4 to 6): a
+//! typed function over plain lines, a wrong plugin, and output lined up with the
+//! input. Each test runs the built launcher with a deadline.
+
+#[path = "support/cli.rs"]
+#[allow(dead_code)] // shared with the other launcher tests
+mod util;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use util::*;
+
+/// Run `cmd` with `stdin` to its end, with a hang guard (then it is killed).
+fn run_with(cmd: &mut Command, stdin: &[u8]) -> Output {
+    cmd.stdin(Stdio::piped());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", describe(cmd)));
+    let mut pipe = child.stdin.take().unwrap();
+    let bytes = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = pipe.write_all(&bytes);
+    });
+    let collect = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let status = wait_exit(&mut child, &describe(cmd));
+    feeder.join().unwrap();
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Run the launcher with `args` over `stdin` and check its exit code.
+fn coord_run(args: &[&str], stdin: &[u8], code: i32) -> Output {
+    let mut cmd = coord(args);
+    let output = run_with(&mut cmd, stdin);
+    check_code(&cmd, &output, code);
+    output
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn numbers(range: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    range
+        .map(|n| format!("{n}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+// ---------------------------------------------------------------------------------
+// Item 4: a typed function over plain lines.
+
+/// `seq 1 5 | pstream-coord run -f double`, with the default `--format lines`: the
+/// input type (`i64`) decides that a line is read as a number.
+#[test]
+fn plain_lines_feed_a_function_of_numbers() {
+    let out = coord_run(&["run", "-f", "double"], &numbers(1..=5), 0);
+    assert_eq!(text(&out.stdout), "2\n4\n6\n8\n10\n");
+    // And a function of strings still gets the text as it is.
+    let out = coord_run(&["run", "-f", "upper"], b"1\ntrue\n{\"a\":1}\n", 0);
+    assert_eq!(text(&out.stdout), "1\nTRUE\n{\"A\":1}\n");
+}
+
+/// Many lines failing the same way: a few messages and a count on stderr, and a
+/// record of every one in the errors file.
+#[test]
+fn the_same_failure_on_many_lines_is_shown_a_few_times_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = dir.path().join("errors.jsonl");
+    let mut input = b"1\n".to_vec();
+    for _ in 0..2000 {
+        input.extend_from_slice(b"x\n");
+    }
+    input.extend_from_slice(b"3\n");
+    let out = coord_run(
+        &["run", "-f", "double", "--errors", errors.to_str().unwrap()],
+        &input,
+        1,
+    );
+    assert_eq!(text(&out.stdout), "2\n6\n");
+    let stderr = text(&out.stderr);
+    let messages = stderr.matches("is not an i64").count();
+    assert!(
+        (1..=10).contains(&messages),
+        "{messages} messages for 2000 failures:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("more lines failed like line 2 (2000 in all; every one is recorded in"),
+        "no count of the lines not shown:\n{stderr}"
+    );
+    let records = std::fs::read_to_string(&errors).unwrap();
+    assert_eq!(records.lines().count(), 2000, "one record per failed line");
+    assert!(stderr.contains("2 ok, 2000 failed"), "{stderr}");
+}
