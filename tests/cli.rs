@@ -1586,3 +1586,124 @@ fn a_tmpdir_other_users_could_rename_things_in_is_refused() {
         eprintln!("not root: the case of another user's TMPDIR is not tried");
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Resume against a changed input: the journal fingerprints what was read.
+
+/// Start the slow job over `input` and SIGKILL it once it has written some output;
+/// the journal is left behind.
+fn kill_a_slow_job(input: &Path, out: &Path, err: &Path) {
+    // The output of an earlier run would look like progress before this one starts.
+    let _ = std::fs::remove_file(out);
+    let mut cmd = coord(&slow_job(input, out, err));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the output to grow", || file_len(out) > 30_000);
+    let workers = children(child.id());
+    signal(&child, Signal::SIGKILL);
+    child.wait().unwrap();
+    wait_gone(&workers);
+    let mut journal = out.as_os_str().to_owned();
+    journal.push(".pstream-resume");
+    assert!(
+        Path::new(&journal).exists(),
+        "the job finished before it was killed; make it longer"
+    );
+}
+
+#[test]
+fn resume_refuses_an_input_that_changed() {
+    let n = scale(200_000);
+    for change in ["prepend", "truncate", "edit line 5"] {
+        let dir = tempdir();
+        let input = slow_input(dir.path(), n);
+        let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+        kill_a_slow_job(&input, &out, &err);
+        let original = std::fs::read_to_string(&input).unwrap();
+        let changed = match change {
+            "prepend" => "-1\n".repeat(1000) + &original,
+            "truncate" => original
+                .lines()
+                .take(100)
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => original.replacen("5\n", "55\n", 1),
+        };
+        std::fs::write(&input, &changed).unwrap();
+        let (out_before, err_before) = (read(&out), read(&err));
+        let args = [slow_job(&input, &out, &err), vec!["--resume"]].concat();
+        let done = expect_code(&mut coord(&args), None, 2);
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        let want = match change {
+            "prepend" => "line 1 differs",
+            "truncate" => "100 lines, fewer than the",
+            _ => "between lines 5 and 8",
+        };
+        assert!(
+            stderr.contains("input is not the one the interrupted run read")
+                && stderr.contains(want),
+            "{change}: {stderr}"
+        );
+        assert_eq!(read(&out), out_before, "{change}: the output was touched");
+        assert_eq!(
+            read(&err),
+            err_before,
+            "{change}: the errors file was touched"
+        );
+    }
+}
+
+#[test]
+fn resume_with_the_input_named_another_way_completes_the_output() {
+    let n = scale(200_000);
+    let dir = tempdir();
+    let input = slow_input(dir.path(), n);
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    kill_a_slow_job(&input, &out, &err);
+    // Relative paths from the directory, where the first run had absolute ones.
+    let rel = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let mut cmd = coord(&[
+        "run",
+        "--function",
+        "slow_double",
+        "--format",
+        "jsonl",
+        "--workers",
+        "2",
+        "--input",
+        &format!("./{}", rel(&input)),
+        "--output",
+        &rel(&out),
+        "--errors",
+        &rel(&err),
+        "--resume",
+    ]);
+    cmd.current_dir(dir.path());
+    let done = expect_code(&mut cmd, None, 1);
+    assert!(String::from_utf8_lossy(&done.stderr).contains("resumed after line"));
+    let text = std::fs::read_to_string(&input).unwrap();
+    let want: String = text
+        .lines()
+        .filter_map(|l| l.parse::<i64>().ok())
+        .map(|x| format!("{}\n", x * 2))
+        .collect();
+    assert_same("resumed output", &read(&out), want.as_bytes());
+    let lines: Vec<u64> = records(&err)
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, (1..=n).filter(|i| i % 997 == 0).collect::<Vec<_>>());
+
+    // The same data on stdin resumes too (after another kill).
+    kill_a_slow_job(&input, &out, &err);
+    let mut args = slow_job(&input, &out, &err);
+    args[8] = "-";
+    args.push("--resume");
+    let done = expect_code(&mut coord(&args), Some(text.as_bytes()), 1);
+    assert!(String::from_utf8_lossy(&done.stderr).contains("resumed after line"));
+    assert_same("resumed from stdin", &read(&out), want.as_bytes());
+}

@@ -172,3 +172,12 @@ pub fn check(args: &RunArgs, input: &File) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// Where `path` is, spelled canonically when that can be told (the file or, for one
+/// not created yet, its directory exists); otherwise as given.
+pub fn place(path: &Path) -> PathBuf {
+    fs::canonicalize(path)
+        .ok()
+        .or_else(|| new_path(path))
+        .unwrap_or_else(|| path.to_path_buf())
+}

@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
+use crate::fingerprint::{Fingerprint, Hashing, InputChanged};
 use crate::signals::Stop;
 
 /// How much the reader asks for per read.
@@ -38,6 +41,10 @@ pub struct Chunk {
     ends: Vec<usize>,
     /// Lines whose results have not been handed out yet.
     remaining: AtomicUsize,
+    /// Where `data` starts in the input (skipped lines included), and the hash of
+    /// every input byte before it (when the input is fingerprinted).
+    offset: u64,
+    hash_before: Option<Sha256>,
 }
 
 impl Chunk {
@@ -82,25 +89,37 @@ pub struct ReadStats {
 pub struct Reader {
     /// The chunks it reads, for [`Lines`].
     pub chunks: Receiver<Arc<Chunk>>,
+    /// One message once the skipped lines are read: whether they are the ones the
+    /// interrupted run read (always `Ok` without a fingerprint to compare). None if
+    /// the input ended with a read error first.
+    pub verified: Receiver<Result<(), InputChanged>>,
     /// Its end: a read error, if the input ended with one.
     pub handle: JoinHandle<io::Result<()>>,
 }
 
-/// Start the reader thread over `source`, skipping its first `skip` lines.
+/// Start the reader thread over `source`, skipping its first `skip` lines; with
+/// `hashing`, fingerprint what it reads (and compare the skipped lines with the
+/// recorded fingerprint, if it has one).
 pub fn start_reader(
     mut source: Box<dyn Read + Send>,
     skip: u64,
     stats: Arc<ReadStats>,
+    hashing: Option<Hashing>,
 ) -> io::Result<Reader> {
     let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
+    let (verified_tx, verified) = sync_channel(1);
     let handle = std::thread::Builder::new()
         .name("pstream-coord-input".into())
         .spawn(move || {
-            let result = read_chunks(&mut *source, skip, &tx, &stats);
+            let result = read_chunks(&mut *source, skip, &tx, &stats, hashing, verified_tx);
             stats.done.store(true, Ordering::Release);
             result
         })?;
-    Ok(Reader { chunks: rx, handle })
+    Ok(Reader {
+        chunks: rx,
+        verified,
+        handle,
+    })
 }
 
 fn read_chunks(
@@ -108,11 +127,22 @@ fn read_chunks(
     mut skip: u64,
     tx: &SyncSender<Arc<Chunk>>,
     stats: &ReadStats,
+    mut hashing: Option<Hashing>,
+    verified: SyncSender<Result<(), InputChanged>>,
 ) -> io::Result<()> {
     let mut data: Vec<u8> = Vec::with_capacity(READ_SIZE);
     // Where the line being read starts, and where the search for its end resumes.
     let mut line_start = 0;
     let mut next_index = 0u64;
+    // Lines read, skipped ones included.
+    let mut lines_total = 0u64;
+    // Until the skipped lines are read and compared.
+    let mut verified = Some(verified);
+    if skip == 0 {
+        if let Some(v) = verified.take() {
+            let _ = v.send(Ok(()));
+        }
+    }
     loop {
         let filled = data.len();
         data.resize(filled + READ_SIZE, 0);
@@ -131,8 +161,18 @@ fn read_chunks(
         let mut ends = Vec::new();
         let mut first_kept = line_start;
         let mut pos = filled;
+        let mut changed = Ok(());
         while let Some(offset) = data[pos..].iter().position(|&b| b == b'\n') {
             let end = pos + offset;
+            lines_total += 1;
+            if let Some(h) = &mut hashing {
+                if h.is_checkpoint(lines_total) {
+                    changed = h.checkpoint(lines_total, &data[..end + 1]);
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
             if skip > 0 {
                 skip -= 1;
                 first_kept = end + 1;
@@ -142,8 +182,14 @@ fn read_chunks(
             pos = end + 1;
             line_start = pos;
         }
-        if eof && line_start < data.len() {
+        if changed.is_ok() && eof && line_start < data.len() {
             // A last line without a newline is still a line.
+            lines_total += 1;
+            if let Some(h) = &mut hashing {
+                if h.is_checkpoint(lines_total) {
+                    changed = h.checkpoint(lines_total, &data);
+                }
+            }
             if skip > 0 {
                 skip -= 1;
                 first_kept = data.len();
@@ -152,6 +198,33 @@ fn read_chunks(
             }
             line_start = data.len();
         }
+        if changed.is_err() || (verified.is_some() && (skip == 0 || eof)) {
+            // The skipped lines are read (or differ already): are they the ones the
+            // interrupted run handled?
+            let skipped = lines_total - ends.len() as u64;
+            let result = changed.and_then(|()| match &mut hashing {
+                Some(h) => h.verify_prefix(skipped, &data[..first_kept]),
+                None => Ok(()),
+            });
+            let ok = result.is_ok();
+            if let Some(v) = verified.take() {
+                let _ = v.send(result);
+            }
+            if !ok {
+                return Ok(()); // Nothing more is read.
+            }
+        }
+        let mut hash_before = None;
+        let mut offset = 0;
+        if let Some(h) = &mut hashing {
+            h.hasher.update(&data[..first_kept]);
+            if !ends.is_empty() {
+                hash_before = Some(h.hasher.clone());
+            }
+            h.hasher.update(&data[first_kept..line_start]);
+            offset = h.offset + first_kept as u64;
+            h.offset += line_start as u64;
+        }
         if !ends.is_empty() {
             let lines = ends.len();
             let chunk = Arc::new(Chunk {
@@ -159,6 +232,8 @@ fn read_chunks(
                 data: data[first_kept..line_start].to_vec(),
                 remaining: AtomicUsize::new(lines),
                 ends,
+                offset,
+                hash_before,
             });
             next_index += lines as u64;
             stats.lines.fetch_add(lines as u64, Ordering::Relaxed);
@@ -225,6 +300,82 @@ impl Answered {
     }
 }
 
+/// The chunks handed to the pool and not yet covered by the journal, in order, so
+/// that the fingerprint of any handled prefix can be computed (each chunk carries
+/// the hash of the input before it).
+#[derive(Debug, Default)]
+pub struct Consumed {
+    chunks: Mutex<VecDeque<Arc<Chunk>>>,
+}
+
+/// The fingerprint of the first lines of the input, for the journal: from the
+/// chunks that hold them.
+#[derive(Debug)]
+pub struct Fingerprinter {
+    consumed: Arc<Consumed>,
+    /// The lines before this run's first (skipped on resume).
+    resumed: Fingerprint,
+    checkpoints: Arc<Mutex<Vec<Fingerprint>>>,
+}
+
+impl Fingerprinter {
+    pub fn new(
+        consumed: Arc<Consumed>,
+        resumed: Fingerprint,
+        checkpoints: Arc<Mutex<Vec<Fingerprint>>>,
+    ) -> Fingerprinter {
+        Fingerprinter {
+            consumed,
+            resumed,
+            checkpoints,
+        }
+    }
+
+    /// Forget the chunks wholly before the first `handled` lines of this run.
+    pub fn release(&self, handled: u64) {
+        let mut chunks = self.consumed.chunks.lock().unwrap();
+        while chunks
+            .front()
+            .is_some_and(|c| c.first_index + (c.len() as u64) < handled)
+        {
+            chunks.pop_front();
+        }
+    }
+
+    /// The fingerprint of the input up to the end of this run's first `handled`
+    /// lines, and the checkpoints within it. `None` if those lines are not known
+    /// (which does not happen: a line is handed to the pool before it is handled).
+    pub fn at(&self, handled: u64) -> Option<(Fingerprint, Vec<Fingerprint>)> {
+        let here = if handled == 0 {
+            self.resumed
+        } else {
+            self.release(handled);
+            let chunks = self.consumed.chunks.lock().unwrap();
+            let chunk = chunks
+                .front()
+                .filter(|c| c.first_index < handled && handled <= c.first_index + c.len() as u64)?;
+            let k = (handled - chunk.first_index) as usize;
+            let len = (chunk.ends[k - 1] + 1).min(chunk.data.len());
+            let mut hasher = chunk.hash_before.clone()?;
+            hasher.update(&chunk.data[..len]);
+            Fingerprint::of(
+                self.resumed.lines + handled,
+                chunk.offset + len as u64,
+                hasher,
+            )
+        };
+        let checkpoints = self
+            .checkpoints
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.lines <= here.lines)
+            .copied()
+            .collect();
+        Some((here, checkpoints))
+    }
+}
+
 /// The iterator the pool reads: the lines from the reader, until the input ends or
 /// a stop is requested.
 #[derive(Debug)]
@@ -232,16 +383,24 @@ pub struct Lines {
     rx: Receiver<Arc<Chunk>>,
     stop: Arc<Stop>,
     pending: Arc<Pending>,
+    /// Where chunks go for the fingerprint, if the input is fingerprinted.
+    consumed: Option<Arc<Consumed>>,
     current: Option<Arc<Chunk>>,
     next: usize,
 }
 
 impl Lines {
-    pub fn new(rx: Receiver<Arc<Chunk>>, stop: Arc<Stop>, pending: Arc<Pending>) -> Lines {
+    pub fn new(
+        rx: Receiver<Arc<Chunk>>,
+        stop: Arc<Stop>,
+        pending: Arc<Pending>,
+        consumed: Option<Arc<Consumed>>,
+    ) -> Lines {
         Lines {
             rx,
             stop,
             pending,
+            consumed,
             current: None,
             next: 0,
         }
@@ -270,6 +429,13 @@ impl Iterator for Lines {
                 Ok(chunk) => {
                     // Known to the consumer before any of its lines can be answered.
                     self.pending.push(Arc::clone(&chunk));
+                    if let Some(consumed) = &self.consumed {
+                        consumed
+                            .chunks
+                            .lock()
+                            .unwrap()
+                            .push_back(Arc::clone(&chunk));
+                    }
                     self.current = Some(chunk);
                     self.next = 0;
                 }
@@ -339,16 +505,18 @@ impl Countable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Expected;
 
     fn read_all(input: &[u8], skip: u64) -> Vec<(u64, Vec<u8>)> {
         let stats = Arc::new(ReadStats::default());
-        let Reader { chunks: rx, handle } =
-            start_reader(Box::new(io::Cursor::new(input.to_vec())), skip, stats)
-                .expect("start the reader");
+        let Reader {
+            chunks: rx, handle, ..
+        } = start_reader(Box::new(io::Cursor::new(input.to_vec())), skip, stats, None)
+            .expect("start the reader");
         let stop = Arc::new(Stop::default());
         let pending = Arc::new(Pending::default());
         let mut answered = Answered::new(Arc::clone(&pending));
-        let lines: Vec<Line> = Lines::new(rx, stop, pending).collect();
+        let lines: Vec<Line> = Lines::new(rx, stop, pending, None).collect();
         handle.join().unwrap().unwrap();
         let mut out = Vec::new();
         for (index, line) in lines.iter().enumerate() {
@@ -432,5 +600,138 @@ mod tests {
 
         let (read, _write) = nix::unistd::pipe().unwrap();
         assert!(Countable::of(&File::from(read)).is_none());
+    }
+
+    /// A reader that gives a few bytes at a time, as a slow pipe does: many chunks.
+    struct Trickle(io::Cursor<Vec<u8>>);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(7);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    /// Read `input` fingerprinted, skipping `skip` lines against `expected`: what
+    /// the verification said, the lines read, and the fingerprinter.
+    fn read_fingerprinted(
+        input: &[u8],
+        skip: u64,
+        expected: Option<Expected>,
+    ) -> (Result<(), InputChanged>, Vec<Vec<u8>>, Fingerprinter) {
+        let checkpoints = Arc::new(Mutex::new(Vec::new()));
+        let resumed = expected
+            .as_ref()
+            .map_or_else(Fingerprint::empty, |e| e.handled);
+        let hashing = Hashing::new(Arc::clone(&checkpoints), expected);
+        let reader = start_reader(
+            Box::new(Trickle(io::Cursor::new(input.to_vec()))),
+            skip,
+            Arc::new(ReadStats::default()),
+            Some(hashing),
+        )
+        .unwrap();
+        let verified = reader.verified.recv().unwrap();
+        let consumed = Arc::new(Consumed::default());
+        let lines: Vec<Vec<u8>> = Lines::new(
+            reader.chunks,
+            Arc::new(Stop::default()),
+            Arc::new(Pending::default()),
+            Some(Arc::clone(&consumed)),
+        )
+        .map(|l| l.as_ref().to_vec())
+        .collect();
+        reader.handle.join().unwrap().unwrap();
+        (
+            verified,
+            lines,
+            Fingerprinter::new(consumed, resumed, checkpoints),
+        )
+    }
+
+    fn numbers(from: u64, to: u64) -> Vec<u8> {
+        (from..=to)
+            .map(|i| format!("{i}\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    /// The fingerprint of the first `lines` lines of `input`, computed directly.
+    fn prefix_fingerprint(input: &[u8], lines: u64) -> Fingerprint {
+        let mut len = 0;
+        for _ in 0..lines {
+            len += input[len..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(input.len() - len, |p| p + 1);
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(&input[..len]);
+        Fingerprint::of(lines, len as u64, hasher)
+    }
+
+    #[test]
+    fn the_fingerprint_of_every_prefix_is_the_hash_of_its_lines() {
+        let mut input = numbers(1, 300);
+        input.extend_from_slice(b"last");
+        let (verified, lines, fingerprinter) = read_fingerprinted(&input, 0, None);
+        assert_eq!(verified, Ok(()));
+        assert_eq!(lines.len(), 301);
+        for handled in 0..=301 {
+            let (here, checkpoints) = fingerprinter.at(handled).unwrap();
+            assert_eq!(here, prefix_fingerprint(&input, handled), "{handled} lines");
+            let want: Vec<Fingerprint> = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+                .into_iter()
+                .filter(|&c| c <= handled)
+                .map(|c| prefix_fingerprint(&input, c))
+                .collect();
+            assert_eq!(checkpoints, want);
+        }
+    }
+
+    #[test]
+    fn resume_compares_the_skipped_lines() {
+        let original = numbers(1, 1000);
+        let (_, _, fingerprinter) = read_fingerprinted(&original, 0, None);
+        let (handled, checkpoints) = fingerprinter.at(700).unwrap();
+        let expected = Expected {
+            handled,
+            checkpoints,
+        };
+        // The same input: the rest is read.
+        let (verified, lines, _) = read_fingerprinted(&original, 700, Some(expected.clone()));
+        assert_eq!(verified, Ok(()));
+        assert_eq!(lines.first().map(Vec::as_slice), Some(&b"701"[..]));
+        assert_eq!(lines.len(), 300);
+        // Lines put in front: line 1 differs, and nothing is read.
+        let mut prepended = numbers(5000, 5009);
+        prepended.extend_from_slice(&original);
+        let (verified, lines, _) = read_fingerprinted(&prepended, 700, Some(expected.clone()));
+        let message = verified.unwrap_err().0;
+        assert!(message.contains("line 1 differs"), "{message}");
+        assert!(lines.is_empty());
+        // Line 300 changed: between two checkpoints.
+        let changed = [numbers(1, 299), b"x\n".to_vec(), numbers(301, 1000)].concat();
+        let message = read_fingerprinted(&changed, 700, Some(expected.clone()))
+            .0
+            .unwrap_err()
+            .0;
+        assert!(message.contains("between lines 257 and 512"), "{message}");
+        // Line 600 changed: after the last checkpoint.
+        let changed = [numbers(1, 599), b"x\n".to_vec(), numbers(601, 1000)].concat();
+        let message = read_fingerprinted(&changed, 700, Some(expected.clone()))
+            .0
+            .unwrap_err()
+            .0;
+        assert!(message.contains("between lines 513 and 700"), "{message}");
+        // Cut short.
+        let message = read_fingerprinted(&numbers(1, 100), 700, Some(expected))
+            .0
+            .unwrap_err()
+            .0;
+        assert!(
+            message.contains("100 lines, fewer than the 700"),
+            "{message}"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! The resume journal: a small file next to the output that says how far the output
 //! (and errors) file is a finished piece of the job.
 //!
-//! It records how many input lines have been fully handled, and how many bytes of
-//! the output and errors files hold their results. It is rewritten (a new file
+//! It records how many input lines have been fully handled, how many bytes of the
+//! output and errors files hold their results, and the fingerprint of the input
+//! those lines came from (see [`crate::fingerprint`]). It is rewritten (a new file
 //! renamed over the old one, so it is whole at every moment) only after those bytes
 //! were written, so after a SIGKILL at any point it never claims more than the files
 //! hold. `--resume` cuts the files back to the recorded lengths, skips the recorded
@@ -15,10 +16,14 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::fingerprint::{Expected, Fingerprint};
+
 /// The journal's name is the output's with this appended.
 pub const SUFFIX: &str = ".pstream-resume";
 
-const VERSION: u64 = 1;
+/// 2: the input is identified by the fingerprint of its handled prefix, not by its
+/// name.
+const VERSION: u64 = 2;
 
 /// How far an interrupted run got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,8 +95,9 @@ impl Journal {
         &self.path
     }
 
-    /// What an earlier run of this job recorded; `None` if there is no journal.
-    pub fn load(&self) -> Result<Option<Progress>, JournalError> {
+    /// What an earlier run of this job recorded, and what it read of the input;
+    /// `None` if there is no journal.
+    pub fn load(&self) -> Result<Option<(Progress, Expected)>, JournalError> {
         let text = match fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -116,25 +122,54 @@ impl Journal {
             });
         }
         let field = |name: &str| value[name].as_u64().ok_or_else(invalid);
-        Ok(Some(Progress {
+        let progress = Progress {
             lines: field("lines")?,
             output_bytes: field("output_bytes")?,
             errors_bytes: field("errors_bytes")?,
-        }))
+        };
+        let handled = Fingerprint::from_json(&value["input"])
+            .filter(|f| f.lines == progress.lines)
+            .ok_or_else(invalid)?;
+        let checkpoints = value["checkpoints"]
+            .as_array()
+            .ok_or_else(invalid)?
+            .iter()
+            .map(|c| Fingerprint::from_json(c).ok_or_else(invalid))
+            .collect::<Result<_, _>>()?;
+        Ok(Some((
+            progress,
+            Expected {
+                handled,
+                checkpoints,
+            },
+        )))
     }
 
-    /// Record `progress`, whose bytes must already be written. Atomic: a reader sees
-    /// the old record or the new one.
-    pub fn record(&mut self, progress: Progress) -> io::Result<()> {
-        if self.last == Some(progress) {
+    /// Whether `progress` is what the journal says already.
+    pub fn records(&self, progress: Progress) -> bool {
+        self.last == Some(progress)
+    }
+
+    /// Record `progress`, whose bytes must already be written, with `input`: the
+    /// fingerprint of the input lines it counts, and the checkpoints within them.
+    /// Atomic: a reader sees the old record or the new one.
+    pub fn record(
+        &mut self,
+        progress: Progress,
+        input: (Fingerprint, Vec<Fingerprint>),
+    ) -> io::Result<()> {
+        if self.records(progress) {
             return Ok(());
         }
+        let (handled, checkpoints) = input;
         let record = json!({
             "version": VERSION,
             "job": self.job,
             "lines": progress.lines,
             "output_bytes": progress.output_bytes,
             "errors_bytes": progress.errors_bytes,
+            "input": handled.to_json(),
+            "checkpoints": checkpoints.into_iter().map(Fingerprint::to_json).collect::<Vec<_>>(),
         });
         fs::write(&self.tmp, format!("{record}\n"))?;
         fs::rename(&self.tmp, &self.path)?;
@@ -162,14 +197,27 @@ mod tests {
         let out = dir.path().join("out.txt");
         let mut journal = Journal::for_output(&out, json!({"function": "double"}));
         assert_eq!(journal.path(), dir.path().join("out.txt.pstream-resume"));
-        assert_eq!(journal.load().unwrap(), None);
+        assert!(journal.load().unwrap().is_none());
         let p = Progress {
             lines: 10,
             output_bytes: 30,
             errors_bytes: 0,
         };
-        journal.record(p).unwrap();
-        assert_eq!(journal.load().unwrap(), Some(p));
+        let input = Fingerprint {
+            lines: 10,
+            bytes: 21,
+            sha256: [7; 32],
+        };
+        let one = Fingerprint {
+            lines: 1,
+            bytes: 2,
+            sha256: [1; 32],
+        };
+        journal.record(p, (input, vec![one])).unwrap();
+        let (progress, expected) = journal.load().unwrap().unwrap();
+        assert_eq!(progress, p);
+        assert_eq!(expected.handled, input);
+        assert_eq!(expected.checkpoints, [one]);
 
         let other = Journal::for_output(&out, json!({"function": "upper"}));
         assert!(matches!(other.load(), Err(JournalError::OtherJob { .. })));

@@ -7,6 +7,7 @@
 mod clash;
 mod cli;
 mod error;
+mod fingerprint;
 mod input;
 mod journal;
 mod notices;

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
+use crate::input::Fingerprinter;
 use crate::journal::{Journal, Progress};
 
 /// Output bytes gathered before they are written.
@@ -32,6 +33,13 @@ pub struct Sink {
     errors: Option<File>,
     errbuf: Vec<u8>,
     journal: Option<Journal>,
+    /// The input's fingerprint for the journal.
+    fingerprinter: Option<Fingerprinter>,
+    /// Input lines handled before this run (skipped on resume).
+    base: u64,
+    /// When the journal was last recorded: it is recorded at most every
+    /// [`FLUSH_INTERVAL`] while pieces are written, and at every explicit flush.
+    last_record: Instant,
     /// Bytes of the output and errors files, written or gathered.
     out_len: u64,
     err_len: u64,
@@ -48,15 +56,19 @@ impl Sink {
     pub fn new(
         out: File,
         errors: Option<File>,
-        journal: Option<Journal>,
+        journal: Option<(Journal, Fingerprinter)>,
         handled: Progress,
     ) -> Sink {
+        let (journal, fingerprinter) = journal.unzip();
         Sink {
             out,
             buf: Vec::with_capacity(PIECE + 4096),
             errors,
             errbuf: Vec::new(),
             journal,
+            fingerprinter,
+            base: handled.lines,
+            last_record: Instant::now(),
             out_len: handled.output_bytes,
             err_len: handled.errors_bytes,
             handled,
@@ -71,7 +83,7 @@ impl Sink {
         self.buf.push(b'\n');
         self.out_len += bytes.len() as u64 + 1;
         if self.buf.len() >= PIECE {
-            self.flush()?;
+            self.write_piece()?;
         }
         Ok(())
     }
@@ -84,7 +96,7 @@ impl Sink {
             self.errbuf.push(b'\n');
             self.err_len += record.len() as u64 + 1;
             if self.errbuf.len() >= PIECE {
-                self.flush()?;
+                self.write_piece()?;
             }
         }
         Ok(())
@@ -110,18 +122,28 @@ impl Sink {
 
     /// Write what is gathered, then the journal.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.write(true)
+    }
+
+    /// A piece is full: write what is gathered, and the journal if it is due.
+    fn write_piece(&mut self) -> io::Result<()> {
+        let due = self.last_record.elapsed() >= FLUSH_INTERVAL;
+        self.write(due)
+    }
+
+    fn write(&mut self, record: bool) -> io::Result<()> {
         if let Some(kind) = self.broken {
             return Err(kind.into());
         }
         self.last_flush = Instant::now();
-        let result = self.write_out();
+        let result = self.write_out(record);
         if let Err(e) = &result {
             self.broken = Some(e.kind());
         }
         result
     }
 
-    fn write_out(&mut self) -> io::Result<()> {
+    fn write_out(&mut self, record: bool) -> io::Result<()> {
         if !self.buf.is_empty() {
             write_whole_lines(&mut self.out, &self.buf)?;
             self.buf.clear();
@@ -132,9 +154,20 @@ impl Sink {
                 self.errbuf.clear();
             }
         }
-        if let Some(journal) = &mut self.journal {
-            journal.record(self.handled)?;
+        let (Some(journal), Some(fingerprinter)) = (&mut self.journal, &self.fingerprinter) else {
+            return Ok(());
+        };
+        let handled = self.handled.lines - self.base;
+        if !record || journal.records(self.handled) {
+            // The chunks before the handled lines are not needed any more.
+            fingerprinter.release(handled);
+            return Ok(());
         }
+        let input = fingerprinter.at(handled).ok_or_else(|| {
+            io::Error::other("the input lines handled are not known (a bug of pstream-coord)")
+        })?;
+        journal.record(self.handled, input)?;
+        self.last_record = Instant::now();
         Ok(())
     }
 

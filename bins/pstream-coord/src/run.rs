@@ -17,7 +17,8 @@ use serde_json::json;
 use crate::clash;
 use crate::cli::{Format, OnError, RunArgs};
 use crate::error::CliError;
-use crate::input::{self, Answered, Lines, Pending, ReadStats};
+use crate::fingerprint::{Fingerprint, Hashing, InputChanged};
+use crate::input::{self, Answered, Consumed, Fingerprinter, Lines, Pending, ReadStats};
 use crate::journal::{Journal, Progress};
 use crate::notices::Notices;
 use crate::output::{Sink, FLUSH_INTERVAL};
@@ -64,17 +65,40 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
         ));
     }
 
-    // Only now touch the output: a mistyped function name must not empty it.
+    // The job, as the journal names it: the input is named by the fingerprint of
+    // what was read of it, not by its path, so another spelling of the same file
+    // (or the same data on stdin) resumes.
     let job = json!({
         "function": args.function,
         "plugin": args.plugin.as_ref().map(|p| p.display().to_string()),
-        "input": args.input,
         "format": args.format.name(),
-        "errors": args.errors.as_ref().map(|p| p.display().to_string()),
+        "errors": args.errors.as_deref().map(|p| clash::place(p).display().to_string()),
     });
-    let (out, errors, journal, resumed) = open_outputs(&args, job)?;
-    let base = resumed.lines;
-    let sink = Arc::new(Mutex::new(Sink::new(out, errors, journal, resumed)));
+    let ordered = !args.unordered;
+    // An ordered run into a regular file keeps a journal (and fingerprints its
+    // input for it); an unordered output has no point to resume from.
+    let journaled = ordered
+        && args.output != "-"
+        && std::fs::metadata(&args.output).map_or(true, |m| m.is_file());
+    let journal = journaled.then(|| Journal::for_output(Path::new(&args.output), job));
+    let loaded = match &journal {
+        Some(journal) if args.resume => journal.load()?,
+        _ => None,
+    };
+    if let (Some(journal), None, true) = (&journal, &loaded, args.resume) {
+        let path = Path::new(&args.output);
+        if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) > 0 {
+            return Err(CliError::Usage(format!(
+                "nothing to resume: {} has no journal {} (the run that wrote it \
+                 finished, or it was not written by pstream-coord); run without \
+                 --resume to start over",
+                path.display(),
+                journal.path().display()
+            )));
+        }
+    }
+    let (resumed, expected) = loaded.unzip();
+    let base = resumed.map_or(0, |p| p.lines);
 
     let counters = Arc::new(Counters::default());
     let display = Arc::new(Mutex::new(Display::new(args.progress_choice())));
@@ -99,15 +123,59 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     }
 
     let read_stats = Arc::new(ReadStats::default());
-    let reader = input::start_reader(Box::new(source), base, Arc::clone(&read_stats))
+    let checkpoints = Arc::new(Mutex::new(Vec::new()));
+    let consumed = journaled.then(|| Arc::new(Consumed::default()));
+    let hashing = journaled.then(|| Hashing::new(Arc::clone(&checkpoints), expected.clone()));
+    let reader = input::start_reader(Box::new(source), base, Arc::clone(&read_stats), hashing)
         .map_err(|e| CliError::Run("start the input thread".into(), e.into()))?;
+    // On resume, the skipped lines must be the ones the interrupted run handled:
+    // nothing is written before they are read and compared.
+    if let Some(signal) = wait_verified(&reader.verified, &stop)? {
+        eprintln!(
+            "pstream-coord: {}: stopped while reading the lines to skip; nothing was written",
+            signal.as_str()
+        );
+        return Ok(exit_status(signal));
+    }
+
+    // Only now touch the output: a mistyped function name or a changed input must
+    // not empty it.
+    let (out, errors, regular) = open_outputs(&args, resumed)?;
+    let (journal, consumed) = match (journal, consumed) {
+        (Some(mut journal), Some(consumed)) if regular => {
+            if resumed.is_none() {
+                // From the first moment, a killed run leaves a journal to resume from.
+                journal
+                    .record(Progress::default(), (Fingerprint::empty(), Vec::new()))
+                    .map_err(|e| {
+                        CliError::Run(format!("journal the output {}", args.output), e.into())
+                    })?;
+            }
+            let resumed_input = expected.map_or_else(Fingerprint::empty, |e| e.handled);
+            let fingerprinter =
+                Fingerprinter::new(Arc::clone(&consumed), resumed_input, checkpoints);
+            (Some((journal, fingerprinter)), Some(consumed))
+        }
+        _ => (None, None),
+    };
+    let sink = Arc::new(Mutex::new(Sink::new(
+        out,
+        errors,
+        journal,
+        resumed.unwrap_or_default(),
+    )));
+
     let pending = Arc::new(Pending::default());
-    let lines = Lines::new(reader.chunks, Arc::clone(&stop), Arc::clone(&pending));
+    let lines = Lines::new(
+        reader.chunks,
+        Arc::clone(&stop),
+        Arc::clone(&pending),
+        consumed,
+    );
     let codec = match args.format {
         Format::Lines => Codec::Lines,
         Format::Jsonl => Codec::Json,
     };
-    let ordered = !args.unordered;
     let mut results = pool
         .map_raw(&args.function, codec, ordered, lines)
         .map_err(|e| pool_error(e, &pool, args.plugin.as_deref()))?;
@@ -400,14 +468,14 @@ fn pool_error(e: PoolError, pool: &ProcessPool, plugin: Option<&Path>) -> CliErr
     }
 }
 
-/// Open (or continue) the output, the errors file, and the output's journal if it
-/// is a regular file. Both files are opened before either is emptied or cut back:
-/// an errors file that cannot be opened (a directory, say) leaves the output as it
-/// was.
+/// Open (or continue, after `resumed`) the output and the errors file; and
+/// whether the output is a regular file. Both files are opened before either is
+/// emptied or cut back: an errors file that cannot be opened (a directory, say)
+/// leaves the output as it was.
 fn open_outputs(
     args: &RunArgs,
-    job: serde_json::Value,
-) -> Result<(File, Option<File>, Option<Journal>, Progress), CliError> {
+    resumed: Option<Progress>,
+) -> Result<(File, Option<File>, bool), CliError> {
     if args.output == "-" {
         let fd = io::stdout()
             .as_fd()
@@ -417,29 +485,9 @@ fn open_outputs(
             Some(path) => Some(start_file(open_errors(path)?, path, None)?),
             None => None,
         };
-        return Ok((File::from(fd), errors, None, Progress::default()));
+        return Ok((File::from(fd), errors, false));
     }
     let path = PathBuf::from(&args.output);
-    let mut journal = Journal::for_output(&path, job);
-    let run_error = |what: &str, e: io::Error| {
-        CliError::Run(format!("{what} the output {}", path.display()), e.into())
-    };
-    let mut resumed = None;
-    if args.resume {
-        resumed = journal.load()?;
-        if resumed.is_none() {
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if len > 0 {
-                return Err(CliError::Usage(format!(
-                    "nothing to resume: {} has no journal {} (the run that wrote it \
-                     finished, or it was not written by pstream-coord); run without \
-                     --resume to start over",
-                    path.display(),
-                    journal.path().display()
-                )));
-            }
-        }
-    }
     let errors = match &args.errors {
         Some(errors) => Some(open_errors(errors)?),
         None => None,
@@ -449,7 +497,7 @@ fn open_outputs(
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|e| run_error("open", e))?;
+        .map_err(|e| CliError::Run(format!("open the output {}", path.display()), e.into()))?;
     // Only now is anything emptied or cut back.
     let regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
     let out = start_file(out, &path, resumed.map(|p| p.output_bytes))?;
@@ -459,19 +507,32 @@ fn open_outputs(
         }
         _ => None,
     };
-    let progress = resumed.unwrap_or_default();
-    let journal = if regular {
-        if resumed.is_none() {
-            // From the first moment, a killed run leaves a journal to resume from.
-            journal
-                .record(Progress::default())
-                .map_err(|e| run_error("journal", e))?;
+    Ok((out, errors, regular))
+}
+
+/// Wait until the reader has read the lines to skip and compared them with what
+/// the journal recorded. `Some(signal)` if a signal came first; an error if the
+/// input changed. (A read error ends the wait too: it is reported as the job's.)
+fn wait_verified(
+    verified: &mpsc::Receiver<Result<(), InputChanged>>,
+    stop: &Stop,
+) -> Result<Option<Signal>, CliError> {
+    loop {
+        match verified.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(())) | Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            Ok(Err(changed)) => {
+                return Err(CliError::Usage(format!(
+                    "resume: the input is not the one the interrupted run read: {changed}; \
+                     give that input again, or run without --resume to start over"
+                )))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(signal) = stop.signal() {
+                    return Ok(Some(signal));
+                }
+            }
         }
-        Some(journal)
-    } else {
-        None // /dev/null, a pipe: nothing to resume.
-    };
-    Ok((out, errors, journal, progress))
+    }
 }
 
 /// Open the errors file for writing, changing nothing in it yet.
