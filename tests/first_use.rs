@@ -105,3 +105,104 @@ fn the_same_failure_on_many_lines_is_shown_a_few_times_and_counted() {
     assert_eq!(records.lines().count(), 2000, "one record per failed line");
     assert!(stderr.contains("2 ok, 2000 failed"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------
+// Item 6: output lined up with the input.
+
+/// Lines 1 to n, with `x` (which `double` fails on) at every 7th.
+fn numbers_and_failures(n: u64) -> Vec<String> {
+    (1..=n)
+        .map(|i| {
+            if i % 7 == 0 {
+                "x".to_string()
+            } else {
+                i.to_string()
+            }
+        })
+        .collect()
+}
+
+fn joined(lines: &[String]) -> Vec<u8> {
+    lines
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// `--tag` with `--unordered`: every output line names its input.
+#[test]
+fn tag_ties_unordered_results_to_their_inputs() {
+    let input = numbers_and_failures(3000);
+    let out = coord_run(
+        &[
+            "run",
+            "-f",
+            "double",
+            "--unordered",
+            "--tag",
+            "--workers",
+            "2",
+        ],
+        &joined(&input),
+        1,
+    );
+    let mut seen = Vec::new();
+    for line in text(&out.stdout).lines() {
+        let (tag, result) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("an untagged line: {line:?}"));
+        let n: i64 = tag.parse().unwrap();
+        assert_eq!(result, (2 * n).to_string(), "line {line:?}");
+        seen.push(n);
+    }
+    seen.sort_unstable();
+    let want: Vec<i64> = input.iter().filter_map(|l| l.parse().ok()).collect();
+    assert_eq!(seen, want);
+}
+
+/// `--on-error placeholder`: line N of the output is input line N's, in both
+/// formats, with and without `--tag`.
+#[test]
+fn a_placeholder_keeps_output_line_n_for_input_line_n() {
+    let input = numbers_and_failures(500);
+    type Expected = fn(&str) -> String;
+    let cases: [(&[&str], Expected); 3] = [
+        (&[], |l| {
+            l.parse::<i64>()
+                .map(|n| (2 * n).to_string())
+                .unwrap_or_default()
+        }),
+        (&["--format", "jsonl"], |l| {
+            l.parse::<i64>()
+                .map(|n| (2 * n).to_string())
+                .unwrap_or_else(|_| "null".into())
+        }),
+        (&["--tag"], |l| {
+            let result = l
+                .parse::<i64>()
+                .map(|n| (2 * n).to_string())
+                .unwrap_or_default();
+            format!("{l}\t{result}")
+        }),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let errors = dir.path().join("errors.jsonl");
+    for (extra, expected) in cases {
+        let mut args = vec![
+            "run",
+            "-f",
+            "double",
+            "--on-error",
+            "placeholder",
+            "--errors",
+            errors.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = coord_run(&args, &joined(&input), 1);
+        let want: String = input.iter().map(|l| expected(l) + "\n").collect();
+        assert_eq!(text(&out.stdout), want, "{extra:?}");
+        let records = std::fs::read_to_string(&errors).unwrap();
+        assert_eq!(records.lines().count(), 500 / 7, "{extra:?}");
+    }
+}

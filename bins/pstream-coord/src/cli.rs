@@ -89,6 +89,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub unordered: bool,
 
+    /// Write each output line after its input line and a tab (`INPUT<TAB>RESULT`),
+    /// so that results can be tied to their inputs (with --unordered, say).
+    #[arg(long)]
+    pub tag: bool,
+
     /// Time limit per item, e.g. 30s, 500ms, 2m (default: none). A worker stuck
     /// longer is killed and the item reported as timed out.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -98,7 +103,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub retries: u32,
 
-    /// What a failed item does: `skip` reports it and goes on; `fail` stops the job
+    /// What a failed item does: `skip` reports it and goes on; `placeholder` reports
+    /// it and writes a placeholder line in its place (empty in `lines` format, `null`
+    /// in `jsonl`), so that output line N is input line N's; `fail` stops the job
     /// after writing every earlier result.
     #[arg(long, value_enum, default_value_t = OnError::Skip)]
     pub on_error: OnError,
@@ -160,6 +167,10 @@ pub enum OnError {
     /// Report the item (stderr, --errors), write no output line for it, go on; exit 1
     /// at the end.
     Skip,
+    /// Report the item (stderr, --errors), write a placeholder line for it (an empty
+    /// line in `lines` format, `null` in `jsonl`; after the input and a tab with
+    /// --tag), go on; exit 1 at the end. Output line N is then input line N's.
+    Placeholder,
     /// Stop at the first failed item, after writing every earlier result; exit 1.
     Fail,
 }

@@ -88,6 +88,14 @@ impl Sink {
         Ok(())
     }
 
+    /// Add a result line after its input line and a tab (`--tag`).
+    pub fn tagged_result(&mut self, input: &[u8], bytes: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(input);
+        self.buf.push(b'\t');
+        self.out_len += input.len() as u64 + 1;
+        self.result(bytes)
+    }
+
     /// Add an error record line (the newline is added here). Without an errors file,
     /// nothing.
     pub fn error_record(&mut self, record: &[u8]) -> io::Result<()> {

@@ -77,6 +77,15 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     let ordered = !args.unordered;
     // An ordered run into a regular file keeps a journal (and fingerprints its
     // input for it); an unordered output has no point to resume from.
+    // What changes the output's lines: a resumed run must not mix them. (Absent
+    // when off, so journals written before these options still match.)
+    let mut job = job;
+    if args.tag {
+        job["tag"] = true.into();
+    }
+    if args.on_error == OnError::Placeholder {
+        job["on_error"] = "placeholder".into();
+    }
     let journaled = ordered
         && args.output != "-"
         && std::fs::metadata(&args.output).map_or(true, |m| m.is_file());
@@ -176,6 +185,11 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
         Format::Lines => Codec::Lines,
         Format::Jsonl => Codec::Json,
     };
+    // What `--on-error placeholder` writes for a failed line.
+    let placeholder: &[u8] = match args.format {
+        Format::Lines => b"",
+        Format::Jsonl => b"null",
+    };
     let mut results = pool
         .map_raw(&args.function, codec, ordered, lines)
         .map_err(|e| pool_error(e, &pool, args.plugin.as_deref()))?;
@@ -212,10 +226,13 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
         let line = base + index + 1;
         let written = match result {
             Ok(bytes) => {
-                answered.answer(index, false);
+                let input = answered.answer(index, args.tag);
                 counters.ok.fetch_add(1, Ordering::Relaxed);
                 let mut sink = sink.lock().unwrap();
-                let written = sink.result(bytes);
+                let written = match &input {
+                    Some(input) => sink.tagged_result(input, bytes),
+                    None => sink.result(bytes),
+                };
                 if ordered {
                     sink.handled(line);
                 }
@@ -231,7 +248,14 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
                 }
                 let record = error_record(line, &text, e.kind.name(), &message);
                 let mut sink = sink.lock().unwrap();
-                let written = sink.error_record(record.as_bytes());
+                let mut written = sink.error_record(record.as_bytes());
+                if args.on_error == OnError::Placeholder && written.is_ok() {
+                    written = if args.tag {
+                        sink.tagged_result(&text, placeholder)
+                    } else {
+                        sink.result(placeholder)
+                    };
+                }
                 if args.on_error == OnError::Fail {
                     // This line is not handled: a resumed run tries it again.
                     stopped_at_failure = true;
