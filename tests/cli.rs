@@ -1468,7 +1468,14 @@ fn a_full_disk_leaves_whole_lines_and_resume_completes_the_output() {
         String::from_utf8_lossy(&got[got.len().saturating_sub(20)..])
     );
     assert_same("output on a full disk", &got, &want[..got.len()]);
-    assert!(journal.exists(), "no journal to resume from");
+    // The journal vouches for whole lines written before the failed write.
+    let record: serde_json::Value = serde_json::from_slice(&read(&journal)).unwrap();
+    let vouched = record["output_bytes"].as_u64().unwrap();
+    assert!(
+        record["lines"].as_u64().unwrap() > 0 && vouched <= got.len() as u64,
+        "{record}"
+    );
+    assert_eq!(want[vouched as usize - 1], b'\n', "{record}");
 
     // Room again: --resume continues from the whole lines the journal vouches for.
     let mut cmd = coord(&[&args[..], &["--resume"]].concat());

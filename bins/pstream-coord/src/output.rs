@@ -45,6 +45,8 @@ pub struct Sink {
     err_len: u64,
     /// The journal record for the lines handled so far; written at the next flush.
     handled: Progress,
+    /// `handled` as of the last successful write: its bytes are all written.
+    written: Progress,
     last_flush: Instant,
     /// Set after a write failed: nothing more is written.
     broken: Option<io::ErrorKind>,
@@ -72,6 +74,7 @@ impl Sink {
             out_len: handled.output_bytes,
             err_len: handled.errors_bytes,
             handled,
+            written: handled,
             last_flush: Instant::now(),
             broken: None,
         }
@@ -152,6 +155,26 @@ impl Sink {
     }
 
     fn write_out(&mut self, record: bool) -> io::Result<()> {
+        if let Err(e) = self.write_files() {
+            // What was written before is whole lines: let the journal vouch for it
+            // (best effort: the disk may be full), so that --resume after making
+            // room redoes as little as possible.
+            let _ = self.record(self.written);
+            return Err(e);
+        }
+        self.written = self.handled;
+        if record {
+            self.record(self.handled)
+        } else {
+            if let Some(fingerprinter) = &self.fingerprinter {
+                // The chunks before the handled lines are not needed any more.
+                fingerprinter.release(self.handled.lines - self.base);
+            }
+            Ok(())
+        }
+    }
+
+    fn write_files(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             write_whole_lines(&mut self.out, &self.buf)?;
             self.buf.clear();
@@ -162,19 +185,23 @@ impl Sink {
                 self.errbuf.clear();
             }
         }
+        Ok(())
+    }
+
+    /// Record `progress` in the journal (its bytes are written).
+    fn record(&mut self, progress: Progress) -> io::Result<()> {
         let (Some(journal), Some(fingerprinter)) = (&mut self.journal, &self.fingerprinter) else {
             return Ok(());
         };
-        let handled = self.handled.lines - self.base;
-        if !record || journal.records(self.handled) {
-            // The chunks before the handled lines are not needed any more.
-            fingerprinter.release(handled);
+        if journal.records(progress) {
             return Ok(());
         }
-        let input = fingerprinter.at(handled).ok_or_else(|| {
-            io::Error::other("the input lines handled are not known (a bug of pstream-coord)")
-        })?;
-        journal.record(self.handled, input)?;
+        let input = fingerprinter
+            .at(progress.lines - self.base)
+            .ok_or_else(|| {
+                io::Error::other("the input lines handled are not known (a bug of pstream-coord)")
+            })?;
+        journal.record(progress, input)?;
         self.last_record = Instant::now();
         Ok(())
     }
