@@ -1714,3 +1714,28 @@ fn resume_with_the_input_named_another_way_completes_the_output() {
     assert!(String::from_utf8_lossy(&done.stderr).contains("resumed after line"));
     assert_same("resumed from stdin", &read(&out), want.as_bytes());
 }
+
+#[test]
+fn a_stray_worker_variable_does_not_make_the_launcher_a_worker() {
+    // Left set in a shell (or copied from a worker's environment): without the
+    // token's pipe that only a coordinator passes, it names no coordinator.
+    let dir = tempdir();
+    let socket = dir.path().join("socket");
+    for fd in [None, Some("999"), Some("1")] {
+        let mut cmd = coord(&["run", "-f", "double", "--format", "jsonl", "-j", "2"]);
+        cmd.env("PSTREAM_SOCKET", &socket)
+            .env("PSTREAM_TOKEN", "feedface".repeat(8))
+            .env("PSTREAM_COORDINATOR_PID", "1");
+        if let Some(fd) = fd {
+            cmd.env("PSTREAM_TOKEN_FD", fd);
+        }
+        let out = expect_code(&mut cmd, Some(b"1\n2\n3\n"), 0);
+        assert_eq!(out.stdout, b"2\n4\n6\n", "{fd:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("warning: ignoring the worker environment: PSTREAM_SOCKET="),
+            "{fd:?}: {stderr}"
+        );
+        assert!(stderr.contains("3 ok, 0 failed"), "{fd:?}: {stderr}");
+    }
+}

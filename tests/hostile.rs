@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use pstream::protocol::auth::{Role, Token};
 use pstream::protocol::{
     read_frame, write_frame, Frame, Hello, Items, Message, ENV_COORDINATOR_PID, ENV_SOCKET,
-    ENV_TOKEN, PROTOCOL_VERSION,
+    ENV_TOKEN_FD, PROTOCOL_VERSION,
 };
 use pstream::PoolError;
 use pstream_examples::{double, sha256_bytes, Blob};
@@ -172,15 +172,36 @@ fn private_socket() -> (tempfile::TempDir, std::path::PathBuf, UnixListener) {
 /// Start the plugin as a coordinator would, told that its coordinator is
 /// `coordinator` and listens on `path`.
 fn summon(path: &std::path::Path, coordinator: u32) -> std::process::Child {
-    Command::new(plugin())
-        .env(ENV_SOCKET, path)
-        .env(ENV_TOKEN, TOKEN)
+    let mut cmd = Command::new(plugin());
+    cmd.env(ENV_SOCKET, path)
         .env(ENV_COORDINATOR_PID, coordinator.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    give_token(&mut cmd, TOKEN);
+    cmd.spawn().unwrap()
+}
+
+/// Pass `token` to the child as a coordinator does: on a pipe that only this child
+/// inherits, named by `PSTREAM_TOKEN_FD`.
+fn give_token(cmd: &mut Command, token: &str) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+    std::fs::File::from(write)
+        .write_all(token.as_bytes())
+        .unwrap();
+    let read = std::sync::Arc::new(read);
+    cmd.env(ENV_TOKEN_FD, read.as_raw_fd().to_string());
+    // SAFETY: between fork and exec the closure only calls fcntl, which is
+    // async-signal-safe; the pipe stays open in the parent as long as `cmd` holds it.
+    unsafe {
+        cmd.pre_exec(move || {
+            fcntl(&*read, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            Ok(())
+        });
+    }
 }
 
 /// Accept the worker's connection, failing the test if it does not come in time.
@@ -433,4 +454,65 @@ fn a_coordinator_vanishing_mid_frame_makes_the_worker_exit_with_a_message() {
     stream.write_all(&[1, 2, 3]).unwrap();
     drop(stream);
     assert_exits_with_message(child, Instant::now(), "inside a frame");
+}
+
+#[test]
+fn the_token_is_in_no_worker_environment() {
+    // A function's child processes can read their worker's /proc/<pid>/environ, which
+    // keeps the environment the worker was started with, whatever it removed since.
+    let pool = builder().workers(2).build().unwrap();
+    let doubled: Vec<i64> = pool
+        .map(double, 0..100i64)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(doubled, (0..100).map(|x| x * 2).collect::<Vec<_>>());
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let mut token_fd = None;
+        for entry in environ.split(|&b| b == 0) {
+            let entry = String::from_utf8_lossy(entry);
+            let (name, value) = entry.split_once('=').unwrap_or((&entry, ""));
+            assert_ne!(name, "PSTREAM_TOKEN", "worker {pid}: {entry}");
+            let secret_like = value.len() >= 32 && value.bytes().all(|b| b.is_ascii_hexdigit());
+            assert!(!secret_like, "worker {pid}: {entry}");
+            if name == ENV_TOKEN_FD {
+                token_fd = Some(value.to_string());
+            }
+        }
+        // The pipe it came on is closed once read.
+        let fd = token_fd.unwrap_or_else(|| panic!("worker {pid}: no {ENV_TOKEN_FD}"));
+        if let Ok(target) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+            assert!(
+                !target.to_string_lossy().starts_with("pipe:"),
+                "worker {pid} still holds the token's pipe: {}",
+                target.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_plugin_started_by_hand_with_a_stray_socket_variable_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("socket");
+    let out = Command::new(plugin())
+        .env(ENV_SOCKET, &socket)
+        .env("PSTREAM_TOKEN", TOKEN)
+        .env(ENV_COORDINATOR_PID, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("was not started by a pstream coordinator"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{ENV_TOKEN_FD} is not set")),
+        "{stderr}"
+    );
 }

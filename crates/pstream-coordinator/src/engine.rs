@@ -22,8 +22,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use pstream_protocol::{
     write_frame, BatchHeader, Codec, FailureKind, Frame, FunctionInfo, ItemFailure, Items, Join,
-    Message, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
-    PROGRESS_HEARTBEAT,
+    Message, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME, ENV_SOCKET, PROGRESS_HEARTBEAT,
 };
 
 use crate::conn::{Conn, Incoming};
@@ -1086,7 +1085,6 @@ impl Engine {
     fn spawn_worker(&mut self) -> bool {
         let env = [
             (ENV_SOCKET, self.socket.to_string_lossy().into_owned()),
-            (ENV_TOKEN, self.checks.token.to_hex()),
             (ENV_COORDINATOR_PID, std::process::id().to_string()),
             (ENV_MAX_FRAME, self.config.max_frame.to_string()),
             (ENV_CAPACITY, self.config.capacity.to_string()),
@@ -1106,7 +1104,7 @@ impl Engine {
                 // Hold the lock across spawn so the pid is known before the child
                 // can connect.
                 let mut spawned = checks.spawned.lock().unwrap();
-                let proc = match spawn(&command, &env) {
+                let proc = match spawn(&command, &env, Some(&checks.token)) {
                     Ok(p) => Arc::new(p),
                     Err(e) => {
                         drop(spawned);

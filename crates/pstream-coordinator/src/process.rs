@@ -3,11 +3,15 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use pstream_protocol::auth::Token;
+use pstream_protocol::ENV_TOKEN_FD;
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
@@ -70,8 +74,13 @@ impl Proc {
 /// Start one worker. The child is in its own process group (a terminal's Ctrl-C goes
 /// to the coordinator, which decides), dies with the thread that started it
 /// (`PR_SET_PDEATHSIG`), and writes its stdout to our stderr so it can never mix
-/// into a job's output.
-pub(crate) fn spawn(command: &WorkerCommand, extra_env: &[(&str, String)]) -> io::Result<Proc> {
+/// into a job's output. The `token`, if any, is passed on a pipe that only this
+/// child inherits (named by `PSTREAM_TOKEN_FD`), never in the environment.
+pub(crate) fn spawn(
+    command: &WorkerCommand,
+    extra_env: &[(&str, String)],
+    token: Option<&Token>,
+) -> io::Result<Proc> {
     let mut cmd = Command::new(&command.program);
     if command.program.as_os_str() == "/proc/self/exe" {
         // Show the real program in `ps`, not the link we exec through.
@@ -85,10 +94,20 @@ pub(crate) fn spawn(command: &WorkerCommand, extra_env: &[(&str, String)]) -> io
         .stdin(Stdio::null())
         .stdout(Stdio::from(io::stderr().as_fd().try_clone_to_owned()?))
         .process_group(0);
+    // Close-on-exec in this process, so no other child inherits it; cleared in this
+    // child alone, between fork and exec.
+    let token_pipe = match token {
+        Some(token) => {
+            let pipe = Arc::new(token_pipe(token)?);
+            cmd.env(ENV_TOKEN_FD, pipe.as_raw_fd().to_string());
+            Some(pipe)
+        }
+        None => None,
+    };
     let parent = nix::unistd::getpid();
     let memory_limit = command.memory_limit;
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (sigaction, prctl, getppid, setrlimit). Setting
+    // async-signal-safe system calls (sigaction, fcntl, prctl, getppid, setrlimit). Setting
     // SIGTTOU and SIGTTIN to "ignore" installs no handler of ours: the disposition
     // survives exec and no code of this process runs on a signal.
     unsafe {
@@ -98,6 +117,10 @@ pub(crate) fn spawn(command: &WorkerCommand, extra_env: &[(&str, String)]) -> io
             // (a function's stderr) would stop it until the time limit killed it.
             nix::sys::signal::signal(Signal::SIGTTOU, nix::sys::signal::SigHandler::SigIgn)?;
             nix::sys::signal::signal(Signal::SIGTTIN, nix::sys::signal::SigHandler::SigIgn)?;
+            if let Some(pipe) = &token_pipe {
+                // The parent holds the pipe until `spawn` returns: it is open here.
+                fcntl(&**pipe, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            }
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The parent may have died before the prctl: then nobody would kill us.
             if nix::unistd::getppid() != parent {
@@ -121,6 +144,21 @@ pub(crate) fn spawn(command: &WorkerCommand, extra_env: &[(&str, String)]) -> io
     })
 }
 
+/// A pipe holding the token as 64 hex digits, its write end closed: the read end,
+/// close-on-exec, numbered 3 or more (never a standard stream, which the child's
+/// stdio setup would replace).
+fn token_pipe(token: &Token) -> io::Result<OwnedFd> {
+    use std::io::Write;
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // 64 bytes: far below a pipe's buffer, so the write cannot block.
+    std::fs::File::from(write).write_all(token.to_hex().as_bytes())?;
+    if read.as_raw_fd() < 3 {
+        // `try_clone` duplicates to the lowest free descriptor from 3, close-on-exec.
+        return read.try_clone();
+    }
+    Ok(read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,11 +171,11 @@ mod tests {
             env: vec![],
             memory_limit: None,
         };
-        let p = spawn(&sh("exit 7"), &[]).unwrap();
+        let p = spawn(&sh("exit 7"), &[], None).unwrap();
         assert_eq!(p.wait(), ExitCause::Code(7));
-        let p = spawn(&sh("kill -SEGV $$"), &[]).unwrap();
+        let p = spawn(&sh("kill -SEGV $$"), &[], None).unwrap();
         assert_eq!(p.wait(), ExitCause::Signal(libc_sigsegv()));
-        let p = spawn(&sh("sleep 30"), &[]).unwrap();
+        let p = spawn(&sh("sleep 30"), &[], None).unwrap();
         p.signal(Signal::SIGKILL);
         assert_eq!(p.wait(), ExitCause::Signal(Signal::SIGKILL as i32));
         // After reaping, signalling is a no-op rather than a shot at a recycled pid.

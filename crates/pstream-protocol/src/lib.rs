@@ -110,15 +110,55 @@ pub const MAX_MESSAGE: usize = 4096;
 
 /// Environment variable naming the coordinator's socket, set for every worker.
 pub const ENV_SOCKET: &str = "PSTREAM_SOCKET";
-/// Whether this process was started as a worker by a coordinator (the environment
-/// names a coordinator's socket). The worker runtime serves in such a process; a
-/// pool must never be built in one, or every worker would start workers of its own.
+/// Whether this process was started as a worker by a coordinator: the environment
+/// names a coordinator's socket, and the process holds the pipe its coordinator
+/// passed the token on ([`token_pipe`]). The worker runtime serves in such a process;
+/// a pool must never be built in one, or every worker would start workers of its own.
+///
+/// The variables alone do not make a worker: inherited by a process that the
+/// coordinator did not start (a launcher run from a shell where they were left
+/// set), they come without the pipe, which only the coordinator's spawn passes on
+/// and the worker closes once it has read it.
 pub fn started_as_worker() -> bool {
-    std::env::var_os(ENV_SOCKET).is_some()
+    std::env::var_os(ENV_SOCKET).is_some() && token_pipe().is_some()
 }
 
-/// Environment variable carrying the worker's authentication token (hex).
-pub const ENV_TOKEN: &str = "PSTREAM_TOKEN";
+/// If [`ENV_SOCKET`] is set in a process that was not started as a worker: why it
+/// does not count, for a warning.
+pub fn stray_worker_environment() -> Option<String> {
+    let socket = std::env::var_os(ENV_SOCKET)?;
+    if token_pipe().is_some() {
+        return None;
+    }
+    let why = match std::env::var(ENV_TOKEN_FD) {
+        Err(_) => format!("{ENV_TOKEN_FD} is not set"),
+        Ok(fd) => format!("{ENV_TOKEN_FD}={fd} names no pipe this process holds"),
+    };
+    Some(format!(
+        "{ENV_SOCKET}={} is set, but this process was not started by a pstream \
+         coordinator ({why}); the variable was probably inherited by mistake",
+        socket.to_string_lossy()
+    ))
+}
+
+/// The descriptor on which the coordinator passed this worker its token: the number
+/// in [`ENV_TOKEN_FD`], if it names an open pipe (at least 3: never a standard
+/// stream).
+pub fn token_pipe() -> Option<i32> {
+    use std::os::unix::fs::FileTypeExt;
+    let fd: i32 = std::env::var(ENV_TOKEN_FD).ok()?.parse().ok()?;
+    if fd < 3 {
+        return None;
+    }
+    let meta = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
+    meta.file_type().is_fifo().then_some(fd)
+}
+
+/// Environment variable naming the descriptor (a pipe, inherited) on which the
+/// coordinator writes the worker's token: 64 hexadecimal digits. The worker reads it
+/// once and closes it; the token is never in the environment, where
+/// `/proc/<pid>/environ` would show it to the worker's children.
+pub const ENV_TOKEN_FD: &str = "PSTREAM_TOKEN_FD";
 /// Environment variable carrying the coordinator's process id: the only process
 /// the worker accepts as the peer of its socket.
 pub const ENV_COORDINATOR_PID: &str = "PSTREAM_COORDINATOR_PID";

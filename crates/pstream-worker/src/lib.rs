@@ -44,9 +44,16 @@ pub fn is_worker() -> bool {
 
 /// Call first in `main`. In a process started as a worker, serve and exit (this call
 /// never returns there); anywhere else return at once.
+///
+/// `PSTREAM_SOCKET` inherited by a process that no coordinator started (left set in
+/// a shell, say) does not make it a worker: it comes without the token's pipe that
+/// only a coordinator passes. Such a process gets a warning on stderr and goes on.
 pub fn init() {
     if is_worker() {
         exit_after_serving();
+    }
+    if let Some(stray) = pstream_protocol::stray_worker_environment() {
+        eprintln!("pstream: warning: ignoring the worker environment: {stray}");
     }
 }
 
@@ -60,6 +67,14 @@ pub fn init() {
 /// them and exits with status 2; started as a worker, its coordinator's pool fails
 /// to build with the same advice.
 pub fn serve() -> ! {
+    if let Some(stray) = pstream_protocol::stray_worker_environment() {
+        eprintln!("{}", WorkerError::Stray(stray));
+        eprintln!(
+            "this is a pstream worker, started by a coordinator (for example \
+             `pstream-coord run --plugin <this binary> ...`), not by hand"
+        );
+        std::process::exit(2);
+    }
     if !is_worker() {
         eprintln!("{}", WorkerError::NotAWorker);
         let functions = functions();

@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use pstream_protocol::{
     read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, Codec, DecodeError,
     EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Join, Message,
     ResultsHeader, DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME, ENV_SOCKET,
-    ENV_TOKEN, PROGRESS_HEARTBEAT, PROTOCOL_VERSION, SEND_BUFFER,
+    ENV_TOKEN_FD, PROGRESS_HEARTBEAT, PROTOCOL_VERSION, SEND_BUFFER,
 };
 
 use crate::registry::{functions, registry, CallError};
@@ -38,6 +38,9 @@ pub enum WorkerError {
          (for example `pstream-coord run --plugin <this binary> ...`), not by hand"
     )]
     NotAWorker,
+    /// `PSTREAM_SOCKET` is set, but this process was not started by a coordinator.
+    #[error("{0}")]
+    Stray(String),
     /// The environment is set but unusable.
     #[error("invalid worker environment: {0}")]
     Environment(String),
@@ -97,14 +100,15 @@ pub struct Summons {
 }
 
 impl Summons {
-    /// Read the summons from the environment, and take it out of the environment so
-    /// that the function's own child processes do not see it.
+    /// Read the summons from the environment and the token from its pipe (which is
+    /// closed then), and take the variables out of the environment so that the
+    /// function's own child processes do not see them.
     pub fn from_env() -> Result<Summons, WorkerError> {
         let path = std::env::var_os(ENV_SOCKET).ok_or(WorkerError::NotAWorker)?;
-        let token = std::env::var(ENV_TOKEN)
-            .map_err(|_| WorkerError::Environment(format!("{ENV_TOKEN} is not set")))?;
-        let token = Token::from_hex(&token)
-            .map_err(|e| WorkerError::Environment(format!("{ENV_TOKEN}: {e}")))?;
+        if let Some(stray) = pstream_protocol::stray_worker_environment() {
+            return Err(WorkerError::Stray(stray));
+        }
+        let token = take_token()?;
         let coordinator = match std::env::var(ENV_COORDINATOR_PID) {
             Ok(v) => v
                 .parse::<u32>()
@@ -126,7 +130,7 @@ impl Summons {
         // The function's own child processes are not workers of this coordinator.
         for name in [
             ENV_SOCKET,
-            ENV_TOKEN,
+            ENV_TOKEN_FD,
             ENV_COORDINATOR_PID,
             ENV_MAX_FRAME,
             ENV_CAPACITY,
@@ -179,6 +183,43 @@ impl Summons {
         }
         Ok(stream)
     }
+}
+
+/// Whether the token's pipe was taken already: its descriptor is owned once.
+static TOKEN_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Read the token from the pipe the coordinator passed (`PSTREAM_TOKEN_FD`), and close
+/// the pipe, so that neither the environment nor a descriptor hands it on to the
+/// function's children.
+fn take_token() -> Result<Token, WorkerError> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let fd = pstream_protocol::token_pipe().ok_or_else(|| {
+        WorkerError::Environment(format!("{ENV_TOKEN_FD} names no pipe this process holds"))
+    })?;
+    if TOKEN_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(WorkerError::Environment(
+            "the token's pipe was read already".into(),
+        ));
+    }
+    // SAFETY: `token_pipe` saw the descriptor open (a pipe, at least 3, so no
+    // standard stream); the coordinator passed it for this one read, nothing else in
+    // this process uses it, and `TOKEN_TAKEN` makes this the only owner.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut hex = [0u8; 2 * pstream_protocol::auth::TOKEN_LEN];
+    pipe.read_exact(&mut hex).map_err(|e| {
+        WorkerError::Environment(format!("read the token from descriptor {fd}: {e}"))
+    })?;
+    drop(pipe);
+    std::str::from_utf8(&hex)
+        .ok()
+        .and_then(|hex| Token::from_hex(hex).ok())
+        .ok_or_else(|| {
+            WorkerError::Environment(format!(
+                "descriptor {fd} does not carry a token of {} hexadecimal digits",
+                hex.len()
+            ))
+        })
 }
 
 /// Check that `path` is a `what` (by `kind`, not through a symbolic link), owned by
