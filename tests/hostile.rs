@@ -123,6 +123,72 @@ fn a_plugin_of_another_protocol_version_is_named() {
     assert!(text.contains("rebuild"), "{text}");
 }
 
+/// Build a pool of one worker that misbehaves in `mode` during the handshake; the
+/// build must fail (within a deadline) and name why. Returns the error's text.
+fn refused_at_handshake(mode: &str, handshake_timeout: Duration) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let builder = builder()
+        .workers(1)
+        .handshake_timeout(handshake_timeout)
+        .env(
+            "PSTREAM_EXAMPLES_EVIL",
+            format!("{mode}:{}", marker.display()),
+        );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(builder.build());
+    });
+    let built = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{mode}: build() did not return within 60 s"));
+    assert!(marker.exists(), "{mode}: the evil worker did not run");
+    match built {
+        Ok(pool) => panic!(
+            "{mode}: the pool accepted the worker {:?}",
+            pool.worker_pids()
+        ),
+        Err(err) => {
+            let text = err.to_string();
+            assert!(
+                matches!(err, PoolError::WorkerStart { .. }),
+                "{mode}: {text}"
+            );
+            assert!(
+                text.contains("failed the handshake") || mode == "silent",
+                "{text}"
+            );
+            text
+        }
+    }
+}
+
+#[test]
+fn a_worker_with_a_wrong_token_is_refused() {
+    // The evil worker proves with another token than the one its coordinator gave.
+    let text = refused_at_handshake("wrong-proof", Duration::from_secs(20));
+    assert!(
+        text.contains("failed to prove that it holds the job's token (a wrong token)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_worker_that_claims_another_pid_is_refused() {
+    let text = refused_at_handshake("other-pid", Duration::from_secs(20));
+    assert!(text.contains("Hello claims pid"), "{text}");
+    assert!(text.contains("but the socket's peer is pid"), "{text}");
+}
+
+#[test]
+fn a_worker_that_connects_and_says_nothing_is_refused_at_the_deadline() {
+    let text = refused_at_handshake("silent", Duration::from_secs(1));
+    assert!(
+        text.contains("did not complete the handshake within 1s"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_hundred_mib_item_is_an_item_error_unless_the_limit_is_raised() {
     let big = Blob(vec![7u8; 100 << 20]);

@@ -12,11 +12,17 @@
 //!   carry lengths (or the other way round);
 //! * `other-version`: says Hello in a protocol version one above ours;
 //! * `lying-length`: answers the first item of its first batch with a string that
-//!   claims to be 2^50 bytes long, then exits.
+//!   claims to be 2^50 bytes long, then exits;
+//! * `silent`: connects and never says a word (it connects 300 ms after it starts, so
+//!   that the pool's handshake deadline, counted from the spawn, is what ends it);
+//! * `other-pid`: says Hello with a pid that is not its own, then goes on with the
+//!   handshake as a worker would;
+//! * `wrong-proof`: answers the coordinator's Challenge with a proof made with
+//!   another token than the one it was given.
 
 use std::io::Write;
 
-use pstream::protocol::auth::{random_nonce, Role};
+use pstream::protocol::auth::{random_nonce, Role, Token};
 use pstream::protocol::{
     read_frame, write_frame, Frame, Hello, Items, Join, Message, ResultsHeader, DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
@@ -48,17 +54,30 @@ pub fn maybe_misbehave() {
 
 fn misbehave(mode: &str) -> std::io::Result<()> {
     let summons = Summons::from_env().map_err(std::io::Error::other)?;
+    if mode == "silent" {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     let mut stream = summons.connect().map_err(std::io::Error::other)?;
     let mut reader = stream.try_clone()?;
+    if mode == "silent" {
+        // Wait to be killed (or for the coordinator to hang up).
+        while let Ok(Some(_)) = read_frame(&mut reader, DEFAULT_MAX_FRAME) {}
+        return Ok(());
+    }
     let version = if mode == "other-version" {
         PROTOCOL_VERSION + 1
     } else {
         PROTOCOL_VERSION
     };
     let nonce = random_nonce()?;
+    let pid = if mode == "other-pid" {
+        std::process::id() + 1
+    } else {
+        std::process::id()
+    };
     let hello = Message::Hello(Hello {
         protocol_version: version,
-        pid: std::process::id(),
+        pid,
         nonce,
     });
     write_frame(&mut stream, &hello, &Items::new(), usize::MAX).map_err(std::io::Error::other)?;
@@ -74,8 +93,13 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
         }) => nonce,
         other => return Err(std::io::Error::other(format!("no Challenge: {other:?}"))),
     };
+    let token = if mode == "wrong-proof" {
+        Token::random()?
+    } else {
+        summons.token.clone()
+    };
     let join = Message::Join(Join {
-        proof: summons.token.prove(Role::Worker, &nonce, &theirs),
+        proof: token.prove(Role::Worker, &nonce, &theirs),
         capacity: 8192,
         max_frame: DEFAULT_MAX_FRAME as u32,
         functions: pstream_worker::functions(),
@@ -83,6 +107,11 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
     write_frame(&mut stream, &join, &Items::new(), usize::MAX).map_err(std::io::Error::other)?;
     // Welcome.
     read_frame(&mut reader, DEFAULT_MAX_FRAME).map_err(std::io::Error::other)?;
+    if matches!(mode, "other-pid" | "wrong-proof") {
+        // Welcomed although it should not have been: serve nothing, wait to be told.
+        while let Ok(Some(_)) = read_frame(&mut reader, DEFAULT_MAX_FRAME) {}
+        return Ok(());
+    }
     let results = |job, seq, packed| {
         let mut items = Items::new();
         items.push(b"1");
