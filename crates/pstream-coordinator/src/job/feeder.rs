@@ -1,0 +1,395 @@
+//! The feeder: reads a job's input within the window, encodes its items and cuts
+//! them into batches for the engine, on a thread of its own ([`feed`]) or on the
+//! consumer's thread between results ([`InlineSource`]).
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use pstream_protocol::{FlushClock, Items};
+
+use super::Window;
+use crate::error::ItemErrorKind;
+use crate::vocab::{Batch, Event, Events, JobCounters};
+
+/// How the feeder cuts batches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FeedLimits {
+    pub job: u64,
+    /// Items per batch, at most. Batches start at one item and double up to this.
+    pub max_batch: usize,
+    /// Bytes per batch after which it is sent even if not full.
+    pub max_batch_bytes: usize,
+    /// An item larger than this cannot travel; a batch's bytes and offsets stay
+    /// within it too.
+    pub max_item: usize,
+}
+
+/// How far a [`Feeder::pump`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pumped {
+    /// It cut a batch (or failed an item): time to send it.
+    Cut,
+    /// No window permit is free (what it held is sent).
+    Starved,
+    /// The input ended (or failed): the job's last event is out.
+    Ended,
+    /// The job was cancelled.
+    Cancelled,
+}
+
+/// Where a feeder's events go.
+enum Out {
+    /// Straight to whoever leads, through the event channel (the feeder thread).
+    Channel(Events),
+    /// Kept for the consumer, which hands them to the engine itself.
+    Local(Vec<Event>),
+}
+
+/// The feeder thread: reads the input while it holds window permits, encodes items
+/// into batches and submits them. For inputs that may block (a pipe, a socket):
+/// results keep flowing while it waits.
+pub(crate) fn feed<I, E>(
+    limits: FeedLimits,
+    mut input: I,
+    mut encode: E,
+    window: Arc<Window>,
+    counters: Arc<JobCounters>,
+    events: Events,
+    recycled: Receiver<Items>,
+) where
+    I: Iterator,
+    E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
+{
+    let mut feeder = Feeder::new(limits, window, counters, Out::Channel(events), recycled);
+    feeder.pump(&mut input, &mut encode, true);
+}
+
+/// A job's input read on the consumer's thread, between results: see
+/// [`InlineSource::pump`].
+pub(crate) trait Source: Send {
+    /// Read input while permits last, until a batch is cut; the events it made are
+    /// appended to `out`.
+    fn pump(&mut self, out: &mut Vec<Event>) -> Pumped;
+}
+
+/// The input, its encoder, and the feeder's state, kept by the results iterator.
+pub(crate) struct InlineSource<I, E> {
+    feeder: Feeder,
+    input: I,
+    encode: E,
+}
+
+impl<I, E> InlineSource<I, E> {
+    pub fn new(
+        limits: FeedLimits,
+        input: I,
+        encode: E,
+        window: Arc<Window>,
+        counters: Arc<JobCounters>,
+        recycled: Receiver<Items>,
+    ) -> Self {
+        InlineSource {
+            feeder: Feeder::new(limits, window, counters, Out::Local(Vec::new()), recycled),
+            input,
+            encode,
+        }
+    }
+}
+
+impl<I, E> Source for InlineSource<I, E>
+where
+    I: Iterator + Send,
+    E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String> + Send,
+{
+    fn pump(&mut self, out: &mut Vec<Event>) -> Pumped {
+        let pumped = self.feeder.pump(&mut self.input, &mut self.encode, false);
+        if let Out::Local(events) = &mut self.feeder.out {
+            out.append(events);
+        }
+        pumped
+    }
+}
+
+struct Feeder {
+    limits: FeedLimits,
+    window: Arc<Window>,
+    counters: Arc<JobCounters>,
+    out: Out,
+    batch: Items,
+    /// Index of the batch's first item.
+    first: u64,
+    /// Index of the next item to read.
+    next: u64,
+    target: usize,
+    permits: usize,
+    submitted: u64,
+    /// Buffers of finished batches, to reuse.
+    recycled: Receiver<Items>,
+    /// A batch was cut since the last pump returned.
+    cut: bool,
+    /// How long a batch may stay open while the workers have nothing to do.
+    idle_clock: FlushClock,
+}
+
+/// While the workers have nothing to do, a batch is sent once it is this old, full
+/// or not: a slow input's items do not wait for a full batch, and a fast input's
+/// batches are not cut to a few items each (a batch costs system calls and wake-ups).
+const IDLE_CUT: Duration = Duration::from_micros(100);
+
+impl Feeder {
+    fn new(
+        limits: FeedLimits,
+        window: Arc<Window>,
+        counters: Arc<JobCounters>,
+        out: Out,
+        recycled: Receiver<Items>,
+    ) -> Feeder {
+        Feeder {
+            limits,
+            window,
+            counters,
+            out,
+            batch: Items::new(),
+            first: 0,
+            next: 0,
+            target: 1,
+            permits: 0,
+            submitted: 0,
+            recycled,
+            cut: false,
+            idle_clock: FlushClock::new(IDLE_CUT),
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        match &mut self.out {
+            Out::Channel(events) => {
+                let _ = events.send(event);
+            }
+            Out::Local(events) => events.push(event),
+        }
+    }
+
+    /// Read and send input. With `block` (the feeder thread), until the input ends
+    /// or the job is cancelled, waiting for permits; without (the consumer's
+    /// thread), also stop at each batch cut and when no permit is free. A panic of
+    /// the input or the encoder ends the job with an input error.
+    fn pump<I, E>(&mut self, input: &mut I, encode: &mut E, block: bool) -> Pumped
+    where
+        I: Iterator,
+        E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
+    {
+        let run = panic::catch_unwind(AssertUnwindSafe(|| self.run(input, encode, block)));
+        let end = match run {
+            Ok(Pumped::Ended) => Event::InputDone {
+                job: self.limits.job,
+                total: self.next,
+            },
+            Ok(other) => return other,
+            Err(payload) => {
+                // What was read before the panic still gets its results.
+                self.batch.truncate_partial();
+                self.flush();
+                let what = pstream_protocol::panic_message(&*payload);
+                Event::InputFailed {
+                    job: self.limits.job,
+                    total: self.next,
+                    error: format!("the input iterator (or item encoder) panicked: {what}"),
+                }
+            }
+        };
+        self.emit(end);
+        Pumped::Ended
+    }
+
+    fn run<I, E>(&mut self, input: &mut I, encode: &mut E, block: bool) -> Pumped
+    where
+        I: Iterator,
+        E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
+    {
+        loop {
+            if !block && self.cut {
+                self.cut = false;
+                return Pumped::Cut;
+            }
+            if self.permits == 0 {
+                match self.take_permits(block) {
+                    None => return Pumped::Cancelled,
+                    Some(false) => {
+                        self.cut = false;
+                        return Pumped::Starved;
+                    }
+                    Some(true) => {}
+                }
+            }
+            // Cancelled: read nothing more, even with permits in hand.
+            if self.window.is_closed() {
+                return Pumped::Cancelled;
+            }
+            // On its own thread, the next read may block for good (a quiet pipe):
+            // unless the input says more items are there at once (`size_hint`), send
+            // what we hold first, or its results would wait for the next input.
+            if block && !self.batch.is_empty() && input.size_hint().0 == 0 {
+                self.flush();
+            }
+            // Read a run of items with nothing to decide between them but their
+            // size: the permits in hand, up to the batch's target; on its own
+            // thread, no more than the input says it has at once.
+            let mut room = self
+                .permits
+                .min(self.target.saturating_sub(self.batch.len()).max(1));
+            if block {
+                room = room.min(input.size_hint().0.max(1));
+            }
+            if self.read_run(input, encode, room) {
+                break;
+            }
+            if self.batch.len() >= self.target {
+                self.flush();
+            }
+        }
+        self.flush();
+        self.window.release(self.permits);
+        self.permits = 0;
+        Pumped::Ended
+    }
+
+    /// Read up to `room` items (permitted, and not past the batch's target) into
+    /// the batch. Stops early after sending a batch (full of bytes, idle workers,
+    /// or an item that did not fit) or failing an item. Whether the input ended.
+    #[inline(always)]
+    fn read_run<I, E>(&mut self, input: &mut I, encode: &mut E, room: usize) -> bool
+    where
+        I: Iterator,
+        E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
+    {
+        for _ in 0..room {
+            let Some(item) = input.next() else {
+                return true;
+            };
+            self.permits -= 1;
+            let index = self.next;
+            // Counted once encoded: an encoder that panics leaves `next` at its item.
+            let before = self.batch.data_len();
+            let pushed = self.batch.push_with(|buf| encode(item, buf));
+            self.next += 1;
+            match pushed {
+                Ok(()) => {
+                    let size = self.batch.data_len() - before;
+                    if size > self.limits.max_item {
+                        self.batch.pop();
+                        self.fail_item(
+                            index,
+                            ItemErrorKind::TooLarge {
+                                message: format!(
+                                    "the item is {size} bytes, more than a frame of at most {} \
+                                     bytes can carry; raise the frame limit (PoolBuilder::max_frame, \
+                                     pstream-coord run --max-frame)",
+                                    self.limits.max_item
+                                ),
+                            },
+                        );
+                        return false;
+                    }
+                    // The batch must fit in one frame with its offsets: if this item
+                    // does not, it starts the next batch.
+                    let len = self.batch.len();
+                    if len > 1 && self.batch.data_len() + 5 * len > self.limits.max_item + 5 {
+                        let item = self.batch.get(len - 1).unwrap_or_default().to_vec();
+                        self.batch.pop();
+                        self.next -= 1;
+                        self.flush();
+                        self.next += 1;
+                        self.batch.push(&item);
+                        return false;
+                    }
+                }
+                Err(message) => {
+                    self.fail_item(index, ItemErrorKind::Encode { message });
+                    return false;
+                }
+            }
+            if self.batch.data_len() >= self.limits.max_batch_bytes
+                || (self.counters.delivered.load(Ordering::Relaxed) >= self.submitted
+                    && self.idle_clock.due())
+            {
+                self.flush();
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Take window permits: `Some(true)` with some in hand, `Some(false)` if none
+    /// is free and we may not wait, `None` once the job is cancelled. Before waiting
+    /// (or giving up), send what we hold if no other result is on its way, or the
+    /// consumer could wait for items we sit on. While results are on their way, the
+    /// batch stays open: the consumer frees permits as it takes them, and the batch
+    /// grows instead of going out with the few items the last permits allowed.
+    fn take_permits(&mut self, block: bool) -> Option<bool> {
+        let want = self.target.saturating_sub(self.batch.len()).max(1);
+        match self.window.acquire(want, false)? {
+            0 => {
+                if self.counters.delivered.load(Ordering::Relaxed) >= self.submitted {
+                    self.flush();
+                }
+                if !block {
+                    return Some(false);
+                }
+                self.permits = self.window.acquire(self.target.max(1), true)?;
+            }
+            n => self.permits = n,
+        }
+        Some(true)
+    }
+
+    fn fail_item(&mut self, index: u64, kind: ItemErrorKind) {
+        // Items before it go first, so every batch covers consecutive indices.
+        self.flush();
+        self.first = index + 1;
+        let job = self.limits.job;
+        self.emit(Event::LocalFailure { job, index, kind });
+        self.submitted += 1;
+        self.cut = true;
+    }
+
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let fresh = match self.recycled.try_recv() {
+                Ok(mut spare) => {
+                    spare.clear();
+                    spare
+                }
+                Err(_) => Items::with_capacity(self.batch.len(), 0),
+            };
+            let items = std::mem::replace(&mut self.batch, fresh);
+            if self
+                .window
+                .sent(self.first, items.len() as u64, items.data_len() as u64)
+            {
+                self.window.release(self.permits);
+                self.permits = 0;
+            }
+            // Items read and not yet handed out: the permits in use but not held.
+            let in_flight = self.window.in_use().saturating_sub(self.permits) as u64;
+            self.counters
+                .peak_in_flight
+                .fetch_max(in_flight, Ordering::Relaxed);
+            self.submitted += items.len() as u64;
+            let batch = Batch {
+                job: self.limits.job,
+                first_index: self.first,
+                items: Arc::new(items),
+                attempts: 0,
+            };
+            self.emit(Event::Submit(batch));
+            self.target = (self.target * 2).min(self.limits.max_batch);
+            self.cut = true;
+            self.idle_clock.restart();
+        }
+        self.first = self.next;
+    }
+}

@@ -1,0 +1,408 @@
+//! [`RawResults`]: a job's results as encoded bytes, handed out in input order (or
+//! as they come) while the consumer's thread steps the engine and, by default,
+//! reads the input.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::feeder::{Pumped, Source};
+use super::Window;
+use crate::error::{ItemError, ItemErrorKind, PoolError};
+use crate::hub::Hub;
+use crate::stats::{JobStats, PoolCounters};
+use crate::vocab::{Event, Events, JobCounters, JobMsg, ResultBatch};
+
+/// The results of a job as encoded bytes, in input order or as they come.
+///
+/// Read with [`RawResults::next_raw`], which lends each result's bytes without a
+/// copy. Dropping it cancels the job: no more input is read, queued batches are
+/// dropped, and the pool can run the next job.
+pub struct RawResults {
+    job: u64,
+    ordered: bool,
+    rx: Receiver<JobMsg>,
+    /// Sends to `rx`: how a leader passes us the lead.
+    me: Sender<JobMsg>,
+    hub: Arc<Hub>,
+    events: Events,
+    window: Arc<Window>,
+    counters: Arc<JobCounters>,
+    pool_counters: Arc<PoolCounters>,
+    spawned_at_start: u64,
+    /// The input, when the consumer's thread reads it (no feeder thread).
+    source: Option<Box<dyn Source>>,
+    /// Events the source made, for the engine.
+    outbox: Vec<Event>,
+    reorder: BTreeMap<u64, ResultBatch>,
+    current: Option<Current>,
+    next_index: u64,
+    yielded: u64,
+    total: Option<u64>,
+    /// The input failed: the error comes after the last item's result.
+    input_error: Option<Arc<PoolError>>,
+    error: Option<Arc<PoolError>>,
+    finished: bool,
+    ok: u64,
+    failed: u64,
+}
+
+#[derive(Debug)]
+struct Current {
+    batch: ResultBatch,
+    pos: usize,
+    next_failure: usize,
+    /// In packed items: where the next one starts.
+    cursor: usize,
+    /// In packed items: one did not decode, so where the next starts is unknown.
+    lost: bool,
+}
+
+impl Current {
+    fn new(batch: ResultBatch) -> Current {
+        Current {
+            batch,
+            pos: 0,
+            next_failure: 0,
+            cursor: 0,
+            lost: false,
+        }
+    }
+}
+
+/// What [`RawResults::advance`] found.
+enum Advanced {
+    /// Every result is out.
+    Done,
+    /// This item failed (or the job stopped).
+    Failed(u64, ItemError),
+    /// The current batch's next item is ready and did not fail.
+    Ready,
+}
+
+impl std::fmt::Debug for RawResults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawResults")
+            .field("job", &self.job)
+            .field("ordered", &self.ordered)
+            .field("yielded", &self.yielded)
+            .field("total", &self.total)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawResults {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        job: u64,
+        ordered: bool,
+        rx: Receiver<JobMsg>,
+        hub: Arc<Hub>,
+        events: Events,
+        window: Arc<Window>,
+        counters: Arc<JobCounters>,
+        pool_counters: Arc<PoolCounters>,
+        me: Sender<JobMsg>,
+        source: Option<Box<dyn Source>>,
+    ) -> RawResults {
+        let spawned_at_start = pool_counters.spawned.load(Ordering::Relaxed);
+        RawResults {
+            job,
+            ordered,
+            rx,
+            me,
+            hub,
+            events,
+            window,
+            counters,
+            pool_counters,
+            spawned_at_start,
+            source,
+            outbox: Vec::new(),
+            reorder: BTreeMap::new(),
+            current: None,
+            next_index: 0,
+            yielded: 0,
+            total: None,
+            input_error: None,
+            error: None,
+            finished: false,
+            ok: 0,
+            failed: 0,
+        }
+    }
+
+    /// The next result: the item's index, and its encoded value or why it has none.
+    /// `None` when every item has been yielded, or after the job stopped with a pool
+    /// error (yielded once as an [`ItemErrorKind::Aborted`] item).
+    #[inline(always)]
+    pub fn next_raw(&mut self) -> Option<(u64, Result<&[u8], ItemError>)> {
+        // The common case, small enough to inline into the caller's loop: the
+        // current batch has another item, and it did not fail.
+        if let Err(end) = self.make_ready() {
+            return end.map(|(index, error)| (index, Err(error)));
+        }
+        let (index, slot) = self.take_slot();
+        self.ok += 1;
+        let cur = self.current.as_ref().expect("an item is ready");
+        Some((
+            index,
+            Ok(cur.batch.items.get(slot).expect("slot within batch")),
+        ))
+    }
+
+    /// The next result decoded by `decode`, which gets the item's bytes (for packed
+    /// items, everything from the item's start to the end of its batch) and returns
+    /// the value and how many bytes it took. For typed results.
+    #[inline(always)]
+    pub(crate) fn next_with<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<(T, usize), String>,
+    ) -> Option<(u64, Result<T, ItemError>)> {
+        if let Err(end) = self.make_ready() {
+            return end.map(|(index, error)| (index, Err(error)));
+        }
+        let (index, slot) = self.take_slot();
+        let cur = self.current.as_mut().expect("an item is ready");
+        let items = &cur.batch.items;
+        let decoded = if !items.is_packed() {
+            let bytes = items.get(slot).expect("slot within batch");
+            match decode(bytes) {
+                Ok((_, used)) if used != bytes.len() => Err(format!(
+                    "{} bytes left over after the value",
+                    bytes.len() - used
+                )),
+                other => other,
+            }
+        } else if cur.lost {
+            Err(
+                "an earlier result of its batch did not decode, so where this one starts \
+                 is unknown"
+                    .to_string(),
+            )
+        } else {
+            let rest = items.data().get(cur.cursor..).unwrap_or_default();
+            let decoded = decode(rest);
+            match &decoded {
+                Ok((_, used)) => cur.cursor += used,
+                Err(_) => cur.lost = true,
+            }
+            decoded
+        };
+        match decoded {
+            Ok((value, _)) => {
+                self.ok += 1;
+                Some((index, Ok(value)))
+            }
+            Err(message) => {
+                self.failed += 1;
+                Some((
+                    index,
+                    Err(ItemError {
+                        index,
+                        kind: ItemErrorKind::Decode {
+                            message: format!(
+                                "the result does not decode as the output type: {message}"
+                            ),
+                        },
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// Leave the current batch's next item ready (there, and not failed), or say
+    /// what to hand out instead: the end (`None`), or a failed item.
+    #[inline(always)]
+    fn make_ready(&mut self) -> Result<(), Option<(u64, ItemError)>> {
+        if self.ready() {
+            return Ok(());
+        }
+        match self.advance() {
+            Advanced::Done => Err(None),
+            Advanced::Failed(index, error) => Err(Some((index, error))),
+            Advanced::Ready => Ok(()),
+        }
+    }
+
+    /// Whether the current batch's next item is there and did not fail.
+    #[inline(always)]
+    fn ready(&self) -> bool {
+        self.current.as_ref().is_some_and(|cur| {
+            cur.pos < cur.batch.items.len()
+                && cur
+                    .batch
+                    .failures
+                    .get(cur.next_failure)
+                    .is_none_or(|(slot, _)| *slot as usize != cur.pos)
+        })
+    }
+
+    /// Take the current batch's next item, known to be ready: its index and slot.
+    #[inline(always)]
+    fn take_slot(&mut self) -> (u64, usize) {
+        let cur = self.current.as_mut().expect("an item is ready");
+        let slot = cur.pos;
+        cur.pos += 1;
+        self.yielded += 1;
+        (cur.batch.first_index + slot as u64, slot)
+    }
+
+    /// When the current batch has no ready item: the end of a batch, a failed item,
+    /// or a wait for the engine. Leaves a ready item current, or says why not.
+    #[inline(never)]
+    fn advance(&mut self) -> Advanced {
+        loop {
+            if let Some(cur) = &self.current {
+                if cur.pos < cur.batch.items.len() {
+                    break;
+                }
+                let (first, n) = (cur.batch.first_index, cur.batch.items.len());
+                self.current = None;
+                self.window.release_results(first, n);
+            }
+            if self.finished {
+                return Advanced::Done;
+            }
+            if self.ordered {
+                if let Some(entry) = self.reorder.first_entry() {
+                    if *entry.key() == self.next_index {
+                        let batch = entry.remove();
+                        self.next_index += batch.items.len() as u64;
+                        self.current = Some(Current::new(batch));
+                        continue;
+                    }
+                }
+            }
+            if self.total == Some(self.yielded) {
+                match self.input_error.take() {
+                    // Every item read has its result: now the input's error.
+                    Some(error) => self.error = Some(error),
+                    None => {
+                        self.finish();
+                        return Advanced::Done;
+                    }
+                }
+            }
+            if let Some(error) = &self.error {
+                let index = if self.ordered {
+                    self.next_index
+                } else {
+                    self.yielded
+                };
+                let reason = error.to_string();
+                self.finish();
+                self.failed += 1;
+                return Advanced::Failed(
+                    index,
+                    ItemError {
+                        index,
+                        kind: ItemErrorKind::Aborted { reason },
+                    },
+                );
+            }
+            match self.next_msg() {
+                JobMsg::Results(batch) => {
+                    self.counters
+                        .delivered
+                        .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+                    if self.ordered {
+                        self.reorder.insert(batch.first_index, batch);
+                    } else {
+                        self.current = Some(Current::new(batch));
+                    }
+                }
+                JobMsg::InputDone { total } => self.total = Some(total),
+                JobMsg::InputFailed { total, error } => {
+                    self.total = Some(total);
+                    self.input_error = Some(Arc::new(PoolError::Input(error)));
+                }
+                JobMsg::Failed(error) => self.error = Some(error),
+                JobMsg::Lead => {}
+            }
+        }
+        let cur = self.current.as_mut().expect("checked above");
+        let slot = cur.pos;
+        if let Some((failed_slot, kind)) = cur.batch.failures.get_mut(cur.next_failure) {
+            if *failed_slot as usize == slot {
+                cur.pos += 1;
+                cur.next_failure += 1;
+                self.yielded += 1;
+                self.failed += 1;
+                let index = cur.batch.first_index + slot as u64;
+                let kind = std::mem::replace(
+                    kind,
+                    ItemErrorKind::Failed {
+                        message: String::new(),
+                    },
+                );
+                return Advanced::Failed(index, ItemError { index, kind });
+            }
+        }
+        Advanced::Ready
+    }
+
+    /// The next message from the engine. When this thread reads the input, it
+    /// first reads what the window allows, handing each batch to the engine as it
+    /// is cut, so the workers start on it at once.
+    fn next_msg(&mut self) -> JobMsg {
+        while let Some(source) = self.source.as_mut() {
+            match source.pump(&mut self.outbox) {
+                Pumped::Cut => self.hub.offer(&mut self.outbox),
+                Pumped::Starved => break,
+                Pumped::Ended | Pumped::Cancelled => self.source = None,
+            }
+        }
+        self.hub
+            .recv(self.job, &self.rx, &self.me, &mut self.outbox)
+    }
+
+    /// The pool error that ended the job early, if one did.
+    pub fn pool_error(&self) -> Option<&PoolError> {
+        self.error.as_deref()
+    }
+
+    /// What the job has seen so far.
+    pub fn stats(&self) -> JobStats {
+        JobStats {
+            items_ok: self.ok,
+            items_failed: self.failed,
+            crashes: self.counters.crashes.load(Ordering::Relaxed)
+                + self.counters.timeouts.load(Ordering::Relaxed),
+            timeouts: self.counters.timeouts.load(Ordering::Relaxed),
+            respawns: self
+                .pool_counters
+                .spawned
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.spawned_at_start),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            peak_in_flight: self.counters.peak_in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Items read from the input and not yet handed out (or held by the consumer's
+    /// current batch).
+    pub fn in_flight(&self) -> usize {
+        self.window.in_use()
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        self.window.close();
+    }
+}
+
+impl Drop for RawResults {
+    fn drop(&mut self) {
+        // Stops the feeder at its next permit, and the engine drops what is queued.
+        self.window.close();
+        let _ = self.events.send(Event::Cancel { job: self.job });
+        // Deal with it now if nobody leads, and have the supervisor take over
+        // from this consumer.
+        self.hub.step_if_free();
+        self.hub.kick();
+    }
+}

@@ -1,0 +1,95 @@
+//! [`MapResults`]: a job's results decoded as the output type, and [`Indexed`],
+//! the same with each result's input index.
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+
+use super::RawResults;
+use crate::error::{ItemError, PoolError};
+use crate::stats::JobStats;
+
+/// Decode one bincode value from the front of `bytes`. Inlined into the caller's
+/// loop: as a call, its result went through memory, and reading it back wider than
+/// it was written stalled the store-to-load forwarding on every item.
+///
+/// Through pstream's own reader of the bincode format: every length a worker sends
+/// is checked against the bytes left before anything is allocated, so a worker
+/// claiming a string of 2^50 bytes costs that item a decode error, not this process
+/// an abort on a failed allocation.
+#[inline(always)]
+fn decode_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
+    pstream_protocol::decode_bincode::<T>(bytes).map_err(|e| e.to_string())
+}
+
+/// The typed results of [`crate::ProcessPool::map`]: an iterator of
+/// `Result<Out, ItemError>`, in input order (or as they come for
+/// [`crate::ProcessPool::map_unordered`]). Dropping it cancels the job.
+#[derive(Debug)]
+pub struct MapResults<Out> {
+    raw: RawResults,
+    _out: PhantomData<fn() -> Out>,
+}
+
+impl<Out: DeserializeOwned> MapResults<Out> {
+    pub(crate) fn new(raw: RawResults) -> Self {
+        MapResults {
+            raw,
+            _out: PhantomData,
+        }
+    }
+
+    /// The next result with its input index (useful when unordered).
+    #[inline]
+    pub fn next_indexed(&mut self) -> Option<(u64, Result<Out, ItemError>)> {
+        self.raw.next_with(decode_bincode::<Out>)
+    }
+
+    /// Yield `(index, result)` pairs instead of results.
+    pub fn indexed(self) -> Indexed<Out> {
+        Indexed(self)
+    }
+
+    /// The pool error that ended the job early, if one did.
+    pub fn pool_error(&self) -> Option<&PoolError> {
+        self.raw.pool_error()
+    }
+
+    /// What the job has seen so far.
+    pub fn stats(&self) -> JobStats {
+        self.raw.stats()
+    }
+
+    /// Items read from the input and not yet handed out.
+    pub fn in_flight(&self) -> usize {
+        self.raw.in_flight()
+    }
+}
+
+impl<Out: DeserializeOwned> Iterator for MapResults<Out> {
+    type Item = Result<Out, ItemError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_indexed().map(|(_, r)| r)
+    }
+}
+
+/// [`MapResults`] yielding `(index, result)` pairs.
+#[derive(Debug)]
+pub struct Indexed<Out>(MapResults<Out>);
+
+impl<Out: DeserializeOwned> Iterator for Indexed<Out> {
+    type Item = (u64, Result<Out, ItemError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_indexed()
+    }
+}
+
+impl<Out> Indexed<Out> {
+    /// Back to the results.
+    pub fn into_inner(self) -> MapResults<Out> {
+        self.0
+    }
+}
