@@ -21,25 +21,19 @@
 //! The threads belong to the job: they start with `execute` and end when the input is
 //! done or the consumer drops its results.
 
-use pstream_protocol::panic_message as payload_message;
-use pstream_protocol::FlushClock;
-use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
-use std::panic::{self, AssertUnwindSafe};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use pstream_coordinator::tuning::{self, IDLE_CUT, THREAD_MAX_BATCH};
+use pstream_coordinator::{Reorder, Window};
+use pstream_protocol::unwind::{self, Panic};
+use pstream_protocol::FlushClock;
 
 use super::{Executor, Results, Task};
 use crate::{ItemError, ItemErrorKind};
-use pstream_coordinator::Window;
-
-/// The largest batch a worker thread takes at once. Large enough that a channel
-/// operation per batch costs nothing next to the items, small enough that the
-/// threads share the work of a short input.
-const MAX_BATCH: usize = 1024;
 
 /// Runs functions on a bounded pool of threads in this process.
 ///
@@ -101,7 +95,6 @@ impl ThreadExecutor {
         F::Output: Send + 'static,
         I: Iterator<Item = In> + Send + 'static,
     {
-        install_panic_hook();
         let workers = self.max_workers;
         let window = Arc::new(Window::new(self.max_memory_items));
         let shared = Arc::new(Shared {
@@ -124,7 +117,7 @@ impl ThreadExecutor {
                 iter: data,
                 read: 0,
                 target: 1,
-                max_batch: (self.max_memory_items / (2 * workers)).clamp(1, MAX_BATCH),
+                max_batch: tuning::max_batch(self.max_memory_items, workers, THREAD_MAX_BATCH),
                 clock: FlushClock::new(IDLE_CUT),
             }),
         });
@@ -152,14 +145,12 @@ impl ThreadExecutor {
         }
         drop(results_tx);
         let results = ThreadResults {
-            ordered,
             rx: results_rx,
             window,
             shared,
             waker: sched,
-            reorder: BTreeMap::new(),
+            reorder: Reorder::new(ordered),
             current: None,
-            next_index: 0,
             yielded: 0,
             total: None,
             input_error: None,
@@ -318,11 +309,6 @@ struct Input<I> {
     clock: FlushClock,
 }
 
-/// A worker alone, with every item read before them computed, stops reading and
-/// computes the items in hand once they are this old, even if the input promises
-/// more at once.
-const IDLE_CUT: Duration = Duration::from_micros(100);
-
 /// How long a waiting worker lets the reader sit in one read with items in hand
 /// before it takes them (at least this, at most twice).
 const STEAL_AFTER: Duration = Duration::from_millis(1);
@@ -382,7 +368,8 @@ struct Worker<I: Iterator, F: Task<I::Item>> {
 
 impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
     fn run(self) {
-        IN_WORKER.with(|w| *w.borrow_mut() = true);
+        // Panics of the function become item errors, not messages on stderr.
+        unwind::capture_on_this_thread();
         while let Some(next) = self.next() {
             let more = match next {
                 Next::Compute(work) => self.compute(work),
@@ -549,7 +536,7 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                     self.publish(first_index, std::mem::take(&mut items));
                     first_index += n as u64;
                 } else if idle || self.workers > 1 {
-                    match panic::catch_unwind(AssertUnwindSafe(|| input.iter.size_hint().0 == 0)) {
+                    match unwind::catch(|| input.iter.size_hint().0 == 0) {
                         // Alone: compute what we hold rather than have it wait.
                         Ok(may_block) if idle && (may_block || input.clock.due()) => break,
                         // Others are busy, and will look here when they are done.
@@ -558,14 +545,14 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                             exposed = true;
                         }
                         Ok(_) => {}
-                        Err(payload) => {
-                            end = Some(input_panicked(input, &*payload));
+                        Err(panic) => {
+                            end = Some(input_panicked(input, panic));
                             break;
                         }
                     }
                 }
             }
-            let next = panic::catch_unwind(AssertUnwindSafe(|| input.iter.next()));
+            let next = unwind::catch(|| input.iter.next());
             if exposed {
                 match self.slot().in_hand.take() {
                     Some(work) => items = work.items,
@@ -583,9 +570,9 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
                     end = Some(Msg::InputDone { total: input.read });
                     break;
                 }
-                Err(payload) => {
+                Err(panic) => {
                     // Items read before the panic are still computed and handed out.
-                    end = Some(input_panicked(input, &*payload));
+                    end = Some(input_panicked(input, panic));
                     break;
                 }
             }
@@ -602,75 +589,34 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
     }
 
     fn call(&self, item: I::Item) -> Result<F::Output, ItemErrorKind> {
-        match panic::catch_unwind(AssertUnwindSafe(|| self.func.run(item))) {
+        match unwind::catch(|| self.func.run(item)) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(ItemErrorKind::Failed { message }),
-            Err(payload) => {
-                // The hook's record, if it is of this panic: one caught inside the
-                // function leaves a record behind, and one passed on with
-                // `resume_unwind` (from another thread, say) makes none.
-                let message = payload_message(&*payload);
-                let location = LAST_PANIC
-                    .with(|p| p.borrow_mut().take())
-                    .filter(|(recorded, _)| *recorded == message)
-                    .and_then(|(_, location)| location);
-                Err(ItemErrorKind::Panicked { message, location })
-            }
+            Err(Panic { message, location }) => Err(ItemErrorKind::Panicked { message, location }),
         }
     }
 }
 
 /// The input panicked (in `next` or `size_hint`): it is over, and the consumer hears
 /// why after the items read before it.
-fn input_panicked<I, Out>(input: &Input<I>, payload: &(dyn std::any::Any + Send)) -> Msg<Out> {
-    // The panic hook took it for a function's: forget it.
-    LAST_PANIC.with(|p| p.borrow_mut().take());
+fn input_panicked<I, Out>(input: &Input<I>, panic: Panic) -> Msg<Out> {
     Msg::InputPanicked {
         total: input.read,
-        message: format!("the input iterator panicked: {}", payload_message(payload)),
+        message: format!("the input iterator panicked: {}", panic.message),
     }
-}
-
-thread_local! {
-    /// Set on the executor's worker threads: their panics become item errors.
-    static IN_WORKER: RefCell<bool> = const { RefCell::new(false) };
-    /// The message and location of the last panic on this worker thread.
-    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
-}
-
-/// Record the message and location of panics on worker threads (they are reported as
-/// item errors, not printed); leave every other thread's panics to the hook that was
-/// there before.
-fn install_panic_hook() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let previous = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if IN_WORKER.with(|w| *w.borrow()) {
-                let message = payload_message(info.payload());
-                let location = info.location().map(|l| l.to_string());
-                LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
-            } else {
-                previous(info);
-            }
-        }));
-    });
 }
 
 /// The consumer's side of a thread job.
 pub(crate) struct ThreadResults<Out> {
-    ordered: bool,
     rx: Receiver<Msg<Out>>,
     window: Arc<Window>,
     shared: Arc<Shared>,
     /// Wakes the workers waiting for work when the consumer goes away.
     waker: Arc<dyn WakeAll>,
-    /// Batches that came before their turn (ordered jobs only).
-    reorder: BTreeMap<u64, Vec<Result<Out, ItemErrorKind>>>,
+    /// Puts the batches back in input order (ordered jobs).
+    reorder: Reorder<Vec<Result<Out, ItemErrorKind>>>,
     /// The batch being handed out: its first index, its size, and what is left.
     current: Option<Current<Out>>,
-    /// The index the next batch handed out starts at (ordered jobs).
-    next_index: u64,
     yielded: u64,
     /// How many items the input had, once it ended.
     total: Option<u64>,
@@ -702,14 +648,9 @@ impl<Out> ThreadResults<Out> {
             if self.finished {
                 return None;
             }
-            if self.ordered {
-                if let Some(entry) = self.reorder.first_entry() {
-                    if *entry.key() == self.next_index {
-                        let outcomes = entry.remove();
-                        self.start_batch(self.next_index, outcomes);
-                        continue;
-                    }
-                }
+            if let Some((first_index, outcomes)) = self.reorder.ready() {
+                self.start_batch(first_index, outcomes);
+                continue;
             }
             if self.total == Some(self.yielded) {
                 self.finished = true;
@@ -730,9 +671,10 @@ impl<Out> ThreadResults<Out> {
                     first_index,
                     outcomes,
                 }) => {
-                    if self.ordered {
-                        self.reorder.insert(first_index, outcomes);
-                    } else {
+                    let len = outcomes.len();
+                    if let Some((first_index, outcomes)) =
+                        self.reorder.arrive(first_index, len, outcomes)
+                    {
                         self.start_batch(first_index, outcomes);
                     }
                 }
@@ -746,11 +688,7 @@ impl<Out> ThreadResults<Out> {
                     // unless a thread died outside the function (out of memory).
                     self.finished = true;
                     self.window.close();
-                    let index = if self.ordered {
-                        self.next_index
-                    } else {
-                        self.yielded
-                    };
+                    let index = self.reorder.next_index(self.yielded);
                     return Some((
                         index,
                         Err(ItemError {
@@ -767,9 +705,6 @@ impl<Out> ThreadResults<Out> {
 
     fn start_batch(&mut self, first_index: u64, outcomes: Vec<Result<Out, ItemErrorKind>>) {
         let len = outcomes.len();
-        if self.ordered {
-            self.next_index = first_index + len as u64;
-        }
         self.current = Some(Current {
             first_index,
             len,

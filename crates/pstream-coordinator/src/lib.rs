@@ -14,6 +14,7 @@
 //! * `door`: the private socket and the handshake checks;
 //! * `process`: starting, signalling and reaping worker processes;
 //! * `vocab`: the events, batches and job messages the rooms above trade (a leaf);
+//! * `tuning`: the batching constants, shared with the thread executor (a leaf);
 //! * `error`, `stats`: what users get back.
 #![deny(missing_docs)]
 
@@ -26,9 +27,13 @@ mod job;
 mod pool;
 mod process;
 mod stats;
+#[doc(hidden)]
+pub mod tuning;
 mod vocab;
 
 pub use error::{ExitCause, ItemError, ItemErrorKind, PoolError};
+#[doc(hidden)]
+pub use job::Reorder;
 pub use job::{Indexed, MapResults, RawResults, Window};
 pub use pool::{PoolBuilder, ProcessPool, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES};
 pub use pstream_protocol::{Codec, Function, FunctionInfo};

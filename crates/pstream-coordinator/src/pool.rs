@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use pstream_protocol::{Codec, Function, FunctionInfo, DEFAULT_MAX_FRAME, ENV_SOCKET};
+use pstream_protocol::{
+    frame_overhead, Codec, Function, FunctionInfo, DEFAULT_MAX_FRAME, ENV_SOCKET,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -19,6 +21,7 @@ use crate::hub::Hub;
 use crate::job::{feed, FeedLimits, InlineSource, MapResults, RawResults, Source, Window};
 use crate::process::WorkerCommand;
 use crate::stats::{PoolCounters, PoolStats};
+use crate::tuning;
 use crate::vocab::{Event, Events, JobCounters};
 use pstream_protocol::auth::Token;
 
@@ -270,7 +273,7 @@ impl PoolBuilder {
         });
         let max_batch = self
             .max_batch
-            .unwrap_or_else(|| (window / (2 * workers)).min(4096))
+            .unwrap_or_else(|| tuning::max_batch(window, workers, tuning::POOL_MAX_BATCH))
             .clamp(1, (self.capacity as usize / 2).max(1));
 
         let checks = Arc::new(Checks {
@@ -584,6 +587,8 @@ impl ProcessPool {
                 recycle: recycle_tx,
             })
             .map_err(|_| PoolError::Closed)?;
+        // The function's name travels in every batch's header.
+        let frame_room = self.config.max_frame.saturating_sub(function.len());
         let limits = FeedLimits {
             job,
             max_batch: self.max_batch,
@@ -592,12 +597,9 @@ impl ProcessPool {
             max_batch_bytes: (self.config.max_frame / 4)
                 .min(pstream_protocol::MAX_BATCH_BYTES)
                 .min((self.config.window_bytes / (2 * self.config.workers as u64)).max(1) as usize),
-            // Room for the header (the function's name and a few numbers).
-            max_item: self
-                .config
-                .max_frame
-                .saturating_sub(4096 + function.len())
-                .max(1),
+            // A batch of one item: the header, the function's name and one length.
+            max_item: frame_room.saturating_sub(frame_overhead(1, 0)).max(1),
+            frame_room,
         };
         let source: Option<Box<dyn Source>> = if self.input_thread {
             let events = self.events.clone();

@@ -4,7 +4,7 @@ use std::io::{self, Read, Write};
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 
-use crate::{Codec, Frame, Items, Message, MAX_HEADER, PROTOCOL_VERSION};
+use crate::{Codec, Frame, Items, Message, FRAME_PREFIX, MAX_HEADER, PROTOCOL_VERSION};
 
 type HeaderConfig = Configuration<LittleEndian, Varint, Limit<MAX_HEADER>>;
 
@@ -159,6 +159,19 @@ pub fn encode_prefix(
     Ok(())
 }
 
+/// The body length a frame's length prefix announces, checked against the reader's
+/// maximum `max`: every reader of frames (a blocking one, [`read_frame`]; a
+/// non-blocking one that collects the bytes itself) checks it here, before it
+/// allocates anything for the body.
+#[inline]
+pub fn frame_len(prefix: [u8; FRAME_PREFIX], max: usize) -> Result<usize, DecodeError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(DecodeError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
 /// Read one frame. `Ok(None)` is a clean end of stream before a frame started.
 ///
 /// The length prefix is checked against `max` before any allocation, and the body's
@@ -174,21 +187,23 @@ pub fn read_frame_into(
     max: usize,
     mut body: Vec<u8>,
 ) -> Result<Option<Frame>, DecodeError> {
-    let mut len_bytes = [0u8; 4];
+    let mut len_bytes = [0u8; FRAME_PREFIX];
     let mut got = 0;
-    while got < 4 {
+    while got < FRAME_PREFIX {
         match r.read(&mut len_bytes[got..]) {
             Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(DecodeError::Truncated { expected: 4, got }),
+            Ok(0) => {
+                return Err(DecodeError::Truncated {
+                    expected: FRAME_PREFIX,
+                    got,
+                })
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(DecodeError::Io(e)),
         }
     }
-    let len = u32::from_le_bytes(len_bytes) as usize;
-    if len > max {
-        return Err(DecodeError::TooLarge { len, max });
-    }
+    let len = frame_len(len_bytes, max)?;
     body.clear();
     // Grow only as bytes arrive, beyond what the buffer already holds.
     body.reserve(len.min(1 << 20));
@@ -197,8 +212,8 @@ pub fn read_frame_into(
         .map_err(DecodeError::Io)?;
     if body.len() < len {
         return Err(DecodeError::Truncated {
-            expected: len + 4,
-            got: body.len() + 4,
+            expected: len + FRAME_PREFIX,
+            got: body.len() + FRAME_PREFIX,
         });
     }
     decode_body(body).map(Some)
@@ -621,6 +636,13 @@ mod tests {
         let bytes = u32::MAX.to_le_bytes();
         let err = read_frame(&mut &bytes[..], DEFAULT_MAX_FRAME).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { len, .. } if len == u32::MAX as usize));
+    }
+
+    #[test]
+    fn the_length_check_takes_the_maximum_and_no_more() {
+        assert_eq!(frame_len(100u32.to_le_bytes(), 100).unwrap(), 100);
+        let err = frame_len(101u32.to_le_bytes(), 100).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { len: 101, max: 100 }));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! This crate is pure: it knows nothing of processes, sockets or policy. Both the
 //! worker runtime and the coordinator speak through it, so a frame is defined in
-//! exactly one place.
+//! exactly one place, and so are its limits ([`frame_len`], [`frame_overhead`]).
+//! It also holds what both sides (and the thread executor) do with a panic in user
+//! code: [`unwind`].
 //!
 //! # Frames
 //!
@@ -38,12 +40,13 @@ mod codec;
 mod function;
 mod items;
 mod message;
+pub mod unwind;
 
 pub use bincode_de::{decode_bincode, BincodeError};
 pub use clock::FlushClock;
 pub use codec::{
-    decode_body, decode_body_at, encode_frame, encode_prefix, read_frame, read_frame_into,
-    write_frame, DecodeError, EncodeError,
+    decode_body, decode_body_at, encode_frame, encode_prefix, frame_len, read_frame,
+    read_frame_into, write_frame, DecodeError, EncodeError,
 };
 pub use function::{Function, LocalFn};
 pub use items::Items;
@@ -51,6 +54,7 @@ pub use message::{
     BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Join, Message,
     ResultsHeader,
 };
+pub use unwind::panic_message;
 
 /// Append `value`, bincode-encoded with the standard configuration (the items of
 /// [`Codec::Bincode`]), to `out`. Leaner than going through `std::io::Write`: on
@@ -107,6 +111,31 @@ pub const MAX_BATCH_BYTES: usize = 256 << 10;
 
 /// Failure messages are cut to this many bytes before they travel.
 pub const MAX_MESSAGE: usize = 4096;
+
+/// Bytes of a frame's length prefix (`u32 LE body_len`), which [`frame_len`] reads.
+pub const FRAME_PREFIX: usize = 4;
+
+/// Bytes a frame body keeps for its header's fixed parts (ids, counts, flags, the
+/// header's and the item section's lengths), besides the strings it carries.
+pub const HEADER_ALLOWANCE: usize = 4096;
+
+/// The most bytes one item's length takes in an item section: a `u32` as a LEB128
+/// varint.
+pub const MAX_VARINT: usize = 5;
+
+/// The most bytes a failure record of a `Results` header takes besides its message
+/// (at most [`MAX_MESSAGE`]): its slot, kind and location.
+const FAILURE_ALLOWANCE: usize = 64;
+
+/// An upper bound on the bytes of a frame body other than its items' data and the
+/// names in its header: the header with `failures` failure records, and the item
+/// section's lengths for `items` items. A frame fits a limit of `max` when its
+/// items' data and names take at most `max - frame_overhead(items, failures)`.
+/// What the coordinator cuts batches by and the worker cuts results frames by.
+#[inline]
+pub fn frame_overhead(items: usize, failures: usize) -> usize {
+    HEADER_ALLOWANCE + MAX_VARINT * items + failures * (MAX_MESSAGE + FAILURE_ALLOWANCE)
+}
 
 /// Environment variable naming the coordinator's socket, set for every worker.
 pub const ENV_SOCKET: &str = "PSTREAM_SOCKET";
@@ -166,17 +195,6 @@ pub const ENV_COORDINATOR_PID: &str = "PSTREAM_COORDINATOR_PID";
 pub const ENV_MAX_FRAME: &str = "PSTREAM_MAX_FRAME";
 /// Environment variable carrying how many items the worker may hold at once.
 pub const ENV_CAPACITY: &str = "PSTREAM_CAPACITY";
-
-/// The text of a panic's payload, as item errors carry it.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panicked with a non-string payload".to_string()
-    }
-}
 
 /// Cut a message to at most [`MAX_MESSAGE`] bytes, on a character boundary.
 pub fn truncate_message(mut message: String) -> String {

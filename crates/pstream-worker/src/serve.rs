@@ -1,13 +1,10 @@
 //! The serve loop: connect, introduce ourselves, compute batches until told to stop.
 
-use pstream_protocol::panic_message as payload_message;
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::{BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
-use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,11 +14,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 use pstream_protocol::auth::{random_nonce, Role, Token};
+use pstream_protocol::unwind::{self, Panic};
 use pstream_protocol::{
-    read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, Codec, DecodeError,
-    EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Join, Message,
-    ResultsHeader, DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME, ENV_SOCKET,
-    ENV_TOKEN_FD, PROGRESS_HEARTBEAT, PROTOCOL_VERSION, SEND_BUFFER,
+    frame_overhead, read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, Codec,
+    DecodeError, EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Join,
+    Message, ResultsHeader, DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME,
+    ENV_SOCKET, ENV_TOKEN_FD, PROGRESS_HEARTBEAT, PROTOCOL_VERSION, SEND_BUFFER,
 };
 
 use crate::registry::{functions, registry, CallError};
@@ -373,7 +371,8 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
             .spawn(move || report_progress(&outbox, &progress, flush_interval))
             .expect("spawn the worker's progress thread");
     }
-    install_panic_hook();
+    // A function's panics become its item's error, not a message on stderr.
+    unwind::capture_on_this_thread();
     // Batches are read on this thread: the kernel's socket buffer already holds the
     // next one while this one is computed, and a thread hop per batch costs more
     // than it saves. A Cancel is seen once the batches sent before it are done;
@@ -443,11 +442,6 @@ fn connect_err(config: &Summons) -> impl Fn(std::io::Error) -> WorkerError + '_ 
         path: config.path.clone(),
         source,
     }
-}
-
-/// Frame overhead we keep free below the peer's limit: header and offsets.
-fn frame_overhead(items: usize, failures: usize) -> usize {
-    4096 + 5 * items + failures * (pstream_protocol::MAX_MESSAGE + 64)
 }
 
 /// The connection's sending side, shared by the compute loop and the progress
@@ -626,12 +620,10 @@ impl Batch<'_> {
             start = end as usize;
             let outcome = out.push_with(|buf| {
                 let input = &data[item_start..];
-                match panic::catch_unwind(AssertUnwindSafe(|| call(header.codec, input, len, buf)))
-                {
+                match unwind::catch(|| call(header.codec, input, len, buf)) {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err((e.kind, e.message, None)),
-                    Err(payload) => {
-                        let (message, location) = take_panic(payload);
+                    Err(Panic { message, location }) => {
                         Err((FailureKind::Panicked, message, location))
                     }
                 }
@@ -684,24 +676,4 @@ impl Batch<'_> {
         }
         Ok(())
     }
-}
-
-thread_local! {
-    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
-}
-
-/// Record each panic's message and location for the item's error, instead of printing
-/// it: the coordinator reports it with the item's index.
-fn install_panic_hook() {
-    panic::set_hook(Box::new(|info| {
-        let message = payload_message(info.payload());
-        let location = info.location().map(|l| l.to_string());
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
-    }));
-}
-
-fn take_panic(payload: Box<dyn std::any::Any + Send>) -> (String, Option<String>) {
-    LAST_PANIC
-        .with(|p| p.borrow_mut().take())
-        .unwrap_or_else(|| (payload_message(&*payload), None))
 }

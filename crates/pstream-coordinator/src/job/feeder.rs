@@ -2,16 +2,15 @@
 //! them into batches for the engine, on a thread of its own ([`feed`]) or on the
 //! consumer's thread between results ([`InlineSource`]).
 
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use pstream_protocol::{FlushClock, Items};
+use pstream_protocol::{frame_overhead, unwind, FlushClock, Items};
 
 use super::Window;
 use crate::error::ItemErrorKind;
+use crate::tuning::IDLE_CUT;
 use crate::vocab::{Batch, Event, Events, JobCounters};
 
 /// How the feeder cuts batches.
@@ -22,9 +21,12 @@ pub(crate) struct FeedLimits {
     pub max_batch: usize,
     /// Bytes per batch after which it is sent even if not full.
     pub max_batch_bytes: usize,
-    /// An item larger than this cannot travel; a batch's bytes and offsets stay
-    /// within it too.
+    /// An item larger than this cannot travel: a batch of it alone fills a frame.
     pub max_item: usize,
+    /// The bytes of a batch's frame body not taken by the function's name: its
+    /// items, their lengths and the rest of the header stay within it
+    /// ([`pstream_protocol::frame_overhead`]).
+    pub frame_room: usize,
 }
 
 /// How far a [`Feeder::pump`] got.
@@ -134,11 +136,6 @@ struct Feeder {
     idle_clock: FlushClock,
 }
 
-/// While the workers have nothing to do, a batch is sent once it is this old, full
-/// or not: a slow input's items do not wait for a full batch, and a fast input's
-/// batches are not cut to a few items each (a batch costs system calls and wake-ups).
-const IDLE_CUT: Duration = Duration::from_micros(100);
-
 impl Feeder {
     fn new(
         limits: FeedLimits,
@@ -182,22 +179,24 @@ impl Feeder {
         I: Iterator,
         E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
     {
-        let run = panic::catch_unwind(AssertUnwindSafe(|| self.run(input, encode, block)));
+        let run = unwind::catch(|| self.run(input, encode, block));
         let end = match run {
             Ok(Pumped::Ended) => Event::InputDone {
                 job: self.limits.job,
                 total: self.next,
             },
             Ok(other) => return other,
-            Err(payload) => {
+            Err(panic) => {
                 // What was read before the panic still gets its results.
                 self.batch.truncate_partial();
                 self.flush();
-                let what = pstream_protocol::panic_message(&*payload);
                 Event::InputFailed {
                     job: self.limits.job,
                     total: self.next,
-                    error: format!("the input iterator (or item encoder) panicked: {what}"),
+                    error: format!(
+                        "the input iterator (or item encoder) panicked: {}",
+                        panic.message
+                    ),
                 }
             }
         };
@@ -294,10 +293,12 @@ impl Feeder {
                         );
                         return false;
                     }
-                    // The batch must fit in one frame with its offsets: if this item
+                    // The batch must fit in one frame with its lengths: if this item
                     // does not, it starts the next batch.
                     let len = self.batch.len();
-                    if len > 1 && self.batch.data_len() + 5 * len > self.limits.max_item + 5 {
+                    if len > 1
+                        && self.batch.data_len() + frame_overhead(len, 0) > self.limits.frame_room
+                    {
                         let item = self.batch.get(len - 1).unwrap_or_default().to_vec();
                         self.batch.pop();
                         self.next -= 1;

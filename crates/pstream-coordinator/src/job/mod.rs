@@ -9,19 +9,24 @@
 //!   as they come; the consumer's thread steps the engine through the hub while it
 //!   waits;
 //! * `typed`: [`MapResults`] and [`Indexed`], the results decoded as the output
-//!   type.
+//!   type;
+//! * `reorder`: [`Reorder`], which puts batches of results back in input order
+//!   (shared with the thread executor).
 //!
 //! Who imports whom: `feeder` and `results` use `window`; `results` uses the
-//! feeder's [`Source`] and the hub; `typed` wraps `results`. None of them imports
+//! feeder's [`Source`], `reorder` and the hub; `typed` wraps `results`; `window`
+//! and `reorder` import nothing of the crate. None of them imports
 //! the engine or the pool; the messages they trade with the engine are in
 //! [`crate::vocab`].
 
 mod feeder;
+mod reorder;
 mod results;
 mod typed;
 mod window;
 
 pub(crate) use feeder::{feed, FeedLimits, InlineSource, Source};
+pub use reorder::Reorder;
 pub use results::RawResults;
 pub use typed::{Indexed, MapResults};
 pub use window::Window;

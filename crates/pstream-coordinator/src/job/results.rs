@@ -2,14 +2,13 @@
 //! as they come) while the consumer's thread steps the engine and, by default,
 //! reads the input.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::feeder::{Pumped, Source};
-use super::Window;
+use super::{Reorder, Window};
 use crate::error::{ItemError, ItemErrorKind, PoolError};
 use crate::hub::Hub;
 use crate::stats::{JobStats, PoolCounters};
@@ -36,9 +35,8 @@ pub struct RawResults {
     source: Option<Box<dyn Source>>,
     /// Events the source made, for the engine.
     outbox: Vec<Event>,
-    reorder: BTreeMap<u64, ResultBatch>,
+    reorder: Reorder<ResultBatch>,
     current: Option<Current>,
-    next_index: u64,
     yielded: u64,
     total: Option<u64>,
     /// The input failed: the error comes after the last item's result.
@@ -122,9 +120,8 @@ impl RawResults {
             spawned_at_start,
             source,
             outbox: Vec::new(),
-            reorder: BTreeMap::new(),
+            reorder: Reorder::new(ordered),
             current: None,
-            next_index: 0,
             yielded: 0,
             total: None,
             input_error: None,
@@ -267,15 +264,9 @@ impl RawResults {
             if self.finished {
                 return Advanced::Done;
             }
-            if self.ordered {
-                if let Some(entry) = self.reorder.first_entry() {
-                    if *entry.key() == self.next_index {
-                        let batch = entry.remove();
-                        self.next_index += batch.items.len() as u64;
-                        self.current = Some(Current::new(batch));
-                        continue;
-                    }
-                }
+            if let Some((_, batch)) = self.reorder.ready() {
+                self.current = Some(Current::new(batch));
+                continue;
             }
             if self.total == Some(self.yielded) {
                 match self.input_error.take() {
@@ -288,11 +279,7 @@ impl RawResults {
                 }
             }
             if let Some(error) = &self.error {
-                let index = if self.ordered {
-                    self.next_index
-                } else {
-                    self.yielded
-                };
+                let index = self.reorder.next_index(self.yielded);
                 let reason = error.to_string();
                 self.finish();
                 self.failed += 1;
@@ -306,12 +293,11 @@ impl RawResults {
             }
             match self.next_msg() {
                 JobMsg::Results(batch) => {
+                    let (first, len) = (batch.first_index, batch.items.len());
                     self.counters
                         .delivered
-                        .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
-                    if self.ordered {
-                        self.reorder.insert(batch.first_index, batch);
-                    } else {
+                        .fetch_add(len as u64, Ordering::Relaxed);
+                    if let Some((_, batch)) = self.reorder.arrive(first, len, batch) {
                         self.current = Some(Current::new(batch));
                     }
                 }
