@@ -5,11 +5,9 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use nix::sys::socket::{setsockopt, sockopt};
-
+use crate::link::Link;
 use pstream_protocol::{
     decode_body, decode_body_at, encode_prefix, DecodeError, Frame, Items, Message, SEND_BUFFER,
 };
@@ -40,7 +38,7 @@ pub(crate) enum Incoming {
 }
 
 pub(crate) struct Conn {
-    pub stream: UnixStream,
+    link: Box<dyn Link>,
     max_frame: usize,
     /// Received bytes: `rbuf[head..tail]` are not cut into frames yet. Always
     /// initialised to its length, so reads need no zeroing.
@@ -59,12 +57,12 @@ const READ_BUDGET: usize = 8 << 20;
 const READ_CHUNK: usize = 64 << 10;
 
 impl Conn {
-    pub fn new(stream: UnixStream, max_frame: usize) -> io::Result<Conn> {
-        stream.set_nonblocking(true)?;
+    pub fn new(link: Box<dyn Link>, max_frame: usize) -> io::Result<Conn> {
+        link.set_nonblocking(true)?;
         // Best effort: the kernel caps it, and a smaller buffer only costs speed.
-        let _ = setsockopt(&stream, sockopt::SndBuf, &SEND_BUFFER);
+        link.set_send_buffer(SEND_BUFFER);
         Ok(Conn {
-            stream,
+            link,
             max_frame,
             rbuf: vec![0; 2 * READ_CHUNK],
             head: 0,
@@ -103,6 +101,11 @@ impl Conn {
         !self.queue.is_empty()
     }
 
+    /// What `poll` waits on.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.link.as_fd()
+    }
+
     /// Write what the socket takes now, every queued chunk in one system call (a
     /// frame's prefix and its items go out together: one wake-up of the worker, not
     /// two). An error means the connection is gone.
@@ -115,7 +118,7 @@ impl Conn {
                 slices[count] = IoSlice::new(&chunk.bytes()[skip..]);
                 count += 1;
             }
-            let mut n = match (&self.stream).write_vectored(&slices[..count]) {
+            let mut n = match self.link.write_vectored(&slices[..count]) {
                 Ok(0) if slices[..count].iter().any(|s| !s.is_empty()) => {
                     return Err(io::ErrorKind::WriteZero.into())
                 }
@@ -137,7 +140,7 @@ impl Conn {
             }
         }
         if self.close_when_sent {
-            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+            let _ = self.link.shutdown_write();
             self.close_when_sent = false;
         }
         Ok(())
@@ -171,7 +174,7 @@ impl Conn {
             } else {
                 self.rbuf.len()
             };
-            match (&self.stream).read(&mut self.rbuf[self.tail..room]) {
+            match self.link.read(&mut self.rbuf[self.tail..room]) {
                 Ok(0) => {
                     if self.tail > self.head {
                         let got = self.tail - self.head;
@@ -263,16 +266,17 @@ impl Conn {
 mod tests {
     use super::*;
 
-    use std::os::fd::AsFd;
     use std::thread;
     use std::time::Duration;
 
+    use crate::link::UnixLink;
     use nix::errno::Errno;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use pstream_protocol::{
         read_frame, write_frame, BatchHeader, Codec, FailureKind, ItemFailure, ResultsHeader,
         DEFAULT_MAX_FRAME,
     };
+    use std::os::unix::net::UnixStream;
 
     const MAX: usize = DEFAULT_MAX_FRAME;
 
@@ -486,7 +490,7 @@ mod tests {
 
     fn wait_for(conn: &Conn, flags: PollFlags, timeout: PollTimeout) -> bool {
         loop {
-            let mut fds = [PollFd::new(conn.stream.as_fd(), flags)];
+            let mut fds = [PollFd::new(conn.fd(), flags)];
             match poll(&mut fds, timeout) {
                 Ok(n) => return n > 0,
                 Err(Errno::EINTR) => continue,
@@ -559,7 +563,7 @@ mod tests {
     /// of the Conn whole and in order, then a clean close.
     fn assert_all_arrive(frames: &Arc<Vec<Frame>>, sizes: &'static [usize], what: &str) {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let conn = Conn::new(ours, MAX).unwrap();
+        let conn = Conn::new(Box::new(UnixLink::new(ours).unwrap()), MAX).unwrap();
         let writer = spawn_writer(peer, Arc::clone(frames), sizes, Vec::new());
         let (got, end, wrote_all) = receive(conn, writer);
         assert_frames_eq(&got, frames, what);
@@ -617,7 +621,7 @@ mod tests {
             for &sizes in SPLITS {
                 let (ours, peer) = UnixStream::pair().unwrap();
                 peer.set_nonblocking(true).unwrap();
-                let mut conn = Conn::new(ours, MAX).unwrap();
+                let mut conn = Conn::new(Box::new(UnixLink::new(ours).unwrap()), MAX).unwrap();
                 let mut got = Vec::new();
                 let mut at = 0;
                 for &size in sizes.iter().cycle() {
@@ -703,7 +707,7 @@ mod tests {
                         Arc::new(Vec::new())
                     };
                     let (ours, peer) = UnixStream::pair().unwrap();
-                    let conn = Conn::new(ours, MAX).unwrap();
+                    let conn = Conn::new(Box::new(UnixLink::new(ours).unwrap()), MAX).unwrap();
                     let tail = bytes[..cut].to_vec();
                     let writer = spawn_writer(peer, Arc::clone(&frames), &[4096, 100_000], tail);
                     let (got, end, wrote_all) = receive(conn, writer);
@@ -750,7 +754,7 @@ mod tests {
             ];
             for (limit, bad, len) in cases {
                 let (ours, mut peer) = UnixStream::pair().unwrap();
-                let mut conn = Conn::new(ours, limit).unwrap();
+                let mut conn = Conn::new(Box::new(UnixLink::new(ours).unwrap()), limit).unwrap();
                 write_frame(&mut peer, &fits.message, &fits.items, MAX).unwrap();
                 peer.write_all(&bad).unwrap();
                 // Everything is in the socket and the peer stays open: the Conn must see
@@ -819,7 +823,7 @@ mod tests {
             // A guard against hanging should the Conn never close its side.
             peer.set_read_timeout(Some(Duration::from_secs(60)))
                 .unwrap();
-            let mut conn = Conn::new(ours, MAX).unwrap();
+            let mut conn = Conn::new(Box::new(UnixLink::new(ours).unwrap()), MAX).unwrap();
             for (message, items) in pushable(&frames) {
                 conn.push(&message, items.as_ref());
             }
@@ -863,7 +867,7 @@ mod tests {
             let mut g = Gen(500);
             let frames: Vec<Frame> = (0..100).map(|i| g.sized(&[i % 5, 3])).collect();
             let (ours, mut peer) = UnixStream::pair().unwrap();
-            let mut conn = Conn::new(ours, MAX).unwrap();
+            let mut conn = Conn::new(Box::new(UnixLink::new(ours).unwrap()), MAX).unwrap();
             for (message, items) in pushable(&frames) {
                 conn.push(&message, items.as_ref());
             }

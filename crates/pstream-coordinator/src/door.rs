@@ -24,6 +24,7 @@ use nix::sys::socket::{getsockopt, shutdown, sockopt::PeerCredentials, Shutdown}
 use pstream_protocol::auth::{random_nonce, Role, Token};
 use pstream_protocol::{read_frame, write_frame, Frame, Items, Join, Message, PROTOCOL_VERSION};
 
+use crate::link::UnixLink;
 use crate::vocab::{Event, Events};
 
 /// The largest Hello we read: names of a few thousand functions at most.
@@ -169,9 +170,13 @@ fn accept_loop(listener: UnixListener, checks: Arc<Checks>, events: Events, stop
         let spawned = std::thread::Builder::new()
             .name("pstream-handshake".into())
             .spawn(move || match handshake(&stream, &checks) {
-                Ok((pid, join)) => {
-                    let _ = events.send(Event::Connected { pid, stream, join });
-                }
+                Ok((_pid, join)) => match UnixLink::new(stream) {
+                    Ok(link) => {
+                        let link = Box::new(link);
+                        let _ = events.send(Event::Connected { link, join });
+                    }
+                    Err(e) => tracing::warn!("lost a worker's connection after its handshake: {e}"),
+                },
                 Err(Refusal { ours, reason }) => {
                     tracing::warn!("refused a connection to the pool's socket: {reason}");
                     if let Some(pid) = ours {

@@ -7,11 +7,15 @@
 //!   against credit and recovers from crashes and hangs;
 //! * `hub`: who steps the engine: a consumer waiting for results, or the
 //!   supervisor thread when no consumer does;
-//! * `conn`: a worker's non-blocking connection as the engine polls it;
+//! * `link`: one worker's byte stream and who is at its other end (a Unix socket
+//!   today), the seam a network transport plugs into;
+//! * `conn`: a worker's connection as the engine polls it: frames over a link;
 //! * `job`: the feeder that reads a job's input within the window (on the
 //!   consumer's thread, or its own), and the result iterators that reassemble the
 //!   order;
 //! * `door`: the private socket and the handshake checks;
+//! * `launcher`: what starts workers and reports how they ended (local re-exec
+//!   today); a pool may have none, when workers join on their own;
 //! * `process`: starting, signalling and reaping worker processes;
 //! * `vocab`: the events, batches and job messages the rooms above trade (a leaf);
 //! * `tuning`: the batching constants, shared with the thread executor (a leaf);
@@ -24,6 +28,8 @@ mod engine;
 mod error;
 mod hub;
 mod job;
+mod launcher;
+mod link;
 mod pool;
 mod process;
 mod stats;

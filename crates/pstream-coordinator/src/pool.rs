@@ -19,6 +19,7 @@ use crate::engine::{Config, Engine};
 use crate::error::PoolError;
 use crate::hub::Hub;
 use crate::job::{feed, FeedLimits, InlineSource, MapResults, RawResults, Source, Window};
+use crate::launcher::LocalLauncher;
 use crate::process::WorkerCommand;
 use crate::stats::{PoolCounters, PoolStats};
 use crate::tuning;
@@ -285,13 +286,17 @@ impl PoolBuilder {
         let door = Door::open(Arc::clone(&checks), events_tx.clone()).map_err(PoolError::Socket)?;
         let counters = Arc::new(PoolCounters::default());
         let (ready_tx, ready) = crossbeam_channel::bounded(1);
+        let launcher = LocalLauncher::new(
+            config.command.clone(),
+            door.path(),
+            Arc::clone(&checks),
+            config.max_frame,
+            config.capacity,
+        );
         let mut engine = Engine::new(
             Arc::clone(&config),
-            events,
-            events_tx.clone(),
-            Arc::clone(&wake),
-            door.path().to_path_buf(),
-            Arc::clone(&checks),
+            (events_tx.clone(), events, Arc::clone(&wake)),
+            Some(Box::new(launcher)),
             Arc::clone(&counters),
             ready_tx,
         );

@@ -5,7 +5,6 @@
 //! pool) that use it.
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use pstream_protocol::{Codec, FunctionInfo, Items, Join};
 
 use crate::error::{ExitCause, ItemErrorKind, PoolError};
+use crate::link::Link;
 
 /// A run of a job's input, to be computed together.
 #[derive(Debug, Clone)]
@@ -85,11 +85,7 @@ impl Wake {
 /// What the supervisor hears.
 pub(crate) enum Event {
     /// A peer passed the handshake.
-    Connected {
-        pid: u32,
-        stream: UnixStream,
-        join: Join,
-    },
+    Connected { link: Box<dyn Link>, join: Join },
     /// One of our workers failed the handshake.
     Rejected { pid: u32, reason: String },
     /// A worker process ended and was reaped.

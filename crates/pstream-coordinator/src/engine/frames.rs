@@ -1,0 +1,214 @@
+//! What workers say: the end of a handshake, results, progress.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use pstream_protocol::{write_frame, Frame, Items, Join, Message};
+
+use super::jobs::convert_failure;
+use super::worker::{KillReason, Life, Worker};
+use super::Engine;
+use crate::conn::Conn;
+use crate::link::Link;
+use crate::vocab::{JobMsg, ResultBatch};
+
+impl Engine {
+    /// A peer passed the door's checks: it becomes a worker of the pool.
+    pub(super) fn on_connected(&mut self, mut link: Box<dyn Link>, join: Join) {
+        let pid = link.peer().pid();
+        let starting = self
+            .workers
+            .iter()
+            .find(|(_, w)| matches!(w.life, Life::Starting) && pid.is_some() && w.pid() == pid)
+            .map(|(&wid, _)| wid);
+        let wid = match starting {
+            Some(wid) => wid,
+            // A pool with no launcher takes whoever the door lets in.
+            None if self.launcher.is_none() => {
+                let wid = self.next_wid;
+                self.next_wid += 1;
+                self.workers.insert(wid, Worker::joined(Instant::now()));
+                wid
+            }
+            None => return, // It died or was replaced while its handshake was under way.
+        };
+        // Every worker of a pool runs the same program; insist on the same functions.
+        if let Some(known) = &self.functions {
+            if *known != join.functions {
+                let why = "serves other functions than the pool's first worker";
+                self.kill(wid, KillReason::Handshake(why.into()));
+                return;
+            }
+        }
+        let welcome = Message::Welcome {
+            worker_id: wid as u32,
+            max_frame: self.config.max_frame as u32,
+            flush_interval_us: self.config.flush_interval.as_micros() as u32,
+        };
+        let greeted = write_frame(&mut link, &welcome, &Items::new(), self.config.max_frame);
+        let conn = greeted
+            .map_err(|e| e.to_string())
+            .and_then(|()| Conn::new(link, self.config.max_frame).map_err(|e| e.to_string()));
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                let reason = format!("connection failed during the handshake: {e}");
+                self.kill(wid, KillReason::Handshake(reason));
+                return;
+            }
+        };
+        if self.functions.is_none() {
+            self.functions = Some(join.functions);
+        }
+        let w = self.workers.get_mut(&wid).expect("found above");
+        w.connected(conn, join.capacity as usize, Instant::now());
+        self.consecutive_failures = 0;
+        self.counters.ready.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(wid, ?pid, "worker ready");
+        if self.ready.is_some() {
+            let connected = self.workers.values().filter(|w| w.usable()).count();
+            if connected >= self.config.workers {
+                let ready = self.ready.take().expect("checked");
+                let _ = ready.send(Ok(self.functions.clone().unwrap_or_default()));
+            }
+        }
+    }
+
+    /// One of our workers failed the door's checks.
+    pub(super) fn on_rejected(&mut self, pid: u32, reason: String) {
+        let starting = self
+            .workers
+            .iter()
+            .find(|(_, w)| matches!(w.life, Life::Starting) && w.pid() == Some(pid))
+            .map(|(&wid, _)| wid);
+        if let Some(wid) = starting {
+            let why = format!("failed the handshake: {reason}");
+            self.kill(wid, KillReason::Handshake(why));
+        }
+    }
+
+    pub(super) fn on_frame(&mut self, wid: u64, frame: Frame) {
+        let Some(w) = self.workers.get(&wid) else {
+            return;
+        };
+        if w.is_ending() {
+            return; // Being killed: its frames no longer count.
+        }
+        let header = match frame.message {
+            Message::Results(header) => header,
+            Message::Progress { job, seq, done } => {
+                self.on_progress(wid, job, seq, done as usize);
+                return;
+            }
+            other => {
+                let what = format!("sent an unexpected {other:?} frame");
+                self.kill(wid, KillReason::Violation(what));
+                return;
+            }
+        };
+        let items = frame.items;
+        let count = items.len();
+        let (first_index, answered, total) = match w.in_flight.front() {
+            None => {
+                let what = "sent results while holding no batch";
+                self.kill(wid, KillReason::Violation(what.into()));
+                return;
+            }
+            Some(head) if head.seq != header.seq || head.batch.job != header.job => {
+                let what = format!(
+                    "sent results for batch {}/{} while its oldest batch is {}/{}",
+                    header.job, header.seq, head.batch.job, head.seq
+                );
+                self.kill(wid, KillReason::Violation(what));
+                return;
+            }
+            Some(head) => (
+                head.batch.first_index,
+                head.answered,
+                head.batch.items.len(),
+            ),
+        };
+        let job = self.jobs.get(header.job);
+        let live = job.is_some_and(|j| !j.cancelled);
+        if job.is_some_and(|j| j.packed != header.packed) {
+            let what = if header.packed {
+                "sent packed results for a batch that asked for lengths"
+            } else {
+                "sent results with lengths for a batch that asked for packed ones"
+            };
+            self.kill(wid, KillReason::Violation(what.into()));
+            return;
+        }
+        let skipped = count == 0 && header.offset == 0 && header.failures.is_empty();
+        let advance = if skipped && !live {
+            total - answered
+        } else {
+            let in_order = header.offset as usize == answered;
+            let fits = count > 0 && answered + count <= total;
+            let slots_ok = header.failures.windows(2).all(|p| p[0].slot < p[1].slot)
+                && header.failures.iter().all(|f| (f.slot as usize) < count);
+            if !(in_order && fits && slots_ok) {
+                let what = "sent results that do not match its batch";
+                self.kill(wid, KillReason::Violation(what.into()));
+                return;
+            }
+            if live {
+                let batch = ResultBatch {
+                    first_index: first_index + answered as u64,
+                    items,
+                    failures: header.failures.into_iter().map(convert_failure).collect(),
+                };
+                self.jobs.send(header.job, JobMsg::Results(batch));
+            }
+            count
+        };
+        let w = self.workers.get_mut(&wid).expect("present");
+        let head = w.in_flight.front_mut().expect("present");
+        head.answered += advance;
+        head.running = head.running.max(head.answered);
+        w.outstanding -= advance;
+        w.items_done += advance as u64;
+        w.progress_at = Instant::now();
+        if head.answered == total {
+            let done = w.in_flight.pop_front().expect("present");
+            w.batch_answered();
+            self.jobs.batch_done(header.job, done.batch.items);
+        }
+        let w = self.workers.get_mut(&wid).expect("present");
+        if let Some(limit) = self.config.max_items_per_worker {
+            if w.items_done >= limit && matches!(w.life, Life::Serving) {
+                tracing::debug!(wid, items = w.items_done, "recycling worker");
+                w.retire();
+                // Its replacement starts now, while it finishes.
+                self.top_up_workers();
+            }
+        }
+    }
+
+    /// The worker says how far its oldest batch has come.
+    fn on_progress(&mut self, wid: u64, job: u64, seq: u64, done: usize) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        // Progress of a batch already answered in full is stale, not wrong.
+        let Some(head) = w
+            .in_flight
+            .front_mut()
+            .filter(|h| h.seq == seq && h.batch.job == job)
+        else {
+            return;
+        };
+        let len = head.batch.items.len();
+        if done > len {
+            let what = format!("claimed {done} items done of a batch of {len}");
+            self.kill(wid, KillReason::Violation(what));
+            return;
+        }
+        let now = Instant::now();
+        head.heard_at = Some(now);
+        if done > head.running {
+            head.running = done;
+            w.progress_at = now;
+        }
+    }
+}

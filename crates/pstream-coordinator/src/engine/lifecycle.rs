@@ -1,0 +1,307 @@
+//! Workers coming and going: starting them, killing them, settling what a lost one
+//! held; failing and stopping the pool; the deadlines that drive all of it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pstream_protocol::{Message, PROGRESS_HEARTBEAT};
+
+use super::blame::{judge, Cause, Held};
+use super::worker::{KillReason, Life, Worker};
+use super::{Config, Engine};
+use crate::error::{ExitCause, PoolError};
+
+/// How long after the last progress a worker with work in hand may stay silent,
+/// beyond the item time limit, before it is judged hung.
+const PROGRESS_SLACK: Duration = Duration::from_millis(50);
+
+/// What a worker owes by a deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Its handshake.
+    Handshake,
+    /// Progress on the batch it holds.
+    Progress,
+}
+
+/// The one place the deadline rules live: when `w` must have shown what.
+fn deadline(w: &Worker, config: &Config) -> Option<(Instant, Due)> {
+    match w.life {
+        Life::Starting => Some((w.started_at + config.handshake_timeout, Due::Handshake)),
+        Life::Serving | Life::Retiring if !w.in_flight.is_empty() => config
+            .item_timeout
+            .map(|limit| (w.progress_at + limit + PROGRESS_SLACK, Due::Progress)),
+        _ => None,
+    }
+}
+
+impl Engine {
+    /// Its process ended and was reaped.
+    pub(super) fn on_exited(&mut self, wid: u64, cause: ExitCause) {
+        // Take what it sent before it died; then its connection is over, even if a
+        // process it forked still holds the socket open.
+        if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
+            self.drain(wid);
+            if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
+                self.on_disconnected(wid, None);
+            }
+        }
+        if let Some(w) = self.workers.get_mut(&wid) {
+            w.exited(cause);
+        }
+        self.settle(wid);
+    }
+
+    /// The worker's connection ended (cleanly or not); no more frames will come.
+    pub(super) fn on_disconnected(&mut self, wid: u64, error: Option<String>) {
+        if let Some(w) = self.workers.get_mut(&wid) {
+            w.disconnected(error);
+        }
+        self.settle(wid);
+    }
+
+    /// Kill a worker; what it held is dealt with when it is gone.
+    pub(super) fn kill(&mut self, wid: u64, reason: KillReason) {
+        if let Some(w) = self.workers.get_mut(&wid) {
+            w.kill(reason);
+        }
+        self.settle(wid);
+    }
+
+    /// Once a worker is settled (disconnected and reaped), deal with what it held.
+    fn settle(&mut self, wid: u64) {
+        if !self.workers.get(&wid).is_some_and(Worker::settled) {
+            return;
+        }
+        let mut w = self.workers.remove(&wid).expect("present");
+        let exit = w.exit.unwrap_or(ExitCause::Disconnected);
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        if !w.served {
+            // It never became a worker: a start failure.
+            let reason = match w.take_reason() {
+                Some(KillReason::Handshake(r)) | Some(KillReason::Violation(r)) => r,
+                Some(KillReason::Timeout { .. }) => "timed out".into(),
+                None => format!("{exit} before completing the handshake"),
+            };
+            self.start_failed(reason);
+            return;
+        }
+        if !w.retired_cleanly() {
+            self.counters.crashes.fetch_add(1, Ordering::Relaxed);
+            let cause = match w.take_reason() {
+                Some(KillReason::Timeout { located }) => Cause::Timeout { located },
+                Some(KillReason::Violation(what)) => {
+                    tracing::warn!(wid, "worker broke the protocol: {what}");
+                    Cause::Crash(ExitCause::Disconnected)
+                }
+                Some(KillReason::Handshake(_)) | None => Cause::Crash(exit),
+            };
+            tracing::info!(wid, pid = ?w.pid(), %exit, "worker died");
+            let mut held = std::mem::take(&mut w.in_flight);
+            // Younger batches never started: back to the front of the queue, in order.
+            while held.len() > 1 {
+                let young = held.pop_back().expect("len > 1");
+                self.jobs.requeue(young.batch, young.answered);
+            }
+            if let Some(head) = held.pop_front() {
+                let job = head.batch.job;
+                if self.jobs.live(job).is_none() {
+                    self.jobs.batch_gone(job);
+                } else {
+                    self.jobs
+                        .count_loss(job, matches!(cause, Cause::Timeout { .. }));
+                    let verdict = judge(
+                        Held {
+                            len: head.batch.items.len(),
+                            attempts: head.batch.attempts,
+                            answered: head.answered,
+                            running: head.running,
+                        },
+                        cause,
+                        self.config.retries,
+                        self.config.item_timeout.unwrap_or_default(),
+                    );
+                    self.jobs.apply(head.batch, verdict);
+                }
+            }
+        }
+        self.top_up_workers();
+    }
+
+    /// The job's consumer went away: drop what is queued, tell whoever holds its
+    /// batches.
+    pub(super) fn cancel_job(&mut self, job: u64) {
+        self.jobs.cancel(job);
+        for w in self.workers.values_mut() {
+            if w.in_flight.iter().any(|f| f.batch.job == job) {
+                w.send(&Message::Cancel { job }, None);
+            }
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_grace);
+        self.jobs.fail_all(&Arc::new(PoolError::Closed));
+        for w in self.workers.values_mut() {
+            w.stop();
+        }
+        // Workers that were never connected are settled once reaped.
+        let wids: Vec<u64> = self.workers.keys().copied().collect();
+        for wid in wids {
+            self.settle(wid);
+        }
+    }
+
+    /// A worker failed before it could serve.
+    fn start_failed(&mut self, reason: String) {
+        tracing::warn!("worker failed to start: {reason}");
+        self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures += 1;
+        self.last_failure = reason.clone();
+        if let Some(ready) = self.ready.take() {
+            // At startup there is nobody to serve yet: report at once, clearly.
+            let _ = ready.send(Err(PoolError::WorkerStart {
+                program: self.config.command.program.clone(),
+                reason,
+            }));
+            self.fail_pool(PoolError::Closed);
+            return;
+        }
+        if self.consecutive_failures >= self.config.max_spawn_failures {
+            self.fail_pool(PoolError::RespawnsExhausted {
+                failures: self.consecutive_failures,
+                last: self.last_failure.clone(),
+            });
+            return;
+        }
+        let backoff = Duration::from_millis(10 << self.consecutive_failures.min(7));
+        self.respawn_at = Some(Instant::now() + backoff);
+    }
+
+    /// The pool can no longer serve: end every job with the error.
+    pub(super) fn fail_pool(&mut self, error: PoolError) {
+        tracing::error!("pool failed: {error}");
+        let error = Arc::new(error);
+        self.jobs.fail_all(&error);
+        self.failed = Some(error);
+        let wids: Vec<u64> = self.workers.keys().copied().collect();
+        for wid in wids {
+            self.kill(wid, KillReason::Handshake("the pool failed".into()));
+        }
+    }
+
+    pub(super) fn on_timers(&mut self) {
+        let now = Instant::now();
+        if let Some(deadline) = self.shutdown_deadline {
+            if now >= deadline {
+                for w in self.workers.values_mut() {
+                    if let Some(handle) = &w.handle {
+                        handle.kill();
+                    } else {
+                        w.conn = None;
+                    }
+                }
+                let wids: Vec<u64> = self.workers.keys().copied().collect();
+                for wid in wids {
+                    self.settle(wid);
+                }
+            }
+            return;
+        }
+        let overdue: Vec<(u64, Due)> = self
+            .workers
+            .iter()
+            .filter_map(|(&wid, w)| deadline(w, &self.config).map(|(at, due)| (wid, at, due)))
+            .filter(|&(_, at, _)| now >= at)
+            .map(|(wid, _, due)| (wid, due))
+            .collect();
+        for (wid, due) in overdue {
+            let reason = match due {
+                Due::Handshake => KillReason::Handshake(format!(
+                    "did not complete the handshake within {:?}",
+                    self.config.handshake_timeout
+                )),
+                Due::Progress => {
+                    // Located only if the worker repeated its count lately: a
+                    // process frozen whole (stopped, say) may have moved on since
+                    // its last report.
+                    let fresh =
+                        self.config.flush_interval * PROGRESS_HEARTBEAT * 3 + PROGRESS_SLACK;
+                    let located = self.workers[&wid]
+                        .in_flight
+                        .front()
+                        .and_then(|h| h.heard_at)
+                        .is_some_and(|at| now.saturating_duration_since(at) <= fresh);
+                    KillReason::Timeout { located }
+                }
+            };
+            self.kill(wid, reason);
+        }
+        if self.respawn_at.is_some_and(|at| now >= at) {
+            self.respawn_at = None;
+            self.top_up_workers();
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        if let Some(deadline) = self.shutdown_deadline {
+            return Some(deadline);
+        }
+        self.workers
+            .values()
+            .filter_map(|w| deadline(w, &self.config).map(|(at, _)| at))
+            .chain(self.respawn_at)
+            .min()
+    }
+
+    /// Start workers until the pool has as many as it should.
+    pub(super) fn top_up_workers(&mut self) {
+        if self.shutdown_deadline.is_some() || self.failed.is_some() || self.respawn_at.is_some() {
+            return;
+        }
+        if self.launcher.is_none() {
+            return; // Workers join on their own.
+        }
+        let live = self.workers.values().filter(|w| w.counts()).count();
+        for _ in live..self.config.workers {
+            if !self.start_worker() {
+                return;
+            }
+        }
+    }
+
+    fn start_worker(&mut self) -> bool {
+        let Some(launcher) = &self.launcher else {
+            return false;
+        };
+        let wid = self.next_wid;
+        self.next_wid += 1;
+        let handle = match launcher.launch(wid, &self.events_tx) {
+            Ok(handle) => handle,
+            Err(source) => {
+                let error = PoolError::Spawn {
+                    program: launcher.program().to_path_buf(),
+                    source,
+                };
+                match self.ready.take() {
+                    Some(ready) => {
+                        let _ = ready.send(Err(error));
+                        self.fail_pool(PoolError::Closed);
+                    }
+                    None => self.fail_pool(error),
+                }
+                return false;
+            }
+        };
+        self.counters.spawned.fetch_add(1, Ordering::Relaxed);
+        self.workers
+            .insert(wid, Worker::started(handle, Instant::now()));
+        true
+    }
+}

@@ -1,0 +1,366 @@
+//! The engine: every worker and every job's queue, stepped by whichever thread leads
+//! the pool (a consumer waiting for results, or the supervisor thread; see
+//! [`crate::hub`]).
+//!
+//! Everything that happens reaches it as an [`Event`], on one channel or handed over
+//! directly by the leader: a worker connected, sent a frame, disconnected or exited;
+//! a job was submitted, fed a batch, ran out of input or was cancelled; the pool is
+//! shutting down. Between events it dispatches queued batches against worker credit
+//! and watches deadlines (item time limits, handshakes, respawn backoff, the shutdown
+//! grace period).
+//!
+//! The rooms:
+//! * this file: the step loop (events, deadlines, dispatch, writes, `poll`, reads);
+//! * `worker`: one worker's life ([`worker::Life`]) and the batches it holds;
+//! * `frames`: what workers say (handshake done, results, progress);
+//! * `lifecycle`: starting, killing and settling workers, failing and stopping
+//!   the pool, deadlines;
+//! * `dispatch`: which worker gets the next queued batch;
+//! * `jobs`: each job's bookkeeping and the queue (no I/O);
+//! * `blame`: who is to blame for a lost worker (a pure function).
+
+mod blame;
+mod dispatch;
+mod frames;
+mod jobs;
+mod lifecycle;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use pstream_protocol::FunctionInfo;
+
+use crate::conn::Incoming;
+use crate::error::PoolError;
+use crate::launcher::Launcher;
+use crate::process::WorkerCommand;
+use crate::stats::PoolCounters;
+use crate::vocab::{Event, Events, Ready, Wake};
+use jobs::Jobs;
+use worker::Worker;
+
+/// The pool's settings, fixed at build.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub workers: usize,
+    pub window: usize,
+    /// Bytes of encoded items read ahead, at most (one batch is let through).
+    pub window_bytes: u64,
+    pub command: WorkerCommand,
+    pub max_frame: usize,
+    pub handshake_timeout: Duration,
+    pub item_timeout: Option<Duration>,
+    pub retries: u32,
+    pub max_items_per_worker: Option<u64>,
+    pub max_spawn_failures: u32,
+    pub capacity: u32,
+    pub flush_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+pub(crate) struct Engine {
+    config: Arc<Config>,
+    events: Receiver<Event>,
+    events_tx: Events,
+    wake: Arc<Wake>,
+    /// What starts workers; none: workers join on their own.
+    launcher: Option<Box<dyn Launcher>>,
+    counters: Arc<PoolCounters>,
+    workers: HashMap<u64, Worker>,
+    next_wid: u64,
+    next_seq: u64,
+    /// The worker the last batch went to (ties in `dispatch` go round from it).
+    last_served: u64,
+    jobs: Jobs,
+    functions: Option<Vec<FunctionInfo>>,
+    ready: Option<Ready>,
+    consecutive_failures: u32,
+    last_failure: String,
+    respawn_at: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
+    failed: Option<Arc<PoolError>>,
+    /// Shut down for good: every step is a no-op.
+    exited: bool,
+}
+
+/// Whether the engine goes on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Go,
+    Exit,
+}
+
+/// How many reads (of up to the connection's read budget each) a gone worker's
+/// socket gets to be emptied.
+const DRAIN_ROUNDS: usize = 16;
+
+impl Engine {
+    pub fn new(
+        config: Arc<Config>,
+        (events_tx, events, wake): (Events, Receiver<Event>, Arc<Wake>),
+        launcher: Option<Box<dyn Launcher>>,
+        counters: Arc<PoolCounters>,
+        ready: Ready,
+    ) -> Engine {
+        Engine {
+            config,
+            events,
+            events_tx,
+            wake,
+            launcher,
+            counters,
+            workers: HashMap::new(),
+            last_served: 0,
+            next_wid: 0,
+            next_seq: 0,
+            jobs: Jobs::default(),
+            functions: None,
+            ready: Some(ready),
+            consecutive_failures: 0,
+            last_failure: String::new(),
+            respawn_at: None,
+            shutdown_deadline: None,
+            failed: None,
+            exited: false,
+        }
+    }
+
+    /// Start the first workers.
+    pub fn start(&mut self) {
+        self.top_up_workers();
+    }
+
+    /// Take events from a thread that holds the engine: after those already in
+    /// the channel, which may come first (a job's start, say).
+    pub fn accept(&mut self, events: impl Iterator<Item = Event>) {
+        while let Ok(event) = self.events.try_recv() {
+            self.handle(event);
+        }
+        for event in events {
+            self.handle(event);
+        }
+    }
+
+    /// One turn of the engine: handle every pending event, enforce deadlines, send
+    /// queued batches, write what is queued, then wait (if `block`) for a socket,
+    /// an event or the next deadline, and read what came. Whoever leads the pool
+    /// (a consumer waiting for results, or the supervisor thread) calls this.
+    pub fn step(&mut self, block: bool) -> Flow {
+        match self.prepare() {
+            Flow::Go => self.wait(block),
+            Flow::Exit => Flow::Exit,
+        }
+    }
+
+    /// The first half of a step: events, deadlines, dispatch, writes. A leader
+    /// looks at its messages between the halves: what this half sent it (a pool
+    /// failure, say) must not wait for the poll of the second.
+    pub fn prepare(&mut self) -> Flow {
+        if self.exited || self.finish_shutdown() {
+            return Flow::Exit;
+        }
+        while let Ok(event) = self.events.try_recv() {
+            self.handle(event);
+        }
+        self.on_timers();
+        self.dispatch();
+        self.flush_all();
+        if self.finish_shutdown() {
+            // The last worker was settled just now: do not wait for the deadline.
+            return Flow::Exit;
+        }
+        Flow::Go
+    }
+
+    /// The second half of a step: wait (if `block`) for a socket, an event or the
+    /// next deadline, and read what came.
+    pub fn wait(&mut self, block: bool) -> Flow {
+        if self.exited {
+            return Flow::Exit;
+        }
+        let block = block && self.events.is_empty();
+        for (wid, flags) in self.poll(block) {
+            match wid {
+                None => self.wake.drain(),
+                Some(wid) => {
+                    if flags.intersects(PollFlags::POLLOUT) {
+                        self.flush(wid);
+                    }
+                    if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                    {
+                        self.read(wid);
+                    }
+                }
+            }
+        }
+        Flow::Go
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connected { link, join } => self.on_connected(link, join),
+            Event::Rejected { pid, reason } => self.on_rejected(pid, reason),
+            Event::Exited { wid, cause } => self.on_exited(wid, cause),
+            Event::NewJob {
+                job,
+                function,
+                codec,
+                packed,
+                results,
+                counters,
+                recycle,
+            } => {
+                if let Some(err) = &self.failed {
+                    let _ = results.send(crate::vocab::JobMsg::Failed(Arc::clone(err)));
+                    return;
+                }
+                if self.shutdown_deadline.is_some() {
+                    let _ = results.send(crate::vocab::JobMsg::Failed(Arc::new(PoolError::Closed)));
+                    return;
+                }
+                let job_state = jobs::Job {
+                    function,
+                    codec,
+                    packed,
+                    results,
+                    counters,
+                    recycle,
+                    pending: 0,
+                    input_done: false,
+                    cancelled: false,
+                };
+                self.jobs.insert(job, job_state);
+            }
+            Event::Submit(batch) => self.jobs.submit(batch),
+            Event::LocalFailure { job, index, kind } => self.jobs.send(
+                job,
+                crate::vocab::JobMsg::Results(crate::vocab::ResultBatch::single_failure(
+                    index, kind,
+                )),
+            ),
+            Event::InputDone { job, total } => self.jobs.input_ended(job, total, None),
+            Event::InputFailed { job, total, error } => {
+                self.jobs.input_ended(job, total, Some(error))
+            }
+            Event::Cancel { job } => self.cancel_job(job),
+            Event::Shutdown => self.begin_shutdown(),
+            Event::KillAll => {
+                self.begin_shutdown();
+                self.shutdown_deadline = Some(Instant::now());
+            }
+        }
+    }
+
+    /// During shutdown, once every worker is settled: the engine is done.
+    fn finish_shutdown(&mut self) -> bool {
+        if self.shutdown_deadline.is_some() && self.workers.is_empty() {
+            self.exited = true;
+            self.jobs.clear();
+        }
+        self.exited
+    }
+
+    /// Wait for a connection to be readable (or writable, if it has bytes queued),
+    /// for an event, or for the next deadline.
+    fn poll(&self, block: bool) -> Vec<(Option<u64>, PollFlags)> {
+        let timeout = match self.next_deadline() {
+            _ if !block => PollTimeout::ZERO,
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                // Round up, so we never wake just before the deadline.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut ids = vec![None];
+        let mut fds = vec![PollFd::new(self.wake.fd(), PollFlags::POLLIN)];
+        for (&wid, w) in &self.workers {
+            if let Some(conn) = &w.conn {
+                let mut flags = PollFlags::POLLIN;
+                if conn.wants_to_write() {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(conn.fd(), flags));
+                ids.push(Some(wid));
+            }
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => ids
+                .into_iter()
+                .zip(
+                    fds.iter()
+                        .map(|f| f.revents().unwrap_or(PollFlags::empty())),
+                )
+                .filter(|(_, flags)| !flags.is_empty())
+                .collect(),
+            Err(_) => Vec::new(), // EINTR: go round again.
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let pending: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.conn.as_ref().is_some_and(|c| c.wants_to_write()))
+            .map(|(&wid, _)| wid)
+            .collect();
+        for wid in pending {
+            self.flush(wid);
+        }
+    }
+
+    fn flush(&mut self, wid: u64) {
+        let failed = match self.workers.get_mut(&wid).and_then(|w| w.conn.as_mut()) {
+            Some(conn) => conn.flush().is_err(),
+            None => false,
+        };
+        if failed {
+            // The worker is gone, or has shut its end. What it sent before is still
+            // in the socket: results of batches it finished. Take them first, or
+            // those batches would be blamed for a death that came after them.
+            self.drain(wid);
+            if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
+                self.on_disconnected(wid, None);
+            }
+        }
+    }
+
+    /// Read everything a worker that is gone (or going) left in its socket, up to
+    /// its end. Bounded: a dead peer left at most a socket buffer's worth; a live
+    /// one that keeps writing is cut off after `DRAIN_ROUNDS` reads.
+    fn drain(&mut self, wid: u64) {
+        for _ in 0..DRAIN_ROUNDS {
+            if !self.read(wid) {
+                return;
+            }
+        }
+    }
+
+    /// Read what came on a worker's connection and handle it. Whether more may be
+    /// waiting (the read stopped at its budget, not at the end of what was there).
+    fn read(&mut self, wid: u64) -> bool {
+        let Some(conn) = self.workers.get_mut(&wid).and_then(|w| w.conn.as_mut()) else {
+            return false;
+        };
+        let (frames, end) = match conn.read() {
+            Incoming::Frames(frames) => (frames, None),
+            Incoming::Closed(frames) => (frames, Some(None)),
+            Incoming::Broken(frames, e) => (frames, Some(Some(e.to_string()))),
+        };
+        let more = !frames.is_empty() && end.is_none();
+        for frame in frames {
+            self.on_frame(wid, frame);
+        }
+        if let Some(error) = end {
+            self.on_disconnected(wid, error);
+        }
+        more
+    }
+}

@@ -1,0 +1,417 @@
+//! The engine without processes: workers are the far ends of socketpairs, played
+//! by threads of this test, joining a pool with no launcher.
+
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use pstream_protocol::{
+    read_frame, write_frame, Codec, Frame, FunctionInfo, Items, Join, Message, ResultsHeader,
+    DEFAULT_MAX_FRAME,
+};
+
+use super::{Config, Engine, Flow};
+use crate::error::{ExitCause, ItemErrorKind};
+use crate::link::UnixLink;
+use crate::process::WorkerCommand;
+use crate::stats::PoolCounters;
+use crate::vocab::{Batch, Event, Events, JobCounters, JobMsg};
+
+/// How long any test may take before it is declared hung.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn config(retries: u32, item_timeout: Option<Duration>) -> Config {
+    Config {
+        workers: 2,
+        window: 1000,
+        window_bytes: 1 << 20,
+        command: WorkerCommand {
+            program: PathBuf::from("none"),
+            args: Vec::new(),
+            env: Vec::new(),
+            memory_limit: None,
+        },
+        max_frame: DEFAULT_MAX_FRAME,
+        handshake_timeout: Duration::from_secs(30),
+        item_timeout,
+        retries,
+        max_items_per_worker: None,
+        max_spawn_failures: 3,
+        capacity: 8,
+        flush_interval: Duration::from_millis(2),
+        shutdown_grace: Duration::from_secs(1),
+    }
+}
+
+/// What a played worker does with a batch.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Play {
+    /// Die (close the socket) on receiving a batch that holds `b"poison"`.
+    DieAtPoison,
+    /// On a batch that holds `b"poison"`, answer the items before it, report that
+    /// it is on the poison, and keep repeating that report (alive, stuck).
+    StickAtPoison,
+}
+
+struct Pool {
+    engine: Engine,
+    events: Events,
+    results: Receiver<JobMsg>,
+    workers: Vec<JoinHandle<()>>,
+    /// Batches the played workers received, in all.
+    received: Arc<AtomicUsize>,
+    /// Rings the engine awake every few milliseconds, so a step never blocks for
+    /// long whatever the test does wrong: the deadlines are checked in between.
+    ticker: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Pool {
+    fn new(config: Config) -> Pool {
+        let (events, rx, wake) = Events::new().unwrap();
+        let (ready, _ready_rx) = crossbeam_channel::bounded(1);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let (stop, wake) = (Arc::clone(&stop), Arc::clone(&wake));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    wake.ring();
+                    // A pace, not synchronisation: it only bounds how long a step waits.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let engine = Engine::new(
+            Arc::new(config),
+            (events.clone(), rx, wake),
+            None,
+            Arc::new(PoolCounters::default()),
+            ready,
+        );
+        let (results_tx, results) = crossbeam_channel::unbounded();
+        let (recycle, _) = crossbeam_channel::unbounded();
+        let pool = Pool {
+            engine,
+            events,
+            results,
+            workers: Vec::new(),
+            received: Arc::new(AtomicUsize::new(0)),
+            ticker: Some((stop, ticker)),
+        };
+        pool.events
+            .send(Event::NewJob {
+                job: 0,
+                function: "f".into(),
+                codec: Codec::Lines,
+                packed: false,
+                results: results_tx,
+                counters: Arc::new(JobCounters::default()),
+                recycle,
+            })
+            .unwrap();
+        pool
+    }
+
+    /// A played worker joins with `capacity` items of credit.
+    fn join(&mut self, play: Play, capacity: u32) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let join = Join {
+            proof: Default::default(),
+            capacity,
+            max_frame: DEFAULT_MAX_FRAME as u32,
+            functions: vec![FunctionInfo {
+                name: "f".into(),
+                input_type: "String".into(),
+                output_type: "String".into(),
+                input_type_name: "String".into(),
+                output_type_name: "String".into(),
+            }],
+        };
+        let link = Box::new(UnixLink::new(ours).unwrap());
+        let received = Arc::clone(&self.received);
+        self.workers
+            .push(std::thread::spawn(move || worker(theirs, play, &received)));
+        self.events.send(Event::Connected { link, join }).unwrap();
+        // Handled now: it counts as usable from here on.
+        self.engine.accept(std::iter::empty());
+    }
+
+    /// Feed `items` as batches of `size`, then say the input is done.
+    fn submit(&self, items: &[&[u8]], size: usize) {
+        for (i, chunk) in items.chunks(size).enumerate() {
+            let mut batch = Items::new();
+            for item in chunk {
+                batch.push(item);
+            }
+            self.events
+                .send(Event::Submit(Batch {
+                    job: 0,
+                    first_index: (i * size) as u64,
+                    items: Arc::new(batch),
+                    attempts: 0,
+                }))
+                .unwrap();
+        }
+        self.events
+            .send(Event::InputDone {
+                job: 0,
+                total: items.len() as u64,
+            })
+            .unwrap();
+    }
+
+    fn usable(&self) -> usize {
+        self.engine.workers.values().filter(|w| w.usable()).count()
+    }
+
+    /// Step the engine until the job has an outcome for each of `n` items, keeping
+    /// `keep` played workers of kind `play` joined (0: join nobody new).
+    fn run(
+        &mut self,
+        n: usize,
+        play: Play,
+        keep: usize,
+    ) -> BTreeMap<u64, Result<Vec<u8>, ItemErrorKind>> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut outcomes = BTreeMap::new();
+        while outcomes.len() < n {
+            assert!(Instant::now() < deadline, "the job hangs: {outcomes:?}");
+            while self.usable() < keep {
+                self.join(play, 8);
+            }
+            if self.engine.step(true) == Flow::Exit {
+                break;
+            }
+            while let Ok(message) = self.results.try_recv() {
+                if let JobMsg::Results(batch) = message {
+                    let failed: BTreeMap<u32, ItemErrorKind> = batch.failures.into_iter().collect();
+                    for slot in 0..batch.items.len() {
+                        let index = batch.first_index + slot as u64;
+                        let outcome = match failed.get(&(slot as u32)) {
+                            Some(kind) => Err(kind.clone()),
+                            None => Ok(batch.items.get(slot).unwrap().to_vec()),
+                        };
+                        assert!(
+                            outcomes.insert(index, outcome).is_none(),
+                            "item {index} came back twice"
+                        );
+                    }
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the engine's ends ends every played worker.
+        self.engine.workers.clear();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Some((stop, ticker)) = self.ticker.take() {
+            stop.store(true, Ordering::SeqCst);
+            let _ = ticker.join();
+        }
+    }
+}
+
+/// A played worker: read the Welcome, then batches until the socket ends.
+fn worker(mut stream: UnixStream, play: Play, received: &AtomicUsize) {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let max = DEFAULT_MAX_FRAME;
+    match read_frame(&mut stream, max) {
+        Ok(Some(Frame {
+            message: Message::Welcome { .. },
+            ..
+        })) => {}
+        _ => return,
+    }
+    while let Ok(Some(frame)) = read_frame(&mut stream, max) {
+        let Message::Batch(header) = frame.message else {
+            continue;
+        };
+        received.fetch_add(1, Ordering::SeqCst);
+        let items = frame.items;
+        let poison = (0..items.len()).find(|&i| items.get(i) == Some(&b"poison"[..]));
+        let answer = |stream: &mut UnixStream, upto: usize| {
+            let mut out = Items::new();
+            for i in 0..upto {
+                out.push(items.get(i).unwrap());
+            }
+            let message = Message::Results(ResultsHeader {
+                job: header.job,
+                seq: header.seq,
+                offset: 0,
+                failures: Vec::new(),
+                packed: false,
+            });
+            if upto > 0 {
+                write_frame(stream, &message, &out, max).unwrap();
+            }
+        };
+        match (play, poison) {
+            (Play::DieAtPoison, Some(_)) => return,
+            (Play::StickAtPoison, Some(at)) => {
+                answer(&mut stream, at);
+                // Alive and stuck: repeat "on item `at`" until the engine hangs up.
+                loop {
+                    let progress = Message::Progress {
+                        job: header.job,
+                        seq: header.seq,
+                        done: at as u32,
+                    };
+                    if write_frame(&mut stream, &progress, &Items::new(), max).is_err() {
+                        return;
+                    }
+                    // The heartbeat's pace, as a worker's reporter keeps it.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            // Answer every item with its own bytes.
+            _ => answer(&mut stream, items.len()),
+        }
+    }
+}
+
+fn items(n: usize, poison: Option<usize>) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            if Some(i) == poison {
+                b"poison".to_vec()
+            } else {
+                format!("item {i}").into_bytes()
+            }
+        })
+        .collect()
+}
+
+fn refs(items: &[Vec<u8>]) -> Vec<&[u8]> {
+    items.iter().map(Vec::as_slice).collect()
+}
+
+#[test]
+fn dispatch_never_sends_a_worker_more_than_its_credit() {
+    let mut pool = Pool::new(config(1, None));
+    // Credit for two batches of 4; five are queued.
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let join = Join {
+        proof: Default::default(),
+        capacity: 8,
+        max_frame: DEFAULT_MAX_FRAME as u32,
+        functions: Vec::new(),
+    };
+    pool.events
+        .send(Event::Connected {
+            link: Box::new(UnixLink::new(ours).unwrap()),
+            join,
+        })
+        .unwrap();
+    let data = items(20, None);
+    pool.submit(&refs(&data), 4);
+    let mut theirs = theirs;
+    theirs.set_read_timeout(Some(DEADLINE)).unwrap();
+    // Step until the worker holds what it can.
+    let deadline = Instant::now() + DEADLINE;
+    while pool.engine.workers.values().all(|w| w.in_flight.len() < 2) {
+        assert!(Instant::now() < deadline);
+        pool.engine.step(false);
+    }
+    for _ in 0..10 {
+        pool.engine.step(false);
+    }
+    let w = pool.engine.workers.values().next().unwrap();
+    assert_eq!(w.in_flight.len(), 2, "two batches of 4 fill a credit of 8");
+    assert_eq!(w.outstanding, 8);
+    assert_eq!(pool.engine.jobs.queue.len(), 3, "the rest waits for credit");
+    // What reached the worker is exactly the two batches.
+    let mut seen = 0;
+    for _ in 0..3 {
+        let frame = read_frame(&mut theirs, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        if let Message::Batch(_) = frame.message {
+            seen += frame.items.len();
+        }
+    }
+    assert_eq!(seen, 8, "welcome and two batches of 4");
+}
+
+#[test]
+fn a_dead_workers_batches_are_sent_again_exactly_once() {
+    let mut pool = Pool::new(config(1, None));
+    let data = items(64, Some(40));
+    pool.submit(&refs(&data), 8);
+    let outcomes = pool.run(64, Play::DieAtPoison, 2);
+    for (i, outcome) in &outcomes {
+        if *i == 40 {
+            assert!(
+                matches!(
+                    outcome,
+                    Err(ItemErrorKind::Crashed {
+                        cause: ExitCause::Disconnected,
+                        attempts: 2
+                    })
+                ),
+                "{outcome:?}"
+            );
+        } else {
+            assert_eq!(outcome.as_ref().unwrap(), &data[*i as usize], "item {i}");
+        }
+    }
+    assert_eq!(outcomes.len(), 64);
+}
+
+#[test]
+fn bisection_names_the_poison_and_only_it() {
+    for poison in [0usize, 17, 99] {
+        for retries in [0, 2] {
+            let mut pool = Pool::new(config(retries, None));
+            let data = items(100, Some(poison));
+            pool.submit(&refs(&data), 50);
+            let outcomes = pool.run(100, Play::DieAtPoison, 2);
+            let failed: Vec<u64> = outcomes
+                .iter()
+                .filter(|(_, o)| o.is_err())
+                .map(|(&i, _)| i)
+                .collect();
+            assert_eq!(failed, vec![poison as u64], "retries {retries}");
+            assert!(matches!(
+                outcomes[&(poison as u64)],
+                Err(ItemErrorKind::Crashed { attempts, .. }) if attempts == retries + 1
+            ));
+            // Deaths: halvings of a batch of 50, then the tries alone.
+            let bound = 6 + 1 + retries as usize;
+            let received = pool.received.load(Ordering::SeqCst);
+            assert!(received < 2 + 2 * bound + 10, "{received} batches sent");
+        }
+    }
+}
+
+#[test]
+fn a_located_hang_blames_the_item_in_work_not_the_next() {
+    let limit = Duration::from_millis(300);
+    let mut pool = Pool::new(config(0, Some(limit)));
+    let data = items(30, Some(12));
+    pool.submit(&refs(&data), 30);
+    let outcomes = pool.run(30, Play::StickAtPoison, 1);
+    for (i, outcome) in &outcomes {
+        if *i == 12 {
+            assert_eq!(
+                outcome,
+                &Err(ItemErrorKind::TimedOut { limit, attempts: 1 }),
+                "the hung item, located by the live worker's repeated report"
+            );
+        } else {
+            assert_eq!(outcome.as_ref().unwrap(), &data[*i as usize], "item {i}");
+        }
+    }
+    assert_eq!(
+        pool.engine.counters.crashes.load(Ordering::SeqCst),
+        1,
+        "located at once: one time limit, no bisection"
+    );
+}

@@ -1,0 +1,255 @@
+//! One worker as the engine sees it: its life ([`Life`], with the legal moves in
+//! one place), its connection, and the batches it holds.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pstream_protocol::{Items, Message};
+
+use crate::conn::Conn;
+use crate::error::ExitCause;
+use crate::launcher::Handle;
+use crate::vocab::Batch;
+
+/// Why the engine ended a worker.
+#[derive(Debug)]
+pub(super) enum KillReason {
+    /// Over the item time limit; `located` if the worker, alive, had just reported
+    /// that it was still on the item at `running`.
+    Timeout { located: bool },
+    /// It broke the protocol.
+    Violation(String),
+    /// It did not complete the handshake, or the pool gave up on it.
+    Handshake(String),
+}
+
+/// Where a worker is in its life. Idle or busy is not a state of its own: it is
+/// whether a serving worker holds batches.
+#[derive(Debug)]
+pub(super) enum Life {
+    /// Started; not yet through the handshake.
+    Starting,
+    /// Through the handshake: takes batches.
+    Serving,
+    /// Told to shut down once its batches are answered: takes no more.
+    Retiring,
+    /// Killed, dead, disconnected or told to stop: takes nothing more, and is
+    /// settled once its connection is closed and its process reaped. `retired`: it
+    /// was retiring when it ended.
+    Ending {
+        reason: Option<KillReason>,
+        retired: bool,
+    },
+}
+
+/// A batch sent to a worker and not yet answered in full.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    pub seq: u64,
+    pub batch: Batch,
+    /// How many of its items have results already.
+    pub answered: usize,
+    /// How many of its items the worker says it has computed (at least `answered`):
+    /// the item at this position is the one in work.
+    pub running: usize,
+    /// When the worker last reported on this batch (a move or a repeat).
+    pub heard_at: Option<Instant>,
+}
+
+pub(super) struct Worker {
+    /// The process, if a launcher of ours started it.
+    pub handle: Option<Arc<dyn Handle>>,
+    pub life: Life,
+    /// Whether it ever completed the handshake.
+    pub served: bool,
+    /// The connection, once the handshake is done and until it ends.
+    pub conn: Option<Conn>,
+    /// How it ended, once reaped.
+    pub exit: Option<ExitCause>,
+    pub started_at: Instant,
+    /// Items it will hold at once (its credit when idle).
+    pub capacity: usize,
+    pub in_flight: VecDeque<InFlight>,
+    /// Items sent and not yet answered.
+    pub outstanding: usize,
+    pub items_done: u64,
+    /// When the worker last showed progress on its oldest batch.
+    pub progress_at: Instant,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("pid", &self.pid())
+            .field("life", &self.life)
+            .field("connected", &self.conn.is_some())
+            .field("in_flight", &self.in_flight.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker a launcher just started.
+    pub fn started(handle: Arc<dyn Handle>, now: Instant) -> Worker {
+        Worker {
+            handle: Some(handle),
+            ..Worker::started_inner(now)
+        }
+    }
+
+    /// A worker that joined on its own (no launcher of ours started it).
+    pub fn joined(now: Instant) -> Worker {
+        Worker::started_inner(now)
+    }
+
+    fn started_inner(now: Instant) -> Worker {
+        Worker {
+            handle: None,
+            life: Life::Starting,
+            served: false,
+            conn: None,
+            exit: None,
+            started_at: now,
+            capacity: 0,
+            in_flight: VecDeque::new(),
+            outstanding: 0,
+            items_done: 0,
+            progress_at: now,
+        }
+    }
+
+    /// Its pid, where it has one here.
+    pub fn pid(&self) -> Option<u32> {
+        self.handle.as_ref().and_then(|h| h.pid())
+    }
+
+    /// Starting → Serving: the handshake is done.
+    pub fn connected(&mut self, conn: Conn, capacity: usize, now: Instant) {
+        debug_assert!(matches!(self.life, Life::Starting));
+        self.life = Life::Serving;
+        self.served = true;
+        self.conn = Some(conn);
+        self.capacity = capacity.max(1);
+        self.progress_at = now;
+    }
+
+    /// Serving → Retiring: it finishes what it holds, then is told to stop.
+    pub fn retire(&mut self) {
+        if matches!(self.life, Life::Serving) {
+            self.life = Life::Retiring;
+            if self.in_flight.is_empty() {
+                self.send(&Message::Shutdown, None);
+            }
+        }
+    }
+
+    /// Its last batch is answered: a retiring worker is told to stop now.
+    pub fn batch_answered(&mut self) {
+        if matches!(self.life, Life::Retiring) && self.in_flight.is_empty() {
+            self.send(&Message::Shutdown, None);
+        }
+    }
+
+    /// → Ending, killed (the first reason given is kept).
+    pub fn kill(&mut self, reason: KillReason) {
+        if !self.is_ending() {
+            tracing::warn!(pid = ?self.pid(), ?reason, "killing worker");
+            self.end(Some(reason));
+        }
+        self.kill_process();
+    }
+
+    /// → Ending, asked to stop: `Shutdown`, then our side closed so a worker that
+    /// misses it sees the end of the stream. One not yet connected is killed.
+    pub fn stop(&mut self) {
+        self.end(None);
+        match &mut self.conn {
+            Some(conn) => {
+                conn.push(&Message::Shutdown, None);
+                conn.close_when_sent();
+            }
+            None => self.kill_process(),
+        }
+    }
+
+    /// Its connection ended (cleanly, or with `error`): → Ending; whatever the
+    /// process does now, it is no longer a worker of ours.
+    pub fn disconnected(&mut self, error: Option<String>) {
+        self.conn = None;
+        self.end(error.map(KillReason::Violation));
+        self.kill_process();
+    }
+
+    /// Its process ended and was reaped: → Ending.
+    pub fn exited(&mut self, cause: ExitCause) {
+        self.exit = Some(cause);
+        self.end(None);
+    }
+
+    /// → Ending, unless it is already.
+    fn end(&mut self, reason: Option<KillReason>) {
+        if !self.is_ending() {
+            let retired = matches!(self.life, Life::Retiring);
+            self.life = Life::Ending { reason, retired };
+        }
+    }
+
+    /// Ending, with nothing more to read and (if we started it) reaped.
+    pub fn settled(&self) -> bool {
+        self.is_ending() && self.conn.is_none() && (self.exit.is_some() || self.handle.is_none())
+    }
+
+    pub fn is_ending(&self) -> bool {
+        matches!(self.life, Life::Ending { .. })
+    }
+
+    /// It counts toward the pool's size: not ending, not retiring.
+    pub fn counts(&self) -> bool {
+        matches!(self.life, Life::Starting | Life::Serving)
+    }
+
+    /// It takes batches.
+    pub fn usable(&self) -> bool {
+        matches!(self.life, Life::Serving) && self.conn.is_some()
+    }
+
+    /// It stopped as asked: retired with nothing held, exit 0.
+    pub fn retired_cleanly(&self) -> bool {
+        matches!(self.life, Life::Ending { retired: true, .. })
+            && self.in_flight.is_empty()
+            && self.exit == Some(ExitCause::Code(0))
+    }
+
+    /// Why it was ended, taken once.
+    pub fn take_reason(&mut self) -> Option<KillReason> {
+        match &mut self.life {
+            Life::Ending { reason, .. } => reason.take(),
+            _ => None,
+        }
+    }
+
+    /// Whether it may take more work under `max_items_per_worker`.
+    pub fn within_allowance(&self, limit: Option<u64>) -> bool {
+        limit.is_none_or(|l| self.items_done + (self.outstanding as u64) < l)
+    }
+
+    /// Items it has room for.
+    pub fn free(&self) -> usize {
+        self.capacity.saturating_sub(self.outstanding)
+    }
+
+    pub fn send(&mut self, message: &Message, items: Option<&Arc<Items>>) {
+        if let Some(conn) = &mut self.conn {
+            conn.push(message, items);
+        }
+    }
+
+    fn kill_process(&mut self) {
+        match &self.handle {
+            Some(handle) => handle.kill(),
+            // Joined on its own: all we can end is the connection.
+            None => self.conn = None,
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! A link: one worker's connection, as the engine needs it. A byte stream that can
+//! be made non-blocking, polled (its fd), read and written, with its sending side
+//! shut on request, and the identity of the peer at its other end. [`Conn`] cuts
+//! frames out of a link and queues frames onto it; it never sees what kind of
+//! connection is underneath.
+//!
+//! The local Unix socket is the first kind; a socketpair is the same type, which
+//! lets the engine be tested without processes.
+//!
+//! [`Conn`]: crate::conn::Conn
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+
+/// Who is at the other end of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// A process on this machine, as the kernel vouches for it (`SO_PEERCRED`).
+    Local { pid: u32, uid: u32 },
+}
+
+impl Peer {
+    /// The peer's process id, where the link knows it.
+    pub fn pid(&self) -> Option<u32> {
+        match *self {
+            Peer::Local { pid, .. } => Some(pid),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Local { pid, uid } => write!(f, "pid {pid} (uid {uid})"),
+        }
+    }
+}
+
+/// What the engine needs of a connection to one worker.
+pub(crate) trait Link: Read + Write + AsFd + Send + fmt::Debug {
+    /// Reads and writes return `WouldBlock` instead of waiting (or wait again).
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()>;
+    /// No more bytes from us: the peer reads the end of the stream.
+    fn shutdown_write(&self) -> io::Result<()>;
+    /// Ask the kernel for a send buffer of `bytes` (best effort).
+    fn set_send_buffer(&self, bytes: usize);
+    /// Who is at the other end.
+    fn peer(&self) -> Peer;
+}
+
+/// A local Unix-domain socket, with the peer's credentials read when it connected.
+#[derive(Debug)]
+pub(crate) struct UnixLink {
+    stream: UnixStream,
+    peer: Peer,
+}
+
+impl UnixLink {
+    /// The link over `stream`, with the peer's credentials from the kernel.
+    pub fn new(stream: UnixStream) -> io::Result<UnixLink> {
+        let creds =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_err(io::Error::from)?;
+        Ok(UnixLink {
+            stream,
+            peer: Peer::Local {
+                pid: creds.pid() as u32,
+                uid: creds.uid(),
+            },
+        })
+    }
+}
+
+impl Read for UnixLink {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for UnixLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl AsFd for UnixLink {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+impl Link for UnixLink {
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.stream.set_nonblocking(nonblocking)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)
+    }
+
+    fn set_send_buffer(&self, bytes: usize) {
+        let _ =
+            nix::sys::socket::setsockopt(&self.stream, nix::sys::socket::sockopt::SndBuf, &bytes);
+    }
+
+    fn peer(&self) -> Peer {
+        self.peer
+    }
+}
