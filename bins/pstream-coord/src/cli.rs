@@ -41,6 +41,14 @@ pub enum Command {
     /// Run a function over every line of the input.
     #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
+    /// Run a command per input item, as `xargs`/`parallel CMD {}` do: `exec -- CMD
+    /// [ARG...]` ({} is the item; without it the item is the last argument).
+    #[command(after_help = crate::shell::cli::EXEC_HELP)]
+    Exec(crate::shell::cli::ExecArgs),
+    /// Feed blocks of input lines to a command's stdin, as `parallel --pipe` does,
+    /// and concatenate its outputs in input order.
+    #[command(after_help = crate::shell::cli::PIPE_HELP)]
+    Pipe(crate::shell::cli::PipeArgs),
     /// List the functions a plugin serves, with their input and output types.
     Functions(FunctionsArgs),
 }
@@ -66,6 +74,11 @@ pub struct RunArgs {
     /// Read items from FILE, one per line (`-`: stdin).
     #[arg(long, short = 'i', value_name = "FILE", default_value = "-")]
     pub input: String,
+
+    /// Items are separated by NUL bytes, not newlines (`find -print0`, file
+    /// names with newlines in them).
+    #[arg(long, short = '0')]
+    pub null: bool,
 
     /// Write results to FILE, one per line (`-`: stdout).
     #[arg(long, short = 'o', value_name = "FILE", default_value = "-")]
@@ -240,7 +253,7 @@ pub fn parse_frame_size(s: &str) -> Result<u64, String> {
 }
 
 /// `1048576`, `512K`, `512M`, `2G`, `1GiB`, `64MB` (powers of 1024 in every case).
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);

@@ -103,6 +103,7 @@ pub struct Reader {
 pub fn start_reader(
     mut source: Box<dyn Read + Send>,
     skip: u64,
+    separator: u8,
     stats: Arc<ReadStats>,
     hashing: Option<Hashing>,
 ) -> io::Result<Reader> {
@@ -111,7 +112,15 @@ pub fn start_reader(
     let handle = std::thread::Builder::new()
         .name("pstream-coord-input".into())
         .spawn(move || {
-            let result = read_chunks(&mut *source, skip, &tx, &stats, hashing, verified_tx);
+            let result = read_chunks(
+                &mut *source,
+                skip,
+                separator,
+                &tx,
+                &stats,
+                hashing,
+                verified_tx,
+            );
             stats.done.store(true, Ordering::Release);
             result
         })?;
@@ -125,6 +134,7 @@ pub fn start_reader(
 fn read_chunks(
     source: &mut dyn Read,
     mut skip: u64,
+    separator: u8,
     tx: &SyncSender<Arc<Chunk>>,
     stats: &ReadStats,
     mut hashing: Option<Hashing>,
@@ -162,7 +172,7 @@ fn read_chunks(
         let mut first_kept = line_start;
         let mut pos = filled;
         let mut changed = Ok(());
-        while let Some(offset) = data[pos..].iter().position(|&b| b == b'\n') {
+        while let Some(offset) = data[pos..].iter().position(|&b| b == separator) {
             let end = pos + offset;
             lines_total += 1;
             if let Some(h) = &mut hashing {
@@ -382,7 +392,8 @@ impl Fingerprinter {
 pub struct Lines {
     rx: Receiver<Arc<Chunk>>,
     stop: Arc<Stop>,
-    pending: Arc<Pending>,
+    /// Where lines are kept for quoting, if the consumer quotes them.
+    pending: Option<Arc<Pending>>,
     /// Where chunks go for the fingerprint, if the input is fingerprinted.
     consumed: Option<Arc<Consumed>>,
     current: Option<Arc<Chunk>>,
@@ -399,7 +410,23 @@ impl Lines {
         Lines {
             rx,
             stop,
-            pending,
+            pending: Some(pending),
+            consumed,
+            current: None,
+            next: 0,
+        }
+    }
+
+    /// Lines that are not kept for quoting: for a consumer that copies them.
+    pub fn unquoted(
+        rx: Receiver<Arc<Chunk>>,
+        stop: Arc<Stop>,
+        consumed: Option<Arc<Consumed>>,
+    ) -> Lines {
+        Lines {
+            rx,
+            stop,
+            pending: None,
             consumed,
             current: None,
             next: 0,
@@ -428,7 +455,9 @@ impl Iterator for Lines {
             match self.rx.recv_timeout(STOP_POLL) {
                 Ok(chunk) => {
                     // Known to the consumer before any of its lines can be answered.
-                    self.pending.push(Arc::clone(&chunk));
+                    if let Some(pending) = &self.pending {
+                        pending.push(Arc::clone(&chunk));
+                    }
                     if let Some(consumed) = &self.consumed {
                         consumed
                             .chunks
@@ -480,12 +509,12 @@ impl Countable {
         Some(Countable { file, from })
     }
 
-    /// Count the lines (a last line without a newline counts). `None` if it
-    /// cannot be read.
-    pub fn count_lines(&self) -> Option<u64> {
+    /// Count the lines ending with `separator` (a last line without one counts).
+    /// `None` if it cannot be read.
+    pub fn count_lines(&self, separator: u8) -> Option<u64> {
         let mut buf = vec![0u8; 256 << 10];
         let mut lines = 0u64;
-        let mut last = b'\n';
+        let mut last = separator;
         let mut at = self.from;
         loop {
             let n = match self.file.read_at(&mut buf, at) {
@@ -495,10 +524,10 @@ impl Countable {
                 Err(_) => return None,
             };
             at += n as u64;
-            lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+            lines += buf[..n].iter().filter(|&&b| b == separator).count() as u64;
             last = buf[n - 1];
         }
-        Some(lines + u64::from(last != b'\n'))
+        Some(lines + u64::from(last != separator))
     }
 }
 
@@ -511,8 +540,14 @@ mod tests {
         let stats = Arc::new(ReadStats::default());
         let Reader {
             chunks: rx, handle, ..
-        } = start_reader(Box::new(io::Cursor::new(input.to_vec())), skip, stats, None)
-            .expect("start the reader");
+        } = start_reader(
+            Box::new(io::Cursor::new(input.to_vec())),
+            skip,
+            b'\n',
+            stats,
+            None,
+        )
+        .expect("start the reader");
         let stop = Arc::new(Stop::default());
         let pending = Arc::new(Pending::default());
         let mut answered = Answered::new(Arc::clone(&pending));
@@ -577,7 +612,7 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             Countable::of(&File::open(&path).unwrap())
                 .unwrap()
-                .count_lines()
+                .count_lines(b'\n')
         };
         assert_eq!(count(b"a\nb\nc"), Some(3));
         assert_eq!(count(b"a\nb\n"), Some(2));
@@ -593,7 +628,7 @@ mod tests {
         let mut first = [0u8; 2];
         file.read_exact(&mut first).unwrap();
         // Counted from where the reader is, and the reader stays there.
-        assert_eq!(Countable::of(&file).unwrap().count_lines(), Some(3));
+        assert_eq!(Countable::of(&file).unwrap().count_lines(b'\n'), Some(3));
         let mut rest = String::new();
         file.read_to_string(&mut rest).unwrap();
         assert_eq!(rest, "b\nc\nd\n");
@@ -627,6 +662,7 @@ mod tests {
         let reader = start_reader(
             Box::new(Trickle(io::Cursor::new(input.to_vec()))),
             skip,
+            b'\n',
             Arc::new(ReadStats::default()),
             Some(hashing),
         )

@@ -14,6 +14,7 @@ mod notices;
 mod output;
 mod progress;
 mod run;
+mod shell;
 mod signals;
 mod stdio;
 
@@ -28,16 +29,17 @@ use crate::cli::{Cli, Command, FunctionsArgs};
 use crate::error::CliError;
 
 fn main() -> ExitCode {
+    // In a keeper of an exec/pipe worker's commands, this keeps them and exits.
+    shell::serve_if_keeper();
     // In a re-executed worker, this serves the functions and never returns.
     pstream::init();
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
         Command::Functions(args) => functions(&args),
-        Command::Run(args) => match signals::Signals::install() {
-            Ok(signals) => run::run(args, &signals),
-            Err(e) => Err(CliError::Run("set up signal handling".into(), e.into())),
-        },
+        Command::Run(args) => with_signals(|signals| run::run(args, signals)),
+        Command::Exec(args) => with_signals(|signals| shell::exec(args, signals)),
+        Command::Pipe(args) => with_signals(|signals| shell::pipe(args, signals)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -45,6 +47,15 @@ fn main() -> ExitCode {
             eprintln!("{}", e.report());
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+fn with_signals(
+    job: impl FnOnce(&signals::Signals) -> Result<u8, CliError>,
+) -> Result<u8, CliError> {
+    match signals::Signals::install() {
+        Ok(signals) => job(&signals),
+        Err(e) => Err(CliError::Run("set up signal handling".into(), e.into())),
     }
 }
 

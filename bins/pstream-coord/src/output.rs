@@ -91,6 +91,17 @@ impl Sink {
         Ok(())
     }
 
+    /// Add bytes as they are: a command's output (`exec`, `pipe`), whole lines or
+    /// not.
+    pub fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        self.out_len += bytes.len() as u64;
+        if self.buf.len() >= PIECE {
+            self.write_piece()?;
+        }
+        Ok(())
+    }
+
     /// Add a result line after its input line and a tab (`--tag`).
     pub fn tagged_result(&mut self, input: &[u8], bytes: &[u8]) -> io::Result<()> {
         self.buf.extend_from_slice(input);

@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use pstream::{Codec, ItemErrorKind, PoolError, ProcessPool};
+use pstream::{Codec, ItemError, ItemErrorKind, PoolBuilder, PoolError, ProcessPool};
 use serde_json::json;
 
 use crate::clash;
 use crate::cli::{Format, OnError, RunArgs};
 use crate::error::CliError;
 use crate::fingerprint::{Fingerprint, Hashing, InputChanged};
-use crate::input::{self, Answered, Consumed, Fingerprinter, Lines, Pending, ReadStats};
+use crate::input::{self, Answered, Chunk, Consumed, Fingerprinter, Lines, Pending, ReadStats};
 use crate::journal::{Journal, Progress};
 use crate::notices::Notices;
 use crate::output::{Sink, FLUSH_INTERVAL};
@@ -34,6 +34,194 @@ const PUBLISH_EVERY: u64 = 256;
 
 /// Run the job; the exit code.
 pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
+    let mode = FunctionMode {
+        function: args.function.clone(),
+        codec: match args.format {
+            Format::Lines => Codec::Lines,
+            Format::Jsonl => Codec::Json,
+        },
+        // What `--on-error placeholder` writes for a failed line.
+        placeholder: (args.on_error == OnError::Placeholder).then_some(match args.format {
+            Format::Lines => &b""[..],
+            Format::Jsonl => &b"null"[..],
+        }),
+        tag: args.tag,
+        answered: None,
+    };
+    drive(&args, signals, mode)
+}
+
+/// What a subcommand puts into the machinery every job shares (input, output,
+/// errors, resume, progress, signals, the summary): the worker function, how the
+/// lines read become the pool's items, and what a result writes. `run` maps a
+/// function over lines; `exec` and `pipe` (crate::shell) run commands.
+pub(crate) trait Mode {
+    /// One item for the pool, encoded with [`Mode::codec`].
+    type Item: AsRef<[u8]> + Send + 'static;
+    /// The items made of the input's lines.
+    type Items: Iterator<Item = Self::Item> + Send + 'static;
+
+    /// The worker function.
+    fn function(&self) -> &str;
+    /// How items and results are encoded.
+    fn codec(&self) -> Codec;
+    /// Settings of the mode's own for the pool (on top of the shared options).
+    fn configure(&self, builder: PoolBuilder) -> PoolBuilder {
+        builder
+    }
+    /// What identifies the job to the resume journal besides the shared fields
+    /// (`null`: nothing).
+    fn identity(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// The items, from the chunks of lines the reader sends (`consumed`: where the
+    /// chunks go for the journal's fingerprint); `base` lines were skipped by
+    /// `--resume`.
+    fn items(
+        &mut self,
+        chunks: mpsc::Receiver<Arc<Chunk>>,
+        stop: Arc<Stop>,
+        consumed: Option<Arc<Consumed>>,
+        base: u64,
+    ) -> Self::Items;
+    /// Write what item `index` gave (its output, its error record and message).
+    fn result(
+        &mut self,
+        index: u64,
+        result: Result<&[u8], &ItemError>,
+        out: &mut Outcome<'_>,
+    ) -> Handled;
+}
+
+/// Where a [`Mode`] writes a result.
+#[derive(Debug)]
+pub(crate) struct Outcome<'a> {
+    pub sink: &'a Mutex<Sink>,
+    pub display: &'a Mutex<Display>,
+    pub notices: &'a mut Notices,
+    /// Lines skipped by `--resume`: item line numbers count from there.
+    pub base: u64,
+}
+
+impl Outcome<'_> {
+    /// Report a failed line (or `lines` lines from `line`): its message on stderr
+    /// (the first few of a kind), its record in `--errors`.
+    pub fn failed(
+        &mut self,
+        line: u64,
+        input: &[u8],
+        kind: &str,
+        message: &str,
+        record: &str,
+    ) -> io::Result<()> {
+        if let Some(shown) = self.notices.failed(line, input, kind, message) {
+            self.display.lock().unwrap().println(&shown);
+        }
+        self.sink.lock().unwrap().error_record(record.as_bytes())
+    }
+}
+
+/// What one result amounted to.
+#[derive(Debug)]
+pub(crate) struct Handled {
+    /// Input lines (items) that succeeded and failed in it.
+    pub ok: u64,
+    pub failed: u64,
+    /// In ordered mode: every input line up to this one (counted from the start of
+    /// the input) now has its output or error record.
+    pub lines: u64,
+    /// Whether the writes succeeded.
+    pub written: io::Result<()>,
+}
+
+/// `run`'s mode: a named function over the lines, a result line per line.
+#[derive(Debug)]
+struct FunctionMode {
+    function: String,
+    codec: Codec,
+    /// With `--on-error placeholder`: what a failed line gets as its result.
+    placeholder: Option<&'static [u8]>,
+    tag: bool,
+    answered: Option<Answered>,
+}
+
+impl Mode for FunctionMode {
+    type Item = input::Line;
+    type Items = Lines;
+
+    fn function(&self) -> &str {
+        &self.function
+    }
+
+    fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    fn items(
+        &mut self,
+        chunks: mpsc::Receiver<Arc<Chunk>>,
+        stop: Arc<Stop>,
+        consumed: Option<Arc<Consumed>>,
+        _: u64,
+    ) -> Lines {
+        let pending = Arc::new(Pending::default());
+        self.answered = Some(Answered::new(Arc::clone(&pending)));
+        Lines::new(chunks, stop, pending, consumed)
+    }
+
+    fn result(
+        &mut self,
+        index: u64,
+        result: Result<&[u8], &ItemError>,
+        out: &mut Outcome<'_>,
+    ) -> Handled {
+        let line = out.base + index + 1;
+        let answered = self.answered.as_mut().expect("items before results");
+        match result {
+            Ok(bytes) => {
+                let input = answered.answer(index, self.tag);
+                let mut sink = out.sink.lock().unwrap();
+                let written = match &input {
+                    Some(input) => sink.tagged_result(input, bytes),
+                    None => sink.result(bytes),
+                };
+                Handled {
+                    ok: 1,
+                    failed: 0,
+                    lines: line,
+                    written,
+                }
+            }
+            Err(e) => {
+                let text = answered.answer(index, true).unwrap_or_default();
+                let message = e.kind.to_string();
+                let record = error_record(line, &text, e.kind.name(), &message);
+                let mut written = out.failed(line, &text, e.kind.name(), &message, &record);
+                if let (Some(placeholder), true) = (self.placeholder, written.is_ok()) {
+                    let mut sink = out.sink.lock().unwrap();
+                    written = if self.tag {
+                        sink.tagged_result(&text, placeholder)
+                    } else {
+                        sink.result(placeholder)
+                    };
+                }
+                Handled {
+                    ok: 0,
+                    failed: 1,
+                    lines: line,
+                    written,
+                }
+            }
+        }
+    }
+}
+
+/// Run a job of `mode` with the shared options of `args`; the exit code.
+pub(crate) fn drive<M: Mode>(
+    args: &RunArgs,
+    signals: &Signals,
+    mut mode: M,
+) -> Result<u8, CliError> {
     let started = Instant::now();
     let stop = Arc::clone(&signals.stop);
     if args.resume && args.output == "-" {
@@ -55,11 +243,11 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     let source = open_input(&args.input)?;
     // Before anything is opened for writing: an output that is the input (or
     // another output) would be emptied.
-    clash::check(&args, &source)?;
-    let pool = Arc::new(build_pool(&args)?);
-    if !pool.functions().iter().any(|f| f.name == args.function) {
+    clash::check(args, &source)?;
+    let pool = Arc::new(build_pool(args, &mode)?);
+    if !pool.functions().iter().any(|f| f.name == mode.function()) {
         return Err(unknown_function(
-            &args.function,
+            mode.function(),
             &pool,
             args.plugin.as_deref(),
         ));
@@ -68,18 +256,21 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     // The job, as the journal names it: the input is named by the fingerprint of
     // what was read of it, not by its path, so another spelling of the same file
     // (or the same data on stdin) resumes.
-    let job = json!({
-        "function": args.function,
+    let mut job = json!({
+        "function": mode.function(),
         "plugin": args.plugin.as_ref().map(|p| p.display().to_string()),
         "format": args.format.name(),
         "errors": args.errors.as_deref().map(|p| clash::place(p).display().to_string()),
     });
+    let identity = mode.identity();
+    if !identity.is_null() {
+        job["command"] = identity;
+    }
     let ordered = !args.unordered;
     // An ordered run into a regular file keeps a journal (and fingerprints its
     // input for it); an unordered output has no point to resume from.
     // What changes the output's lines: a resumed run must not mix them. (Absent
     // when off, so journals written before these options still match.)
-    let mut job = job;
     if args.tag {
         job["tag"] = true.into();
     }
@@ -109,6 +300,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     let (resumed, expected) = loaded.unzip();
     let base = resumed.map_or(0, |p| p.lines);
 
+    let separator = if args.null { 0 } else { b'\n' };
     let counters = Arc::new(Counters::default());
     let display = Arc::new(Mutex::new(Display::new(args.progress_choice())));
     if !matches!(*display.lock().unwrap(), Display::None) {
@@ -122,7 +314,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
             let _ = std::thread::Builder::new()
                 .name("pstream-coord-count".into())
                 .spawn(move || {
-                    if let Some(n) = counted.count_lines() {
+                    if let Some(n) = counted.count_lines(separator) {
                         counters
                             .total
                             .store(n.saturating_sub(base), Ordering::Relaxed);
@@ -135,8 +327,14 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     let checkpoints = Arc::new(Mutex::new(Vec::new()));
     let consumed = journaled.then(|| Arc::new(Consumed::default()));
     let hashing = journaled.then(|| Hashing::new(Arc::clone(&checkpoints), expected.clone()));
-    let reader = input::start_reader(Box::new(source), base, Arc::clone(&read_stats), hashing)
-        .map_err(|e| CliError::Run("start the input thread".into(), e.into()))?;
+    let reader = input::start_reader(
+        Box::new(source),
+        base,
+        separator,
+        Arc::clone(&read_stats),
+        hashing,
+    )
+    .map_err(|e| CliError::Run("start the input thread".into(), e.into()))?;
     // On resume, the skipped lines must be the ones the interrupted run handled:
     // nothing is written before they are read and compared.
     if let Some(signal) = wait_verified(&reader.verified, &stop)? {
@@ -149,7 +347,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
 
     // Only now touch the output: a mistyped function name or a changed input must
     // not empty it.
-    let (out, errors, regular) = open_outputs(&args, resumed)?;
+    let (out, errors, regular) = open_outputs(args, resumed)?;
     let (journal, consumed) = match (journal, consumed) {
         (Some(mut journal), Some(consumed)) if regular => {
             if resumed.is_none() {
@@ -174,24 +372,9 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
         resumed.unwrap_or_default(),
     )));
 
-    let pending = Arc::new(Pending::default());
-    let lines = Lines::new(
-        reader.chunks,
-        Arc::clone(&stop),
-        Arc::clone(&pending),
-        consumed,
-    );
-    let codec = match args.format {
-        Format::Lines => Codec::Lines,
-        Format::Jsonl => Codec::Json,
-    };
-    // What `--on-error placeholder` writes for a failed line.
-    let placeholder: &[u8] = match args.format {
-        Format::Lines => b"",
-        Format::Jsonl => b"null",
-    };
+    let items = mode.items(reader.chunks, Arc::clone(&stop), consumed, base);
     let mut results = pool
-        .map_raw(&args.function, codec, ordered, lines)
+        .map_raw(mode.function(), mode.codec(), ordered, items)
         .map_err(|e| pool_error(e, &pool, args.plugin.as_deref()))?;
 
     let report = Report {
@@ -217,57 +400,35 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     );
 
     // The pump.
-    let mut answered = Answered::new(pending);
     let mut write_error = None;
     let mut since_publish = 0u64;
     let mut stopped_at_failure = false;
     let mut notices = Notices::default();
     while let Some((index, result)) = results.next_raw() {
-        let line = base + index + 1;
-        let written = match result {
-            Ok(bytes) => {
-                let input = answered.answer(index, args.tag);
-                counters.ok.fetch_add(1, Ordering::Relaxed);
-                let mut sink = sink.lock().unwrap();
-                let written = match &input {
-                    Some(input) => sink.tagged_result(input, bytes),
-                    None => sink.result(bytes),
-                };
-                if ordered {
-                    sink.handled(line);
-                }
-                written
+        if let Err(e) = &result {
+            if matches!(e.kind, ItemErrorKind::Aborted { .. }) {
+                break;
             }
-            Err(e) if matches!(e.kind, ItemErrorKind::Aborted { .. }) => break,
-            Err(e) => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                let text = answered.answer(index, true).unwrap_or_default();
-                let message = e.kind.to_string();
-                if let Some(shown) = notices.failed(line, &text, e.kind.name(), &message) {
-                    display.lock().unwrap().println(&shown);
-                }
-                let record = error_record(line, &text, e.kind.name(), &message);
-                let mut sink = sink.lock().unwrap();
-                let mut written = sink.error_record(record.as_bytes());
-                if args.on_error == OnError::Placeholder && written.is_ok() {
-                    written = if args.tag {
-                        sink.tagged_result(&text, placeholder)
-                    } else {
-                        sink.result(placeholder)
-                    };
-                }
-                if args.on_error == OnError::Fail {
-                    // This line is not handled: a resumed run tries it again.
-                    stopped_at_failure = true;
-                    stop.request();
-                    break;
-                }
-                if ordered {
-                    sink.handled(line);
-                }
-                written
-            }
+        }
+        let mut outcome = Outcome {
+            sink: &sink,
+            display: &display,
+            notices: &mut notices,
+            base,
         };
+        let handled = mode.result(index, result.as_ref().map(|b| *b), &mut outcome);
+        counters.ok.fetch_add(handled.ok, Ordering::Relaxed);
+        counters.failed.fetch_add(handled.failed, Ordering::Relaxed);
+        if handled.failed > 0 && args.on_error == OnError::Fail {
+            // This line is not handled: a resumed run tries it again.
+            stopped_at_failure = true;
+            stop.request();
+            break;
+        }
+        if ordered {
+            sink.lock().unwrap().handled(handled.lines);
+        }
+        let written = handled.written;
         if let Err(e) = written {
             write_error = Some(e);
             stop.request();
@@ -380,7 +541,7 @@ pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
 /// `jq -r .input` gives the failed lines back. A line that is not UTF-8 cannot be a
 /// JSON string: its `input` has U+FFFD for the bytes that are not, and an
 /// `input_base64` field after it carries the exact bytes.
-fn error_record(line: u64, input: &[u8], kind: &str, error: &str) -> String {
+pub(crate) fn error_record(line: u64, input: &[u8], kind: &str, error: &str) -> String {
     let string = |s: &str| serde_json::Value::from(s).to_string();
     let input = match std::str::from_utf8(input) {
         Ok(text) => string(text),
@@ -437,7 +598,7 @@ fn open_input(input: &str) -> Result<File, CliError> {
         .map_err(|e| CliError::Run(format!("open the input {}", path.display()), e.into()))
 }
 
-fn build_pool(args: &RunArgs) -> Result<ProcessPool, CliError> {
+fn build_pool(args: &RunArgs, mode: &impl Mode) -> Result<ProcessPool, CliError> {
     let mut builder = ProcessPool::builder()
         .window(args.window as usize)
         .retries(args.retries)
@@ -464,7 +625,7 @@ fn build_pool(args: &RunArgs) -> Result<ProcessPool, CliError> {
         // At most u32::MAX (checked by the parser): fits a usize on Linux.
         builder = builder.max_frame(bytes as usize);
     }
-    builder
+    mode.configure(builder)
         .build()
         .map_err(|e| CliError::Run("start the workers".into(), e.into()))
 }
