@@ -8,7 +8,7 @@ mod util;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -197,4 +197,211 @@ fn a_killed_launchers_directory_is_swept_and_a_live_ones_is_kept() {
         "{:?}",
         socket_dirs(tmp.path())
     );
+}
+
+// ---------------------------------------------------------------------------------
+// What functions start.
+
+/// The processes alive with `PSTREAM_SLEEPER=<marker>` in their environment (the
+/// sleeps `spawn_sleeper` starts); a zombie shows no environment.
+fn sleepers(marker: &str) -> Vec<u32> {
+    let needle = format!("PSTREAM_SLEEPER={marker}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A marker of this test run, and a guard that kills its sleeps whatever happens.
+struct Marker(String);
+
+impl Marker {
+    fn new(test: &str) -> Marker {
+        Marker(format!("{test}-{}", std::process::id()))
+    }
+
+    /// A `spawn_sleeper` input line.
+    fn line(&self, fault: &str) -> String {
+        format!("{{\"marker\":\"{}\",\"fault\":\"{fault}\"}}\n", self.0)
+    }
+
+    /// Wait until none of this run's sleeps is alive; fail (after killing them) if
+    /// some still are after a generous deadline.
+    fn assert_none_survive(&self, when: &str) {
+        let start = Instant::now();
+        loop {
+            let alive = sleepers(&self.0);
+            if alive.is_empty() {
+                return;
+            }
+            if start.elapsed() > EXIT_DEADLINE {
+                panic!("{when}: the sleeps {alive:?} a function started are still alive");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        for pid in sleepers(&self.0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn spawn_sleeper(retries: &str) -> Command {
+    coord(&[
+        "run",
+        "--function",
+        "spawn_sleeper",
+        "--format",
+        "jsonl",
+        "--workers",
+        "2",
+        "--retries",
+        retries,
+    ])
+}
+
+/// Read `n` lines from a child's stdout, failing the test after a generous deadline
+/// (the reading thread stays blocked until the test's guards kill the child).
+fn read_lines(stdout: &ChildStdout, n: usize) -> String {
+    use std::os::fd::AsFd;
+    let mut stdout = std::fs::File::from(stdout.as_fd().try_clone_to_owned().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while got.iter().filter(|&&b| b == b'\n').count() < n {
+            match stdout.read(&mut byte) {
+                Ok(1) => got.push(byte[0]),
+                _ => break,
+            }
+        }
+        let _ = tx.send(got);
+    });
+    let got = rx
+        .recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("no {n} lines on stdout within {PATIENCE:?}"));
+    let got = String::from_utf8(got).unwrap();
+    assert_eq!(got.lines().count(), n, "stdout ended after {got:?}");
+    got
+}
+
+/// Seen failing before the fix: all four sleeps outlived the job.
+#[test]
+fn a_clean_job_leaves_no_child_of_a_function_behind() {
+    let marker = Marker::new("clean");
+    let input = marker.line("none").repeat(4);
+    let out = expect_code(&mut spawn_sleeper("1"), Some(input.as_bytes()), 0);
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 4, "{out:?}");
+    marker.assert_none_survive("after a clean job");
+}
+
+/// Seen failing before the fix: the crashed worker's sleep lived on.
+#[test]
+fn a_crashed_workers_children_die_with_it() {
+    let marker = Marker::new("crash");
+    let mut launchers = Launchers::default();
+    let child = launchers.start(
+        spawn_sleeper("0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(marker.line("segv").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    assert!(
+        stderr.wait_for("line 1: "),
+        "no error for the crashing line: {}",
+        stderr.seen
+    );
+    assert!(stderr.seen.contains("crashed"), "{}", stderr.seen);
+    // The launcher still runs (its input is open): the pool ended the group.
+    marker.assert_none_survive("after a worker crashed");
+    assert!(child.try_wait().unwrap().is_none());
+    drop(stdin);
+    let status = exit_within(child, EXIT_DEADLINE, "the launcher");
+    assert_eq!(status.code(), Some(1), "{}", stderr.rest());
+}
+
+/// Seen failing before the fix: the sleeps of a launcher killed by SIGKILL lived on,
+/// both of a worker busy in a function and of an idle one.
+#[test]
+fn a_killed_launchers_functions_children_die_too() {
+    let marker = Marker::new("sigkill");
+    let mut launchers = Launchers::default();
+    let child = launchers.start(
+        spawn_sleeper("1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    // Two that return (answered: their workers are idle), then one that starts its
+    // sleep and hangs in the function.
+    let input = [marker.line("none"), marker.line("none")].concat();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    read_lines(&stdout, 2);
+    stdin.write_all(marker.line("hang").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    wait_until("the third sleep", || sleepers(&marker.0).len() == 3);
+    let workers = children(child.id());
+    signal(child, Signal::SIGKILL);
+    child.wait().unwrap();
+    wait_gone(&workers);
+    marker.assert_none_survive("after the launcher was killed");
+    drop(stdin);
+}
+
+/// Seen failing before the fix: SigBlk 0000000000004002 (SIGINT and SIGTERM), in
+/// the worker and in the sleep it started.
+#[test]
+fn workers_and_their_children_have_no_signal_blocked() {
+    let marker = Marker::new("sigblk");
+    let mut launchers = Launchers::default();
+    let child = launchers.start(
+        spawn_sleeper("1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(marker.line("none").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    read_lines(&stdout, 1);
+    let mut pids = children(child.id());
+    assert!(!pids.is_empty(), "no worker found");
+    pids.extend(sleepers(&marker.0));
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let blocked = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+        assert_eq!(
+            blocked.split_whitespace().nth(1),
+            Some("0000000000000000"),
+            "process {pid}: {blocked}"
+        );
+    }
+    drop(stdin);
+    let status = exit_within(child, EXIT_DEADLINE, "the launcher");
+    assert_eq!(status.code(), Some(0));
 }

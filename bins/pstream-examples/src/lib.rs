@@ -7,6 +7,8 @@
 //! * [`slow_double`]: like `double`, after about 20 µs of CPU.
 //! * [`misbehave`]: returns its `value`, or commits the `fault` it is asked for:
 //!   the crash-test fixture.
+//! * [`spawn_sleeper`]: starts a `sleep 600` it does not wait for, then commits a
+//!   fault: the fixture for "nothing a function starts outlives its worker".
 #![deny(missing_docs)]
 
 use std::io::Read;
@@ -58,6 +60,38 @@ pstream::function! {
         input.fault.commit();
         input.value
     }
+}
+
+pstream::function! {
+    /// Start `sleep 600` with `PSTREAM_SLEEPER=<marker>` in its environment (so a test
+    /// can find it), leave it running, then commit `fault`; the sleep's pid.
+    pub fn spawn_sleeper(input: Sleeper) -> Result<u32, String> {
+        let sleep = std::process::Command::new("sleep")
+            .arg("600")
+            .env("PSTREAM_SLEEPER", &input.marker)
+            // Nothing of the worker's: the sleep must not hold the coordinator's
+            // stderr (or anything else) open.
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start sleep: {e}"))?;
+        let pid = sleep.id();
+        // Dropped without waiting: it outlives this call.
+        drop(sleep);
+        input.fault.commit();
+        Ok(pid)
+    }
+}
+
+/// The input of [`spawn_sleeper`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sleeper {
+    /// Put in the sleep's environment as `PSTREAM_SLEEPER`.
+    pub marker: String,
+    /// What to do after starting it.
+    #[serde(default)]
+    pub fault: Fault,
 }
 
 /// Bytes that travel as bytes (not as a sequence of numbers, which costs twice as

@@ -13,7 +13,9 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use pstream_protocol::auth::Token;
 use pstream_protocol::ENV_TOKEN_FD;
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{
+    kill, killpg, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -45,12 +47,13 @@ impl Proc {
     pub fn signal(&self, signal: Signal) {
         let exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
         if !*exited {
-            let _ = nix::sys::signal::killpg(Pid::from_raw(self.pid as i32), signal);
+            let _ = killpg(Pid::from_raw(self.pid as i32), signal);
             let _ = kill(Pid::from_raw(self.pid as i32), signal);
         }
     }
 
-    /// Block until the process ends, reap it, and say how it ended.
+    /// Block until the process ends, kill what is left of its process group, reap
+    /// it, and say how it ended.
     pub fn wait(&self) -> ExitCause {
         let pid = Pid::from_raw(self.pid as i32);
         // Wait without reaping, so the pid stays ours while `signal` may run.
@@ -58,6 +61,11 @@ impl Proc {
             waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
         {}
         let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        // The worker is a zombie, not yet reaped: its pid, and so the id of the group
+        // it leads, cannot be anybody else's yet. What is still in the group was
+        // started by its functions (and did not leave): it ends with the worker,
+        // however the worker ended (a clean Shutdown included).
+        let _ = killpg(pid, Signal::SIGKILL);
         *exited = true;
         loop {
             match waitpid(pid, None) {
@@ -72,10 +80,13 @@ impl Proc {
 }
 
 /// Start one worker. The child is in its own process group (a terminal's Ctrl-C goes
-/// to the coordinator, which decides), dies with the thread that started it
-/// (`PR_SET_PDEATHSIG`), and writes its stdout to our stderr so it can never mix
-/// into a job's output. The `token`, if any, is passed on a pipe that only this
-/// child inherits (named by `PSTREAM_TOKEN_FD`), never in the environment.
+/// to the coordinator, which decides; the processes its functions start join that
+/// group, and it is killed whole when the worker ends), starts with no signal
+/// blocked and every signal's action the default but SIGTTOU's and SIGTTIN's
+/// (ignored), whatever the coordinator blocks or ignores, dies with the thread that
+/// started it (`PR_SET_PDEATHSIG`), and writes its stdout to our stderr so it can
+/// never mix into a job's output. The `token`, if any, is passed on a pipe that only
+/// this child inherits (named by `PSTREAM_TOKEN_FD`), never in the environment.
 pub(crate) fn spawn(
     command: &WorkerCommand,
     extra_env: &[(&str, String)],
@@ -107,11 +118,26 @@ pub(crate) fn spawn(
     let parent = nix::unistd::getpid();
     let memory_limit = command.memory_limit;
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (sigaction, fcntl, prctl, getppid, setrlimit). Setting
-    // SIGTTOU and SIGTTIN to "ignore" installs no handler of ours: the disposition
-    // survives exec and no code of this process runs on a signal.
+    // async-signal-safe system calls (sigaction, sigprocmask, fcntl, prctl, getppid,
+    // setrlimit). It allocates nothing: its errors are errno values (an `io::Error`
+    // made from an errno holds the number, no box), which is also all that the
+    // standard library passes back to the parent. Setting an action to "default" or
+    // "ignore" installs no handler of ours: the disposition survives exec and no
+    // code of this process runs on a signal.
     unsafe {
         cmd.pre_exec(move || {
+            // A clean slate: the coordinator may block signals (pstream-coord blocks
+            // SIGINT and SIGTERM for its signal thread) or run with some
+            // ignored (nohup, a shell's `&`), and a worker and its functions'
+            // children would inherit both through exec.
+            for signal in Signal::iterator() {
+                if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+                    let default =
+                        SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+                    nix::sys::signal::sigaction(signal, &default)?;
+                }
+            }
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
             // A worker is a background process group of the coordinator's terminal,
             // if it has one: with `stty tostop`, its first write to the terminal
             // (a function's stderr) would stop it until the time limit killed it.
@@ -124,7 +150,7 @@ pub(crate) fn spawn(
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The parent may have died before the prctl: then nobody would kill us.
             if nix::unistd::getppid() != parent {
-                return Err(io::Error::other("the coordinator exited during spawn"));
+                return Err(nix::errno::Errno::ESRCH.into());
             }
             if let Some(limit) = memory_limit {
                 nix::sys::resource::setrlimit(
@@ -162,6 +188,70 @@ fn token_pipe(token: &Token) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sh(script: &str) -> WorkerCommand {
+        WorkerCommand {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+            memory_limit: None,
+        }
+    }
+
+    /// Seen failing before the fix: the worker inherited the spawning thread's
+    /// blocked SIGINT and SIGTERM (SigBlk 0x4002 under pstream-coord).
+    #[test]
+    fn a_worker_starts_with_no_signal_blocked() {
+        let mut blocked = SigSet::empty();
+        blocked.add(Signal::SIGINT);
+        blocked.add(Signal::SIGTERM);
+        // This thread only; spawn forks from it.
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None).unwrap();
+        let p = spawn(
+            &sh("exec awk '/^SigBlk:/ { exit ($2 != \"0000000000000000\") }' /proc/self/status"),
+            &[],
+            None,
+        );
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&blocked), None).unwrap();
+        assert_eq!(
+            p.unwrap().wait(),
+            ExitCause::Code(0),
+            "the worker has signals blocked"
+        );
+    }
+
+    /// Seen failing before the fix: the sleep outlived its worker.
+    #[test]
+    fn what_a_worker_started_dies_when_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pid");
+        let script = format!("sleep 600 & echo $! > '{}'; exit 0", file.display());
+        let p = spawn(&sh(&script), &[], None).unwrap();
+        assert_eq!(p.wait(), ExitCause::Code(0));
+        let pid: i32 = std::fs::read_to_string(&file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            // Gone, or a zombie waiting for init to reap it.
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().to_string())
+                });
+            if state.as_deref().is_none_or(|s| s.starts_with('Z')) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                panic!("the worker's child {pid} outlived it");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 
     #[test]
     fn exit_causes_are_seen() {

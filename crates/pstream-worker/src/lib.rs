@@ -14,8 +14,14 @@
 //! * A coordinator that closes the connection ends the worker with status 0; one that
 //!   sends bytes that are not a frame ends it with status 1 and a message on stderr.
 //!   A worker never waits on a coordinator that is gone.
+//! * Nothing a function starts outlives its worker (unless it leaves the worker's
+//!   process group): a worker that leads its own process group, as a coordinator
+//!   starts it, ends the whole group with SIGKILL, itself included, when its
+//!   coordinator dies or its connection ends after the handshake without a
+//!   `Shutdown` (then instead of the statuses above).
 #![deny(missing_docs)]
 
+mod group;
 mod line;
 mod registry;
 mod serve;
@@ -131,8 +137,12 @@ macro_rules! plugin {
 }
 
 fn exit_after_serving() -> ! {
+    group::guard();
     match serve_from_env() {
-        Ok(()) => std::process::exit(0),
+        Ok(()) => {
+            group::end();
+            std::process::exit(0)
+        }
         Err(e) => {
             let mut message = format!(
                 "pstream worker {}: failed to serve: {e}",
@@ -144,6 +154,7 @@ fn exit_after_serving() -> ! {
                 source = s.source();
             }
             eprintln!("{message}");
+            group::end();
             std::process::exit(1);
         }
     }

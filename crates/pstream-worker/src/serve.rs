@@ -371,6 +371,7 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
             .spawn(move || report_progress(&outbox, &progress, flush_interval))
             .expect("spawn the worker's progress thread");
     }
+    crate::group::serving();
     // A function's panics become its item's error, not a message on stderr.
     unwind::capture_on_this_thread();
     // Batches are read on this thread: the kernel's socket buffer already holds the
@@ -419,7 +420,10 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
             Message::Cancel { job } => {
                 cancelled.insert(job);
             }
-            Message::Shutdown => return Ok(()),
+            Message::Shutdown => {
+                crate::group::shutdown_received();
+                return Ok(());
+            }
             other => {
                 return Err(WorkerError::Protocol(format!("unexpected frame {other:?}")));
             }
