@@ -26,19 +26,23 @@ const SUM_TARGET: f64 = 1.0;
 
 /// One contender: a shell command, its times, and whether it ran and was right.
 #[derive(Debug)]
-struct Peer {
-    name: String,
+pub(crate) struct Peer {
+    pub(crate) name: String,
     /// The command as shown (`pstream-coord` without its directory).
-    shown: String,
+    pub(crate) shown: String,
     /// The command as run by `sh -c`.
-    script: String,
-    times: Vec<f64>,
-    skipped: Option<String>,
-    wrong: Option<String>,
+    pub(crate) script: String,
+    pub(crate) times: Vec<f64>,
+    pub(crate) skipped: Option<String>,
+    pub(crate) wrong: Option<String>,
 }
 
 impl Peer {
-    fn new(name: impl Into<String>, shown: impl Into<String>, script: impl Into<String>) -> Peer {
+    pub(crate) fn new(
+        name: impl Into<String>,
+        shown: impl Into<String>,
+        script: impl Into<String>,
+    ) -> Peer {
         Peer {
             name: name.into(),
             shown: shown.into(),
@@ -49,30 +53,30 @@ impl Peer {
         }
     }
 
-    fn skipped(name: impl Into<String>, why: impl Into<String>) -> Peer {
+    pub(crate) fn skipped(name: impl Into<String>, why: impl Into<String>) -> Peer {
         let mut p = Peer::new(name, "", "");
         p.skipped = Some(why.into());
         p
     }
 
-    fn runs(&self) -> bool {
+    pub(crate) fn runs(&self) -> bool {
         self.skipped.is_none()
     }
 
     /// Keep the first reason the output was wrong.
-    fn mark_wrong(&mut self, why: String) {
+    pub(crate) fn mark_wrong(&mut self, why: String) {
         self.wrong.get_or_insert(why);
     }
 
     /// Median over rounds of (this time ÷ `base`'s time): how many times faster
     /// `base` is than this one.
-    fn slowdown_vs(&self, base: &Peer) -> f64 {
+    pub(crate) fn slowdown_vs(&self, base: &Peer) -> f64 {
         median_ratio(&self.times, &base.times)
     }
 }
 
 /// Quote `s` for `sh` when it needs it.
-fn sh_quote(s: &str) -> String {
+pub(crate) fn sh_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c))
@@ -94,7 +98,7 @@ fn tail(stderr: &[u8]) -> String {
 
 /// Run `script` with `sh -c`, stdout to a pipe that is read whole; returns the
 /// seconds from spawn to exit and the stdout.
-fn run_capture(script: &str) -> Result<(f64, Vec<u8>), String> {
+pub(crate) fn run_capture(script: &str) -> Result<(f64, Vec<u8>), String> {
     let start = Instant::now();
     let out = Command::new("sh")
         .arg("-c")
@@ -113,7 +117,7 @@ fn run_capture(script: &str) -> Result<(f64, Vec<u8>), String> {
 
 /// Run `script` with `sh -c` (it redirects its own output); returns the seconds
 /// from spawn to exit.
-fn run_timed(script: &str) -> Result<f64, String> {
+pub(crate) fn run_timed(script: &str) -> Result<f64, String> {
     let start = Instant::now();
     let out = Command::new("sh")
         .arg("-c")
@@ -132,7 +136,7 @@ fn run_timed(script: &str) -> Result<f64, String> {
 
 /// Run `script` with `sh -c` and return the SHA-256 and the length of its stdout,
 /// read as it comes.
-fn run_digest(script: &str) -> Result<([u8; 32], u64), String> {
+pub(crate) fn run_digest(script: &str) -> Result<([u8; 32], u64), String> {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(script)
@@ -175,7 +179,7 @@ fn run_digest(script: &str) -> Result<([u8; 32], u64), String> {
 // Finding the launcher and the peers
 
 /// `pstream-coord` next to this executable (both are built into `target/release`).
-fn find_coord() -> Result<PathBuf, String> {
+pub(crate) fn find_coord() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("no current executable: {e}"))?;
     let dir = exe
         .parent()
@@ -217,7 +221,7 @@ fn apt_install(package: &str) -> Result<(), String> {
 }
 
 /// The first line of `program args...`'s output if it runs and succeeds.
-fn version_line(program: &str, args: &[&str]) -> Option<String> {
+pub(crate) fn version_line(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -251,7 +255,7 @@ fn ensure(what: &str, package: &str, probe: impl Fn() -> Option<String>) -> Resu
 }
 
 /// GNU parallel (not moreutils' `parallel`), installed if missing.
-fn gnu_parallel() -> Result<String, String> {
+pub(crate) fn gnu_parallel() -> Result<String, String> {
     ensure("GNU parallel", "parallel", || {
         version_line("parallel", &["--version"]).filter(|v| v.starts_with("GNU parallel"))
     })
@@ -332,7 +336,7 @@ pub fn cli_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
 }
 
 /// SHA-256 and length of `2\n4\n...\n(2n)\n`: the right output of every contender.
-fn expected_doubles(n: u64) -> ([u8; 32], u64) {
+pub(crate) fn expected_doubles(n: u64) -> ([u8; 32], u64) {
     let mut hasher = Sha256::new();
     let mut buf = Vec::with_capacity(1 << 20);
     let mut len = 0u64;
@@ -349,7 +353,13 @@ fn expected_doubles(n: u64) -> ([u8; 32], u64) {
     (hasher.finalize().into(), len)
 }
 
-fn print_peers(unit: &str, items: u64, extra: Option<(&str, f64)>, peers: &[&Peer], base: &Peer) {
+pub(crate) fn print_peers(
+    unit: &str,
+    items: u64,
+    extra: Option<(&str, f64)>,
+    peers: &[&Peer],
+    base: &Peer,
+) {
     let mut headers = vec!["contender", "median time", unit];
     if let Some((h, _)) = extra {
         headers.push(h);
@@ -378,7 +388,7 @@ fn print_peers(unit: &str, items: u64, extra: Option<(&str, f64)>, peers: &[&Pee
     table.print();
 }
 
-fn print_commands(peers: &[&Peer]) {
+pub(crate) fn print_commands(peers: &[&Peer]) {
     for p in peers.iter().filter(|p| p.runs()) {
         println!("- {}: `{}`", p.name, p.shown);
     }
@@ -605,7 +615,7 @@ fn warm(files: &[(String, u64)]) {
     }
 }
 
-fn sorted_lines(out: &[u8]) -> Vec<&[u8]> {
+pub(crate) fn sorted_lines(out: &[u8]) -> Vec<&[u8]> {
     let mut v: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
     v.sort_unstable();
     v

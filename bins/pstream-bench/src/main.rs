@@ -21,6 +21,7 @@ mod python;
 mod reference;
 mod report;
 mod scenarios;
+mod shell;
 
 /// The error type of the harness: anything that stops a measurement.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -62,13 +63,16 @@ pub enum Scenario {
     /// The command-line launcher `pstream-coord` against GNU parallel, xargs, Python
     /// and awk (needs `target/release/pstream-coord`).
     Cli,
+    /// Shell commands: `pstream-coord exec` and `pipe` against GNU parallel and
+    /// `xargs -P` (needs `target/release/pstream-coord`).
+    Shell,
     /// The `Executor` API: `ThreadExecutor` and `ProcessExecutor` on `double` and
     /// SHA-256, next to rayon's `par_bridge` and a sequential loop.
     Executors,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 9] = [
         Scenario::Double,
         Scenario::Sha,
         Scenario::Scaling,
@@ -77,6 +81,7 @@ impl Scenario {
         Scenario::Fire,
         Scenario::Cli,
         Scenario::Executors,
+        Scenario::Shell,
     ];
 }
 

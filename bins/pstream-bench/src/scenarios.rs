@@ -31,6 +31,7 @@ pub fn run(scenario: Scenario, s: &Settings, summary: &mut Summary) -> Result<()
         Scenario::Latency => latency_scenario(s, summary),
         Scenario::Fire => fire_scenario(s, summary),
         Scenario::Cli => crate::cli::cli_scenario(s, summary),
+        Scenario::Shell => crate::shell::shell_scenario(s, summary),
         Scenario::Executors => executors_scenario(s, summary),
     }
 }
