@@ -504,6 +504,32 @@ fn file_len(path: &Path) -> u64 {
 }
 
 #[test]
+fn a_joblog_that_is_the_input_is_refused() {
+    let dir = tempdir();
+    let input = dir.path().join("input");
+    std::fs::write(&input, b"a\nb\n").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let out = expect_code(
+        &mut coord(&[
+            "exec",
+            "-i",
+            path_str(&input),
+            "--joblog",
+            path_str(&link),
+            "--",
+            "echo",
+        ]),
+        None,
+        2,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the job log (--joblog"), "{stderr}");
+    assert!(stderr.contains("is the same file as the input"), "{stderr}");
+    assert_eq!(read(&input), b"a\nb\n");
+}
+
+#[test]
 fn exec_sigkill_then_resume_equals_an_uninterrupted_run() {
     let dir = tempdir();
     let input = dir.path().join("input");

@@ -101,7 +101,9 @@ struct Named {
 /// Refuse (a usage error) file arguments of `args` that would write over the input
 /// (`input`, already open) or over each other: the output, the errors file, the
 /// resume journal and the statistics file. Nothing has been opened for writing yet.
-pub fn check(args: &RunArgs, input: &File) -> Result<(), CliError> {
+/// `more`: files of the subcommand's own that it writes (`exec --joblog`), each
+/// named for messages.
+pub fn check(args: &RunArgs, input: &File, more: &[(String, PathBuf)]) -> Result<(), CliError> {
     let input = Named {
         name: if args.input == "-" {
             "the input (stdin)".into()
@@ -149,6 +151,12 @@ pub fn check(args: &RunArgs, input: &File) -> Result<(), CliError> {
         written.push(Named {
             name: format!("the statistics file (--stats-json {})", stats.display()),
             identity: Identity::of_path(stats),
+        });
+    }
+    for (name, path) in more {
+        written.push(Named {
+            name: name.clone(),
+            identity: Identity::of_path(path),
         });
     }
     for (i, w) in written.iter().enumerate() {

@@ -69,6 +69,11 @@ pub(crate) trait Mode {
     fn configure(&self, builder: PoolBuilder) -> PoolBuilder {
         builder
     }
+    /// Files of the mode's own that the job writes (named for messages): they must
+    /// be neither the input nor another output.
+    fn written_files(&self) -> Vec<(String, PathBuf)> {
+        Vec::new()
+    }
     /// What identifies the job to the resume journal besides the shared fields
     /// (`null`: nothing).
     fn identity(&self) -> serde_json::Value {
@@ -243,7 +248,7 @@ pub(crate) fn drive<M: Mode>(
     let source = open_input(&args.input)?;
     // Before anything is opened for writing: an output that is the input (or
     // another output) would be emptied.
-    clash::check(args, &source)?;
+    clash::check(args, &source, &mode.written_files())?;
     let pool = Arc::new(build_pool(args, &mode)?);
     if !pool.functions().iter().any(|f| f.name == mode.function()) {
         return Err(unknown_function(

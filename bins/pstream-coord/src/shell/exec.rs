@@ -95,6 +95,13 @@ impl Mode for ExecMode {
             .max_batch(1)
     }
 
+    fn written_files(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.joblog_path
+            .iter()
+            .map(|p| (format!("the job log (--joblog {})", p.display()), p.clone()))
+            .collect()
+    }
+
     fn identity(&self) -> serde_json::Value {
         serde_json::json!({ "exec": self.settings.to_env() })
     }

@@ -231,6 +231,13 @@ impl Mode for PipeMode {
             .window_bytes(bytes)
     }
 
+    fn written_files(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.joblog_path
+            .iter()
+            .map(|p| (format!("the job log (--joblog {})", p.display()), p.clone()))
+            .collect()
+    }
+
     fn identity(&self) -> serde_json::Value {
         let cut = match self.cut {
             Cut::Bytes(n) => format!("block {n}"),
