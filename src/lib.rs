@@ -45,7 +45,7 @@
 
 pub use pstream_coordinator::{
     Codec, ExitCause, FunctionInfo, Indexed, ItemError, ItemErrorKind, JobStats, MapResults,
-    PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, DEFAULT_WINDOW,
+    PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, StatsProbe, DEFAULT_WINDOW,
     DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Function, LocalFn};

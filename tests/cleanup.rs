@@ -405,3 +405,214 @@ fn workers_and_their_children_have_no_signal_blocked() {
     let status = exit_within(child, EXIT_DEADLINE, "the launcher");
     assert_eq!(status.code(), Some(0));
 }
+
+// ---------------------------------------------------------------------------------
+// Signals.
+
+/// The summary lines in `stderr` (not the notice "stopping after the items in
+/// flight").
+fn summaries(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| {
+            l.starts_with("pstream-coord: ") && l.contains(" items in ") && l.contains("/s): ")
+        })
+        .count()
+}
+
+/// Wait until `pid` has started its signal thread (a signal before that would find
+/// the default action).
+fn wait_for_signal_thread(pid: u32) {
+    wait_until("the launcher's signal thread", || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("pstream-coord-s"))
+                })
+            })
+            .unwrap_or(false)
+    });
+}
+
+/// Seen failing before the fix: the launcher died of SIGHUP (no summary, exit by
+/// signal 1) and left its socket directory.
+#[test]
+fn sighup_stops_the_job_like_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut launchers = Launchers::default();
+    let child = launchers.start(
+        double(tmp.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"1\n").unwrap();
+    stdin.flush().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    assert_eq!(read_lines(&stdout, 1), "2\n");
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    signal(child, Signal::SIGHUP);
+    let status = exit_within(child, EXIT_DEADLINE, "the launcher after SIGHUP");
+    let stderr = stderr.rest().to_string();
+    assert_eq!(shell_status(status), 129, "{stderr}");
+    assert_eq!(summaries(&stderr), 1, "{stderr}");
+    assert!(stderr.contains("1 ok, 0 failed"), "{stderr}");
+    assert!(stderr.contains("stopped early: SIGHUP"), "{stderr}");
+    assert!(
+        socket_dirs(tmp.path()).is_empty(),
+        "{:?}",
+        socket_dirs(tmp.path())
+    );
+    drop(stdin);
+}
+
+/// Seen failing before the fix: the launcher stayed blocked in open() of the FIFO
+/// ("did not exit within 30s").
+#[test]
+fn sigterm_stops_a_launcher_waiting_for_a_fifo_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("input.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let stats = tmp.path().join("stats.json");
+    let mut launchers = Launchers::default();
+    let child = launchers.start(
+        coord(&[
+            "run",
+            "--function",
+            "double",
+            "--input",
+            fifo.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ])
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
+    );
+    wait_for_signal_thread(child.id());
+    signal(child, Signal::SIGTERM);
+    let status = exit_within(child, EXIT_DEADLINE, "the launcher after SIGTERM");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(shell_status(status), 143, "{stderr}");
+    assert_eq!(summaries(&stderr), 1, "{stderr}");
+    assert!(stderr.contains("stopped early: SIGTERM"), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_slice(&read(&stats)).unwrap();
+    assert_eq!(stats["exit_code"], 143, "{stats}");
+    assert!(socket_dirs(tmp.path()).is_empty());
+}
+
+/// Two SIGINTs just as the job ends: the normal end and the hard stop both printed
+/// a summary (seen before the fix in about one run in three; ten runs here).
+#[test]
+fn two_sigints_print_exactly_one_summary() {
+    // The first line fails and stops the job (--on-error fail) while the second
+    // hangs in the other worker: the job's end waits for it, and two SIGINTs come
+    // as soon as the summary is out.
+    let input = "{\"value\":1,\"fault\":\"panic\"}\n{\"value\":2,\"fault\":\"hang\"}\n";
+    for run in 0..10 {
+        let mut launchers = Launchers::default();
+        let child = launchers.start(
+            coord(&[
+                "run",
+                "--function",
+                "misbehave",
+                "--format",
+                "jsonl",
+                "--workers",
+                "2",
+                "--window",
+                "2",
+                "--on-error",
+                "fail",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        );
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+        assert!(stderr.wait_for(" items in "), "run {run}: {}", stderr.seen);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            Signal::SIGINT,
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            Signal::SIGINT,
+        );
+        let status = exit_within(child, EXIT_DEADLINE, "the launcher after two SIGINTs");
+        let stderr = stderr.rest().to_string();
+        assert_eq!(summaries(&stderr), 1, "run {run}, {status}: {stderr}");
+        drop(stdin);
+    }
+}
+
+/// Seen failing before the fix: the hard stop's summary had 0 respawns, 0 retries
+/// and a peak of 0 in flight whatever happened (and the crashes published last).
+#[test]
+fn a_hard_stops_summary_has_the_real_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stats = tmp.path().join("stats.json");
+    let mut launchers = Launchers::default();
+    let child = launchers.start(
+        coord(&[
+            "run",
+            "--function",
+            "misbehave",
+            "--format",
+            "jsonl",
+            "--workers",
+            "2",
+            "--retries",
+            "0",
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ])
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped()),
+    );
+    // A crash (a respawn follows), then items that hang: only a hard stop ends it.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"{\"value\":1,\"fault\":\"segv\"}\n{\"value\":2,\"fault\":\"hang\"}\n\
+              {\"value\":3,\"fault\":\"hang\"}\n",
+        )
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    assert!(stderr.wait_for("line 1: "), "{}", stderr.seen);
+    signal(child, Signal::SIGINT);
+    assert!(stderr.wait_for("again to stop at once"), "{}", stderr.seen);
+    signal(child, Signal::SIGINT);
+    let status = exit_within(child, EXIT_DEADLINE, "the launcher after two SIGINTs");
+    let stderr = stderr.rest().to_string();
+    assert_eq!(shell_status(status), 130, "{stderr}");
+    assert_eq!(summaries(&stderr), 1, "{stderr}");
+    assert!(stderr.contains("SIGINT twice"), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_slice(&read(&stats)).unwrap();
+    assert_eq!(stats["items_failed"], 1, "{stats}");
+    assert!(stats["crashes"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(stats["respawns"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(stats["peak_in_flight"].as_u64().unwrap() >= 1, "{stats}");
+    // The hard stop exits at once, but not without its socket directory.
+    assert!(
+        socket_dirs(tmp.path()).is_empty(),
+        "{:?}",
+        socket_dirs(tmp.path())
+    );
+    drop(stdin);
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use pstream::{Codec, ItemError, ItemErrorKind, PoolBuilder, PoolError, ProcessPool};
+use pstream::{Codec, ItemError, ItemErrorKind, PoolBuilder, PoolError, ProcessPool, StatsProbe};
 use serde_json::json;
 
 use crate::clash;
@@ -229,6 +229,15 @@ pub(crate) fn drive<M: Mode>(
 ) -> Result<u8, CliError> {
     let started = Instant::now();
     let stop = Arc::clone(&signals.stop);
+    // Until the job runs, a second signal ends the launcher at once, with the
+    // summary of a job that did nothing.
+    signals.on_second({
+        let (stop, stats_json) = (Arc::clone(&stop), args.stats_json.clone());
+        move |signal| {
+            let code = stopped_before_start(&stop, started, stats_json.as_deref(), signal);
+            std::process::exit(code.into())
+        }
+    });
     if args.resume && args.output == "-" {
         return Err(CliError::Usage(
             "--resume needs the output in a file (--output FILE): it continues that file".into(),
@@ -245,7 +254,14 @@ pub(crate) fn drive<M: Mode>(
     if args.output == "-" {
         stdio::refuse_closed(1)?;
     }
-    let source = open_input(&args.input)?;
+    let source = match open_input(&args.input, &stop)? {
+        Ok(file) => file,
+        // A signal while the open waited (a FIFO with no writer yet).
+        Err(signal) => {
+            let stats_json = args.stats_json.as_deref();
+            return Ok(stopped_before_start(&stop, started, stats_json, signal));
+        }
+    };
     // Before anything is opened for writing: an output that is the input (or
     // another output) would be emptied.
     clash::check(args, &source, &mode.written_files())?;
@@ -383,6 +399,7 @@ pub(crate) fn drive<M: Mode>(
         .map_err(|e| pool_error(e, &pool, args.plugin.as_deref()))?;
 
     let report = Report {
+        job: results.probe(),
         sink: Arc::clone(&sink),
         display: Arc::clone(&display),
         counters: Arc::clone(&counters),
@@ -518,24 +535,29 @@ pub(crate) fn drive<M: Mode>(
         exit_code,
     };
     display.lock().unwrap().finish();
-    // A closed output (`| head`) ends the job quietly.
-    if !broken_pipe {
-        let errors_file = args.errors.as_ref().map(|p| p.display().to_string());
-        for line in notices.summary(errors_file.as_deref()) {
-            eprintln!("{line}");
+    // Unless a hard stop printed its summary already (then it exits the process
+    // while this waits), or comes now (then it waits for this one, and exits).
+    stop.report(|| {
+        // A closed output (`| head`) ends the job quietly.
+        if !broken_pipe {
+            let errors_file = args.errors.as_ref().map(|p| p.display().to_string());
+            for line in notices.summary(errors_file.as_deref()) {
+                say(&line);
+            }
+            if let Some(e) = &failure {
+                say(&format!("pstream-coord: failed to run the job: {e}"));
+            }
+            if let Some(e) = &input_error {
+                say(&format!("pstream-coord: failed to read the input: {e}"));
+            }
+            if let Some(e) = &write_error {
+                say(&format!("pstream-coord: failed to write the output: {e}"));
+            }
+            say(&summary.line());
         }
-        if let Some(e) = &failure {
-            eprintln!("pstream-coord: failed to run the job: {e}");
-        }
-        if let Some(e) = &input_error {
-            eprintln!("pstream-coord: failed to read the input: {e}");
-        }
-        if let Some(e) = &write_error {
-            eprintln!("pstream-coord: failed to write the output: {e}");
-        }
-        eprintln!("{}", summary.line());
-    }
-    report.write_stats(&summary);
+        report.write_stats(&summary);
+        exit_code
+    });
     drop(pool); // Waits for the workers to exit.
     tracing::debug!(exit_code, "pool shut down");
     Ok(exit_code)
@@ -587,7 +609,9 @@ fn base64(bytes: &[u8]) -> String {
 
 /// Open the input, once: everything else that needs it (the progress count, the
 /// checks of the other file arguments) works on this descriptor.
-fn open_input(input: &str) -> Result<File, CliError> {
+/// A signal while the open waits (a FIFO waits for a writer) ends the wait: then
+/// the signal.
+fn open_input(input: &str, stop: &Stop) -> Result<Result<File, Signal>, CliError> {
     if input == "-" {
         stdio::refuse_closed(0)?;
         // A file of our own on fd 0: read without the standard library's stdin lock
@@ -596,11 +620,21 @@ fn open_input(input: &str) -> Result<File, CliError> {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| CliError::Run("read stdin".into(), e.into()))?;
-        return Ok(File::from(fd));
+        return Ok(Ok(File::from(fd)));
     }
     let path = PathBuf::from(input);
-    File::open(&path)
-        .map_err(|e| CliError::Run(format!("open the input {}", path.display()), e.into()))
+    let opened = {
+        let path = path.clone();
+        stop.unless_stopped(move || File::open(path))
+    };
+    match opened {
+        Ok(Ok(file)) => Ok(Ok(file)),
+        Ok(Err(e)) => Err(CliError::Run(
+            format!("open the input {}", path.display()),
+            e.into(),
+        )),
+        Err(signal) => Ok(Err(signal)),
+    }
 }
 
 fn build_pool(args: &RunArgs, mode: &impl Mode) -> Result<ProcessPool, CliError> {
@@ -820,6 +854,8 @@ fn start_ticker(
 /// What both the normal end and a hard stop need to report.
 #[derive(Debug, Clone)]
 struct Report {
+    /// The job's figures, readable while the pump waits for a result.
+    job: StatsProbe,
     sink: Arc<Mutex<Sink>>,
     display: Arc<Mutex<Display>>,
     counters: Arc<Counters>,
@@ -831,16 +867,57 @@ struct Report {
 
 impl Report {
     fn write_stats(&self, summary: &Summary) {
-        if let Some(path) = &self.stats_json {
-            let text = format!("{:#}\n", summary.json());
-            if let Err(e) = std::fs::write(path, text) {
-                eprintln!(
-                    "pstream-coord: failed to write the statistics to {}: {e}",
-                    path.display()
-                );
-            }
+        write_stats(self.stats_json.as_deref(), summary);
+    }
+}
+
+fn write_stats(path: Option<&Path>, summary: &Summary) {
+    if let Some(path) = path {
+        let text = format!("{:#}\n", summary.json());
+        if let Err(e) = std::fs::write(path, text) {
+            say(&format!(
+                "pstream-coord: failed to write the statistics to {}: {e}",
+                path.display()
+            ));
         }
     }
+}
+
+/// A line on stderr, if it can be written: after SIGHUP the terminal may be gone,
+/// and that must not turn the end of the job into a panic.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(io::stderr(), "{line}");
+}
+
+/// The end of a job stopped by `signal` before it ran (nothing was read or
+/// written): the summary, once; the exit code.
+fn stopped_before_start(
+    stop: &Stop,
+    started: Instant,
+    stats_json: Option<&Path>,
+    signal: Signal,
+) -> u8 {
+    let first = stop.signal().unwrap_or(signal);
+    let code = exit_status(first);
+    stop.report(|| {
+        let summary = Summary {
+            ok: 0,
+            failed: 0,
+            crashes: 0,
+            timeouts: 0,
+            respawns: 0,
+            retries: 0,
+            peak_in_flight: 0,
+            resumed_from: 0,
+            elapsed: started.elapsed(),
+            stopped_by: Some(first.as_str().to_string()),
+            exit_code: code,
+        };
+        say(&summary.line());
+        write_stats(stats_json, &summary);
+        code
+    })
 }
 
 /// A second Ctrl-C (or SIGTERM): kill the workers, write what is done, exit.
@@ -848,6 +925,11 @@ fn hard_stop(pool: &Weak<ProcessPool>, report: &Report, signal: Signal) {
     if let Some(pool) = pool.upgrade() {
         // SIGKILL to every worker's process group, and no respawns.
         pool.kill_workers();
+        // The process exits without dropping the pool: remove its socket
+        // directory here (the acceptor listens on to no purpose until the exit).
+        if let Some(dir) = pool.socket_path().parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     let first = report.stop.signal().unwrap_or(signal);
     let code = exit_status(first);
@@ -863,21 +945,27 @@ fn hard_stop(pool: &Weak<ProcessPool>, report: &Report, signal: Signal) {
         display.finish();
     }
     let c = &report.counters;
-    let summary = Summary {
-        ok: c.ok.load(Ordering::Relaxed),
-        failed: c.failed.load(Ordering::Relaxed),
-        crashes: c.crashes.load(Ordering::Relaxed),
-        timeouts: 0,
-        respawns: 0,
-        retries: 0,
-        peak_in_flight: 0,
-        resumed_from: report.base,
-        elapsed: report.started.elapsed(),
-        stopped_by: Some(format!("{} twice: workers killed", first.as_str())),
-        exit_code: code,
-    };
-    eprintln!("{}", summary.line());
-    report.write_stats(&summary);
+    let job = report.job.stats();
+    // The process exits while it holds the report: the normal end, should it get
+    // there now, prints nothing. If it printed already, its exit code stands.
+    let code = report.stop.report(|| {
+        let summary = Summary {
+            ok: c.ok.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            crashes: job.crashes,
+            timeouts: job.timeouts,
+            respawns: job.respawns,
+            retries: job.retries,
+            peak_in_flight: job.peak_in_flight,
+            resumed_from: report.base,
+            elapsed: report.started.elapsed(),
+            stopped_by: Some(format!("{} twice: workers killed", first.as_str())),
+            exit_code: code,
+        };
+        say(&summary.line());
+        report.write_stats(&summary);
+        std::process::exit(code.into())
+    });
     std::process::exit(code.into());
 }
 

@@ -127,7 +127,7 @@ pub(crate) fn spawn(
     unsafe {
         cmd.pre_exec(move || {
             // A clean slate: the coordinator may block signals (pstream-coord blocks
-            // SIGINT and SIGTERM for its signal thread) or run with some
+            // SIGINT, SIGTERM and SIGHUP for its signal thread) or run with some
             // ignored (nohup, a shell's `&`), and a worker and its functions'
             // children would inherit both through exec.
             for signal in Signal::iterator() {

@@ -27,6 +27,6 @@ mod window;
 
 pub(crate) use feeder::{feed, FeedLimits, InlineSource, Source};
 pub use reorder::Reorder;
-pub use results::RawResults;
+pub use results::{RawResults, StatsProbe};
 pub use typed::{Indexed, MapResults};
 pub use window::Window;

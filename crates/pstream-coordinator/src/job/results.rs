@@ -356,16 +356,17 @@ impl RawResults {
         JobStats {
             items_ok: self.ok,
             items_failed: self.failed,
-            crashes: self.counters.crashes.load(Ordering::Relaxed)
-                + self.counters.timeouts.load(Ordering::Relaxed),
-            timeouts: self.counters.timeouts.load(Ordering::Relaxed),
-            respawns: self
-                .pool_counters
-                .spawned
-                .load(Ordering::Relaxed)
-                .saturating_sub(self.spawned_at_start),
-            retries: self.counters.retries.load(Ordering::Relaxed),
-            peak_in_flight: self.counters.peak_in_flight.load(Ordering::Relaxed),
+            ..self.probe().stats()
+        }
+    }
+
+    /// A handle on the job's figures for another thread: it reads them while this
+    /// one waits for the next result (a signal handler's summary, say).
+    pub fn probe(&self) -> StatsProbe {
+        StatsProbe {
+            counters: Arc::clone(&self.counters),
+            pool_counters: Arc::clone(&self.pool_counters),
+            spawned_at_start: self.spawned_at_start,
         }
     }
 
@@ -378,6 +379,35 @@ impl RawResults {
     fn finish(&mut self) {
         self.finished = true;
         self.window.close();
+    }
+}
+
+/// A job's figures, readable from any thread ([`RawResults::probe`]).
+#[derive(Debug, Clone)]
+pub struct StatsProbe {
+    counters: Arc<JobCounters>,
+    pool_counters: Arc<PoolCounters>,
+    spawned_at_start: u64,
+}
+
+impl StatsProbe {
+    /// What the job has seen so far, but the items handed out (`items_ok` and
+    /// `items_failed` are zero: only the consumer counts those).
+    pub fn stats(&self) -> JobStats {
+        JobStats {
+            items_ok: 0,
+            items_failed: 0,
+            crashes: self.counters.crashes.load(Ordering::Relaxed)
+                + self.counters.timeouts.load(Ordering::Relaxed),
+            timeouts: self.counters.timeouts.load(Ordering::Relaxed),
+            respawns: self
+                .pool_counters
+                .spawned
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.spawned_at_start),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            peak_in_flight: self.counters.peak_in_flight.load(Ordering::Relaxed),
+        }
     }
 }
 
