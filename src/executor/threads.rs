@@ -13,10 +13,9 @@
 //!
 //! There is no feeder thread: one worker at a time reads a round of items and
 //! computes the last batch it read, so an item is usually made and dropped on the
-//! same thread. With a feeder, every item was allocated on one thread and freed on
-//! another, and the allocator's arena lock became the bottleneck (SHA-256 of 1 KiB
-//! blobs: 1.0–1.3 M/s on 2 threads, slower than a sequential loop). See
-//! `docs/executors.md`.
+//! same thread, and the allocator's arena is not shared between a thread that
+//! allocates every item and threads that free them. See `docs/executors.md` (and
+//! `docs/benchmarks.md`, "History behind the code", for what a feeder cost).
 //!
 //! The threads belong to the job: they start with `execute` and end when the input is
 //! done or the consumer drops its results.
@@ -259,8 +258,8 @@ struct Sched<I: Iterator> {
     wake: Condvar,
     /// Where the reader leaves its items during a read that may block. A lock of
     /// its own, on cache lines of its own: the reader takes it twice per such read,
-    /// and inside `state`, whose line the other workers keep taking, it ran
-    /// `double` over a `filter` at 13 M/s (18.5 M/s like this).
+    /// and does not contend for the cache line of `state`, which the other workers
+    /// keep taking.
     slot: Padded<Mutex<Slot<I::Item>>>,
     /// Locked only by the worker in the reader's role: never contended.
     input: Mutex<Input<I>>,
@@ -495,8 +494,8 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
     /// other workers and the reader reads on: they do not wait for a read that may
     /// block (a slow input's items are computed as they come; an input whose next
     /// item waits for an earlier result runs at all), and idle workers get work
-    /// without the role changing hands (with tiny items, handing the role over each
-    /// round, a wake-up each time, ran `double` at 40–60 M/s; publishing, 65–90).
+    /// without the role changing hands (handing the role over would cost a wake-up
+    /// each round).
     /// A worker alone instead stops reading there and computes what it holds, if
     /// the next read may block (the input does not promise more items at once:
     /// `size_hint`, user code too) or the items have waited `IDLE_CUT`.
