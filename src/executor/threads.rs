@@ -26,6 +26,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use crossbeam_utils::CachePadded;
 use pstream_coordinator::tuning::{self, IDLE_CUT, THREAD_MAX_BATCH};
 use pstream_coordinator::{Reorder, Window};
 use pstream_protocol::unwind::{self, Panic};
@@ -108,7 +109,7 @@ impl ThreadExecutor {
                 ended: false,
             }),
             wake: Condvar::new(),
-            slot: Padded(Mutex::new(Slot {
+            slot: CachePadded::new(Mutex::new(Slot {
                 in_hand: None,
                 exposures: 0,
             })),
@@ -260,7 +261,7 @@ struct Sched<I: Iterator> {
     /// its own, on cache lines of its own: the reader takes it twice per such read,
     /// and does not contend for the cache line of `state`, which the other workers
     /// keep taking.
-    slot: Padded<Mutex<Slot<I::Item>>>,
+    slot: CachePadded<Mutex<Slot<I::Item>>>,
     /// Locked only by the worker in the reader's role: never contended.
     input: Mutex<Input<I>>,
 }
@@ -284,10 +285,6 @@ struct Slot<In> {
     /// `STEAL_AFTER` later means the reader is still in the same read.
     exposures: u64,
 }
-
-/// A cache line (two, with the adjacent-line prefetcher) of its own.
-#[repr(align(128))]
-struct Padded<T>(T);
 
 /// Consecutive items for a worker.
 struct Work<In> {
@@ -483,7 +480,7 @@ impl<I: Iterator, F: Task<I::Item>> Worker<I, F> {
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot<I::Item>> {
-        self.sched.slot.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.sched.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A round in the reader's role: take permits, read up to the round's target,
