@@ -616,3 +616,41 @@ fn a_hard_stops_summary_has_the_real_figures() {
     );
     drop(stdin);
 }
+
+/// A launcher started with SIGHUP ignored (`nohup`, `trap '' HUP`) ignores it: the
+/// signal thread must not take it back (a blocked signal is queued even if
+/// ignored).
+#[test]
+fn sighup_ignored_at_start_stays_ignored() {
+    let mut launchers = Launchers::default();
+    let child = launchers.start(
+        Command::new("sh")
+            .arg("-c")
+            .arg("trap '' HUP; exec \"$0\" run --function double --format jsonl")
+            .arg(bin())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"1\n").unwrap();
+    stdin.flush().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    assert_eq!(read_lines(&stdout, 1), "2\n");
+    signal(child, Signal::SIGHUP);
+    stdin.write_all(b"2\n").unwrap();
+    drop(stdin);
+    assert_eq!(read_lines(&stdout, 1), "4\n");
+    let status = exit_within(child, EXIT_DEADLINE, "the launcher");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("2 ok, 0 failed"), "{stderr}");
+    assert!(!stderr.contains("SIGHUP"), "{stderr}");
+}
