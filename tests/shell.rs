@@ -825,7 +825,11 @@ fn pipe_memory_is_bounded_by_the_window_not_the_input() {
         small / 1024,
         large / 1024
     );
-    assert!(large < 96 * MIB, "peak RSS {} MiB at 10M lines", large / MIB);
+    assert!(
+        large < 96 * MIB,
+        "peak RSS {} MiB at 10M lines",
+        large / MIB
+    );
     assert!(
         large < small + 8 * MIB,
         "memory grows with the input: {} KiB at 3M lines, {} KiB at 10M",

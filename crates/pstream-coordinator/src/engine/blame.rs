@@ -252,7 +252,10 @@ mod tests {
                 continue; // Runs through.
             }
             deaths += 1;
-            assert!(deaths < 10_000, "no end to the deaths: the poison is never named");
+            assert!(
+                deaths < 10_000,
+                "no end to the deaths: the poison is never named"
+            );
             let v = judge(
                 Held {
                     len: end - start,
