@@ -27,6 +27,32 @@
 //!   them over a private Unix socket, and maps with [`ProcessPool::map`],
 //!   [`ProcessPool::map_unordered`] or, for pre-encoded items, [`ProcessPool::map_raw`].
 //!
+//! ## Borrowed input
+//! The input is read on the consumer's thread, between results, so it may borrow
+//! local data; the results carry the input's lifetime, so they cannot outlive it.
+//! An input that may block (a pipe, a socket) is better read on a thread of its own,
+//! [`ProcessPool::input_thread`]: it must then be `Send + 'static`.
+//!
+//! ```
+//! pstream::function! {
+//!     /// The number of characters of a line.
+//!     fn chars(line: String) -> usize { line.chars().count() }
+//! }
+//!
+//! fn main() -> Result<(), pstream::PoolError> {
+//!     pstream::init();
+//!     let pool = pstream::ProcessPool::builder().workers(2).build()?;
+//!     let lines: Vec<String> = vec!["α".into(), "βγ".into()];
+//!     let counts: Vec<usize> = pool
+//!         .map(chars, lines.iter().cloned())? // borrows `lines`
+//!         .map(|r| r.expect("chars does not fail"))
+//!         .collect();
+//!     assert_eq!(counts, [1, 2]);
+//!     assert_eq!(lines.len(), 2); // still ours
+//!     Ok(())
+//! }
+//! ```
+//!
 //! ## Guarantees
 //! * Never more than the window of items is read ahead of the consumer.
 //! * Every item comes back exactly once: as its value, or as an [`ItemError`] saying
@@ -44,9 +70,9 @@
 #![deny(missing_docs)]
 
 pub use pstream_coordinator::{
-    Codec, ExitCause, FunctionInfo, Indexed, ItemError, ItemErrorKind, JobStats, MapResults,
-    PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, StatsProbe, DEFAULT_WINDOW,
-    DEFAULT_WINDOW_BYTES,
+    Codec, ExitCause, FunctionInfo, Indexed, InputThread, ItemError, ItemErrorKind, JobStats,
+    MapResults, PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, StatsProbe,
+    DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Function, LocalFn};
 pub use pstream_worker::{init, is_worker, plugin, serve};

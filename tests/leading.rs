@@ -20,12 +20,7 @@ fn concurrent_jobs_on_one_pool_each_get_exactly_their_results() {
         Duration::from_secs(240),
     );
     for input_thread in [false, true] {
-        let pool = builder()
-            .workers(2)
-            .window(1000)
-            .input_thread(input_thread)
-            .build()
-            .unwrap();
+        let pool = builder().workers(2).window(1000).build().unwrap();
         let n = scale(200_000) as i64;
         std::thread::scope(|s| {
             for t in 0..4i64 {
@@ -33,11 +28,15 @@ fn concurrent_jobs_on_one_pool_each_get_exactly_their_results() {
                 s.spawn(move || {
                     let offset = t * 1_000_000_000;
                     let mut expected = offset;
-                    let results = if t % 2 == 0 {
-                        pool.map(double, offset..offset + n).unwrap()
+                    let input: Box<dyn Iterator<Item = i64> + Send> = if t % 2 == 0 {
+                        Box::new(offset..offset + n)
                     } else {
-                        pool.map(double, (offset..offset + n).collect::<Vec<_>>())
-                            .unwrap()
+                        Box::new((offset..offset + n).collect::<Vec<_>>().into_iter())
+                    };
+                    let results = if input_thread {
+                        pool.input_thread().map(double, input).unwrap()
+                    } else {
+                        pool.map(double, input).unwrap()
                     };
                     for r in results {
                         assert_eq!(r.unwrap(), expected * 2, "job {t}");
@@ -83,9 +82,9 @@ fn with_an_input_thread_results_flow_while_the_input_blocks() {
         "with_an_input_thread_results_flow_while_the_input_blocks",
         Duration::from_secs(240),
     );
-    let pool = builder().workers(2).input_thread(true).build().unwrap();
+    let pool = builder().workers(2).build().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<i64>();
-    let mut results = pool.map(double, rx).unwrap();
+    let mut results = pool.input_thread().map(double, rx).unwrap();
     for i in 0..10 {
         tx.send(i).unwrap();
     }
@@ -106,14 +105,13 @@ fn an_input_that_panics_ends_the_job_with_an_input_error_and_nothing_before_is_l
         Duration::from_secs(240),
     );
     for input_thread in [false, true] {
-        let pool = builder()
-            .workers(2)
-            .window(100)
-            .input_thread(input_thread)
-            .build()
-            .unwrap();
+        let pool = builder().workers(2).window(100).build().unwrap();
         let input = (0..1000i64).inspect(|&i| assert!(i != 500, "input broke at 500"));
-        let mut results = pool.map(double, input).unwrap();
+        let mut results = if input_thread {
+            pool.input_thread().map(double, input).unwrap()
+        } else {
+            pool.map(double, input).unwrap()
+        };
         let mut expected = 0;
         let error = loop {
             match results.next().expect("an error before the end") {

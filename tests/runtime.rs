@@ -97,14 +97,13 @@ fn the_input_is_never_read_more_than_a_window_ahead() {
         .into_iter()
         .flat_map(|w| [(w, false), (w, true)])
     {
-        let pool = builder()
-            .workers(2)
-            .window(window)
-            .input_thread(input_thread)
-            .build()
-            .unwrap();
+        let pool = builder().workers(2).window(window).build().unwrap();
         let (input, pulled) = counting(0i64..1_000_000);
-        let mut results = pool.map(double, input).unwrap();
+        let mut results = if input_thread {
+            pool.input_thread().map(double, input).unwrap()
+        } else {
+            pool.map(double, input).unwrap()
+        };
         let mut consumed = 0u64;
         for _ in 0..3 * window {
             let value = results.next().unwrap().unwrap();

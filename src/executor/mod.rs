@@ -199,7 +199,7 @@ trait ProcessStream<Out>: Send {
 /// jobs, so the results keep it alive. Fields drop in order: the job is cancelled
 /// before the pool (if this was its last holder) shuts down.
 struct Held<Out> {
-    results: MapResults<Out>,
+    results: MapResults<'static, Out>,
     _pool: Arc<ProcessPool>,
 }
 
@@ -224,7 +224,7 @@ impl<Out> Results<Out> {
         }
     }
 
-    fn processes(results: MapResults<Out>, pool: Arc<ProcessPool>) -> Self
+    fn processes(results: MapResults<'static, Out>, pool: Arc<ProcessPool>) -> Self
     where
         Out: DeserializeOwned + 'static,
     {

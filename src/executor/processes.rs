@@ -95,7 +95,7 @@ impl ProcessExecutor {
 
 impl<In, Out> Executor<In, Function<In, Out>> for ProcessExecutor
 where
-    In: Serialize,
+    In: Serialize + 'static,
     Out: DeserializeOwned + Send + 'static,
 {
     fn execute<I>(&self, func: Function<In, Out>, data: I) -> Results<Out>

@@ -395,6 +395,9 @@ pub(crate) fn drive<M: Mode>(
 
     let items = mode.items(reader.chunks, Arc::clone(&stop), consumed, base);
     let mut results = pool
+        // The input is a pipe or a file that may grow: results must flow while a
+        // read waits, so a thread of its own reads it.
+        .input_thread()
         .map_raw(mode.function(), mode.codec(), ordered, items)
         .map_err(|e| pool_error(e, &pool, args.plugin.as_deref()))?;
 
@@ -644,10 +647,7 @@ fn build_pool(args: &RunArgs, mode: &impl Mode) -> Result<ProcessPool, CliError>
         // The pool is shut down only once every result the launcher wants is in (or
         // the job was abandoned): an idle worker exits at once, and one still busy
         // (a hung item, say) works for nothing, so it gets half a second, not 5 s.
-        .shutdown_grace(SHUTDOWN_GRACE)
-        // The input is a pipe or a file that may grow: results must flow while a
-        // read waits.
-        .input_thread(true);
+        .shutdown_grace(SHUTDOWN_GRACE);
     if let Some(n) = args.workers {
         builder = builder.workers(n as usize);
     }

@@ -41,6 +41,6 @@ pub use error::{ExitCause, ItemError, ItemErrorKind, PoolError};
 #[doc(hidden)]
 pub use job::Reorder;
 pub use job::{Indexed, MapResults, RawResults, StatsProbe, Window};
-pub use pool::{PoolBuilder, ProcessPool, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES};
+pub use pool::{InputThread, PoolBuilder, ProcessPool, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES};
 pub use pstream_protocol::{Codec, Function, FunctionInfo};
 pub use stats::{JobStats, PoolStats};

@@ -23,8 +23,10 @@ use crate::launcher::LocalLauncher;
 use crate::process::WorkerCommand;
 use crate::stats::{PoolCounters, PoolStats};
 use crate::tuning;
-use crate::vocab::{Event, Events, JobCounters};
+use crate::vocab::{Event, Events, JobCounters, JobMsg};
+use crossbeam_channel::{Receiver, Sender};
 use pstream_protocol::auth::Token;
+use pstream_protocol::Items;
 
 /// The default flow-control window, in items.
 pub const DEFAULT_WINDOW: usize = 50_000;
@@ -51,7 +53,6 @@ pub struct PoolBuilder {
     max_spawn_failures: u32,
     capacity: u32,
     max_batch: Option<usize>,
-    input_thread: bool,
     shutdown_grace: Duration,
 }
 
@@ -73,7 +74,6 @@ impl Default for PoolBuilder {
             max_spawn_failures: 5,
             capacity: 8192,
             max_batch: None,
-            input_thread: false,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -177,18 +177,6 @@ impl PoolBuilder {
     /// (default 5).
     pub fn max_spawn_failures(mut self, n: u32) -> Self {
         self.max_spawn_failures = n;
-        self
-    }
-
-    /// Read each job's input on a thread of its own (default: no).
-    ///
-    /// By default the thread that takes the results also reads the input, between
-    /// results, as the window allows: that costs no thread hop, which matters for
-    /// small items. But while the input iterator blocks (a pipe, a socket, a slow
-    /// producer), results that are ready wait. Set this when the input may block, so
-    /// results flow while it waits.
-    pub fn input_thread(mut self, yes: bool) -> Self {
-        self.input_thread = yes;
         self
     }
 
@@ -321,7 +309,6 @@ impl PoolBuilder {
             next_job: AtomicU64::new(0),
             config,
             max_batch,
-            input_thread: self.input_thread,
         };
         match ready.recv() {
             // Nothing could ever be mapped: say why at once, and how to fix it.
@@ -407,7 +394,6 @@ pub struct ProcessPool {
     next_job: AtomicU64,
     config: Arc<Config>,
     max_batch: usize,
-    input_thread: bool,
 }
 
 impl ProcessPool {
@@ -461,95 +447,117 @@ impl ProcessPool {
 
     /// Map `function` over `input`; results come back in input order.
     ///
-    /// The input is read on the consumer's thread between results (or on a thread
-    /// of its own with [`PoolBuilder::input_thread`]), never more than the window
-    /// ahead of the consumer. Fails at once if no worker serves the function.
-    pub fn map<In, Out, I>(
+    /// The input is read on this thread (the consumer's) between results, never
+    /// more than the window ahead of the consumer, so it may borrow local data: the
+    /// results carry the input's lifetime and cannot outlive it. For an input that
+    /// may block (a pipe, a socket), read it on a thread of its own with
+    /// [`ProcessPool::input_thread`]. Fails at once if no worker serves the function.
+    ///
+    /// (An example is in the `pstream` crate's documentation, under "Borrowed input".)
+    pub fn map<'input, In, Out, I>(
         &self,
         function: Function<In, Out>,
         input: I,
-    ) -> Result<MapResults<Out>, PoolError>
+    ) -> Result<MapResults<'input, Out>, PoolError>
     where
-        In: Serialize,
+        In: Serialize + 'input,
         Out: DeserializeOwned,
         I: IntoIterator<Item = In>,
-        I::IntoIter: Send + 'static,
+        I::IntoIter: Send + 'input,
     {
         self.map_typed(function, input, true)
     }
 
     /// Like [`ProcessPool::map`], but results come as they are ready.
-    pub fn map_unordered<In, Out, I>(
+    pub fn map_unordered<'input, In, Out, I>(
         &self,
         function: Function<In, Out>,
         input: I,
-    ) -> Result<MapResults<Out>, PoolError>
+    ) -> Result<MapResults<'input, Out>, PoolError>
     where
-        In: Serialize,
+        In: Serialize + 'input,
         Out: DeserializeOwned,
         I: IntoIterator<Item = In>,
-        I::IntoIter: Send + 'static,
+        I::IntoIter: Send + 'input,
     {
         self.map_typed(function, input, false)
     }
 
-    fn map_typed<In, Out, I>(
-        &self,
-        function: Function<In, Out>,
-        input: I,
-        ordered: bool,
-    ) -> Result<MapResults<Out>, PoolError>
-    where
-        In: Serialize,
-        Out: DeserializeOwned,
-        I: IntoIterator<Item = In>,
-        I::IntoIter: Send + 'static,
-    {
-        let encode = |item: In, buf: &mut Vec<u8>| {
-            pstream_protocol::encode_bincode(&item, buf).map_err(|e| e.to_string())
-        };
-        // Results travel packed only if the workers' function has exactly this
-        // output type (a stale plugin may not): packed values of another type would
-        // decode wrong, where values with lengths fail to decode.
-        let packed = self.functions.iter().any(|f| {
-            f.name == function.name() && f.output_type_name == std::any::type_name::<Out>()
-        });
-        let raw = self.submit(
-            function.name(),
-            Codec::Bincode,
-            packed,
-            ordered,
-            input.into_iter(),
-            encode,
-        )?;
-        Ok(MapResults::new(raw))
-    }
-
     /// Map the function named `function` over items that are already encoded with
     /// `codec` (for the command-line launcher: JSON values or lines of text). The
-    /// results are encoded the same way.
-    pub fn map_raw<I>(
+    /// results are encoded the same way. The input is read on this thread, as with
+    /// [`ProcessPool::map`].
+    pub fn map_raw<'input, I>(
         &self,
         function: &str,
         codec: Codec,
         ordered: bool,
         input: I,
-    ) -> Result<RawResults, PoolError>
+    ) -> Result<RawResults<'input>, PoolError>
     where
         I: IntoIterator,
-        I::Item: AsRef<[u8]>,
-        I::IntoIter: Send + 'static,
+        I::Item: AsRef<[u8]> + 'input,
+        I::IntoIter: Send + 'input,
     {
-        let encode = |item: I::Item, buf: &mut Vec<u8>| {
-            buf.extend_from_slice(item.as_ref());
-            Ok(())
-        };
-        self.submit(function, codec, false, ordered, input.into_iter(), encode)
+        self.submit(
+            function,
+            codec,
+            false,
+            ordered,
+            input.into_iter(),
+            raw_encoder,
+        )
     }
 
-    /// Start a job. With `packed`, the results travel without their lengths: only
-    /// for bincode jobs whose results are decoded as a known type.
-    fn submit<I, E>(
+    /// Jobs whose input is read on a thread of its own, for inputs that may block:
+    /// `pool.input_thread().map(f, lines_of_a_pipe)`.
+    ///
+    /// By default ([`ProcessPool::map`]) the thread that takes the results also
+    /// reads the input, between results, as the window allows: that costs no
+    /// thread hop, which matters for small items, and lets the input borrow local
+    /// data. But while the input iterator blocks (a pipe, a socket, a slow
+    /// producer), results that are ready wait. Through this, results flow while it
+    /// waits; the input must then be `Send + 'static`, since another thread reads it.
+    pub fn input_thread(&self) -> InputThread<'_> {
+        InputThread { pool: self }
+    }
+
+    fn map_typed<'input, In, Out, I>(
+        &self,
+        function: Function<In, Out>,
+        input: I,
+        ordered: bool,
+    ) -> Result<MapResults<'input, Out>, PoolError>
+    where
+        In: Serialize + 'input,
+        Out: DeserializeOwned,
+        I: IntoIterator<Item = In>,
+        I::IntoIter: Send + 'input,
+    {
+        let raw = self.submit(
+            function.name(),
+            Codec::Bincode,
+            self.packed::<Out>(function.name()),
+            ordered,
+            input.into_iter(),
+            typed_encoder::<In>,
+        )?;
+        Ok(MapResults::new(raw))
+    }
+
+    /// Whether results travel packed: only if the workers' function has exactly
+    /// this output type (a stale plugin may not), since packed values of another
+    /// type would decode wrong, where values with lengths fail to decode.
+    fn packed<Out>(&self, function: &str) -> bool {
+        self.functions
+            .iter()
+            .any(|f| f.name == function && f.output_type_name == std::any::type_name::<Out>())
+    }
+
+    /// Start a job whose input this thread reads, between results. With `packed`,
+    /// the results travel without their lengths: only for bincode jobs whose
+    /// results are decoded as a known type.
+    fn submit<'input, I, E>(
         &self,
         function: &str,
         codec: Codec,
@@ -557,11 +565,52 @@ impl ProcessPool {
         ordered: bool,
         input: I,
         encode: E,
-    ) -> Result<RawResults, PoolError>
+    ) -> Result<RawResults<'input>, PoolError>
+    where
+        I: Iterator + Send + 'input,
+        E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String> + Send + 'input,
+    {
+        let job = self.start_job(function, codec, packed)?;
+        let source = InlineSource::new(
+            job.limits,
+            input,
+            encode,
+            Arc::clone(&job.window),
+            Arc::clone(&job.counters),
+            job.recycled.clone(),
+        );
+        Ok(self.results(job, ordered, Some(Box::new(source))))
+    }
+
+    /// Start a job whose input a thread of its own reads.
+    fn submit_threaded<I, E>(
+        &self,
+        function: &str,
+        codec: Codec,
+        packed: bool,
+        ordered: bool,
+        input: I,
+        encode: E,
+    ) -> Result<RawResults<'static>, PoolError>
     where
         I: Iterator + Send + 'static,
         E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String> + Send + 'static,
     {
+        let job = self.start_job(function, codec, packed)?;
+        let events = self.events.clone();
+        let (limits, recycled) = (job.limits, job.recycled.clone());
+        let (window, counters) = (Arc::clone(&job.window), Arc::clone(&job.counters));
+        let spawned = std::thread::Builder::new()
+            .name("pstream-reader".into())
+            .spawn(move || feed(limits, input, encode, window, counters, events, recycled));
+        // The job is known to the engine: dropping its results cancels it.
+        let results = self.results(job, ordered, None);
+        spawned.map_err(PoolError::Socket)?;
+        Ok(results)
+    }
+
+    /// Tell the engine about a new job, and set up what its feeder and consumer share.
+    fn start_job(&self, function: &str, codec: Codec, packed: bool) -> Result<NewJob, PoolError> {
         if !self.functions.iter().any(|f| f.name == function) {
             return Err(PoolError::UnknownFunction {
                 name: function.to_string(),
@@ -606,37 +655,34 @@ impl ProcessPool {
             max_item: frame_room.saturating_sub(frame_overhead(1, 0)).max(1),
             frame_room,
         };
-        let source: Option<Box<dyn Source>> = if self.input_thread {
-            let events = self.events.clone();
-            let (window, counters) = (Arc::clone(&window), Arc::clone(&counters));
-            std::thread::Builder::new()
-                .name("pstream-reader".into())
-                .spawn(move || feed(limits, input, encode, window, counters, events, recycled))
-                .map_err(PoolError::Socket)?;
-            None
-        } else {
-            Some(Box::new(InlineSource::new(
-                limits,
-                input,
-                encode,
-                Arc::clone(&window),
-                Arc::clone(&counters),
-                recycled,
-            )))
-        };
-        let raw = RawResults::new(
-            job,
-            ordered,
-            results,
-            Arc::clone(&self.hub),
-            self.events.clone(),
+        Ok(NewJob {
+            limits,
             window,
             counters,
-            Arc::clone(&self.counters),
+            recycled,
+            results,
             nudge,
+        })
+    }
+
+    fn results<'input>(
+        &self,
+        job: NewJob,
+        ordered: bool,
+        source: Option<Box<dyn Source + 'input>>,
+    ) -> RawResults<'input> {
+        RawResults::new(
+            job.limits.job,
+            ordered,
+            job.results,
+            Arc::clone(&self.hub),
+            self.events.clone(),
+            job.window,
+            job.counters,
+            Arc::clone(&self.counters),
+            job.nudge,
             source,
-        );
-        Ok(raw)
+        )
     }
 
     /// Kill every worker at once (SIGKILL, no grace period), for a second Ctrl-C.
@@ -647,6 +693,112 @@ impl ProcessPool {
 
     /// Shut the pool down now, waiting for the workers to exit (as dropping does).
     pub fn shutdown(self) {}
+}
+
+/// What a job's feeder and consumer share, made by `ProcessPool::start_job`.
+struct NewJob {
+    limits: FeedLimits,
+    window: Arc<Window>,
+    counters: Arc<JobCounters>,
+    recycled: Receiver<Items>,
+    results: Receiver<JobMsg>,
+    nudge: Sender<JobMsg>,
+}
+
+/// How a typed job's items are encoded.
+fn typed_encoder<In: Serialize>(item: In, buf: &mut Vec<u8>) -> Result<(), String> {
+    pstream_protocol::encode_bincode(&item, buf).map_err(|e| e.to_string())
+}
+
+/// How a raw job's items (already encoded) are copied into a batch.
+fn raw_encoder<T: AsRef<[u8]>>(item: T, buf: &mut Vec<u8>) -> Result<(), String> {
+    buf.extend_from_slice(item.as_ref());
+    Ok(())
+}
+
+/// Jobs of a [`ProcessPool`] whose input is read on a thread of its own:
+/// [`ProcessPool::input_thread`]. The input must be `Send + 'static`.
+#[derive(Debug, Clone, Copy)]
+pub struct InputThread<'pool> {
+    pool: &'pool ProcessPool,
+}
+
+impl InputThread<'_> {
+    /// [`ProcessPool::map`], with the input read on a thread of its own.
+    pub fn map<In, Out, I>(
+        &self,
+        function: Function<In, Out>,
+        input: I,
+    ) -> Result<MapResults<'static, Out>, PoolError>
+    where
+        In: Serialize + 'static,
+        Out: DeserializeOwned,
+        I: IntoIterator<Item = In>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map_typed(function, input, true)
+    }
+
+    /// [`ProcessPool::map_unordered`], with the input read on a thread of its own.
+    pub fn map_unordered<In, Out, I>(
+        &self,
+        function: Function<In, Out>,
+        input: I,
+    ) -> Result<MapResults<'static, Out>, PoolError>
+    where
+        In: Serialize + 'static,
+        Out: DeserializeOwned,
+        I: IntoIterator<Item = In>,
+        I::IntoIter: Send + 'static,
+    {
+        self.map_typed(function, input, false)
+    }
+
+    /// [`ProcessPool::map_raw`], with the input read on a thread of its own.
+    pub fn map_raw<I>(
+        &self,
+        function: &str,
+        codec: Codec,
+        ordered: bool,
+        input: I,
+    ) -> Result<RawResults<'static>, PoolError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]> + 'static,
+        I::IntoIter: Send + 'static,
+    {
+        self.pool.submit_threaded(
+            function,
+            codec,
+            false,
+            ordered,
+            input.into_iter(),
+            raw_encoder,
+        )
+    }
+
+    fn map_typed<In, Out, I>(
+        &self,
+        function: Function<In, Out>,
+        input: I,
+        ordered: bool,
+    ) -> Result<MapResults<'static, Out>, PoolError>
+    where
+        In: Serialize + 'static,
+        Out: DeserializeOwned,
+        I: IntoIterator<Item = In>,
+        I::IntoIter: Send + 'static,
+    {
+        let raw = self.pool.submit_threaded(
+            function.name(),
+            Codec::Bincode,
+            self.pool.packed::<Out>(function.name()),
+            ordered,
+            input.into_iter(),
+            typed_encoder::<In>,
+        )?;
+        Ok(MapResults::new(raw))
+    }
 }
 
 impl Drop for ProcessPool {

@@ -19,7 +19,11 @@ use crate::vocab::{Event, Events, JobCounters, JobMsg, ResultBatch};
 /// Read with [`RawResults::next_raw`], which lends each result's bytes without a
 /// copy. Dropping it cancels the job: no more input is read, queued batches are
 /// dropped, and the pool can run the next job.
-pub struct RawResults {
+///
+/// `'input` is the lifetime of the job's input when the consumer's thread reads it
+/// (it may borrow local data): the results cannot outlive what they read. With an
+/// input thread ([`crate::ProcessPool::input_thread`]) it is `'static`.
+pub struct RawResults<'input> {
     job: u64,
     ordered: bool,
     rx: Receiver<JobMsg>,
@@ -32,7 +36,7 @@ pub struct RawResults {
     pool_counters: Arc<PoolCounters>,
     spawned_at_start: u64,
     /// The input, when the consumer's thread reads it (no feeder thread).
-    source: Option<Box<dyn Source>>,
+    source: Option<Box<dyn Source + 'input>>,
     /// Events the source made, for the engine.
     outbox: Vec<Event>,
     reorder: Reorder<ResultBatch>,
@@ -80,7 +84,7 @@ enum Advanced {
     Ready,
 }
 
-impl std::fmt::Debug for RawResults {
+impl std::fmt::Debug for RawResults<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawResults")
             .field("job", &self.job)
@@ -92,7 +96,7 @@ impl std::fmt::Debug for RawResults {
     }
 }
 
-impl RawResults {
+impl<'input> RawResults<'input> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         job: u64,
@@ -104,8 +108,8 @@ impl RawResults {
         counters: Arc<JobCounters>,
         pool_counters: Arc<PoolCounters>,
         me: Sender<JobMsg>,
-        source: Option<Box<dyn Source>>,
-    ) -> RawResults {
+        source: Option<Box<dyn Source + 'input>>,
+    ) -> RawResults<'input> {
         let spawned_at_start = pool_counters.spawned.load(Ordering::Relaxed);
         RawResults {
             job,
@@ -411,7 +415,7 @@ impl StatsProbe {
     }
 }
 
-impl Drop for RawResults {
+impl Drop for RawResults<'_> {
     fn drop(&mut self) {
         // Stops the feeder at its next permit, and the engine drops what is queued.
         self.window.close();

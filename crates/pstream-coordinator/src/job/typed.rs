@@ -25,14 +25,17 @@ fn decode_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), Strin
 /// The typed results of [`crate::ProcessPool::map`]: an iterator of
 /// `Result<Out, ItemError>`, in input order (or as they come for
 /// [`crate::ProcessPool::map_unordered`]). Dropping it cancels the job.
+///
+/// `'input` is the lifetime of the job's input: results of a job that reads a
+/// borrowed input on the consumer's thread cannot outlive the data it borrows.
 #[derive(Debug)]
-pub struct MapResults<Out> {
-    raw: RawResults,
+pub struct MapResults<'input, Out> {
+    raw: RawResults<'input>,
     _out: PhantomData<fn() -> Out>,
 }
 
-impl<Out: DeserializeOwned> MapResults<Out> {
-    pub(crate) fn new(raw: RawResults) -> Self {
+impl<'input, Out: DeserializeOwned> MapResults<'input, Out> {
+    pub(crate) fn new(raw: RawResults<'input>) -> Self {
         MapResults {
             raw,
             _out: PhantomData,
@@ -46,7 +49,7 @@ impl<Out: DeserializeOwned> MapResults<Out> {
     }
 
     /// Yield `(index, result)` pairs instead of results.
-    pub fn indexed(self) -> Indexed<Out> {
+    pub fn indexed(self) -> Indexed<'input, Out> {
         Indexed(self)
     }
 
@@ -66,7 +69,7 @@ impl<Out: DeserializeOwned> MapResults<Out> {
     }
 }
 
-impl<Out: DeserializeOwned> Iterator for MapResults<Out> {
+impl<Out: DeserializeOwned> Iterator for MapResults<'_, Out> {
     type Item = Result<Out, ItemError>;
 
     #[inline]
@@ -77,9 +80,9 @@ impl<Out: DeserializeOwned> Iterator for MapResults<Out> {
 
 /// [`MapResults`] yielding `(index, result)` pairs.
 #[derive(Debug)]
-pub struct Indexed<Out>(MapResults<Out>);
+pub struct Indexed<'input, Out>(MapResults<'input, Out>);
 
-impl<Out: DeserializeOwned> Iterator for Indexed<Out> {
+impl<Out: DeserializeOwned> Iterator for Indexed<'_, Out> {
     type Item = (u64, Result<Out, ItemError>);
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -87,9 +90,9 @@ impl<Out: DeserializeOwned> Iterator for Indexed<Out> {
     }
 }
 
-impl<Out> Indexed<Out> {
+impl<'input, Out> Indexed<'input, Out> {
     /// Back to the results.
-    pub fn into_inner(self) -> MapResults<Out> {
+    pub fn into_inner(self) -> MapResults<'input, Out> {
         self.0
     }
 }
