@@ -7,6 +7,8 @@
 mod util;
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use util::*;
@@ -204,5 +206,88 @@ fn a_placeholder_keeps_output_line_n_for_input_line_n() {
         assert_eq!(text(&out.stdout), want, "{extra:?}");
         let records = std::fs::read_to_string(&errors).unwrap();
         assert_eq!(records.lines().count(), 500 / 7, "{extra:?}");
+    }
+}
+// ---------------------------------------------------------------------------------
+// Item 5: a wrong plugin.
+
+/// A script in `dir`, executable.
+fn script(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A plugin that exits before its handshake: reported at once, with its exit
+/// status and the last of what it wrote, in the error message.
+#[test]
+fn a_plugin_that_exits_at_once_is_reported_with_its_status_and_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = script(
+        dir.path(),
+        "broken-plugin",
+        "echo 'starting up' >&2\necho 'error while loading shared libraries: libfoo.so.1' >&2\nexit 127",
+    );
+    for args in [
+        vec!["run", "--plugin", &plugin, "-f", "twice", "--workers", "1"],
+        vec!["functions", "--plugin", &plugin],
+    ] {
+        let out = coord_run(&args, b"1\n", 3);
+        let stderr = text(&out.stderr);
+        let error = stderr
+            .split("pstream-coord: failed to ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no error message:\n{stderr}"));
+        assert!(
+            error.contains("exited with status 127 before completing the handshake"),
+            "{stderr}"
+        );
+        assert!(
+            error.contains("error while loading shared libraries: libfoo.so.1"),
+            "the error does not quote what the plugin wrote:\n{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("libfoo.so.1").count(),
+            1,
+            "the plugin's output is shown once, in the error:\n{stderr}"
+        );
+    }
+}
+
+/// A program that runs but never connects: reported after `--handshake-timeout`.
+#[test]
+fn a_plugin_that_never_connects_is_reported_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = script(
+        dir.path(),
+        "silent-plugin",
+        "echo 'listening' >&2\nexec sleep 600",
+    );
+    for args in [
+        vec![
+            "run",
+            "--plugin",
+            &plugin,
+            "-f",
+            "twice",
+            "--handshake-timeout",
+            "300ms",
+        ],
+        vec![
+            "functions",
+            "--plugin",
+            &plugin,
+            "--handshake-timeout",
+            "300ms",
+        ],
+    ] {
+        let out = coord_run(&args, b"1\n", 3);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("did not complete the handshake within 300ms"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("listening"), "{stderr}");
     }
 }

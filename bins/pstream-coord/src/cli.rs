@@ -58,6 +58,10 @@ pub struct FunctionsArgs {
     /// The plugin binary (default: the example functions built into pstream-coord).
     #[arg(long, value_name = "PATH")]
     pub plugin: Option<PathBuf>,
+
+    /// How long the plugin may take to start and connect.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +74,11 @@ pub struct RunArgs {
     /// into pstream-coord).
     #[arg(long, value_name = "PATH")]
     pub plugin: Option<PathBuf>,
+
+    /// How long a worker may take to start and connect; one that exits first is
+    /// reported at once.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
 
     /// Read items from FILE, one per line (`-`: stdin).
     #[arg(long, short = 'i', value_name = "FILE", default_value = "-")]

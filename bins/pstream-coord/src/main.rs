@@ -73,13 +73,15 @@ fn init_tracing() {
 /// `pstream-coord functions`: start one worker and print what it serves.
 fn functions(args: &FunctionsArgs) -> Result<u8, CliError> {
     stdio::refuse_closed(1)?;
-    let mut builder = ProcessPool::builder().workers(1);
+    let mut builder = ProcessPool::builder()
+        .workers(1)
+        .handshake_timeout(args.handshake_timeout);
     if let Some(plugin) = &args.plugin {
         builder = builder.program(plugin);
     }
     let pool = builder
         .build()
-        .map_err(|e| CliError::Run("start the plugin".into(), e.into()))?;
+        .map_err(|e| run::start_error("start the plugin", e))?;
     let mut functions = pool.functions().to_vec();
     functions.sort_by(|a, b| a.name.cmp(&b.name));
     let name_width = functions.iter().map(|f| f.name.len()).max().unwrap_or(0);

@@ -665,8 +665,23 @@ fn build_pool(args: &RunArgs, mode: &impl Mode) -> Result<ProcessPool, CliError>
         builder = builder.max_frame(bytes as usize);
     }
     mode.configure(builder)
+        .handshake_timeout(args.handshake_timeout)
         .build()
-        .map_err(|e| CliError::Run("start the workers".into(), e.into()))
+        .map_err(|e| start_error("start the workers", e))
+}
+
+/// A pool that did not start: a worker that did not connect in time gets a hint.
+pub(crate) fn start_error(what: &str, e: PoolError) -> CliError {
+    let slow = matches!(&e, PoolError::WorkerStart { reason, .. }
+        if reason.starts_with("did not complete the handshake"));
+    if slow {
+        let message = format!(
+            "{e}\n(is it a pstream plugin? one that takes longer to start needs a longer \
+             --handshake-timeout)"
+        );
+        return CliError::Run(what.into(), message.into());
+    }
+    CliError::Run(what.into(), e.into())
 }
 
 fn served_by(plugin: Option<&Path>) -> String {

@@ -25,6 +25,14 @@ pub(crate) trait Handle: Send + Sync + fmt::Debug {
     fn pid(&self) -> Option<u32>;
     /// End it now, and whatever it started.
     fn kill(&self);
+    /// It completed its handshake: what it wrote so far may be shown.
+    fn connected(&self) {}
+    /// For the report of a worker that never completed its handshake: the last lines
+    /// it wrote, if the launcher kept them. With `reported`, the report reaches the
+    /// user, and they need not be shown again.
+    fn last_words(&self, _reported: bool) -> Option<String> {
+        None
+    }
 }
 
 impl Handle for Proc {
@@ -34,6 +42,14 @@ impl Handle for Proc {
 
     fn kill(&self) {
         self.signal(Signal::SIGKILL);
+    }
+
+    fn connected(&self) {
+        Proc::connected(self);
+    }
+
+    fn last_words(&self, reported: bool) -> Option<String> {
+        Proc::last_words(self, reported)
     }
 }
 

@@ -249,6 +249,7 @@ impl PoolBuilder {
                 args: self.args,
                 env: self.env,
                 memory_limit: self.memory_limit,
+                shown: Default::default(),
             },
             max_frame: self.max_frame,
             handshake_timeout: self.handshake_timeout,
@@ -326,6 +327,12 @@ impl PoolBuilder {
                     .and_then(|door| door.path().parent())
                     .is_some_and(|dir| dir.join(INIT_MISSING).exists());
                 if init_missing {
+                    // This error replaces the one that quoted what the worker wrote:
+                    // show that here.
+                    if let Some(words) = pool.config.command.shown.unquote() {
+                        use std::io::Write;
+                        let _ = std::io::stderr().lock().write_all(&words);
+                    }
                     Err(PoolError::InitMissing {
                         program: shown_program(&pool.config.command.program),
                     })

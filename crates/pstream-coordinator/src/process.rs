@@ -1,6 +1,9 @@
 //! Worker processes: starting them (re-executed, never bare `fork`), signalling them
-//! without racing their reaping, and turning their end into an event.
+//! without racing their reaping, and turning their end into an event; and what they
+//! write on stdout and stderr, which is held until their handshake so that a
+//! worker that never completes it is reported with its last words.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -29,6 +32,8 @@ pub(crate) struct WorkerCommand {
     pub env: Vec<(OsString, OsString)>,
     /// RLIMIT_AS for the worker, in bytes.
     pub memory_limit: Option<u64>,
+    /// What the pool's workers that never connected wrote and was shown already.
+    pub shown: Shown,
 }
 
 /// A started worker process. Signals go through [`Proc::signal`], which never sends
@@ -39,6 +44,8 @@ pub(crate) struct Proc {
     /// Set, under the lock, between seeing the exit and reaping: a signal sent while
     /// holding the lock with this false reaches the worker or its zombie, nothing else.
     exited: Mutex<bool>,
+    /// Its stdout and stderr.
+    output: Arc<Output>,
 }
 
 impl Proc {
@@ -67,14 +74,222 @@ impl Proc {
         // however the worker ended (a clean Shutdown included).
         let _ = killpg(pid, Signal::SIGKILL);
         *exited = true;
-        loop {
+        let cause = loop {
             match waitpid(pid, None) {
-                Ok(WaitStatus::Exited(_, code)) => return ExitCause::Code(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return ExitCause::Signal(sig as i32),
+                Ok(WaitStatus::Exited(_, code)) => break ExitCause::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => break ExitCause::Signal(sig as i32),
                 Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
                 // Already reaped by someone else (a program that reaps all children).
-                Err(_) => return ExitCause::Code(-1),
+                Err(_) => break ExitCause::Code(-1),
             }
+        };
+        // Everything it wrote is in the pipe by now: take it in before its end is
+        // reported, so the report can quote it.
+        self.output.drain();
+        cause
+    }
+
+    /// It completed its handshake: what it wrote so far goes to stderr, and from now
+    /// on everything as it comes.
+    pub fn connected(&self) {
+        self.output.connected();
+    }
+
+    /// For the report of a worker that never completed its handshake: the last lines
+    /// it wrote (stdout and stderr), if any. With `reported`, the report reaches the
+    /// user, and they are not written to stderr again when the worker is dropped.
+    pub fn last_words(&self, reported: bool) -> Option<String> {
+        self.output.last_words(reported)
+    }
+}
+
+/// The outputs of a pool's workers that never connected which were shown already
+/// (written to stderr, or quoted in a reported error), by hash: N workers of a
+/// plugin that cannot start all write the same, and it is shown once.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shown(Arc<Mutex<ShownState>>);
+
+#[derive(Debug, Default)]
+struct ShownState {
+    hashes: HashSet<u64>,
+    /// The whole of the last output quoted in a report.
+    quoted: Option<Vec<u8>>,
+}
+
+impl Shown {
+    /// The report that quoted a worker's output did not reach the user after all
+    /// (another error replaced it): that output, to be shown some other way.
+    pub fn unquote(&self) -> Option<Vec<u8>> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.hashes.clear();
+        state.quoted.take()
+    }
+
+    /// Record `bytes` as shown; false if they were already.
+    fn first_time(&self, bytes: &[u8]) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if state.hashes.len() >= 1000 {
+            state.hashes.clear();
+        }
+        state.hashes.insert(hasher.finish())
+    }
+
+    /// Record `bytes` as quoted in a report; false if they were shown already.
+    fn quoted(&self, bytes: &[u8]) -> bool {
+        let first = self.first_time(bytes);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).quoted = Some(bytes.to_vec());
+        first
+    }
+}
+
+/// Bytes held before a handshake; beyond this, the oldest are written out.
+const HOLD: usize = 64 << 10;
+
+/// What the last words quote at most: lines, and bytes.
+const LAST_LINES: usize = 20;
+const LAST_BYTES: usize = 4 << 10;
+
+/// A worker's stdout and stderr: one pipe, read by a thread of ours. Until the
+/// worker completes its handshake what it writes is held (the last [`HOLD`] bytes);
+/// then it goes to our stderr as it comes. Every read happens under the lock, so
+/// whoever reads has recorded the bytes before anyone else can look.
+#[derive(Debug)]
+struct Output {
+    pipe: OwnedFd,
+    state: Mutex<Held>,
+    shown: Shown,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    bytes: Vec<u8>,
+    /// After the handshake: written through.
+    connected: bool,
+    /// The pipe reached its end.
+    eof: bool,
+}
+
+impl Output {
+    /// Read what the pipe holds now, without blocking.
+    fn read_available(&self, held: &mut Held) {
+        let mut buf = [0u8; 16 << 10];
+        while !held.eof {
+            match nix::unistd::read(&self.pipe, &mut buf) {
+                Ok(0) => held.eof = true,
+                Ok(n) => self.take(held, &buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => held.eof = true,
+            }
+        }
+    }
+
+    fn take(&self, held: &mut Held, bytes: &[u8]) {
+        if held.connected {
+            write_stderr(bytes);
+            return;
+        }
+        held.bytes.extend_from_slice(bytes);
+        if held.bytes.len() > HOLD {
+            // Keep the last part for the report; the rest is shown now.
+            let cut = held.bytes.len() - LAST_BYTES;
+            write_stderr(&held.bytes[..cut]);
+            held.bytes.drain(..cut);
+        }
+    }
+
+    fn drain(&self) {
+        let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.read_available(&mut held);
+    }
+
+    fn connected(&self) {
+        // Under the lock, as the pump writes: what was held comes out first.
+        let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.read_available(&mut held);
+        held.connected = true;
+        let bytes = std::mem::take(&mut held.bytes);
+        write_stderr(&bytes);
+    }
+
+    fn last_words(&self, reported: bool) -> Option<String> {
+        let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.read_available(&mut held);
+        if held.connected || held.bytes.is_empty() {
+            return None;
+        }
+        let bytes = &held.bytes;
+        // The last lines, at most LAST_BYTES of them.
+        let mut start = bytes.len().saturating_sub(LAST_BYTES);
+        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        if let Some(at) = body
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, &b)| b == b'\n')
+            .nth(LAST_LINES - 1)
+            .map(|(at, _)| at + 1)
+        {
+            start = start.max(at);
+        }
+        let text = String::from_utf8_lossy(&body[start.min(body.len())..]);
+        let mut quoted = String::new();
+        if start > 0 {
+            quoted.push_str("  | ...\n");
+        }
+        for line in text.lines() {
+            quoted.push_str("  | ");
+            quoted.push_str(line);
+            quoted.push('\n');
+        }
+        if reported && self.shown.quoted(&held.bytes) {
+            // What is not quoted is shown now; the quote is shown by the report.
+            write_stderr(&held.bytes[..start]);
+        }
+        Some(quoted.trim_end().to_string())
+    }
+}
+
+impl Drop for Output {
+    /// A worker that never connected and whose report did not reach the user: what
+    /// it wrote is shown now (once for all the pool's workers that wrote the same).
+    fn drop(&mut self) {
+        let held = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !held.connected && !held.bytes.is_empty() {
+            let bytes = std::mem::take(&mut held.bytes);
+            if self.shown.first_time(&bytes) {
+                write_stderr(&bytes);
+            }
+        }
+    }
+}
+
+/// Write to our stderr; a failure (closed, full) drops the bytes: a worker's words
+/// must not stop the pool.
+fn write_stderr(bytes: &[u8]) {
+    use std::io::Write;
+    if !bytes.is_empty() {
+        let _ = io::stderr().lock().write_all(bytes);
+    }
+}
+
+/// The thread that reads a worker's pipe until its end (the worker, and whatever it
+/// started, closed it).
+fn pump(output: Arc<Output>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(output.pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+        let mut held = output.state.lock().unwrap_or_else(|e| e.into_inner());
+        output.read_available(&mut held);
+        if held.eof {
+            return;
         }
     }
 }
@@ -99,11 +314,16 @@ pub(crate) fn spawn(
             cmd.arg0(exe);
         }
     }
+    // Its stdout and stderr: one pipe, ours to read (see `Output`). Its stdout must
+    // never mix into a job's output, which may be ours.
+    let (pipe, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(&pipe, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     cmd.args(&command.args)
         .envs(command.env.iter().map(|(k, v)| (k, v)))
         .envs(extra_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::from(io::stderr().as_fd().try_clone_to_owned()?))
+        .stdout(Stdio::from(write_end.try_clone()?))
+        .stderr(Stdio::from(write_end))
         .process_group(0);
     // Close-on-exec in this process, so no other child inherits it; cleared in this
     // child alone, between fork and exec.
@@ -163,10 +383,26 @@ pub(crate) fn spawn(
         });
     }
     let child = cmd.spawn()?;
+    // Our copies of the pipe's write end go with the command: the pipe ends when the
+    // worker (and whatever it started) is done with it.
+    drop(cmd);
+    let output = Arc::new(Output {
+        pipe,
+        state: Mutex::new(Held::default()),
+        shown: command.shown.clone(),
+    });
+    let pid = child.id();
+    {
+        let output = Arc::clone(&output);
+        std::thread::Builder::new()
+            .name(format!("pstream-output-{pid}"))
+            .spawn(move || pump(output))?;
+    }
     // The std handle is dropped without waiting: `Proc::wait` reaps.
     Ok(Proc {
-        pid: child.id(),
+        pid,
         exited: Mutex::new(false),
+        output,
     })
 }
 
@@ -195,6 +431,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             env: vec![],
             memory_limit: None,
+            shown: Shown::default(),
         }
     }
 
@@ -260,6 +497,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             env: vec![],
             memory_limit: None,
+            shown: Shown::default(),
         };
         let p = spawn(&sh("exit 7"), &[], None).unwrap();
         assert_eq!(p.wait(), ExitCause::Code(7));
@@ -270,6 +508,41 @@ mod tests {
         assert_eq!(p.wait(), ExitCause::Signal(Signal::SIGKILL as i32));
         // After reaping, signalling is a no-op rather than a shot at a recycled pid.
         p.signal(Signal::SIGKILL);
+    }
+
+    #[test]
+    fn what_a_worker_writes_before_its_handshake_is_quoted() {
+        let sh = WorkerCommand {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo out; for i in $(seq 1 30); do echo err $i >&2; done; exit 3".into(),
+            ],
+            env: vec![],
+            memory_limit: None,
+            shown: Shown::default(),
+        };
+        let p = spawn(&sh, &[], None).unwrap();
+        assert_eq!(p.wait(), ExitCause::Code(3));
+        let words = p.last_words(false).unwrap();
+        let lines: Vec<&str> = words.lines().collect();
+        // The last 20 lines, after a mark for the ones left out.
+        assert_eq!(lines.len(), 21, "{words}");
+        assert_eq!(lines[0], "  | ...");
+        assert_eq!(lines[1], "  | err 11");
+        assert_eq!(lines[20], "  | err 30");
+        // Nothing written: nothing to quote.
+        let p = spawn(
+            &WorkerCommand {
+                args: vec!["-c".into(), "exit 0".into()],
+                ..sh
+            },
+            &[],
+            None,
+        )
+        .unwrap();
+        p.wait();
+        assert_eq!(p.last_words(false), None);
     }
 
     fn libc_sigsegv() -> i32 {

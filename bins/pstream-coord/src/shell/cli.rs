@@ -129,6 +129,8 @@ impl JobOptions {
         RunArgs {
             function: function.into(),
             plugin: None,
+            // The launcher itself is the worker.
+            handshake_timeout: Duration::from_secs(30),
             input: self.input.clone(),
             null: self.null,
             output: self.output.clone(),

@@ -86,6 +86,16 @@ impl Engine {
                 Some(KillReason::Timeout { .. }) => "timed out".into(),
                 None => format!("{exit} before completing the handshake"),
             };
+            // Quote what it wrote. The report reaches the user when it fails the
+            // pool's start or its last respawn (see start_failed); otherwise only the
+            // log has it, and the launcher shows the output when the worker is gone.
+            let reported = self.ready.is_some()
+                || self.consecutive_failures + 1 >= self.config.max_spawn_failures;
+            let words = w.handle.as_ref().and_then(|h| h.last_words(reported));
+            let reason = match words {
+                Some(words) => format!("{reason}; its last output:\n{words}"),
+                None => reason,
+            };
             self.start_failed(reason);
             return;
         }

@@ -35,6 +35,7 @@ fn config(retries: u32, item_timeout: Option<Duration>) -> Config {
             args: Vec::new(),
             env: Vec::new(),
             memory_limit: None,
+            shown: Default::default(),
         },
         max_frame: DEFAULT_MAX_FRAME,
         handshake_timeout: Duration::from_secs(30),

@@ -129,6 +129,9 @@ impl Worker {
         debug_assert!(matches!(self.life, Life::Starting));
         self.life = Life::Serving;
         self.served = true;
+        if let Some(handle) = &self.handle {
+            handle.connected();
+        }
         self.conn = Some(conn);
         self.capacity = capacity.max(1);
         self.progress_at = now;
