@@ -21,23 +21,27 @@
 //!   `Shutdown` (then instead of the statuses above).
 #![deny(missing_docs)]
 
+mod batch;
+mod error;
 mod group;
 mod line;
 mod registry;
 mod serve;
 
+pub use error::{CallError, WorkerError};
 pub use pstream_protocol::Function;
 #[doc(hidden)]
 pub use registry::__call_fallible;
-pub use registry::{functions, registry, BatchFn, CallError, CallFn, Registration};
-pub use serve::{serve_from_env, WorkerError, DEFAULT_CAPACITY};
+pub use registry::{functions, registry, BatchFn, CallFn, Registration};
+pub use serve::{serve_from_env, DEFAULT_CAPACITY};
 
 /// What the expansion of [`function!`] names (through `$crate`, so that it works
 /// from any crate, whichever of `pstream` and `pstream-worker` it depends on).
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::batch::Batch;
     pub use crate::registry::{batch, entry, type_names, Entry, Fallible, Registration};
-    pub use crate::serve::{Batch, Summons};
+    pub use crate::serve::Summons;
     pub use inventory;
     pub use pstream_macros::function as function_impl;
     pub use pstream_protocol::{Codec, Function, LocalFn};

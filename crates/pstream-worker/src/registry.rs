@@ -8,26 +8,8 @@ use pstream_protocol::{Codec, FailureKind, FunctionInfo, LocalFn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::serve::Batch;
-use crate::WorkerError;
-
-/// Why one call failed (other than by panicking).
-#[derive(Debug)]
-pub struct CallError {
-    /// What kind of failure.
-    pub kind: FailureKind,
-    /// Why, for the user.
-    pub message: String,
-}
-
-impl CallError {
-    fn new(kind: FailureKind, message: impl fmt::Display) -> CallError {
-        CallError {
-            kind,
-            message: message.to_string(),
-        }
-    }
-}
+use crate::batch::Batch;
+use crate::error::{CallError, WorkerError};
 
 /// The type-erased entry point of a registered function: decode the item, the first
 /// `len` bytes of `input`, with the codec, call, append the encoded result to `out`.

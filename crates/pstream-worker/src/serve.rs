@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,64 +14,19 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 use pstream_protocol::auth::{random_nonce, Role, Token};
-use pstream_protocol::unwind::{self, Panic};
+use pstream_protocol::unwind;
 use pstream_protocol::{
-    frame_overhead, read_frame, read_frame_into, truncate_message, write_frame, BatchHeader, Codec,
-    DecodeError, EncodeError, FailureKind, FlushClock, Frame, Hello, ItemFailure, Items, Join,
-    Message, ResultsHeader, DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME,
-    ENV_SOCKET, ENV_TOKEN_FD, PROGRESS_HEARTBEAT, PROTOCOL_VERSION, SEND_BUFFER,
+    read_frame, read_frame_into, write_frame, BatchHeader, EncodeError, FailureKind, Frame, Hello,
+    Items, Join, Message, DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME,
+    ENV_SOCKET, ENV_TOKEN_FD, PROTOCOL_VERSION, SEND_BUFFER,
 };
 
-use crate::registry::{functions, registry, CallError};
+use crate::batch::{report_progress, Batch, Outbox, Progress};
+use crate::error::{CallError, WorkerError};
+use crate::registry::{functions, registry};
 
 /// How many items a worker holds by default: room for a batch in work and one queued.
 pub const DEFAULT_CAPACITY: u32 = 8192;
-
-/// Why a worker stopped serving.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// Started without the environment a coordinator sets.
-    #[error(
-        "{ENV_SOCKET} is not set: this is a pstream worker, started by a coordinator \
-         (for example `pstream-coord run --plugin <this binary> ...`), not by hand"
-    )]
-    NotAWorker,
-    /// `PSTREAM_SOCKET` is set, but this process was not started by a coordinator.
-    #[error("{0}")]
-    Stray(String),
-    /// The environment is set but unusable.
-    #[error("invalid worker environment: {0}")]
-    Environment(String),
-    /// The socket is not the coordinator's: the worker sent nothing secret.
-    #[error("refused the socket {path}: {reason}; it is not this worker's coordinator")]
-    Untrusted {
-        /// The socket path.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Could not reach the coordinator.
-    #[error("connect to the coordinator at {path}")]
-    Connect {
-        /// The socket path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The coordinator refused us.
-    #[error("the coordinator rejected this worker: {0}")]
-    Rejected(String),
-    /// The coordinator sent something we cannot read.
-    #[error("read from the coordinator")]
-    Read(#[source] DecodeError),
-    /// We could not send.
-    #[error("write to the coordinator")]
-    Write(#[source] EncodeError),
-    /// The coordinator broke the protocol.
-    #[error("protocol violation by the coordinator: {0}")]
-    Protocol(String),
-}
 
 /// Serve the functions of this binary to the coordinator named by the environment,
 /// until it says `Shutdown` or closes the connection.
@@ -448,64 +403,6 @@ fn connect_err(config: &Summons) -> impl Fn(std::io::Error) -> WorkerError + '_ 
     }
 }
 
-/// The connection's sending side, shared by the compute loop and the progress
-/// reporter.
-struct Outbox {
-    writer: Mutex<BufWriter<UnixStream>>,
-    peer_max: usize,
-}
-
-impl Outbox {
-    fn send(&self, message: &Message, items: &Items) -> Result<(), WorkerError> {
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        write_frame(&mut *writer, message, items, self.peer_max).map_err(WorkerError::Write)?;
-        writer
-            .flush()
-            .map_err(|e| WorkerError::Write(EncodeError::Io(e)))
-    }
-}
-
-/// Which batch is in work and how far along it is.
-#[derive(Default)]
-struct Progress {
-    /// The batch in work: (job, seq).
-    batch: Mutex<Option<(u64, u64)>>,
-    /// Items of it computed.
-    done: AtomicU32,
-}
-
-/// Every interval, tell the coordinator how far the batch in work has come, if it
-/// moved; if it did not, say so again every [`PROGRESS_HEARTBEAT`] intervals. A hung
-/// item is then known exactly, without bisection: the repeated report shows this
-/// process alive and still on that item. A process frozen whole (SIGSTOP, a stopped
-/// terminal job) repeats nothing, and the coordinator bisects instead.
-fn report_progress(outbox: &Outbox, progress: &Progress, interval: Duration) {
-    let mut last = None;
-    let mut quiet = 0u32;
-    loop {
-        std::thread::sleep(interval);
-        let batch = *progress.batch.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((job, seq)) = batch else {
-            continue;
-        };
-        let done = progress.done.load(Ordering::Relaxed);
-        if last == Some((seq, done)) {
-            quiet += 1;
-            if quiet < PROGRESS_HEARTBEAT {
-                continue;
-            }
-        }
-        quiet = 0;
-        last = Some((seq, done));
-        if outbox
-            .send(&Message::Progress { job, seq, done }, &Items::new())
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
 /// Compute a batch, sending its results in one or more frames.
 fn run_batch(
     header: &BatchHeader,
@@ -515,19 +412,10 @@ fn run_batch(
     outbox: &Outbox,
     progress: &Progress,
 ) -> Result<(), WorkerError> {
-    let peer_max = outbox.peer_max;
     progress.done.store(0, Ordering::Relaxed);
     *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = Some((header.job, header.seq));
     out.clear();
-    let mut batch = Batch {
-        header,
-        items,
-        out,
-        flush_interval,
-        outbox,
-        progress,
-        peer_max,
-    };
+    let mut batch = Batch::new(header, items, out, flush_interval, outbox, progress);
     let result = match registry().get(header.function.as_str()) {
         Some(reg) => (reg.batch)(&mut batch),
         None => {
@@ -545,139 +433,4 @@ fn run_batch(
     };
     *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = None;
     result
-}
-
-/// A batch in work, as a registered function's batch entry point
-/// ([`crate::Registration::batch`]) gets it.
-#[doc(hidden)]
-pub struct Batch<'a> {
-    header: &'a BatchHeader,
-    items: &'a Items,
-    out: &'a mut Items,
-    flush_interval: Duration,
-    outbox: &'a Outbox,
-    progress: &'a Progress,
-    peer_max: usize,
-}
-
-impl std::fmt::Debug for Batch<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batch")
-            .field("job", &self.header.job)
-            .field("seq", &self.header.seq)
-            .field("items", &self.items.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Batch<'_> {
-    /// How the batch's items are encoded.
-    pub fn codec(&self) -> Codec {
-        self.header.codec
-    }
-
-    /// Compute every item with `call`, sending the results in one or more frames.
-    /// `call` gets the codec, the item's bytes followed by the rest of the batch's
-    /// (a decoder of self-delimiting values reads faster with room to spare), the
-    /// item's length, and where to append the encoded result. Generic, so that each
-    /// function's loop is compiled with its decoding, body and encoding inlined.
-    #[inline(always)]
-    pub fn run<F>(&mut self, mut call: F) -> Result<(), WorkerError>
-    where
-        F: FnMut(Codec, &[u8], usize, &mut Vec<u8>) -> Result<(), CallError>,
-    {
-        let Batch {
-            header,
-            items,
-            ref mut out,
-            flush_interval,
-            outbox,
-            progress,
-            peer_max,
-        } = *self;
-        let mut failures = Vec::new();
-        let mut offset = 0usize;
-        let mut clock = FlushClock::new(flush_interval);
-        let budget = |items: usize, failures: usize| {
-            peer_max.saturating_sub(frame_overhead(items, failures))
-        };
-        let send = |out: &mut Items,
-                    failures: &mut Vec<ItemFailure>,
-                    offset: &mut usize|
-         -> Result<(), WorkerError> {
-            let results = ResultsHeader {
-                job: header.job,
-                seq: header.seq,
-                offset: *offset as u32,
-                failures: std::mem::take(failures),
-                packed: header.packed_results,
-            };
-            outbox.send(&Message::Results(results), out)?;
-            *offset += out.len();
-            out.clear();
-            Ok(())
-        };
-        let data = items.data();
-        let mut start = 0usize;
-        for &end in items.ends() {
-            let (item_start, len) = (start, end as usize - start);
-            start = end as usize;
-            let outcome = out.push_with(|buf| {
-                let input = &data[item_start..];
-                match unwind::catch(|| call(header.codec, input, len, buf)) {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err((e.kind, e.message, None)),
-                    Err(Panic { message, location }) => {
-                        Err((FailureKind::Panicked, message, location))
-                    }
-                }
-            });
-            let outcome = match outcome {
-                Ok(()) if out.data_len() > budget(out.len(), failures.len()) => {
-                    let last = out.get(out.len() - 1).unwrap_or_default().to_vec();
-                    out.pop();
-                    if last.len() > budget(1, 1) {
-                        Err((
-                            FailureKind::TooLarge,
-                            format!(
-                                "the result is {} bytes, more than a frame of at most {peer_max} \
-                             bytes can carry; raise the frame limit (PoolBuilder::max_frame, \
-                             pstream-coord run --max-frame)",
-                                last.len()
-                            ),
-                            None,
-                        ))
-                    } else {
-                        // It fits alone: send what came before, then start afresh with it.
-                        send(out, &mut failures, &mut offset)?;
-                        out.push(&last);
-                        Ok(())
-                    }
-                }
-                other => other,
-            };
-            match outcome {
-                Ok(()) => {}
-                Err((kind, message, location)) => {
-                    out.push_empty();
-                    failures.push(ItemFailure {
-                        slot: (out.len() - 1) as u32,
-                        kind,
-                        message: truncate_message(message),
-                        location,
-                    });
-                }
-            }
-            progress
-                .done
-                .store((offset + out.len()) as u32, Ordering::Relaxed);
-            if clock.due() && !out.is_empty() {
-                send(out, &mut failures, &mut offset)?;
-            }
-        }
-        if !out.is_empty() || offset == 0 {
-            send(out, &mut failures, &mut offset)?;
-        }
-        Ok(())
-    }
 }

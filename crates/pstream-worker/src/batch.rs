@@ -1,0 +1,232 @@
+//! A batch in work: [`Batch`], which a registered function's batch entry point
+//! computes, and where its results and progress go ([`Outbox`], [`Progress`]).
+//! Imports only the errors: the registry and the serve loop both use it.
+
+use std::io::{BufWriter, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pstream_protocol::unwind::{self, Panic};
+use pstream_protocol::{
+    frame_overhead, truncate_message, write_frame, BatchHeader, Codec, EncodeError, FailureKind,
+    FlushClock, ItemFailure, Items, Message, ResultsHeader, PROGRESS_HEARTBEAT,
+};
+
+use crate::error::{CallError, WorkerError};
+
+/// The connection's sending side, shared by the compute loop and the progress
+/// reporter.
+pub(crate) struct Outbox {
+    pub writer: Mutex<BufWriter<UnixStream>>,
+    /// The most bytes a frame to the coordinator may take.
+    pub peer_max: usize,
+}
+
+impl Outbox {
+    pub fn send(&self, message: &Message, items: &Items) -> Result<(), WorkerError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        write_frame(&mut *writer, message, items, self.peer_max).map_err(WorkerError::Write)?;
+        writer
+            .flush()
+            .map_err(|e| WorkerError::Write(EncodeError::Io(e)))
+    }
+}
+
+/// Which batch is in work and how far along it is.
+#[derive(Default)]
+pub(crate) struct Progress {
+    /// The batch in work: (job, seq).
+    pub batch: Mutex<Option<(u64, u64)>>,
+    /// Items of it computed.
+    pub done: AtomicU32,
+}
+
+/// Every interval, tell the coordinator how far the batch in work has come, if it
+/// moved; if it did not, say so again every [`PROGRESS_HEARTBEAT`] intervals. A hung
+/// item is then known exactly, without bisection: the repeated report shows this
+/// process alive and still on that item. A process frozen whole (SIGSTOP, a stopped
+/// terminal job) repeats nothing, and the coordinator bisects instead.
+pub(crate) fn report_progress(outbox: &Outbox, progress: &Progress, interval: Duration) {
+    let mut last = None;
+    let mut quiet = 0u32;
+    loop {
+        std::thread::sleep(interval);
+        let batch = *progress.batch.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((job, seq)) = batch else {
+            continue;
+        };
+        let done = progress.done.load(Ordering::Relaxed);
+        if last == Some((seq, done)) {
+            quiet += 1;
+            if quiet < PROGRESS_HEARTBEAT {
+                continue;
+            }
+        }
+        quiet = 0;
+        last = Some((seq, done));
+        if outbox
+            .send(&Message::Progress { job, seq, done }, &Items::new())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A batch in work, as a registered function's batch entry point
+/// ([`crate::Registration::batch`]) gets it.
+#[doc(hidden)]
+pub struct Batch<'a> {
+    header: &'a BatchHeader,
+    items: &'a Items,
+    out: &'a mut Items,
+    flush_interval: Duration,
+    outbox: &'a Outbox,
+    progress: &'a Progress,
+    peer_max: usize,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("job", &self.header.job)
+            .field("seq", &self.header.seq)
+            .field("items", &self.items.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Batch<'a> {
+    /// A batch to compute: its header and items, where its results go (`out`, then
+    /// `outbox`), and the progress it reports.
+    pub(crate) fn new(
+        header: &'a BatchHeader,
+        items: &'a Items,
+        out: &'a mut Items,
+        flush_interval: Duration,
+        outbox: &'a Outbox,
+        progress: &'a Progress,
+    ) -> Batch<'a> {
+        Batch {
+            header,
+            items,
+            out,
+            flush_interval,
+            outbox,
+            progress,
+            peer_max: outbox.peer_max,
+        }
+    }
+
+    /// How the batch's items are encoded.
+    pub fn codec(&self) -> Codec {
+        self.header.codec
+    }
+
+    /// Compute every item with `call`, sending the results in one or more frames.
+    /// `call` gets the codec, the item's bytes followed by the rest of the batch's
+    /// (a decoder of self-delimiting values reads faster with room to spare), the
+    /// item's length, and where to append the encoded result. Generic, so that each
+    /// function's loop is compiled with its decoding, body and encoding inlined.
+    #[inline(always)]
+    pub fn run<F>(&mut self, mut call: F) -> Result<(), WorkerError>
+    where
+        F: FnMut(Codec, &[u8], usize, &mut Vec<u8>) -> Result<(), CallError>,
+    {
+        let Batch {
+            header,
+            items,
+            ref mut out,
+            flush_interval,
+            outbox,
+            progress,
+            peer_max,
+        } = *self;
+        let mut failures = Vec::new();
+        let mut offset = 0usize;
+        let mut clock = FlushClock::new(flush_interval);
+        let budget = |items: usize, failures: usize| {
+            peer_max.saturating_sub(frame_overhead(items, failures))
+        };
+        let send = |out: &mut Items,
+                    failures: &mut Vec<ItemFailure>,
+                    offset: &mut usize|
+         -> Result<(), WorkerError> {
+            let results = ResultsHeader {
+                job: header.job,
+                seq: header.seq,
+                offset: *offset as u32,
+                failures: std::mem::take(failures),
+                packed: header.packed_results,
+            };
+            outbox.send(&Message::Results(results), out)?;
+            *offset += out.len();
+            out.clear();
+            Ok(())
+        };
+        let data = items.data();
+        let mut start = 0usize;
+        for &end in items.ends() {
+            let (item_start, len) = (start, end as usize - start);
+            start = end as usize;
+            let outcome = out.push_with(|buf| {
+                let input = &data[item_start..];
+                match unwind::catch(|| call(header.codec, input, len, buf)) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err((e.kind, e.message, None)),
+                    Err(Panic { message, location }) => {
+                        Err((FailureKind::Panicked, message, location))
+                    }
+                }
+            });
+            let outcome = match outcome {
+                Ok(()) if out.data_len() > budget(out.len(), failures.len()) => {
+                    let last = out.get(out.len() - 1).unwrap_or_default().to_vec();
+                    out.pop();
+                    if last.len() > budget(1, 1) {
+                        Err((
+                            FailureKind::TooLarge,
+                            format!(
+                                "the result is {} bytes, more than a frame of at most {peer_max} \
+                             bytes can carry; raise the frame limit (PoolBuilder::max_frame, \
+                             pstream-coord run --max-frame)",
+                                last.len()
+                            ),
+                            None,
+                        ))
+                    } else {
+                        // It fits alone: send what came before, then start afresh with it.
+                        send(out, &mut failures, &mut offset)?;
+                        out.push(&last);
+                        Ok(())
+                    }
+                }
+                other => other,
+            };
+            match outcome {
+                Ok(()) => {}
+                Err((kind, message, location)) => {
+                    out.push_empty();
+                    failures.push(ItemFailure {
+                        slot: (out.len() - 1) as u32,
+                        kind,
+                        message: truncate_message(message),
+                        location,
+                    });
+                }
+            }
+            progress
+                .done
+                .store((offset + out.len()) as u32, Ordering::Relaxed);
+            if clock.due() && !out.is_empty() {
+                send(out, &mut failures, &mut offset)?;
+            }
+        }
+        if !out.is_empty() || offset == 0 {
+            send(out, &mut failures, &mut offset)?;
+        }
+        Ok(())
+    }
+}

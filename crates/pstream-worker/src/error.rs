@@ -1,0 +1,71 @@
+//! What can go wrong: a worker's ([`WorkerError`], it stops serving) and one call's
+//! ([`CallError`], its item fails). A leaf: it imports none of the crate's modules.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use pstream_protocol::{DecodeError, EncodeError, FailureKind, ENV_SOCKET};
+
+/// Why a worker stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Started without the environment a coordinator sets.
+    #[error(
+        "{ENV_SOCKET} is not set: this is a pstream worker, started by a coordinator \
+         (for example `pstream-coord run --plugin <this binary> ...`), not by hand"
+    )]
+    NotAWorker,
+    /// `PSTREAM_SOCKET` is set, but this process was not started by a coordinator.
+    #[error("{0}")]
+    Stray(String),
+    /// The environment is set but unusable.
+    #[error("invalid worker environment: {0}")]
+    Environment(String),
+    /// The socket is not the coordinator's: the worker sent nothing secret.
+    #[error("refused the socket {path}: {reason}; it is not this worker's coordinator")]
+    Untrusted {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Could not reach the coordinator.
+    #[error("connect to the coordinator at {path}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The coordinator refused us.
+    #[error("the coordinator rejected this worker: {0}")]
+    Rejected(String),
+    /// The coordinator sent something we cannot read.
+    #[error("read from the coordinator")]
+    Read(#[source] DecodeError),
+    /// We could not send.
+    #[error("write to the coordinator")]
+    Write(#[source] EncodeError),
+    /// The coordinator broke the protocol.
+    #[error("protocol violation by the coordinator: {0}")]
+    Protocol(String),
+}
+
+/// Why one call failed (other than by panicking).
+#[derive(Debug)]
+pub struct CallError {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// Why, for the user.
+    pub message: String,
+}
+
+impl CallError {
+    pub(crate) fn new(kind: FailureKind, message: impl fmt::Display) -> CallError {
+        CallError {
+            kind,
+            message: message.to_string(),
+        }
+    }
+}
