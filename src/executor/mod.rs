@@ -3,7 +3,7 @@
 //!
 //! * `mod.rs` (this file): the trait, what it runs ([`Task`]) and what it returns
 //!   ([`Results`]).
-//! * `threads.rs`: the thread executor — worker threads that read the input in
+//! * `threads/`: the thread executor — worker threads that read the input in
 //!   turns, reassembly.
 //! * `processes.rs`: the process executor, a face over [`ProcessPool`](crate::ProcessPool).
 //! * the memory bound is the coordinator's [`pstream_coordinator::Window`], shared with the pool.
