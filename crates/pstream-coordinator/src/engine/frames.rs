@@ -64,7 +64,10 @@ impl Engine {
         w.connected(conn, join.capacity as usize, Instant::now());
         self.consecutive_failures = 0;
         self.counters.ready.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(wid, ?pid, "worker ready");
+        match pid {
+            Some(pid) => tracing::debug!(wid, pid, "worker ready"),
+            None => tracing::debug!(wid, "worker ready"),
+        }
         if self.ready.is_some() {
             let connected = self.workers.values().filter(|w| w.usable()).count();
             if connected >= self.config.workers {

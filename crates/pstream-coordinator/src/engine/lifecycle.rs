@@ -109,7 +109,7 @@ impl Engine {
                 }
                 Some(KillReason::Handshake(_)) | None => Cause::Crash(exit),
             };
-            tracing::info!(wid, pid = ?w.pid(), %exit, "worker died");
+            tracing::info!(wid, pid = w.pid().unwrap_or(0), %exit, "worker died");
             let mut held = std::mem::take(&mut w.in_flight);
             // Younger batches never started: back to the front of the queue, in order.
             while held.len() > 1 {

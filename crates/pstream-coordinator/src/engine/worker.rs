@@ -157,7 +157,7 @@ impl Worker {
     /// → Ending, killed (the first reason given is kept).
     pub fn kill(&mut self, reason: KillReason) {
         if !self.is_ending() {
-            tracing::warn!(pid = ?self.pid(), ?reason, "killing worker");
+            tracing::warn!(pid = self.pid().unwrap_or(0), ?reason, "killing worker");
             self.end(Some(reason));
         }
         self.kill_process();
