@@ -5,10 +5,11 @@ test:
     cargo test --workspace
 
 # Build the benchmark harness in release and run it; pass flags through, e.g.
-# `just bench --quick` or `just bench --only double sha --runs 5`.
+# `just bench --quick` or `just bench --only double sha --runs 5`. The SVG charts
+# go to docs/bench/, where docs/benchmarks.md embeds them.
 bench *ARGS:
     cargo build --release -p pstream-bench -p pstream-coord
-    target/release/pstream-bench {{ARGS}}
+    target/release/pstream-bench --charts docs/bench {{ARGS}}
 
 # Formatting and lints, as CI checks them.
 lint:

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::chart::{Bar, Chart, Plot};
 use crate::report::{count, median, median_ratio, rate, ratio, secs, Summary, Table};
 use crate::{BoxError, Settings};
 
@@ -354,12 +355,34 @@ pub(crate) fn expected_doubles(n: u64) -> ([u8; 32], u64) {
 }
 
 pub(crate) fn print_peers(
+    summary: &mut Summary,
+    (stem, title): (&str, &str),
     unit: &str,
     items: u64,
     extra: Option<(&str, f64)>,
     peers: &[&Peer],
     base: &Peer,
 ) {
+    let per_sec = |t: f64| items as f64 / t;
+    summary.chart(Chart {
+        stem: stem.into(),
+        title: title.into(),
+        plot: Plot::Bars {
+            unit: format!("{unit} (median; whisker: slowest to fastest round)"),
+            bars: peers
+                .iter()
+                .filter(|p| p.runs() && !p.times.is_empty())
+                .map(|p| Bar {
+                    name: p.name.replace('`', ""),
+                    value: per_sec(median(&p.times)),
+                    range: Some((
+                        per_sec(p.times.iter().copied().fold(0.0, f64::max)),
+                        per_sec(p.times.iter().copied().fold(f64::INFINITY, f64::min)),
+                    )),
+                })
+                .collect(),
+        },
+    });
     let mut headers = vec!["contender", "median time", unit];
     if let Some((h, _)) = extra {
         headers.push(h);
@@ -503,7 +526,18 @@ fn lines_scenario(s: &Settings, summary: &mut Summary, coord: &Path) -> Result<(
             .into());
         }
     }
-    print_peers("lines/s", n, None, &[&ps, &par, &py, &awk], &ps);
+    print_peers(
+        summary,
+        (
+            "cli-lines",
+            &format!("doubling {} lines on the command line", count(n)),
+        ),
+        "lines/s",
+        n,
+        None,
+        &[&ps, &par, &py, &awk],
+        &ps,
+    );
     let vs_par = par.slowdown_vs(&ps);
     if par.runs() {
         println!(
@@ -752,6 +786,11 @@ fn checksum_scenario(s: &Settings, summary: &mut Summary, coord: &Path) -> Resul
     );
     println!();
     print_peers(
+        summary,
+        (
+            "cli-sha256sum",
+            &format!("sha256sum over {} files", count(n)),
+        ),
         "files/s",
         n,
         Some(("MB/s", total as f64)),

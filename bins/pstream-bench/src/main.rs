@@ -1,9 +1,10 @@
 //! pstream's benchmark harness.
 //!
-//! `pstream-bench [--quick] [--only SCENARIO...] [--runs N]` prints markdown tables
-//! that put pstream next to a sequential loop, a rayon thread pool, a minimal
-//! hand-written process pool (the floor a process pool can hope for) and Python's
-//! `multiprocessing.Pool.imap`, then a summary against pstream's targets.
+//! `pstream-bench [--quick] [--only SCENARIO...] [--runs N] [--charts DIR]` prints
+//! markdown tables that put pstream next to a sequential loop, a rayon thread pool,
+//! a minimal hand-written process pool (the floor a process pool can hope for) and
+//! Python's `multiprocessing.Pool.imap`, then a summary against pstream's targets,
+//! and writes an SVG chart of each scenario into DIR.
 //!
 //! The binary is its own worker: it links the example functions and calls
 //! `pstream::init()` first, so pools re-execute it. It also re-executes itself with
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use pstream_examples as _; // links the example functions into this binary's workers
 
+mod chart;
 mod cli;
 mod machine;
 mod python;
@@ -41,6 +43,13 @@ struct Cli {
     /// Runs per measurement; the tables show the median.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Write an SVG chart of each scenario's figures into DIR (`just bench` passes
+    /// docs/bench, where docs/benchmarks.md embeds them).
+    #[arg(long, value_name = "DIR", default_value = "target/bench")]
+    charts: std::path::PathBuf,
+    /// Write no charts (overrides --charts).
+    #[arg(long)]
+    no_charts: bool,
     #[command(subcommand)]
     hidden: Option<Hidden>,
 }
@@ -147,6 +156,13 @@ fn run(cli: &Cli) -> Result<(), BoxError> {
             continue;
         }
         scenarios::run(scenario, &settings, &mut summary)?;
+        for chart in summary.take_charts() {
+            if !cli.no_charts {
+                let path = chart.write(&cli.charts)?;
+                println!("- chart: {}", path.display());
+                println!();
+            }
+        }
     }
     summary.print();
     println!(

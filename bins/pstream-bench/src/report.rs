@@ -129,6 +129,7 @@ struct Target {
 #[derive(Debug, Default)]
 pub struct Summary {
     targets: Vec<Target>,
+    charts: Vec<crate::chart::Chart>,
 }
 
 impl Summary {
@@ -140,6 +141,16 @@ impl Summary {
             goal: goal.into(),
             met,
         });
+    }
+
+    /// Keep a chart of a scenario's figures, to be written when the scenario ends.
+    pub fn chart(&mut self, chart: crate::chart::Chart) {
+        self.charts.push(chart);
+    }
+
+    /// The charts kept since the last call.
+    pub fn take_charts(&mut self) -> Vec<crate::chart::Chart> {
+        std::mem::take(&mut self.charts)
     }
 
     /// Print the summary table.

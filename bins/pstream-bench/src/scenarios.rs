@@ -16,6 +16,7 @@ use pstream_examples::{double, sha256_bytes, slow_double, Blob};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use crate::chart::{Bar, Chart, Plot, Series};
 use crate::python::Python;
 use crate::reference::{self, RefPool};
 use crate::report::{count, median, median_ratio, rate, ratio, secs, timed, Summary, Table};
@@ -78,8 +79,17 @@ impl Contender {
     }
 }
 
-/// Print the contenders' medians, with each one's speed relative to `base`.
-fn print_contenders(items: u64, contenders: &[&Contender], base: &Contender) {
+/// Print the contenders' medians, with each one's speed relative to `base`, and
+/// keep a chart of their throughputs (median, with the range over the rounds) as
+/// `<stem>.svg`.
+fn print_contenders(
+    summary: &mut Summary,
+    (stem, title): (&str, &str),
+    items: u64,
+    contenders: &[&Contender],
+    base: &Contender,
+) {
+    summary.chart(throughput_chart(stem, title, items, contenders));
     let mut table = Table::new(&[
         "contender",
         "median time",
@@ -100,6 +110,33 @@ fn print_contenders(items: u64, contenders: &[&Contender], base: &Contender) {
         ]);
     }
     table.print();
+}
+
+/// A bar per contender that ran: millions of items per second at the median time,
+/// the whisker spanning the slowest and the fastest round.
+fn throughput_chart(stem: &str, title: &str, items: u64, contenders: &[&Contender]) -> Chart {
+    let per_sec = |t: f64| items as f64 / t / 1e6;
+    let bars = contenders
+        .iter()
+        .filter(|c| c.runs() && !c.times.is_empty())
+        .map(|c| {
+            let fastest = c.times.iter().copied().fold(f64::INFINITY, f64::min);
+            let slowest = c.times.iter().copied().fold(0.0, f64::max);
+            Bar {
+                name: c.name.replace('`', ""),
+                value: per_sec(median(&c.times)),
+                range: Some((per_sec(slowest), per_sec(fastest))),
+            }
+        })
+        .collect();
+    Chart {
+        stem: stem.into(),
+        title: title.into(),
+        plot: Plot::Bars {
+            unit: "million items per second (median; whisker: slowest to fastest round)".into(),
+            bars,
+        },
+    }
 }
 
 fn check<T: PartialEq + std::fmt::Debug>(who: &str, got: T, want: T) -> Result<(), BoxError> {
@@ -217,7 +254,16 @@ fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> 
         }
     }
 
-    print_contenders(n, &[&ps, &wide, &seq, &ray, &floor, &py], &ps);
+    print_contenders(
+        summary,
+        (
+            "double",
+            &format!("double over {} i64: throughput", count(n)),
+        ),
+        n,
+        &[&ps, &wide, &seq, &ray, &floor, &py],
+        &ps,
+    );
     let vs_python = py.slowdown_vs(&ps);
     let vs_floor = floor.slowdown_vs(&ps);
     if py.runs() {
@@ -313,7 +359,16 @@ fn sha_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
         check("rayon", sum, want)?;
         ray.times.push(d.as_secs_f64());
     }
-    print_contenders(n, &[&ps, &seq, &ray], &ps);
+    print_contenders(
+        summary,
+        (
+            "sha",
+            &format!("SHA-256 over {} items of 1 KiB: throughput", count(n)),
+        ),
+        n,
+        &[&ps, &seq, &ray],
+        &ps,
+    );
     let vs_rayon = ray.slowdown_vs(&ps);
     println!(
         "- pstream / rayon throughput: **{}** ({} MiB/s hashed by pstream)",
@@ -400,7 +455,19 @@ fn scaling_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         check("rayon", sum, expected)?;
         ray.times.push(d.as_secs_f64());
     }
-    print_contenders(n, &[&ps, &seq, &ray], &ps);
+    print_contenders(
+        summary,
+        (
+            "scaling",
+            &format!(
+                "slow_double (~20 µs per item) over {} items: throughput",
+                count(n)
+            ),
+        ),
+        n,
+        &[&ps, &seq, &ray],
+        &ps,
+    );
     let efficiency = median(&scaling);
     let rayon_efficiency = seq.slowdown_vs(&ray) / s.workers as f64;
     println!(
@@ -508,6 +575,7 @@ fn rss_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
         "items/s",
     ]);
     let mut peaks = Vec::new();
+    let mut builds = Vec::new();
     for &n in sizes {
         // One run of the largest size is enough: it takes a while, and varies little.
         let runs = if n >= 100_000_000 { 1 } else { s.runs };
@@ -524,6 +592,7 @@ fn rss_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
         let peak = median(&results.iter().map(|r| r.peak_kib).collect::<Vec<_>>());
         let t = median(&results.iter().map(|r| r.secs).collect::<Vec<_>>());
         peaks.push((n, peak));
+        builds.push((n as f64, build / 1024.0));
         table.row(vec![
             count(n),
             runs.to_string(),
@@ -534,6 +603,27 @@ fn rss_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
         ]);
     }
     table.print();
+    summary.chart(Chart {
+        stem: "rss".into(),
+        title: format!("coordinator peak RSS mapping double, {} workers", s.workers),
+        plot: Plot::Lines {
+            x_desc: "items mapped".into(),
+            y_desc: "peak RSS (MiB)".into(),
+            series: vec![
+                Series {
+                    name: "after build".into(),
+                    points: builds.clone(),
+                },
+                Series {
+                    name: "at the end of the map".into(),
+                    points: peaks
+                        .iter()
+                        .map(|&(n, kib)| (n as f64, kib / 1024.0))
+                        .collect(),
+                },
+            ],
+        },
+    });
     let (first_n, first) = peaks[0];
     let (last_n, last) = peaks[peaks.len() - 1];
     let growth = last / first;
@@ -579,9 +669,15 @@ fn latency_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     );
     println!();
     let mut table = Table::new(&["what", "median", "min", "max"]);
+    let mut bars = Vec::new();
     let mut row = |what: String, times: &[f64]| {
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
         let max = times.iter().copied().fold(0.0, f64::max);
+        bars.push(Bar {
+            name: what.replace('`', ""),
+            value: median(times) * 1e3,
+            range: Some((min * 1e3, max * 1e3)),
+        });
         table.row(vec![what, secs(median(times)), secs(min), secs(max)]);
         median(times)
     };
@@ -665,6 +761,14 @@ fn latency_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         Err(why) => println!("- Python skipped: {why}"),
     }
     table.print();
+    summary.chart(Chart {
+        stem: "latency".into(),
+        title: format!("latency, {} workers", s.workers),
+        plot: Plot::Bars {
+            unit: "milliseconds (median; whisker: min to max)".into(),
+            bars,
+        },
+    });
     summary.add(
         "worker death → replacement serving",
         secs(respawn),
@@ -795,6 +899,31 @@ fn fire_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
         ]);
     }
     table.print();
+    summary.chart(Chart {
+        stem: "fire".into(),
+        title: format!(
+            "slow_double over {} items, {} workers, calm and under fire",
+            count(n),
+            s.workers
+        ),
+        plot: Plot::Bars {
+            unit: "thousand items per second (median; whisker: slowest to fastest run)".into(),
+            bars: [("no kills", &calm), ("one SIGKILL per second", &fire)]
+                .into_iter()
+                .map(|(name, runs)| {
+                    let rates: Vec<f64> = runs.iter().map(|r| n as f64 / r.secs / 1e3).collect();
+                    Bar {
+                        name: name.into(),
+                        value: median(&rates),
+                        range: Some((
+                            rates.iter().copied().fold(f64::INFINITY, f64::min),
+                            rates.iter().copied().fold(0.0, f64::max),
+                        )),
+                    }
+                })
+                .collect(),
+        },
+    });
     let r = median(&ratios);
     println!(
         "- throughput under fire / calm throughput: **{}** (crashes per run: {:?}; failed items per run: {:?})",
@@ -821,7 +950,7 @@ fn fire_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
 /// one worker per core, next to what a Rust user would write instead: rayon's
 /// `par_bridge` (the rayon way to parallelise an iterator that is not a collection)
 /// and a sequential loop. Every contender reads the input as an iterator.
-fn executors_scenario(s: &Settings, _summary: &mut Summary) -> Result<(), BoxError> {
+fn executors_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
     let threads_ex = ThreadExecutor::builder().max_workers(s.workers).build();
     let processes_ex = ProcessExecutor::builder().max_workers(s.workers).build()?;
     let threads = rayon_pool(s.workers)?;
@@ -874,7 +1003,16 @@ fn executors_scenario(s: &Settings, _summary: &mut Summary) -> Result<(), BoxErr
         check("the sequential loop", sum, expected)?;
         seq.times.push(d.as_secs_f64());
     }
-    print_contenders(n, &[&th, &pr, &br, &seq], &th);
+    print_contenders(
+        summary,
+        (
+            "executors-double",
+            &format!("Executor API, double over {} i64: throughput", count(n)),
+        ),
+        n,
+        &[&th, &pr, &br, &seq],
+        &th,
+    );
     println!(
         "- throughput ÷ rayon `par_bridge`: ThreadExecutor **{}**, ProcessExecutor **{}**",
         ratio(br.slowdown_vs(&th)),
@@ -921,7 +1059,19 @@ fn executors_scenario(s: &Settings, _summary: &mut Summary) -> Result<(), BoxErr
         check("rayon par_bridge", sum, want)?;
         br.times.push(d.as_secs_f64());
     }
-    print_contenders(n, &[&th, &pr, &br, &seq], &th);
+    print_contenders(
+        summary,
+        (
+            "executors-sha",
+            &format!(
+                "Executor API, SHA-256 over {} items of 1 KiB: throughput",
+                count(n)
+            ),
+        ),
+        n,
+        &[&th, &pr, &br, &seq],
+        &th,
+    );
     println!(
         "- throughput ÷ rayon `par_bridge`: ThreadExecutor **{}**, ProcessExecutor **{}**",
         ratio(br.slowdown_vs(&th)),

@@ -169,7 +169,18 @@ fn exec_scenario(
         };
         (!same).then(|| format!("{} bytes of output, expected {}", out.len(), want.len()))
     })?;
-    print_peers("items/s", items, None, &[&ps, &par, &xargs], &ps);
+    print_peers(
+        summary,
+        (
+            &format!("shell-exec-{program}"),
+            &format!("a command per item: {what} over {} items", count(items)),
+        ),
+        "items/s",
+        items,
+        None,
+        &[&ps, &par, &xargs],
+        &ps,
+    );
     let vs_par = par.slowdown_vs(&ps);
     let vs_xargs = xargs.slowdown_vs(&ps);
     if par.runs() {
@@ -267,7 +278,18 @@ fn pipe_scenario(s: &Settings, summary: &mut Summary, coord: &str, n: u64) -> Re
             }
         }
     }
-    print_peers("lines/s", n, None, &[&ps, &par, &awk], &ps);
+    print_peers(
+        summary,
+        (
+            "shell-pipe",
+            &format!("pipe: awk doubling {} lines", count(n)),
+        ),
+        "lines/s",
+        n,
+        None,
+        &[&ps, &par, &awk],
+        &ps,
+    );
     let vs_par = par.slowdown_vs(&ps);
     if par.runs() {
         println!(
