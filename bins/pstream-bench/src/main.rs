@@ -106,6 +106,20 @@ enum Hidden {
     /// Run the reference pool alone over N items with W workers (for profiling).
     #[command(name = "__ref", hide = true)]
     Ref { items: u64, workers: usize },
+    /// Map `double` over N items with W workers, a window of WINDOW items and
+    /// batches of at most MAX_BATCH (the pool's defaults if not given) and print the
+    /// time (for profiling).
+    #[command(name = "__double", hide = true)]
+    Double {
+        items: u64,
+        workers: usize,
+        window: Option<usize>,
+        max_batch: Option<usize>,
+    },
+    /// Map SHA-256 over N items of 1 KiB with W workers and print the time (for
+    /// profiling).
+    #[command(name = "__sha", hide = true)]
+    Sha { items: u64, workers: usize },
 }
 
 /// How big the inputs are, and how often each measurement is repeated.
@@ -126,6 +140,13 @@ fn main() -> ExitCode {
         Some(Hidden::RefWorker { path }) => reference::serve(&path),
         Some(Hidden::Rss { items, workers }) => scenarios::rss_child(items, workers),
         Some(Hidden::Ref { items, workers }) => reference::run_alone(items, workers),
+        Some(Hidden::Double {
+            items,
+            workers,
+            window,
+            max_batch,
+        }) => scenarios::double_alone(items, workers, window, max_batch),
+        Some(Hidden::Sha { items, workers }) => scenarios::sha_alone(items, workers),
         None => run(&cli),
     };
     match result {

@@ -164,6 +164,58 @@ fn pstream_double(pool: &ProcessPool, n: u64) -> Result<i64, BoxError> {
     Ok(sum)
 }
 
+/// The `__double` child: `double` over `items` with a window of `window` items and
+/// batches of at most `max_batch`.
+pub fn double_alone(
+    items: u64,
+    workers: usize,
+    window: Option<usize>,
+    max_batch: Option<usize>,
+) -> Result<(), BoxError> {
+    // Workers from this file, not `/proc/self/exe`: under valgrind that is the tool.
+    let mut builder = ProcessPool::builder()
+        .workers(workers)
+        .program(std::env::current_exe()?);
+    if let Some(window) = window {
+        builder = builder.window(window);
+    }
+    if let Some(max_batch) = max_batch {
+        builder = builder.max_batch(max_batch);
+    }
+    let pool = builder.build()?;
+    let (d, sum) = timed(|| pstream_double(&pool, items));
+    check(
+        "pstream",
+        sum?,
+        (items as i128 * (items as i128 - 1)) as i64,
+    )?;
+    println!("{:.4}", d.as_secs_f64());
+    Ok(())
+}
+
+/// The `__sha` child: SHA-256 over `items` blobs of 1 KiB.
+pub fn sha_alone(items: u64, workers: usize) -> Result<(), BoxError> {
+    let pool = ProcessPool::builder()
+        .workers(workers)
+        .program(std::env::current_exe()?)
+        .build()?;
+    let (d, sum) = timed(|| -> Result<u64, BoxError> {
+        let mut sum = 0u64;
+        for r in pool.map(sha256_bytes, (0..items).map(|i| Blob(blob(i))))? {
+            sum ^= fold(r?);
+        }
+        Ok(sum)
+    });
+    let sum = sum?;
+    let mut want = 0u64;
+    for i in 0..items {
+        want ^= fold(sha(&blob(i)));
+    }
+    check("pstream", sum, want)?;
+    println!("{:.4}", d.as_secs_f64());
+    Ok(())
+}
+
 /// The window of the probe that shows what the default window costs.
 const WIDE_WINDOW: usize = 4 * pstream::DEFAULT_WINDOW;
 
