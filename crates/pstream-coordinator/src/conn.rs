@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use crate::link::Link;
 use pstream_protocol::{
-    decode_body, decode_body_at, encode_prefix, DecodeError, Frame, Items, Message, SEND_BUFFER,
+    decode_body, decode_body_at, encode_prefix, frame_len, DecodeError, Frame, Items, Message,
+    FRAME_PREFIX, SEND_BUFFER,
 };
 
 /// Bytes waiting to be written.
@@ -236,15 +237,14 @@ impl Conn {
     }
 
     fn take_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
-        let Some(total) = self.pending_frame_len() else {
+        if self.tail - self.head < FRAME_PREFIX {
             return Ok(None);
-        };
-        if total - 4 > self.max_frame {
-            return Err(DecodeError::TooLarge {
-                len: total - 4,
-                max: self.max_frame,
-            });
         }
+        let prefix: [u8; FRAME_PREFIX] = self.rbuf[self.head..self.head + FRAME_PREFIX]
+            .try_into()
+            .expect("FRAME_PREFIX bytes");
+        // The one length check of the protocol, before anything is allocated.
+        let total = FRAME_PREFIX + frame_len(prefix, self.max_frame)?;
         if self.tail - self.head < total {
             return Ok(None);
         }
