@@ -53,6 +53,57 @@
 //! }
 //! ```
 //!
+//! ## Per-worker state
+//! A function whose last argument is a reference, `words: &Words`, borrows state
+//! built once per worker process by [`WorkerState::init`] (a word list, a model,
+//! compiled patterns, a connection), which reads its configuration from the
+//! environment the pool gives its workers ([`PoolBuilder::env`]). It lives until
+//! the worker ends (recycled by [`PoolBuilder::max_items_per_worker`], or the pool
+//! dropped). An `init` that fails or panics ends the job with
+//! [`PoolError::WorkerState`], naming the worker and the message; no worker is
+//! restarted for it.
+//!
+//! ```
+//! use std::collections::HashSet;
+//!
+//! /// Words, one per line, from the file `$WORDS` names.
+//! struct Words(HashSet<String>);
+//!
+//! impl pstream::WorkerState for Words {
+//!     type Error = std::io::Error;
+//!     fn init() -> Result<Words, std::io::Error> {
+//!         let text = std::fs::read_to_string(std::env::var_os("WORDS").unwrap_or_default())?;
+//!         Ok(Words(text.lines().map(str::to_owned).collect()))
+//!     }
+//! }
+//!
+//! pstream::function! {
+//!     /// Whether a word is in the list.
+//!     fn known(word: String, words: &Words) -> bool { words.0.contains(&word) }
+//! }
+//!
+//! fn main() -> Result<(), pstream::PoolError> {
+//!     pstream::init();
+//!     let list = std::env::temp_dir().join(format!("words-{}", std::process::id()));
+//!     std::fs::write(&list, "cat\ndog\n").unwrap();
+//!     let pool = pstream::ProcessPool::builder().workers(2).env("WORDS", &list).build()?;
+//!     let found: Vec<bool> = pool
+//!         .map(known, ["cat", "cow"].map(String::from))?
+//!         .map(|r| r.unwrap())
+//!         .collect();
+//!     assert_eq!(found, [true, false]);
+//!
+//!     // A list that cannot be read: the job ends with the worker's error.
+//!     let pool = pstream::ProcessPool::builder().workers(1).env("WORDS", "/no/such").build()?;
+//!     let mut results = pool.map(known, ["cat".to_string()])?;
+//!     assert!(results.next().unwrap().is_err());
+//!     let error = results.pool_error().unwrap().to_string();
+//!     assert!(error.contains("No such file or directory"), "{error}");
+//!     std::fs::remove_file(&list).unwrap();
+//!     Ok(())
+//! }
+//! ```
+//!
 //! ## Guarantees
 //! * Never more than the window of items is read ahead of the consumer.
 //! * Every item comes back exactly once: as its value, or as an [`ItemError`] saying
@@ -75,7 +126,7 @@ pub use pstream_coordinator::{
     DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Function, LocalFn};
-pub use pstream_worker::{init, is_worker, plugin, serve};
+pub use pstream_worker::{init, is_worker, plugin, serve, WorkerState};
 
 /// Define functions that workers serve, and a typed handle to call each with.
 ///
@@ -124,8 +175,12 @@ pub use pstream_worker::{init, is_worker, plugin, serve};
 ///   type whose path ends in `Result` (`Result<T, E>`, `std::result::Result`,
 ///   `io::Result<T>`, an alias such as `anyhow::Result<T>`) is a result: the output
 ///   is `T`, and an `Err` fails that item with the error's text (`E: Display`).
+/// * **Per-worker state**: a last argument taken by reference, `words: &Words`, is
+///   not part of the input: it is a [`WorkerState`], built once in each worker
+///   process (by its `init`) and lent to every item there (see "Per-worker state"
+///   in the crate's documentation).
 /// * Refused, with a message saying why: generic, `async`, `const` or `unsafe`
-///   functions, `self`, arguments taken by reference.
+///   functions, `self`, other arguments taken by reference, `&mut` state.
 ///
 /// The handle is a constant, so no argument or local variable in the same module
 /// can share a function's name (a pattern would take it for the constant); the

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use pstream::Codec;
-use pstream_examples::upper;
+use pstream_examples::{lookup, upper, LOAD_LOG_ENV, WORDS_ENV};
 use support::*;
 
 /// A local `Vec<String>`, borrowed (not moved, not `'static`) by the job that reads
@@ -53,4 +53,152 @@ fn a_job_reads_a_borrowed_local_vec() {
     drop(raw);
     // Still ours.
     assert_eq!(words.len(), 500);
+}
+
+/// The pids in the load log, one line per loading of the word list.
+fn loads(log: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().expect("a pid per line"))
+        .collect()
+}
+
+/// A word list file and a load log in a fresh directory.
+fn word_files(words: &str) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("words.txt");
+    std::fs::write(&list, words).unwrap();
+    let log = dir.path().join("loads.log");
+    (dir, list, log)
+}
+
+/// The state is built once in each worker process that computes an item, and
+/// lives as long as that process: with workers recycled every 50 items, each of the
+/// many processes loaded the list exactly once.
+#[test]
+fn per_worker_state_is_built_once_per_worker_across_recycles() {
+    let _watchdog = watchdog(
+        "per_worker_state_is_built_once_per_worker_across_recycles",
+        Duration::from_secs(240),
+    );
+    let (_dir, list, log) = word_files("cat\ndog\n");
+    let pool = builder()
+        .workers(2)
+        .max_items_per_worker(50)
+        .max_batch(10)
+        .env(WORDS_ENV, &list)
+        .env(LOAD_LOG_ENV, &log)
+        .build()
+        .unwrap();
+    let words: Vec<String> = (0..600)
+        .map(|i| ["cat", "cow", "dog"][i % 3].to_string())
+        .collect();
+    let mut served = std::collections::BTreeSet::new();
+    for (i, result) in pool.map(lookup, words.iter().cloned()).unwrap().enumerate() {
+        let found = result.unwrap();
+        assert_eq!(found.known, i % 3 != 1, "item {i}");
+        served.insert(found.worker);
+    }
+    let mut loaded = loads(&log);
+    let n = loaded.len();
+    loaded.sort_unstable();
+    loaded.dedup();
+    assert_eq!(
+        loaded.len(),
+        n,
+        "a worker loaded the list twice: {loaded:?}"
+    );
+    let loaded: std::collections::BTreeSet<u32> = loaded.into_iter().collect();
+    // Every process that computed an item loaded the list, and only once; a
+    // worker that never got an item (started as the job ended) loaded nothing.
+    assert!(
+        served.is_subset(&loaded),
+        "{served:?} served, {loaded:?} loaded"
+    );
+    assert!(
+        served.len() >= 600 / 50,
+        "workers were recycled: {served:?}"
+    );
+    assert!(pool.stats().spawned >= served.len() as u64);
+}
+
+/// A loader that fails ends the job with a pool error naming the worker and the
+/// loader's message; no worker is restarted for it (each loaded once, at most), and
+/// the same workers still serve other functions.
+#[test]
+fn a_failing_state_initialiser_is_a_pool_error_not_a_crash_loop() {
+    let _watchdog = watchdog(
+        "a_failing_state_initialiser_is_a_pool_error_not_a_crash_loop",
+        Duration::from_secs(240),
+    );
+    let (dir, _list, log) = word_files("");
+    let missing = dir.path().join("no-such-list.txt");
+    let pool = builder()
+        .workers(2)
+        .env(WORDS_ENV, &missing)
+        .env(LOAD_LOG_ENV, &log)
+        .build()
+        .unwrap();
+    let workers = pool.worker_pids();
+    let words: Vec<String> = (0..1000).map(|i| format!("w{i}")).collect();
+    let mut results = pool.map(lookup, words.iter().cloned()).unwrap();
+    let first = results.next().expect("one item: the job's end");
+    let error = first.unwrap_err();
+    assert_eq!(error.kind.name(), "aborted", "{error}");
+    assert!(results.next().is_none(), "the job ended");
+    let pool_error = results.pool_error().expect("a pool error").to_string();
+    match results.pool_error() {
+        Some(pstream::PoolError::WorkerState { pid, message }) => {
+            assert!(workers.contains(pid), "{pid} is not one of {workers:?}");
+            assert!(
+                message.contains("Words")
+                    && message.contains("failed to initialise")
+                    && message.contains(&format!(
+                        "read the word list {}: No such file or directory",
+                        missing.display()
+                    )),
+                "{message}"
+            );
+        }
+        other => panic!("not a state error: {other:?}"),
+    }
+    assert!(pool_error.starts_with("worker "), "{pool_error}");
+    drop(results);
+    // No respawn: the workers are the first two, each tried to load at most once.
+    assert_eq!(pool.stats().spawned, 2);
+    assert_eq!(pool.worker_pids(), workers);
+    let mut loaded = loads(&log);
+    assert!(!loaded.is_empty() && loaded.len() <= 2, "{loaded:?}");
+    loaded.dedup();
+    assert!(loaded.iter().all(|p| workers.contains(p)), "{loaded:?}");
+    // The workers still serve the functions that need no state.
+    let upper_words: Vec<String> = pool
+        .map(upper, words.iter().take(100).cloned())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(upper_words[99], "W99");
+}
+
+/// A loader that panics: the same, with the panic's message and where it was.
+#[test]
+fn a_panicking_state_initialiser_is_a_pool_error_with_the_panic_message() {
+    let _watchdog = watchdog(
+        "a_panicking_state_initialiser_is_a_pool_error_with_the_panic_message",
+        Duration::from_secs(240),
+    );
+    let (_dir, list, _log) = word_files("  \n");
+    let pool = builder().workers(2).env(WORDS_ENV, &list).build().unwrap();
+    let mut results = pool.map(lookup, ["cat".to_string()]).unwrap();
+    assert!(results.next().unwrap().is_err());
+    assert!(results.next().is_none());
+    let error = results.pool_error().expect("a pool error").to_string();
+    assert!(
+        error.contains("panicked while initialising")
+            && error.contains(&format!("the word list {} is empty", list.display()))
+            && error.contains("words.rs"),
+        "{error}"
+    );
+    assert_eq!(pool.stats().spawned, 2);
 }

@@ -7,6 +7,8 @@
 //! * [`slow_double`]: like `double`, after about 20 µs of CPU.
 //! * [`misbehave`]: returns its `value`, or commits the `fault` it is asked for:
 //!   the crash-test fixture.
+//! * [`lookup`]: whether a word is in a list loaded from a file once per worker
+//!   (per-worker state, [`Words`]).
 //! * [`spawn_sleeper`]: starts a `sleep 600` it does not wait for, then commits a
 //!   fault: the fixture for "nothing a function starts outlives its worker".
 #![deny(missing_docs)]
@@ -16,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+mod words;
+pub use words::{lookup, Lookup, Words, LOAD_LOG_ENV, WORDS_ENV};
 
 pstream::function! {
     /// Twice the input; an error if that does not fit in an `i64`.

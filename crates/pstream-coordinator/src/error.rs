@@ -74,6 +74,16 @@ pub enum PoolError {
         /// What the workers serve.
         available: Vec<String>,
     },
+    /// A worker could not build the per-worker state of the job's function: its
+    /// initialiser failed or panicked. The worker stays up (and serves other
+    /// functions); the job cannot go on.
+    #[error("worker {pid}: {message}")]
+    WorkerState {
+        /// The worker's process id.
+        pid: u32,
+        /// Which state, and the initialiser's error or panic message.
+        message: String,
+    },
     /// The job's input iterator (or its item encoder) panicked.
     #[error("read the job's input: {0}")]
     Input(String),

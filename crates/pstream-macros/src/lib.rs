@@ -113,7 +113,11 @@ fn expand(krate: &TokenStream2, item: &ItemFn) -> syn::Result<TokenStream2> {
 
     let mut pats = Vec::new();
     let mut tys = Vec::new();
-    for arg in &sig.inputs {
+    // The last argument, taken by shared reference to a sized type that is not a
+    // slice or `str`, is per-worker state: `words: &Words`.
+    let mut state: Option<&Type> = None;
+    let count = sig.inputs.len();
+    for (position, arg) in sig.inputs.iter().enumerate() {
         let arg = match arg {
             FnArg::Typed(arg) => arg,
             FnArg::Receiver(r) => {
@@ -123,14 +127,29 @@ fn expand(krate: &TokenStream2, item: &ItemFn) -> syn::Result<TokenStream2> {
                 )
             }
         };
+        check_not_the_name(&arg.pat, name)?;
         if let Type::Reference(r) = &*arg.ty {
+            let unsized_input = matches!(&*r.elem, Type::Slice(_))
+                || matches!(&*r.elem, Type::Path(p) if p.path.is_ident("str"));
+            if position + 1 == count && r.mutability.is_none() && !unsized_input {
+                state = Some(&r.elem);
+                continue;
+            }
+            if r.mutability.is_some() && position + 1 == count && !unsized_input {
+                return refuse(
+                    r,
+                    "per-worker state is shared by the items: take it as `&T`, not \
+                     `&mut T` (use a `Mutex` or a `Cell` inside it to change it)",
+                );
+            }
             return refuse(
                 r,
                 "a pstream function takes its arguments by value (each item is decoded \
-                 into them): take `String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`",
+                 into them): take `String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`; \
+                 only the last argument may be a reference, `state: &T`, to state built \
+                 once per worker (`T: pstream::WorkerState`)",
             );
         }
-        check_not_the_name(&arg.pat, name)?;
         pats.push(&*arg.pat);
         tys.push(&*arg.ty);
     }
@@ -151,13 +170,36 @@ fn expand(krate: &TokenStream2, item: &ItemFn) -> syn::Result<TokenStream2> {
             (quote!((#(#many,)*)), quote!(concat!(#(#text),*)))
         }
     };
-    let args = match tys.len() {
+    let mut args = match tys.len() {
         0 => quote!(),
-        1 => quote!(__pstream_input),
+        1 => quote!(__pstream_input,),
         n => {
             let idx = (0..n).map(syn::Index::from);
-            quote!(#(__pstream_input.#idx),*)
+            quote!(#(__pstream_input.#idx,)*)
         }
+    };
+    // The state, fetched before the body is called: its cell is looked up once
+    // per function, and built once per process.
+    let (fetch_state, state_hook) = match state {
+        Some(state_ty) => {
+            args.extend(quote!(__pstream_state));
+            let fetch = quote! {
+                static __PSTREAM_CELL: ::std::sync::OnceLock<
+                    &'static #krate::__private::StateCell<#state_ty>,
+                > = ::std::sync::OnceLock::new();
+                let __pstream_state: &#state_ty = __PSTREAM_CELL
+                    .get_or_init(#krate::__private::state_cell::<#state_ty>)
+                    .get()
+                    .map_err(::std::string::ToString::to_string)?;
+            };
+            let hook = quote! {
+                const STATE: ::core::option::Option<
+                    fn() -> ::core::result::Result<(), &'static str>,
+                > = ::core::option::Option::Some(#krate::__private::prepare_state::<#state_ty>);
+            };
+            (fetch, hook)
+        }
+        None => (quote!(), quote!()),
     };
     let input_param = if tys.is_empty() {
         quote!(_: ())
@@ -237,6 +279,7 @@ fn expand(krate: &TokenStream2, item: &ItemFn) -> syn::Result<TokenStream2> {
             fn __pstream_local(
                 #input_param
             ) -> ::core::result::Result<#out_ty, ::std::string::String> {
+                #fetch_state
                 #call
             }
             #krate::__private::Function::__new(#name_str, __pstream_local)
@@ -248,6 +291,7 @@ fn expand(krate: &TokenStream2, item: &ItemFn) -> syn::Result<TokenStream2> {
                 type In = #in_ty;
                 type Out = #out_ty;
                 const LOCAL: #krate::__private::LocalFn<#in_ty, #out_ty> = #name.local();
+                #state_hook
             }
             #krate::__private::inventory::submit! {
                 #krate::__private::Registration {

@@ -50,9 +50,10 @@ pub use codec::{
 };
 pub use function::{Function, LocalFn};
 pub use items::Items;
+pub use message::{state_failure, state_failure_message};
 pub use message::{
     BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Join, Message,
-    ResultsHeader,
+    ResultsHeader, STATE_FAILURE,
 };
 pub use unwind::panic_message;
 

@@ -27,6 +27,7 @@ mod group;
 mod line;
 mod registry;
 mod serve;
+mod state;
 
 pub use error::{CallError, WorkerError};
 pub use pstream_protocol::Function;
@@ -34,6 +35,7 @@ pub use pstream_protocol::Function;
 pub use registry::__call_fallible;
 pub use registry::{functions, registry, BatchFn, CallFn, Registration};
 pub use serve::{serve_from_env, DEFAULT_CAPACITY};
+pub use state::WorkerState;
 
 /// What the expansion of [`function!`] names (through `$crate`, so that it works
 /// from any crate, whichever of `pstream` and `pstream-worker` it depends on).
@@ -42,6 +44,7 @@ pub mod __private {
     pub use crate::batch::Batch;
     pub use crate::registry::{batch, entry, type_names, Entry, Fallible, Registration};
     pub use crate::serve::Summons;
+    pub use crate::state::{prepare_state, state_cell, StateCell, WorkerState};
     pub use inventory;
     pub use pstream_macros::function as function_impl;
     pub use pstream_protocol::{Codec, Function, LocalFn};

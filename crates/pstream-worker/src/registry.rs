@@ -172,6 +172,9 @@ pub trait Entry: 'static {
     type Out: Serialize;
     /// The body.
     const LOCAL: LocalFn<Self::In, Self::Out>;
+    /// For a function that takes per-worker state: build it (or find it built),
+    /// before the batch's first item.
+    const STATE: Option<fn() -> Result<(), &'static str>> = None;
 }
 
 /// The [`CallFn`] of a function.
@@ -189,6 +192,14 @@ pub fn entry<E: Entry>(
 /// The [`BatchFn`] of a function.
 #[doc(hidden)]
 pub fn batch<E: Entry>(batch: &mut Batch<'_>) -> Result<(), WorkerError> {
+    if let Some(prepare) = E::STATE {
+        if let Err(reason) = prepare() {
+            // No item can be computed here: each says so, in the form the
+            // coordinator takes for "this worker's state failed".
+            let message = pstream_protocol::state_failure_message(std::process::id(), reason);
+            return batch.run(|_, _, _, _| Err(CallError::new(FailureKind::Failed, &message)));
+        }
+    }
     // A loop for bincode of its own: the codec is known in it, so no per-item
     // match, and no JSON code in the way.
     match batch.codec() {

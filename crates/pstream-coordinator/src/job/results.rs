@@ -329,10 +329,35 @@ impl<'input> RawResults<'input> {
                         message: String::new(),
                     },
                 );
+                if let ItemErrorKind::Failed { message } = &kind {
+                    if let Some((pid, reason)) = pstream_protocol::state_failure(message) {
+                        return self.state_failed(index, pid, reason);
+                    }
+                }
                 return Advanced::Failed(index, ItemError { index, kind });
             }
         }
         Advanced::Ready
+    }
+
+    /// A worker could not build the function's state: the job ends with that
+    /// error, yielded for this item as the job's end.
+    #[cold]
+    fn state_failed(&mut self, index: u64, pid: u32, reason: &str) -> Advanced {
+        let error = PoolError::WorkerState {
+            pid,
+            message: reason.to_string(),
+        };
+        let reason = error.to_string();
+        self.error = Some(Arc::new(error));
+        self.finish();
+        Advanced::Failed(
+            index,
+            ItemError {
+                index,
+                kind: ItemErrorKind::Aborted { reason },
+            },
+        )
     }
 
     /// The next message from the engine. When this thread reads the input, it
