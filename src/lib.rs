@@ -123,7 +123,7 @@
 pub use pstream_coordinator::{
     Codec, ExitCause, FunctionInfo, Indexed, InputThread, ItemError, ItemErrorKind, JobStats,
     MapResults, PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, StatsProbe,
-    DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
+    DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Function, LocalFn};
 pub use pstream_worker::{init, is_worker, plugin, serve, WorkerState};

@@ -328,6 +328,8 @@ fn welcome(stream: &mut UnixStream, hello: &Hello) {
         worker_id: 0,
         max_frame: 1 << 20,
         flush_interval_us: 2000,
+        heartbeat_ms: 0,
+        silence_ms: 0,
     };
     write_frame(stream, &welcome, &Items::new(), 1 << 20).unwrap();
 }

@@ -40,7 +40,7 @@ Documentation: docs/cli.md";
 pub enum Command {
     /// Run a function over every line of the input.
     #[command(after_help = EXIT_CODES)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a command per input item, as `xargs`/`parallel CMD {}` do: `exec -- CMD
     /// [ARG...]` ({} is the item; without it the item is the last argument).
     #[command(after_help = crate::shell::cli::EXEC_HELP)]
@@ -97,9 +97,38 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Format::Lines)]
     pub format: Format,
 
-    /// Worker processes (default: the number of CPUs).
-    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Worker processes on this machine (default: the number of CPUs; with
+    /// --listen, 0: only workers that join).
+    #[arg(long, short = 'j', value_name = "N")]
     pub workers: Option<u32>,
+
+    /// Also take workers that join over TCP at ADDR (HOST:PORT, e.g. 0.0.0.0:7077
+    /// or [::]:7077; port 0 = any free port). The address is printed on stderr.
+    /// A worker joins with `PLUGIN --connect HOST:PORT --token-file FILE`.
+    /// Needs --token-file. See docs/cluster.md.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    pub listen: Option<String>,
+
+    /// The job's token for workers that join over TCP: a file of this user with
+    /// mode 0600 holding 64 hexadecimal digits (made with a fresh token if it does
+    /// not exist). Workers read the same file; the token never crosses the network.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// With --listen: how long to wait while no worker is connected (before the
+    /// first joins, or after all are gone) before failing (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait_workers: Option<Duration>,
+
+    /// Over TCP: the heartbeat interval each way (default 1s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+
+    /// Over TCP: a worker heard nothing from for this long is lost and what it
+    /// held is run elsewhere, uncharged; a worker whose coordinator is silent as
+    /// long exits (default 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub heartbeat_timeout: Option<Duration>,
 
     /// The most lines read ahead of the output (memory is O(window x line size));
     /// lower it for very long lines.

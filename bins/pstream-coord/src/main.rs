@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Functions(args) => functions(&args),
-        Command::Run(args) => with_signals(|signals| run::run(args, signals)),
+        Command::Run(args) => with_signals(|signals| run::run(*args, signals)),
         Command::Exec(args) => with_signals(|signals| shell::exec(args, signals)),
         Command::Pipe(args) => with_signals(|signals| shell::pipe(args, signals)),
     };

@@ -649,7 +649,17 @@ fn build_pool(args: &RunArgs, mode: &impl Mode) -> Result<ProcessPool, CliError>
         // (a hung item, say) works for nothing, so it gets half a second, not 5 s.
         .shutdown_grace(SHUTDOWN_GRACE);
     if let Some(n) = args.workers {
+        if n == 0 && args.listen.is_none() {
+            return Err(CliError::Usage(
+                "--workers 0 starts no worker: give at least 1, or --listen ADDR for \
+                 workers that join over the network"
+                    .into(),
+            ));
+        }
         builder = builder.workers(n as usize);
+    }
+    if let Some(listen) = &args.listen {
+        builder = listen_for_workers(builder, args, listen)?;
     }
     if let Some(plugin) = &args.plugin {
         builder = builder.program(plugin);
@@ -682,6 +692,66 @@ pub(crate) fn start_error(what: &str, e: PoolError) -> CliError {
         return CliError::Run(what.into(), message.into());
     }
     CliError::Run(what.into(), e.into())
+}
+
+/// `--listen`: bind now, so the address is printed before the pool waits for the
+/// workers that join there; read (or make) the token file.
+fn listen_for_workers(
+    mut builder: pstream::PoolBuilder,
+    args: &RunArgs,
+    listen: &str,
+) -> Result<pstream::PoolBuilder, CliError> {
+    use std::net::ToSocketAddrs;
+    let token_file = args
+        .token_file
+        .as_ref()
+        .expect("clap requires --token-file with --listen");
+    match std::fs::symlink_metadata(token_file) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            pstream::protocol::auth::create_token_file(token_file)
+                .map_err(|e| CliError::Run("make the token file".into(), e.into()))?;
+            eprintln!(
+                "pstream-coord: made the token file {} (mode 0600) with a fresh token; \
+                 workers need a copy of it",
+                token_file.display()
+            );
+        }
+        _ => {}
+    }
+    // Checked now, so a bad file is a clear error before anything listens.
+    pstream::protocol::auth::read_token_file(token_file)
+        .map_err(|e| CliError::Usage(format!("--token-file: {e}")))?;
+    let addrs: Vec<_> = listen
+        .to_socket_addrs()
+        .map_err(|e| CliError::Usage(format!("--listen {listen}: {e} (give HOST:PORT)")))?
+        .collect();
+    let listener = std::net::TcpListener::bind(&addrs[..])
+        .map_err(|e| CliError::Run(format!("listen on {listen}"), e.into()))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| CliError::Run(format!("listen on {listen}"), e.into()))?;
+    let plugin = args
+        .plugin
+        .as_ref()
+        .map_or_else(|| "pstream-coord".to_string(), |p| p.display().to_string());
+    eprintln!(
+        "pstream-coord: listening on {bound}; workers join with: {plugin} --connect \
+         HOST:{} --token-file {}",
+        bound.port(),
+        token_file.display()
+    );
+    builder = builder.listener(listener).token_file(token_file);
+    if let Some(wait) = args.wait_workers {
+        builder = builder.wait_workers(wait);
+    }
+    let every = args.heartbeat.unwrap_or(pstream::DEFAULT_HEARTBEAT);
+    let silence = args.heartbeat_timeout.unwrap_or(pstream::DEFAULT_SILENCE);
+    if silence <= every {
+        return Err(CliError::Usage(format!(
+            "--heartbeat-timeout ({silence:?}) must be longer than --heartbeat ({every:?})"
+        )));
+    }
+    Ok(builder.heartbeat(every, silence))
 }
 
 fn served_by(plugin: Option<&Path>) -> String {

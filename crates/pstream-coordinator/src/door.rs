@@ -10,12 +10,13 @@
 //! whose maker is gone (killed by SIGKILL, say, so nothing ran to remove them).
 
 use std::collections::HashSet;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use nix::sys::socket::{getsockopt, shutdown, sockopt::PeerCredentials, Shutdown}
 use pstream_protocol::auth::{random_nonce, Role, Token};
 use pstream_protocol::{read_frame, write_frame, Frame, Items, Join, Message, PROTOCOL_VERSION};
 
-use crate::link::UnixLink;
+use crate::link::{TcpLink, UnixLink};
 use crate::vocab::{Event, Events};
 
 /// The largest Hello we read: names of a few thousand functions at most.
@@ -235,7 +236,23 @@ fn check_peer(
         ));
     }
     *ours = Some(peer_pid);
-    let hello = match read_frame(&mut &*stream, MAX_HELLO) {
+    let join = exchange(stream, checks, Some(peer_pid))?;
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| format!("clear the read timeout: {e}"))?;
+    Ok((peer_pid, join))
+}
+
+/// The handshake proper (docs/protocol.md), the same on every kind of connection:
+/// the peer says `Hello` (with `pid`, where the connection knows it, as its pid);
+/// the coordinator proves that it holds the token; the peer proves it too and
+/// says what it offers (`Join`).
+fn exchange(
+    mut stream: impl Read + Write,
+    checks: &Checks,
+    pid: Option<u32>,
+) -> Result<Join, String> {
+    let hello = match read_frame(&mut stream, MAX_HELLO) {
         Ok(Some(Frame {
             message: Message::Hello(hello),
             ..
@@ -252,20 +269,22 @@ fn check_peer(
             hello.protocol_version, PROTOCOL_VERSION
         ));
     }
-    if hello.pid != peer_pid {
-        return Err(format!(
-            "Hello claims pid {} but the socket's peer is pid {peer_pid}",
-            hello.pid
-        ));
+    if let Some(peer_pid) = pid {
+        if hello.pid != peer_pid {
+            return Err(format!(
+                "Hello claims pid {} but the socket's peer is pid {peer_pid}",
+                hello.pid
+            ));
+        }
     }
     let nonce = random_nonce().map_err(|e| e.to_string())?;
     let challenge = Message::Challenge {
         nonce,
         proof: checks.token.prove(Role::Coordinator, &hello.nonce, &nonce),
     };
-    write_frame(&mut &*stream, &challenge, &Items::new(), MAX_HELLO)
+    write_frame(&mut stream, &challenge, &Items::new(), MAX_HELLO)
         .map_err(|e| format!("send the challenge: {e}"))?;
-    let join = match read_frame(&mut &*stream, MAX_HELLO) {
+    let join = match read_frame(&mut stream, MAX_HELLO) {
         Ok(Some(Frame {
             message: Message::Join(join),
             ..
@@ -279,13 +298,154 @@ fn check_peer(
         .verify(Role::Worker, &hello.nonce, &nonce, &join.proof)
     {
         return Err(format!(
-            "pid {peer_pid} failed to prove that it holds the job's token (a wrong token)"
+            "pid {} failed to prove that it holds the job's token (a wrong token)",
+            hello.pid
         ));
     }
-    stream
-        .set_read_timeout(None)
-        .map_err(|e| format!("clear the read timeout: {e}"))?;
-    Ok((peer_pid, join))
+    Ok(join)
+}
+
+/// At most this many handshakes over TCP at once: a flood of connections that say
+/// nothing costs a bounded number of threads (each waits at most the handshake
+/// timeout); those beyond are closed at once.
+const MAX_TCP_HANDSHAKES: usize = 64;
+
+/// Heartbeat settings the TCP door arms each accepted connection's keepalive with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Beats {
+    pub every: Duration,
+    pub silence: Duration,
+}
+
+/// The door for workers across the network: a TCP listener and the thread accepting
+/// on it. The same handshake as on the local socket, without what only the local
+/// kernel can vouch for (the peer's uid and pid): the token proves everything.
+#[derive(Debug)]
+pub(crate) struct TcpDoor {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    listener: TcpListener,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl TcpDoor {
+    /// Accept workers on `listener` (bound already).
+    pub fn open(
+        listener: TcpListener,
+        checks: Arc<Checks>,
+        events: Events,
+        beats: Beats,
+    ) -> io::Result<TcpDoor> {
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let stop = Arc::clone(&stop);
+            let listener = listener.try_clone()?;
+            std::thread::Builder::new()
+                .name("pstream-tcp-acceptor".into())
+                .spawn(move || accept_tcp(listener, checks, events, stop, beats))?
+        };
+        Ok(TcpDoor {
+            addr,
+            stop,
+            listener,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// The address it listens on (with the port the system chose, for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for TcpDoor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // On Linux, shutting down a listening TCP socket wakes a blocked `accept`
+        // (EINVAL), as for the local socket.
+        if let Err(e) = shutdown(self.listener.as_raw_fd(), Shutdown::Both) {
+            tracing::warn!("shut down the pool's TCP listener: {e}");
+            let _ = TcpStream::connect(self.addr);
+        }
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn accept_tcp(
+    listener: TcpListener,
+    checks: Arc<Checks>,
+    events: Events,
+    stop: Arc<AtomicBool>,
+    beats: Beats,
+) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let (stream, from) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept on the pool's TCP listener failed: {e}");
+                // EMFILE and the like: do not spin.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if busy.fetch_add(1, Ordering::SeqCst) >= MAX_TCP_HANDSHAKES {
+            busy.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(
+                "refused a connection from {from}: {MAX_TCP_HANDSHAKES} handshakes under way"
+            );
+            continue;
+        }
+        let checks = Arc::clone(&checks);
+        let events = events.clone();
+        let busy_here = Arc::clone(&busy);
+        let spawned = std::thread::Builder::new()
+            .name("pstream-tcp-handshake".into())
+            .spawn(move || {
+                let outcome = stream
+                    .set_read_timeout(Some(checks.handshake_timeout))
+                    .and_then(|()| stream.set_write_timeout(Some(checks.handshake_timeout)))
+                    .and_then(|()| stream.set_nodelay(true))
+                    .map_err(|e| format!("set up the connection: {e}"))
+                    .and_then(|()| exchange(&stream, &checks, None))
+                    .and_then(|join| {
+                        stream
+                            .set_read_timeout(None)
+                            .and_then(|()| stream.set_write_timeout(None))
+                            .map_err(|e| format!("clear the timeouts: {e}"))?;
+                        Ok(join)
+                    });
+                match outcome {
+                    Ok(join) => match TcpLink::new(stream) {
+                        Ok(link) => {
+                            link.arm_keepalive(beats.every, beats.silence);
+                            tracing::debug!("worker at {from} passed the handshake");
+                            let link = Box::new(link);
+                            let _ = events.send(Event::Connected { link, join });
+                        }
+                        Err(e) => tracing::warn!("lost {from} after its handshake: {e}"),
+                    },
+                    Err(reason) => {
+                        tracing::warn!("refused a connection from {from}: {reason}");
+                        let reject = Message::Reject { reason };
+                        let _ = write_frame(&mut &stream, &reject, &Items::new(), MAX_HELLO);
+                        let _ = (&stream).flush();
+                    }
+                }
+                busy_here.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            busy.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("could not start a handshake thread: {e}");
+        }
+    }
 }
 
 /// `<pid>-<start time>` of process `pid`: names it uniquely while this system runs

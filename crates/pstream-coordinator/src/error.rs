@@ -63,6 +63,12 @@ pub enum PoolError {
         /// The program.
         program: PathBuf,
     },
+    /// The job's token file is unusable.
+    #[error("read the job's token")]
+    Token(#[source] pstream_protocol::auth::TokenFileError),
+    /// The TCP listener for workers across the network could not be set up.
+    #[error("listen for workers over TCP")]
+    Listen(#[source] std::io::Error),
     /// The pool's socket could not be set up.
     #[error("set up the pool's socket")]
     Socket(#[source] std::io::Error),
@@ -90,6 +96,21 @@ pub enum PoolError {
     /// A configuration value is unusable.
     #[error("invalid pool configuration: {0}")]
     Config(String),
+    /// No worker was connected for the whole waiting time of a pool whose
+    /// workers join on their own.
+    #[error(
+        "no worker for {waited:?}: waited for {expected}{}; start workers with \
+         `PLUGIN --connect ADDR --token-file FILE`, or wait longer (--wait-workers)",
+        if *ever > 0 { format!(" ({ever} had joined and are gone)") } else { String::new() }
+    )]
+    NoWorkers {
+        /// How long the pool waited.
+        waited: Duration,
+        /// Whom it waited for.
+        expected: String,
+        /// How many workers had served before.
+        ever: u64,
+    },
     /// The pool has shut down.
     #[error("the pool has shut down")]
     Closed,
@@ -105,6 +126,9 @@ pub enum ExitCause {
     /// Broke the protocol (sent bytes that are not a frame, or results that do not
     /// match its batches) and was killed for it.
     Disconnected,
+    /// Across the network: its connection was lost (closed, reset, or silent)
+    /// every time it held this item, more often than chance explains.
+    Lost,
 }
 
 impl fmt::Display for ExitCause {
@@ -116,6 +140,11 @@ impl fmt::Display for ExitCause {
             },
             ExitCause::Code(code) => write!(f, "exited with status {code}"),
             ExitCause::Disconnected => write!(f, "broke the protocol and was killed"),
+            ExitCause::Lost => write!(
+                f,
+                "lost its connection while computing it, {} times in a row",
+                crate::engine::LOSSES_BEFORE_BLAME
+            ),
         }
     }
 }

@@ -41,6 +41,9 @@ pub use error::{ExitCause, ItemError, ItemErrorKind, PoolError};
 #[doc(hidden)]
 pub use job::Reorder;
 pub use job::{Indexed, MapResults, RawResults, StatsProbe, Window};
-pub use pool::{InputThread, PoolBuilder, ProcessPool, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES};
+pub use pool::{
+    InputThread, PoolBuilder, ProcessPool, DEFAULT_HEARTBEAT, DEFAULT_SILENCE,
+    DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
+};
 pub use pstream_protocol::{Codec, Function, FunctionInfo};
 pub use stats::{JobStats, PoolStats};

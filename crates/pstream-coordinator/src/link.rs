@@ -5,20 +5,26 @@
 //! connection is underneath.
 //!
 //! The local Unix socket is the first kind; a socketpair is the same type, which
-//! lets the engine be tested without processes.
+//! lets the engine be tested without processes. TCP is the second ([`TcpLink`]),
+//! for workers on other machines.
 //!
 //! [`Conn`]: crate::conn::Conn
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 /// Who is at the other end of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Peer {
     /// A process on this machine, as the kernel vouches for it (`SO_PEERCRED`).
     Local { pid: u32, uid: u32 },
+    /// A process across the network, known by its address only (the token it
+    /// proved is all that vouches for it).
+    Remote { addr: SocketAddr },
 }
 
 impl Peer {
@@ -26,7 +32,14 @@ impl Peer {
     pub fn pid(&self) -> Option<u32> {
         match *self {
             Peer::Local { pid, .. } => Some(pid),
+            Peer::Remote { .. } => None,
         }
+    }
+
+    /// Whether it is across the network: its connection may be lost without the
+    /// process having died, so a lost connection says nothing about its work.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Peer::Remote { .. })
     }
 }
 
@@ -34,6 +47,7 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Local { pid, uid } => write!(f, "pid {pid} (uid {uid})"),
+            Peer::Remote { addr } => write!(f, "{addr}"),
         }
     }
 }
@@ -100,6 +114,88 @@ impl AsFd for UnixLink {
 }
 
 impl Link for UnixLink {
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.stream.set_nonblocking(nonblocking)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)
+    }
+
+    fn set_send_buffer(&self, bytes: usize) {
+        let _ =
+            nix::sys::socket::setsockopt(&self.stream, nix::sys::socket::sockopt::SndBuf, &bytes);
+    }
+
+    fn peer(&self) -> Peer {
+        self.peer
+    }
+}
+
+/// A TCP connection to a worker on another machine (or this one, over loopback).
+/// Frames go out at once (`TCP_NODELAY`): a batch or a credit must not wait for
+/// Nagle's algorithm.
+#[derive(Debug)]
+pub(crate) struct TcpLink {
+    stream: TcpStream,
+    peer: Peer,
+}
+
+impl TcpLink {
+    /// The link over `stream`, with `TCP_NODELAY` set.
+    pub fn new(stream: TcpStream) -> io::Result<TcpLink> {
+        stream.set_nodelay(true)?;
+        let addr = stream.peer_addr()?;
+        Ok(TcpLink {
+            stream,
+            peer: Peer::Remote { addr },
+        })
+    }
+
+    /// Let the kernel watch the connection too: keepalive probes after `every` of
+    /// quiet, and the connection failed after `silence` without an answer to a
+    /// probe or with data unacknowledged (`TCP_USER_TIMEOUT`). Best effort: the
+    /// engine's own heartbeats decide.
+    pub fn arm_keepalive(&self, every: Duration, silence: Duration) {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let every_s = every.as_secs().max(1) as u32;
+        let count = (silence.as_secs() as u32 / every_s).max(1);
+        let _ = setsockopt(&self.stream, sockopt::KeepAlive, &true);
+        let _ = setsockopt(&self.stream, sockopt::TcpKeepIdle, &every_s);
+        let _ = setsockopt(&self.stream, sockopt::TcpKeepInterval, &every_s);
+        let _ = setsockopt(&self.stream, sockopt::TcpKeepCount, &count);
+        let user_timeout = silence.as_millis().min(u32::MAX as u128) as u32;
+        let _ = setsockopt(&self.stream, sockopt::TcpUserTimeout, &user_timeout);
+    }
+}
+
+impl Read for TcpLink {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for TcpLink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+impl AsFd for TcpLink {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+impl Link for TcpLink {
     fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
         self.stream.set_nonblocking(nonblocking)
     }

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,12 +15,12 @@ use pstream_protocol::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::door::{Checks, Door};
+use crate::door::{Beats, Checks, Door, TcpDoor};
 use crate::engine::{Config, Engine};
 use crate::error::PoolError;
 use crate::hub::Hub;
 use crate::job::{feed, FeedLimits, InlineSource, MapResults, RawResults, Source, Window};
-use crate::launcher::LocalLauncher;
+use crate::launcher::{Launcher, LocalLauncher};
 use crate::process::WorkerCommand;
 use crate::stats::{PoolCounters, PoolStats};
 use crate::tuning;
@@ -54,7 +55,29 @@ pub struct PoolBuilder {
     capacity: u32,
     max_batch: Option<usize>,
     shutdown_grace: Duration,
+    listen: Option<Listen>,
+    token_file: Option<PathBuf>,
+    heartbeat: Duration,
+    silence: Duration,
+    wait_workers: Duration,
 }
+
+/// Where a pool listens for workers across the network.
+#[derive(Debug, Clone)]
+enum Listen {
+    /// Bind this address at build.
+    Addr(SocketAddr),
+    /// Bound by the caller already.
+    Bound(Arc<TcpListener>),
+}
+
+/// The default heartbeat interval over TCP.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// The default silence after which a worker across the network is lost (and after
+/// which such a worker gives its coordinator up).
+pub const DEFAULT_SILENCE: Duration = Duration::from_secs(10);
+/// How long a pool whose workers join on their own waits while it has none.
+pub const DEFAULT_WAIT_WORKERS: Duration = Duration::from_secs(60);
 
 impl Default for PoolBuilder {
     fn default() -> Self {
@@ -75,6 +98,11 @@ impl Default for PoolBuilder {
             capacity: 8192,
             max_batch: None,
             shutdown_grace: Duration::from_secs(5),
+            listen: None,
+            token_file: None,
+            heartbeat: DEFAULT_HEARTBEAT,
+            silence: DEFAULT_SILENCE,
+            wait_workers: DEFAULT_WAIT_WORKERS,
         }
     }
 }
@@ -194,6 +222,53 @@ impl PoolBuilder {
         self
     }
 
+    /// Also take workers that join across the network, over TCP at `addr` (port 0:
+    /// any free port; see [`ProcessPool::listen_addr`]). IPv4 or IPv6. Needs a
+    /// [`PoolBuilder::token_file`]: a worker joins with the same file, as
+    /// `PLUGIN --connect HOST:PORT --token-file FILE`, and proves that it holds
+    /// the token without sending it (docs/cluster.md). With `workers(0)`, the pool
+    /// starts no worker of its own: `build` waits for the first to join (up to
+    /// [`PoolBuilder::wait_workers`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(Listen::Addr(addr));
+        self
+    }
+
+    /// As [`PoolBuilder::listen`], on a listener the caller bound (to tell workers
+    /// its port before `build` waits for them).
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listen = Some(Listen::Bound(Arc::new(listener)));
+        self
+    }
+
+    /// The file holding the job's token (64 hexadecimal digits; mode 0600, of this
+    /// user, or it is refused), for workers across the network.
+    pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self
+    }
+
+    /// Over the network: a heartbeat goes each way after `every` with nothing else
+    /// sent, and a worker heard nothing from for `silence` is lost: what it held is
+    /// sent again elsewhere, uncharged (a lost connection is no evidence against an
+    /// item), and whatever it sends later is never read. A worker gives up a
+    /// coordinator silent for as long, and exits. Defaults: [`DEFAULT_HEARTBEAT`],
+    /// [`DEFAULT_SILENCE`].
+    pub fn heartbeat(mut self, every: Duration, silence: Duration) -> Self {
+        self.heartbeat = every;
+        self.silence = silence;
+        self
+    }
+
+    /// For a pool whose workers join on their own (`workers(0)` with `listen`):
+    /// how long it waits while no worker is connected, for its first at `build`
+    /// and for another when all are gone during a job, before it fails with
+    /// [`PoolError::NoWorkers`] (default [`DEFAULT_WAIT_WORKERS`]).
+    pub fn wait_workers(mut self, wait: Duration) -> Self {
+        self.wait_workers = wait;
+        self
+    }
+
     /// Start the workers and wait until each has completed the handshake.
     ///
     /// # Errors
@@ -212,11 +287,30 @@ impl PoolBuilder {
         if pstream_protocol::started_as_worker() {
             refuse_in_worker();
         }
-        let workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        if workers == 0 {
-            return Err(PoolError::Config("a pool needs at least one worker".into()));
+        let workers = self.workers.unwrap_or_else(|| match self.listen {
+            // Listening: the workers join; none of its own unless asked.
+            Some(_) => 0,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        });
+        if workers == 0 && self.listen.is_none() {
+            return Err(PoolError::Config(
+                "a pool needs at least one worker (or workers that join: PoolBuilder::listen)"
+                    .into(),
+            ));
+        }
+        if self.listen.is_some() && self.token_file.is_none() {
+            return Err(PoolError::Config(
+                "a pool that listens needs a token file (PoolBuilder::token_file), \
+                 for the workers that join to prove that they hold it"
+                    .into(),
+            ));
+        }
+        if self.heartbeat.is_zero() || self.silence <= self.heartbeat {
+            return Err(PoolError::Config(format!(
+                "the heartbeat interval ({:?}) must be positive and shorter than the \
+                 silence limit ({:?})",
+                self.heartbeat, self.silence
+            )));
         }
         let window = self.window.unwrap_or(DEFAULT_WINDOW);
         if window == 0 {
@@ -260,32 +354,66 @@ impl PoolBuilder {
             capacity: self.capacity,
             flush_interval: Duration::from_millis(2),
             shutdown_grace: self.shutdown_grace,
+            heartbeat: self.heartbeat,
+            silence: self.silence,
+            wait_workers: self.wait_workers,
+            listening: None,
         });
         let max_batch = self
             .max_batch
-            .unwrap_or_else(|| tuning::max_batch(window, workers, tuning::POOL_MAX_BATCH))
+            .unwrap_or_else(|| tuning::max_batch(window, workers.max(1), tuning::POOL_MAX_BATCH))
             .clamp(1, (self.capacity as usize / 2).max(1));
 
+        let token = match &self.token_file {
+            Some(path) => {
+                pstream_protocol::auth::read_token_file(path).map_err(PoolError::Token)?
+            }
+            None => Token::random().map_err(PoolError::Socket)?,
+        };
         let checks = Arc::new(Checks {
-            token: Token::random().map_err(PoolError::Socket)?,
+            token,
             spawned: Mutex::new(HashSet::new()),
             handshake_timeout: self.handshake_timeout,
         });
         let (events_tx, events, wake) = Events::new().map_err(PoolError::Socket)?;
         let door = Door::open(Arc::clone(&checks), events_tx.clone()).map_err(PoolError::Socket)?;
+        let tcp_door = match self.listen {
+            None => None,
+            Some(listen) => {
+                let listener = match listen {
+                    Listen::Addr(addr) => TcpListener::bind(addr),
+                    Listen::Bound(listener) => listener.try_clone(),
+                }
+                .map_err(PoolError::Listen)?;
+                let beats = Beats {
+                    every: self.heartbeat,
+                    silence: self.silence,
+                };
+                Some(
+                    TcpDoor::open(listener, Arc::clone(&checks), events_tx.clone(), beats)
+                        .map_err(PoolError::Listen)?,
+                )
+            }
+        };
+        let config = Arc::new(Config {
+            listening: tcp_door.as_ref().map(TcpDoor::addr),
+            ..(*config).clone()
+        });
         let counters = Arc::new(PoolCounters::default());
         let (ready_tx, ready) = crossbeam_channel::bounded(1);
-        let launcher = LocalLauncher::new(
-            config.command.clone(),
-            door.path(),
-            Arc::clone(&checks),
-            config.max_frame,
-            config.capacity,
-        );
+        let launcher: Option<Box<dyn Launcher>> = (workers > 0).then(|| {
+            Box::new(LocalLauncher::new(
+                config.command.clone(),
+                door.path(),
+                Arc::clone(&checks),
+                config.max_frame,
+                config.capacity,
+            )) as Box<dyn Launcher>
+        });
         let mut engine = Engine::new(
             Arc::clone(&config),
             (events_tx.clone(), events, Arc::clone(&wake)),
-            Some(Box::new(launcher)),
+            launcher,
             Arc::clone(&counters),
             ready_tx,
         );
@@ -304,6 +432,7 @@ impl PoolBuilder {
             hub,
             supervisor: Some(supervisor),
             door: Some(door),
+            tcp_door,
             functions: Vec::new(),
             checks,
             counters,
@@ -395,6 +524,7 @@ pub struct ProcessPool {
     hub: Arc<Hub>,
     supervisor: Option<JoinHandle<()>>,
     door: Option<Door>,
+    tcp_door: Option<TcpDoor>,
     functions: Vec<FunctionInfo>,
     checks: Arc<Checks>,
     counters: Arc<PoolCounters>,
@@ -445,6 +575,12 @@ impl ProcessPool {
             .as_ref()
             .expect("the door lives as long as the pool")
             .path()
+    }
+
+    /// The address workers across the network join at, if the pool listens (with
+    /// the port the system chose for port 0).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.tcp_door.as_ref().map(TcpDoor::addr)
     }
 
     /// What the pool has done so far.
@@ -657,7 +793,10 @@ impl ProcessPool {
             // and a batch fits whole in the socket's send buffer.
             max_batch_bytes: (self.config.max_frame / 4)
                 .min(pstream_protocol::MAX_BATCH_BYTES)
-                .min((self.config.window_bytes / (2 * self.config.workers as u64)).max(1) as usize),
+                .min(
+                    (self.config.window_bytes / (2 * self.config.workers.max(1) as u64)).max(1)
+                        as usize,
+                ),
             // A batch of one item: the header, the function's name and one length.
             max_item: frame_room.saturating_sub(frame_overhead(1, 0)).max(1),
             frame_room,
@@ -816,6 +955,7 @@ impl Drop for ProcessPool {
             let _ = supervisor.join();
         }
         // After the engine has shut down: no worker is left to connect.
+        self.tcp_door.take();
         self.door.take();
     }
 }

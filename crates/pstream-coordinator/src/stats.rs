@@ -9,6 +9,7 @@ pub(crate) struct PoolCounters {
     pub ready: AtomicU64,
     pub crashes: AtomicU64,
     pub spawn_failures: AtomicU64,
+    pub lost: AtomicU64,
 }
 
 /// What a pool has done so far.
@@ -22,6 +23,9 @@ pub struct PoolStats {
     pub crashes: u64,
     /// Workers that failed before completing the handshake.
     pub spawn_failures: u64,
+    /// Workers across the network whose connection was lost (closed, reset, or
+    /// silent past the heartbeat limit); what they held was sent again, uncharged.
+    pub lost: u64,
 }
 
 impl PoolCounters {
@@ -31,6 +35,7 @@ impl PoolCounters {
             ready: self.ready.load(Ordering::Relaxed),
             crashes: self.crashes.load(Ordering::Relaxed),
             spawn_failures: self.spawn_failures.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
         }
     }
 }

@@ -24,6 +24,9 @@ pub(crate) struct Batch {
     /// How many times this batch, as a single item, was tried and killed its worker
     /// or timed out. Batches of several items are split instead of retried.
     pub attempts: u32,
+    /// How many times in a row a worker holding it was lost across the network
+    /// (uncharged; past a limit, see `blame`, it is judged like a crash).
+    pub losses: u32,
 }
 
 /// The supervisor's inbox: a channel, and an eventfd that wakes it from `poll`.

@@ -120,6 +120,127 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Why a token file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// It could not be read (or created).
+    #[error("the token file {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Others may read it, it is not a regular file, or it is not ours.
+    #[error("refusing the token file {path}: {why}")]
+    Unsafe {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, and what to do.
+        why: String,
+    },
+    /// It does not hold a token.
+    #[error("the token file {path} does not hold a token: {source}")]
+    Bad {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: BadToken,
+    },
+}
+
+/// Read the job's token from `path`: a regular file (not a symbolic link) of this
+/// user that nobody else may read or write (mode 0600 or stricter), holding 64
+/// hexadecimal digits. Anything else is refused before a byte is read, so a token
+/// that others could have seen is never used.
+pub fn read_token_file(path: &std::path::Path) -> Result<Token, TokenFileError> {
+    use std::os::unix::fs::MetadataExt;
+    let io_err = |source| TokenFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let unsafe_file = |why: String| TokenFileError::Unsafe {
+        path: path.to_path_buf(),
+        why,
+    };
+    // Not through a symbolic link: the file checked is the file read (same device
+    // and inode before and after opening).
+    let named = std::fs::symlink_metadata(path).map_err(io_err)?;
+    if named.file_type().is_symlink() {
+        return Err(unsafe_file(
+            "it is a symbolic link; name the file itself".into(),
+        ));
+    }
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if (meta.dev(), meta.ino()) != (named.dev(), named.ino()) {
+        return Err(unsafe_file("it was replaced while being opened".into()));
+    }
+    if !meta.is_file() {
+        return Err(unsafe_file("it is not a regular file".into()));
+    }
+    let euid = effective_uid();
+    if meta.uid() != euid {
+        return Err(unsafe_file(format!(
+            "it belongs to uid {}, not to this user (uid {euid})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(unsafe_file(format!(
+            "it has mode {:04o}: other users may read or change it; make it private \
+             with `chmod 600 {}`",
+            meta.mode() & 0o7777,
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    (&mut file)
+        .take(1024)
+        .read_to_string(&mut text)
+        .map_err(io_err)?;
+    Token::from_hex(&text).map_err(|source| TokenFileError::Bad {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Make a new token file at `path` with a fresh token, mode 0600, failing if the
+/// path exists (a file, or a link somebody planted).
+pub fn create_token_file(path: &std::path::Path) -> Result<Token, TokenFileError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io_err = |source| TokenFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let token = Token::random().map_err(io_err)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err)?;
+    file.write_all(format!("{}\n", token.to_hex()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_err)?;
+    Ok(token)
+}
+
+/// This process's effective user id, from `/proc/self/status` (this crate makes no
+/// system calls of its own).
+fn effective_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+            line.split_whitespace().nth(2)?.parse().ok()
+        })
+        .unwrap_or(u32::MAX)
+}
+
 /// A fresh nonce from the operating system's random source.
 pub fn random_nonce() -> io::Result<Nonce> {
     let mut nonce = [0u8; 32];
@@ -174,6 +295,45 @@ mod tests {
         let mut bent = proof;
         bent[31] ^= 1;
         assert!(!token.verify(Role::Worker, &w, &c, &bent));
+    }
+
+    #[test]
+    fn a_token_file_is_read_only_if_private_and_plain() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pstream-token-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("job.token");
+        let token = create_token_file(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(read_token_file(&path).unwrap(), token);
+        assert!(
+            create_token_file(&path).is_err(),
+            "an existing file is kept"
+        );
+        // Readable by others: refused, saying how to fix it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_token_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("mode 0640") && err.contains("chmod 600"),
+            "{err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Through a symbolic link: refused.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = read_token_file(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        // Not a token.
+        let bad = dir.join("bad.token");
+        std::fs::write(&bad, "not a token\n").unwrap();
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            read_token_file(&bad),
+            Err(TokenFileError::Bad { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -425,6 +425,8 @@ mod tests {
                 worker_id: 3,
                 max_frame: 99,
                 flush_interval_us: 2000,
+                heartbeat_ms: 1000,
+                silence_ms: 10_000,
             }),
             Frame::control(Message::Reject {
                 reason: "bad token".into(),
@@ -478,6 +480,7 @@ mod tests {
                 proof: [2; 32],
             }),
             Frame::control(join()),
+            Frame::control(Message::Heartbeat),
         ]
     }
 

@@ -78,7 +78,7 @@ pub fn encode_bincode<T: serde::Serialize + ?Sized>(
 
 /// The protocol version spoken by this build. Bumped on any incompatible change to a
 /// frame; the handshake refuses a peer that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The default maximum size of one frame body, in bytes, on both sides.
 ///
@@ -148,8 +148,33 @@ pub const ENV_SOCKET: &str = "PSTREAM_SOCKET";
 /// coordinator did not start (a launcher run from a shell where they were left
 /// set), they come without the pipe, which only the coordinator's spawn passes on
 /// and the worker closes once it has read it.
+///
+/// A process asked to join a coordinator over the network ([`asked_to_connect`])
+/// is a worker too.
 pub fn started_as_worker() -> bool {
-    std::env::var_os(ENV_SOCKET).is_some() && token_pipe().is_some()
+    (std::env::var_os(ENV_SOCKET).is_some() && token_pipe().is_some()) || asked_to_connect()
+}
+
+/// The argument that makes any worker binary join a coordinator over TCP:
+/// `--connect HOST:PORT` (first on its command line), with the token from
+/// `--token-file FILE`.
+pub const ARG_CONNECT: &str = "--connect";
+/// Environment variable: the coordinator's TCP address (`HOST:PORT`) for a worker
+/// to join, as `--connect` gives it.
+pub const ENV_CONNECT: &str = "PSTREAM_CONNECT";
+/// Environment variable: the file holding the job's token (mode 0600), as
+/// `--token-file` gives it.
+pub const ENV_TOKEN_FILE: &str = "PSTREAM_TOKEN_FILE";
+
+/// Whether this process was asked to join a coordinator over TCP: its first
+/// argument is `--connect` (or `--connect=ADDR`), or [`ENV_CONNECT`] is set.
+pub fn asked_to_connect() -> bool {
+    let first = std::env::args_os().nth(1);
+    let by_arg = first
+        .as_ref()
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| a == ARG_CONNECT || a.starts_with("--connect="));
+    by_arg || std::env::var_os(ENV_CONNECT).is_some_and(|v| !v.is_empty())
 }
 
 /// If [`ENV_SOCKET`] is set in a process that was not started as a worker: why it

@@ -46,6 +46,14 @@ pub enum Message {
         /// batch is in work, in microseconds. The coordinator's item time limit
         /// relies on this progress.
         flush_interval_us: u32,
+        /// How often each side sends a [`Message::Heartbeat`] when it has sent
+        /// nothing else, in milliseconds; 0: no heartbeats (a local worker, whose
+        /// coordinator's death the kernel reports).
+        heartbeat_ms: u32,
+        /// How long each side may hear nothing from the other before it gives the
+        /// connection up (the coordinator: the worker is lost; the worker: it
+        /// exits), in milliseconds; 0 with `heartbeat_ms` 0.
+        silence_ms: u32,
     },
     /// Coordinator → worker: the worker is refused; it exits.
     Reject {
@@ -94,6 +102,10 @@ pub enum Message {
     /// Worker → coordinator, once the coordinator's proof checked out: the worker's
     /// proof and what it offers. The coordinator answers `Welcome` or `Reject`.
     Join(Join),
+    /// Either way, on a connection with heartbeats (over TCP): "still here", sent
+    /// when a side has sent nothing else for the heartbeat interval. Carries
+    /// nothing; any frame counts as a sign of life.
+    Heartbeat,
 }
 
 /// The worker's introduction.

@@ -1,9 +1,10 @@
 //! A batch in work: [`Batch`], which a registered function's batch entry point
 //! computes, and where its results and progress go ([`Outbox`], [`Progress`]).
-//! Imports only the errors: the registry and the serve loop both use it.
+//! Imports the errors, the connection and the heartbeat settings: the registry
+//! and the serve loop both use it.
 
 use std::io::{BufWriter, Write};
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,14 +15,20 @@ use pstream_protocol::{
     FlushClock, ItemFailure, Items, Message, ResultsHeader, PROGRESS_HEARTBEAT,
 };
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
 use crate::error::{CallError, WorkerError};
+use crate::serve::Beats;
+use crate::stream::Stream;
 
 /// The connection's sending side, shared by the compute loop and the progress
 /// reporter.
 pub(crate) struct Outbox {
-    pub writer: Mutex<BufWriter<UnixStream>>,
+    pub writer: Mutex<BufWriter<Stream>>,
     /// The most bytes a frame to the coordinator may take.
     pub peer_max: usize,
+    /// When the last frame went out (for heartbeats).
+    pub last_sent: Mutex<std::time::Instant>,
 }
 
 impl Outbox {
@@ -30,7 +37,18 @@ impl Outbox {
         write_frame(&mut *writer, message, items, self.peer_max).map_err(WorkerError::Write)?;
         writer
             .flush()
-            .map_err(|e| WorkerError::Write(EncodeError::Io(e)))
+            .map_err(|e| WorkerError::Write(EncodeError::Io(e)))?;
+        *self.last_sent.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// A heartbeat, if nothing went out for `every`.
+    fn beat(&self, every: Duration) -> Result<(), WorkerError> {
+        let last = *self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= every {
+            self.send(&Message::Heartbeat, &Items::new())?;
+        }
+        Ok(())
     }
 }
 
@@ -48,11 +66,44 @@ pub(crate) struct Progress {
 /// item is then known exactly, without bisection: the repeated report shows this
 /// process alive and still on that item. A process frozen whole (SIGSTOP, a stopped
 /// terminal job) repeats nothing, and the coordinator bisects instead.
-pub(crate) fn report_progress(outbox: &Outbox, progress: &Progress, interval: Duration) {
+///
+/// Over the network it also sends a heartbeat when nothing else went out for the
+/// heartbeat interval, and ends this process when the connection failed while the
+/// compute loop was busy (the kernel gave the coordinator up: see
+/// [`arm_keepalive`]): a worker never outlives a coordinator that fell silent.
+pub(crate) fn report_progress(
+    outbox: &Outbox,
+    progress: &Progress,
+    interval: Duration,
+    beats: Option<&Beats>,
+    watched: Option<std::net::TcpStream>,
+) {
     let mut last = None;
     let mut quiet = 0u32;
+    let interval = match beats {
+        // Often enough for a heartbeat in time, seldom enough to cost nothing.
+        Some(b) => interval.min(b.every / 4),
+        None => interval,
+    };
     loop {
         std::thread::sleep(interval);
+        if let Some(beats) = beats {
+            if outbox.beat(beats.every).is_err() {
+                return;
+            }
+        }
+        if let Some(tcp) = &watched {
+            if connection_failed(tcp) {
+                eprintln!(
+                    "pstream worker {}: {}",
+                    std::process::id(),
+                    WorkerError::Silent(beats.map(|b| b.silence).unwrap_or_default())
+                );
+                // Whatever its functions started goes too.
+                crate::group::end();
+                std::process::exit(1);
+            }
+        }
         let batch = *progress.batch.lock().unwrap_or_else(|e| e.into_inner());
         let Some((job, seq)) = batch else {
             continue;
@@ -73,6 +124,17 @@ pub(crate) fn report_progress(outbox: &Outbox, progress: &Progress, interval: Du
             return;
         }
     }
+}
+
+/// Whether the kernel gave the connection up (a reset, or no answer to keepalive
+/// probes or to data within the silence limit): poll for no event at all reports
+/// only an error or a hang-up, not data waiting or the coordinator's clean end.
+fn connection_failed(tcp: &std::net::TcpStream) -> bool {
+    let mut fds = [PollFd::new(tcp.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
 }
 
 /// A batch in work, as a registered function's batch entry point

@@ -2,7 +2,6 @@
 //! ([`CallError`], its item fails). A leaf: it imports none of the crate's modules.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use pstream_protocol::{DecodeError, EncodeError, FailureKind, ENV_SOCKET};
 
@@ -22,18 +21,18 @@ pub enum WorkerError {
     #[error("invalid worker environment: {0}")]
     Environment(String),
     /// The socket is not the coordinator's: the worker sent nothing secret.
-    #[error("refused the socket {path}: {reason}; it is not this worker's coordinator")]
+    #[error("refused {at}: {reason}; it is not this worker's coordinator")]
     Untrusted {
-        /// The socket path.
-        path: PathBuf,
+        /// The socket path or the address.
+        at: String,
         /// What is wrong with it.
         reason: String,
     },
     /// Could not reach the coordinator.
-    #[error("connect to the coordinator at {path}")]
+    #[error("connect to the coordinator at {at}")]
     Connect {
-        /// The socket path.
-        path: PathBuf,
+        /// The socket path or the address.
+        at: String,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -50,6 +49,9 @@ pub enum WorkerError {
     /// The coordinator broke the protocol.
     #[error("protocol violation by the coordinator: {0}")]
     Protocol(String),
+    /// The coordinator across the network said nothing for the silence limit.
+    #[error("the coordinator fell silent for {0:?} (its host is gone or cut off): exiting")]
+    Silent(std::time::Duration),
 }
 
 /// Why one call failed (other than by panicking).

@@ -28,6 +28,7 @@ mod line;
 mod registry;
 mod serve;
 mod state;
+mod stream;
 
 pub use error::{CallError, WorkerError};
 pub use pstream_protocol::Function;

@@ -20,32 +20,69 @@ use pstream_protocol::{
     Items, Join, Message, DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME,
     ENV_SOCKET, ENV_TOKEN_FD, PROTOCOL_VERSION, SEND_BUFFER,
 };
+use pstream_protocol::{ARG_CONNECT, ENV_CONNECT, ENV_TOKEN_FILE};
 
 use crate::batch::{report_progress, Batch, Outbox, Progress};
 use crate::error::{CallError, WorkerError};
 use crate::registry::{functions, registry};
+pub use crate::stream::Stream;
 
 /// How many items a worker holds by default: room for a batch in work and one queued.
 pub const DEFAULT_CAPACITY: u32 = 8192;
 
-/// Serve the functions of this binary to the coordinator named by the environment,
-/// until it says `Shutdown` or closes the connection.
+/// Serve the functions of this binary to the coordinator named by the environment
+/// (or, for a worker that joins over the network, by `--connect ADDR --token-file
+/// FILE` or their variables), until it says `Shutdown` or closes the connection.
 pub fn serve_from_env() -> Result<(), WorkerError> {
-    let summons = Summons::from_env()?;
+    let summons = if pstream_protocol::asked_to_connect() {
+        Summons::from_args()?
+    } else {
+        Summons::from_env()?
+    };
     serve(&summons)
 }
+
+/// Where the coordinator is.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A coordinator on this machine: its private socket, and its process id (the
+    /// only acceptable peer of the socket).
+    Local {
+        /// The socket.
+        path: PathBuf,
+        /// The coordinator's pid.
+        coordinator: u32,
+    },
+    /// A coordinator across the network, `HOST:PORT` (an IPv6 address in brackets).
+    Remote {
+        /// The address.
+        addr: String,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Local { path, .. } => write!(f, "the socket {}", path.display()),
+            Target::Remote { addr } => write!(f, "{addr} (TCP)"),
+        }
+    }
+}
+
+/// How long a worker that joins over the network keeps trying to reach a
+/// coordinator that does not listen yet (started before it, by a scheduler).
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What a coordinator tells the worker it starts: where to connect, the secret to
 /// prove, whom to expect at the other end, and the limits.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Summons {
-    /// The coordinator's socket.
-    pub path: PathBuf,
+    /// Where the coordinator is.
+    pub target: Target,
     /// The job's secret.
     pub token: Token,
-    /// The coordinator's process id: the only acceptable peer of the socket.
-    pub coordinator: u32,
     /// The largest frame this worker accepts.
     pub max_frame: usize,
     /// How many items this worker holds at once.
@@ -91,50 +128,181 @@ impl Summons {
             std::env::remove_var(name);
         }
         Ok(Summons {
-            path: PathBuf::from(path),
+            target: Target::Local {
+                path: PathBuf::from(path),
+                coordinator,
+            },
             token,
-            coordinator,
             max_frame: usize::try_from(max_frame.min(u32::MAX as u64)).unwrap_or(DEFAULT_MAX_FRAME),
             capacity: capacity.clamp(1, u32::MAX as u64) as u32,
         })
     }
 
-    /// Connect to the coordinator's socket, having made sure that it is the
-    /// coordinator's: the directory and the socket belong to this user and are
-    /// private to it, and the process at the other end is this user's and the
-    /// coordinator's pid. Nothing is sent yet.
-    pub fn connect(&self) -> Result<UnixStream, WorkerError> {
-        let untrusted = |reason: String| WorkerError::Untrusted {
-            path: self.path.clone(),
-            reason,
-        };
-        let uid = nix::unistd::geteuid().as_raw();
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        check_private(dir, uid, "directory", |t| t.is_dir()).map_err(untrusted)?;
-        check_private(&self.path, uid, "socket", |t| t.is_socket()).map_err(untrusted)?;
-        let stream = UnixStream::connect(&self.path).map_err(|source| WorkerError::Connect {
-            path: self.path.clone(),
-            source,
-        })?;
-        let creds = getsockopt(&stream, sockopt::PeerCredentials)
-            .map_err(|e| untrusted(format!("cannot read its peer's credentials: {e}")))?;
-        if creds.uid() != uid {
-            return Err(untrusted(format!(
-                "the process listening on it runs as uid {}, not as this worker's uid {uid}",
-                creds.uid()
-            )));
+    /// Read the summons of a worker that joins over the network: `--connect ADDR`
+    /// and `--token-file FILE` on the command line (or [`ENV_CONNECT`] and
+    /// [`ENV_TOKEN_FILE`]); the token may also come on an inherited pipe
+    /// ([`ENV_TOKEN_FD`], as a host agent passes it). `--capacity N` and
+    /// `--max-frame BYTES` (or their variables) are optional. The token never comes
+    /// on the command line.
+    pub fn from_args() -> Result<Summons, WorkerError> {
+        let env_err = WorkerError::Environment;
+        let mut addr = std::env::var(ENV_CONNECT).ok().filter(|a| !a.is_empty());
+        let mut token_file = std::env::var_os(ENV_TOKEN_FILE).map(PathBuf::from);
+        let mut capacity = env_number(ENV_CAPACITY, DEFAULT_CAPACITY as u64)?;
+        let mut max_frame = env_number(ENV_MAX_FRAME, DEFAULT_MAX_FRAME as u64)?;
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = |what: &str| {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| env_err(format!("{name} needs {what}")))
+            };
+            match name.as_str() {
+                ARG_CONNECT => addr = Some(value("an address, HOST:PORT")?),
+                "--token-file" => token_file = Some(PathBuf::from(value("a file")?)),
+                "--capacity" => {
+                    let v = value("a number of items")?;
+                    capacity = v
+                        .parse()
+                        .map_err(|_| env_err(format!("--capacity {v} is not a number")))?;
+                }
+                "--max-frame" => {
+                    let v = value("a number of bytes")?;
+                    max_frame = v
+                        .parse()
+                        .map_err(|_| env_err(format!("--max-frame {v} is not a number")))?;
+                }
+                "--token" => {
+                    return Err(env_err(
+                        "the token is never given on the command line, where `ps` shows \
+                         it: put it in a file of mode 0600 and pass --token-file FILE"
+                            .into(),
+                    ))
+                }
+                other => {
+                    return Err(env_err(format!(
+                        "unknown argument `{other}`; a worker that joins over the network \
+                         takes --connect HOST:PORT --token-file FILE [--capacity N] \
+                         [--max-frame BYTES]"
+                    )))
+                }
+            }
         }
-        if creds.pid() as u32 != self.coordinator {
-            return Err(untrusted(format!(
-                "the process listening on it is pid {}, not the coordinator (pid {})",
-                creds.pid(),
-                self.coordinator
-            )));
+        let addr = addr.ok_or_else(|| env_err(format!("{ARG_CONNECT} needs HOST:PORT")))?;
+        let token = match token_file {
+            Some(file) => pstream_protocol::auth::read_token_file(&file)
+                .map_err(|e| env_err(e.to_string()))?,
+            None if pstream_protocol::token_pipe().is_some() => take_token()?,
+            None => {
+                return Err(env_err(format!(
+                    "no token: pass --token-file FILE (or set {ENV_TOKEN_FILE}), a file \
+                     of mode 0600 holding the coordinator's token"
+                )))
+            }
+        };
+        for name in [
+            ENV_CONNECT,
+            ENV_TOKEN_FILE,
+            ENV_TOKEN_FD,
+            ENV_MAX_FRAME,
+            ENV_CAPACITY,
+        ] {
+            std::env::remove_var(name);
         }
-        Ok(stream)
+        Ok(Summons {
+            target: Target::Remote { addr },
+            token,
+            max_frame: usize::try_from(max_frame.min(u32::MAX as u64)).unwrap_or(DEFAULT_MAX_FRAME),
+            capacity: capacity.clamp(1, u32::MAX as u64) as u32,
+        })
+    }
+
+    /// Connect to the coordinator. On the local socket, having made sure that it
+    /// is the coordinator's: the directory and the socket belong to this user and
+    /// are private to it, and the process at the other end is this user's and the
+    /// coordinator's pid. Over TCP nothing is known of the peer until it proves
+    /// that it holds the token (in the handshake); a coordinator that does not
+    /// listen yet is tried again for [`CONNECT_PATIENCE`]. Nothing is sent yet.
+    pub fn connect(&self) -> Result<Stream, WorkerError> {
+        match &self.target {
+            Target::Local { path, coordinator } => {
+                connect_local(path, *coordinator).map(Stream::Unix)
+            }
+            Target::Remote { addr } => connect_remote(addr).map(Stream::Tcp),
+        }
+    }
+}
+
+fn connect_local(path: &Path, coordinator: u32) -> Result<UnixStream, WorkerError> {
+    let untrusted = |reason: String| WorkerError::Untrusted {
+        at: format!("the socket {}", path.display()),
+        reason,
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    check_private(dir, uid, "directory", |t| t.is_dir()).map_err(untrusted)?;
+    check_private(path, uid, "socket", |t| t.is_socket()).map_err(untrusted)?;
+    let stream = UnixStream::connect(path).map_err(|source| WorkerError::Connect {
+        at: path.display().to_string(),
+        source,
+    })?;
+    let creds = getsockopt(&stream, sockopt::PeerCredentials)
+        .map_err(|e| untrusted(format!("cannot read its peer's credentials: {e}")))?;
+    if creds.uid() != uid {
+        return Err(untrusted(format!(
+            "the process listening on it runs as uid {}, not as this worker's uid {uid}",
+            creds.uid()
+        )));
+    }
+    if creds.pid() as u32 != coordinator {
+        return Err(untrusted(format!(
+            "the process listening on it is pid {}, not the coordinator (pid {coordinator})",
+            creds.pid(),
+        )));
+    }
+    Ok(stream)
+}
+
+fn connect_remote(addr: &str) -> Result<std::net::TcpStream, WorkerError> {
+    use std::net::ToSocketAddrs;
+    let connect_err = |source| WorkerError::Connect {
+        at: addr.to_string(),
+        source,
+    };
+    let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let addrs: Vec<_> = addr.to_socket_addrs().map_err(connect_err)?.collect();
+        let mut last = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name resolves to no address",
+        );
+        for a in &addrs {
+            match std::net::TcpStream::connect_timeout(a, Duration::from_secs(10)) {
+                Ok(stream) => {
+                    stream.set_nodelay(true).map_err(connect_err)?;
+                    return Ok(stream);
+                }
+                Err(e) => last = e,
+            }
+        }
+        let retry = matches!(
+            last.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+        );
+        if !retry || std::time::Instant::now() + pause > deadline {
+            return Err(connect_err(last));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -218,11 +386,16 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
     let stream = config.connect()?;
     // Best effort: the kernel caps it, and a smaller buffer only costs speed.
     let _ = setsockopt(&stream, sockopt::SndBuf, &SEND_BUFFER);
+    if let Stream::Tcp(tcp) = &stream {
+        // A coordinator across the network may never answer: the handshake has a
+        // deadline (cleared once it is done).
+        let _ = tcp.set_read_timeout(Some(HANDSHAKE_PATIENCE));
+    }
     let mut writer =
         BufWriter::with_capacity(1 << 16, stream.try_clone().map_err(connect_err(config))?);
     let mut reader = BufReader::with_capacity(1 << 16, stream);
 
-    let send = |writer: &mut BufWriter<UnixStream>, message: &Message| {
+    let send = |writer: &mut BufWriter<Stream>, message: &Message| {
         write_frame(writer, message, &Items::new(), usize::MAX).map_err(WorkerError::Write)?;
         writer
             .flush()
@@ -251,7 +424,7 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
                 .verify(Role::Coordinator, &nonce, &theirs, &proof)
             {
                 return Err(WorkerError::Untrusted {
-                    path: config.path.clone(),
+                    at: config.target.to_string(),
                     reason: "the process listening on it could not prove that it holds \
                              the job's token"
                         .into(),
@@ -283,19 +456,22 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
     });
     send(&mut writer, &join)?;
 
-    let (peer_max, flush_interval) =
+    let (peer_max, flush_interval, beats) =
         match read_frame(&mut reader, config.max_frame).map_err(WorkerError::Read)? {
             Some(Frame {
                 message:
                     Message::Welcome {
                         max_frame,
                         flush_interval_us,
+                        heartbeat_ms,
+                        silence_ms,
                         ..
                     },
                 ..
             }) => (
                 max_frame as usize,
                 Duration::from_micros(u64::from(flush_interval_us.max(100))),
+                Beats::new(heartbeat_ms, silence_ms),
             ),
             Some(Frame {
                 message: Message::Reject { reason },
@@ -314,16 +490,33 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
             }
         };
 
+    if let Stream::Tcp(tcp) = reader.get_ref() {
+        let _ = tcp.set_read_timeout(None);
+        if let Some(beats) = &beats {
+            // While this worker computes, it reads nothing: the kernel watches the
+            // coordinator then (keepalive probes, and a limit on unacknowledged
+            // data), and the progress thread sees the connection fail.
+            arm_keepalive(tcp, beats);
+        }
+    }
     let outbox = Arc::new(Outbox {
         writer: Mutex::new(writer),
         peer_max,
+        last_sent: Mutex::new(std::time::Instant::now()),
     });
     let progress = Arc::new(Progress::default());
     {
         let (outbox, progress) = (Arc::clone(&outbox), Arc::clone(&progress));
+        let watched = match (&beats, reader.get_ref()) {
+            (Some(_), Stream::Tcp(tcp)) => tcp.try_clone().ok(),
+            _ => None,
+        };
+        let beats = beats.clone();
         std::thread::Builder::new()
             .name("pstream-worker-progress".into())
-            .spawn(move || report_progress(&outbox, &progress, flush_interval))
+            .spawn(move || {
+                report_progress(&outbox, &progress, flush_interval, beats.as_ref(), watched)
+            })
             .expect("spawn the worker's progress thread");
     }
     crate::group::serving();
@@ -339,8 +532,10 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
     let mut spare = Vec::new();
     let mut out = Items::new();
     loop {
-        if reader.buffer().is_empty() {
-            wait_readable(reader.get_ref());
+        if reader.buffer().is_empty() && !wait_readable(reader.get_ref(), beats.as_ref()) {
+            return Err(WorkerError::Silent(
+                beats.map(|b| b.silence).unwrap_or_default(),
+            ));
         }
         let frame = match read_frame_into(&mut reader, config.max_frame, std::mem::take(&mut spare))
         {
@@ -375,6 +570,8 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
             Message::Cancel { job } => {
                 cancelled.insert(job);
             }
+            // The coordinator is alive; reading it was the point.
+            Message::Heartbeat => {}
             Message::Shutdown => {
                 crate::group::shutdown_received();
                 return Ok(());
@@ -391,14 +588,67 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
 /// bytes this worker sent (the socket's "room to write" wake-up reaches readers
 /// too): a wasted wake-up per results frame, paid by the coordinator. `poll` for
 /// reading is woken only for reading. Errors are left to the read that follows.
-fn wait_readable(stream: &UnixStream) {
+/// With heartbeats, false if the coordinator said nothing (not even a heartbeat)
+/// for the silence limit.
+fn wait_readable(stream: &Stream, beats: Option<&Beats>) -> bool {
+    let timeout = match beats {
+        Some(b) => PollTimeout::try_from(b.silence.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX),
+        None => PollTimeout::NONE,
+    };
     let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-    while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+    loop {
+        match poll(&mut fds, timeout) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(0) => return beats.is_none(),
+            _ => return true,
+        }
+    }
+}
+
+/// The heartbeats of a connection across the network, as the coordinator set them
+/// in its Welcome.
+#[derive(Debug, Clone)]
+pub(crate) struct Beats {
+    /// Send a heartbeat after this long with nothing sent.
+    pub every: Duration,
+    /// Give the coordinator up after this long with nothing heard.
+    pub silence: Duration,
+}
+
+impl Beats {
+    fn new(heartbeat_ms: u32, silence_ms: u32) -> Option<Beats> {
+        (heartbeat_ms > 0 && silence_ms > 0).then(|| Beats {
+            every: Duration::from_millis(heartbeat_ms.into()),
+            silence: Duration::from_millis(silence_ms.into()),
+        })
+    }
+}
+
+/// How long a worker waits for each step of the handshake over the network.
+const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Let the kernel watch a TCP connection while this side reads nothing: keepalive
+/// probes after a heartbeat interval of quiet, and the connection given up after
+/// the silence limit without an answer to a probe, or with data unacknowledged
+/// (`TCP_USER_TIMEOUT`). Best effort.
+fn arm_keepalive(tcp: &std::net::TcpStream, beats: &Beats) {
+    let every = beats.every.as_secs().max(1) as u32;
+    let count = (beats.silence.as_secs() as u32 / every).max(1);
+    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
+    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &every);
+    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &every);
+    let _ = setsockopt(tcp, sockopt::TcpKeepCount, &count);
+    let _ = setsockopt(
+        tcp,
+        sockopt::TcpUserTimeout,
+        &(beats.silence.as_millis().min(u32::MAX as u128) as u32),
+    );
 }
 
 fn connect_err(config: &Summons) -> impl Fn(std::io::Error) -> WorkerError + '_ {
     move |source| WorkerError::Connect {
-        path: config.path.clone(),
+        at: config.target.to_string(),
         source,
     }
 }

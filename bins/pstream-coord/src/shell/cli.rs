@@ -150,6 +150,11 @@ impl JobOptions {
             stats_json: self.stats_json.clone(),
             memory_limit: self.memory_limit,
             max_frame: self.max_frame,
+            listen: None,
+            token_file: None,
+            wait_workers: None,
+            heartbeat: None,
+            heartbeat_timeout: None,
         }
     }
 

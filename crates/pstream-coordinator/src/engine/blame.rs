@@ -9,7 +9,14 @@
 //!   from its last report on: that range is split in halves, uncharged, until one
 //!   item is left alone;
 //! * an item alone in its batch is charged a try; after `1 + retries` tries it
-//!   fails for good.
+//!   fails for good;
+//! * a worker whose connection across the network was lost (closed, reset, or
+//!   silent past the heartbeat limit) is no evidence against anything: what it
+//!   held is sent again whole and uncharged (its host may be cut off, or gone);
+//! * unless the same work was held by [`LOSSES_BEFORE_BLAME`] lost workers in a
+//!   row: a remote worker that dies on an item (no agent reports its exit) looks
+//!   like a lost connection, and would otherwise be fed the item for ever. Then
+//!   it is judged as a crash (`ExitCause::Lost`): split, and charged alone.
 
 use std::time::Duration;
 
@@ -26,7 +33,13 @@ pub(crate) struct Held {
     pub answered: usize,
     /// Items the worker said it computed (at least `answered`).
     pub running: usize,
+    /// Workers lost in a row while holding it.
+    pub losses: u32,
 }
+
+/// How many workers in a row may be lost while holding the same work before the
+/// loss counts as a crash (Dask's `allowed-failures` is 3 too).
+pub(crate) const LOSSES_BEFORE_BLAME: u32 = 3;
 
 /// Why the worker is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +47,10 @@ pub(crate) enum Cause {
     /// Over the time limit; `located`: a fresh report put it on the item at
     /// `running`.
     Timeout { located: bool },
-    /// It died (or broke the protocol, or its connection ended).
+    /// It died (or broke the protocol, or its local connection ended).
     Crash(ExitCause),
+    /// Its connection across the network was lost: nobody is to blame.
+    Lost,
 }
 
 /// A part of the batch to send again: items `start..end`, with tries charged.
@@ -44,6 +59,8 @@ pub(crate) struct Part {
     pub start: usize,
     pub end: usize,
     pub attempts: u32,
+    /// Workers lost in a row while holding it.
+    pub losses: u32,
 }
 
 /// The judgement: parts to send again (in input order) and items that failed for
@@ -61,12 +78,30 @@ pub(crate) fn judge(held: Held, cause: Cause, retries: u32, limit: Duration) -> 
         attempts,
         answered,
         running,
+        losses,
     } = held;
     let running = running.max(answered);
     let mut verdict = Verdict::default();
+    let cause = match cause {
+        Cause::Lost if losses + 1 < LOSSES_BEFORE_BLAME => {
+            // Whole, with the tries it had: a lost connection charges nothing.
+            if answered < len {
+                verdict.again.push(Part {
+                    start: answered,
+                    end: len,
+                    attempts,
+                    losses: losses + 1,
+                });
+            }
+            return verdict;
+        }
+        Cause::Lost => Cause::Crash(ExitCause::Lost),
+        other => other,
+    };
     let failure = |attempts| match cause {
         Cause::Timeout { .. } => ItemErrorKind::TimedOut { limit, attempts },
         Cause::Crash(cause) => ItemErrorKind::Crashed { cause, attempts },
+        Cause::Lost => unreachable!("handled above"),
     };
     if running >= len {
         // It computed every item and died before the last results were out:
@@ -75,6 +110,7 @@ pub(crate) fn judge(held: Held, cause: Cause, retries: u32, limit: Duration) -> 
             start: answered.min(len),
             end: len,
             attempts: 0,
+            losses: 0,
         });
         verdict.again.retain(|p| p.start < p.end);
         return verdict;
@@ -89,6 +125,7 @@ pub(crate) fn judge(held: Held, cause: Cause, retries: u32, limit: Duration) -> 
                 start: 0,
                 end: 1,
                 attempts,
+                losses: 0,
             });
         }
         return verdict;
@@ -97,6 +134,7 @@ pub(crate) fn judge(held: Held, cause: Cause, retries: u32, limit: Duration) -> 
         start: answered,
         end: running,
         attempts: 0,
+        losses: 0,
     };
     if innocent.start < innocent.end {
         verdict.again.push(innocent);
@@ -111,6 +149,7 @@ pub(crate) fn judge(held: Held, cause: Cause, retries: u32, limit: Duration) -> 
                     start: running,
                     end: running + 1,
                     attempts: 1,
+                    losses: 0,
                 });
             }
             if running + 1 < len {
@@ -118,22 +157,25 @@ pub(crate) fn judge(held: Held, cause: Cause, retries: u32, limit: Duration) -> 
                     start: running + 1,
                     end: len,
                     attempts: 0,
+                    losses: 0,
                 });
             }
         }
-        Cause::Timeout { located: false } | Cause::Crash(_) => {
+        Cause::Timeout { located: false } | Cause::Crash(_) | Cause::Lost => {
             let suspects = len - running;
             let mid = running + suspects.div_ceil(2);
             verdict.again.push(Part {
                 start: running,
                 end: mid,
                 attempts: 0,
+                losses: 0,
             });
             if mid < len {
                 verdict.again.push(Part {
                     start: mid,
                     end: len,
                     attempts: 0,
+                    losses: 0,
                 });
             }
         }
@@ -154,6 +196,7 @@ mod tests {
             attempts: 0,
             answered,
             running,
+            losses: 0,
         }
     }
 
@@ -162,6 +205,7 @@ mod tests {
             start,
             end,
             attempts,
+            losses: 0,
         }
     }
 
@@ -239,6 +283,68 @@ mod tests {
         assert_eq!(v.again, vec![part(3, 5, 0)]);
     }
 
+    fn lost(len: usize, answered: usize, attempts: u32, losses: u32) -> Verdict {
+        let held = Held {
+            attempts,
+            losses,
+            ..held(len, answered, answered)
+        };
+        judge(held, Cause::Lost, 1, LIMIT)
+    }
+
+    #[test]
+    fn a_lost_connection_charges_nothing_and_keeps_the_batch_whole() {
+        // Not split: nothing points at any item.
+        let v = lost(8, 0, 0, 0);
+        assert_eq!(
+            v.again,
+            vec![Part {
+                losses: 1,
+                ..part(0, 8, 0)
+            }]
+        );
+        assert!(v.failed.is_empty());
+        let v = lost(10, 3, 0, 1);
+        assert_eq!(
+            v.again,
+            vec![Part {
+                losses: 2,
+                ..part(3, 10, 0)
+            }],
+            "answered items are not sent again"
+        );
+        // An item alone keeps the tries it had: none is added, none fails.
+        let v = lost(1, 0, 1, 0);
+        assert_eq!(
+            v.again,
+            vec![Part {
+                losses: 1,
+                ..part(0, 1, 1)
+            }]
+        );
+        assert!(v.failed.is_empty());
+        assert_eq!(lost(4, 4, 0, 0), Verdict::default(), "all answered");
+    }
+
+    #[test]
+    fn work_lost_again_and_again_is_judged_like_a_crash() {
+        // The third loss in a row: split like a crash, uncharged.
+        let v = lost(8, 0, 0, LOSSES_BEFORE_BLAME - 1);
+        assert_eq!(v.again, vec![part(0, 4, 0), part(4, 8, 0)]);
+        // Alone: charged, and failed after its retries, named as lost.
+        let v = lost(1, 0, 1, LOSSES_BEFORE_BLAME - 1);
+        assert_eq!(
+            v.failed,
+            vec![(
+                0,
+                ItemErrorKind::Crashed {
+                    cause: ExitCause::Lost,
+                    attempts: 2
+                }
+            )]
+        );
+    }
+
     /// Replay a poison item at `poison` of a batch of `len` through repeated deaths,
     /// each part run on a fresh worker that dies at the poison (reporting nothing):
     /// only the poison fails, after `1 + retries` tries alone, and it takes at most
@@ -262,6 +368,7 @@ mod tests {
                     attempts,
                     answered: 0,
                     running: 0,
+                    losses: 0,
                 },
                 SEGV,
                 retries,

@@ -15,7 +15,8 @@ use crate::vocab::{JobMsg, ResultBatch};
 impl Engine {
     /// A peer passed the door's checks: it becomes a worker of the pool.
     pub(super) fn on_connected(&mut self, mut link: Box<dyn Link>, join: Join) {
-        let pid = link.peer().pid();
+        let peer = link.peer();
+        let pid = peer.pid();
         let starting = self
             .workers
             .iter()
@@ -23,8 +24,12 @@ impl Engine {
             .map(|(&wid, _)| wid);
         let wid = match starting {
             Some(wid) => wid,
-            // A pool with no launcher takes whoever the door lets in.
-            None if self.launcher.is_none() => {
+            // A pool with no launcher takes whoever the door lets in; any pool
+            // takes workers that join across the network (they add to its own).
+            None if self.launcher.is_none() || peer.is_remote() => {
+                if self.shutdown_deadline.is_some() || self.failed.is_some() {
+                    return; // Closing: the link is dropped, the worker sees the end.
+                }
                 let wid = self.next_wid;
                 self.next_wid += 1;
                 self.workers.insert(wid, Worker::joined(Instant::now()));
@@ -40,10 +45,20 @@ impl Engine {
                 return;
             }
         }
+        // Heartbeats only across the network: on this machine the kernel tells
+        // each side of the other's death.
+        let (heartbeat_ms, silence_ms) = if peer.is_remote() {
+            let ms = |d: std::time::Duration| d.as_millis().clamp(1, u32::MAX as u128) as u32;
+            (ms(self.config.heartbeat), ms(self.config.silence))
+        } else {
+            (0, 0)
+        };
         let welcome = Message::Welcome {
             worker_id: wid as u32,
             max_frame: self.config.max_frame as u32,
             flush_interval_us: self.config.flush_interval.as_micros() as u32,
+            heartbeat_ms,
+            silence_ms,
         };
         let greeted = write_frame(&mut link, &welcome, &Items::new(), self.config.max_frame);
         let conn = greeted
@@ -61,12 +76,13 @@ impl Engine {
             self.functions = Some(join.functions);
         }
         let w = self.workers.get_mut(&wid).expect("found above");
-        w.connected(conn, join.capacity as usize, Instant::now());
+        w.connected(conn, peer, join.capacity as usize, Instant::now());
         self.consecutive_failures = 0;
         self.counters.ready.fetch_add(1, Ordering::Relaxed);
+        self.alone_since = None;
         match pid {
             Some(pid) => tracing::debug!(wid, pid, "worker ready"),
-            None => tracing::debug!(wid, "worker ready"),
+            None => tracing::debug!(wid, %peer, "worker ready"),
         }
         if self.ready.is_some() {
             let connected = self.workers.values().filter(|w| w.usable()).count();
@@ -103,6 +119,8 @@ impl Engine {
                 self.on_progress(wid, job, seq, done as usize);
                 return;
             }
+            // A sign of life, noted when it was read.
+            Message::Heartbeat => return,
             other => {
                 let what = format!("sent an unexpected {other:?} frame");
                 self.kill(wid, KillReason::Violation(what));

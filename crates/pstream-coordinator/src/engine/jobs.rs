@@ -49,6 +49,11 @@ impl Jobs {
         self.jobs.get(&id).filter(|j| !j.cancelled)
     }
 
+    /// Whether some job still wants results (and so, workers).
+    pub fn waiting(&self) -> bool {
+        self.jobs.values().any(|j| !j.cancelled)
+    }
+
     /// A batch the feeder cut.
     pub fn submit(&mut self, batch: Batch) {
         if let Some(job) = self.jobs.get_mut(&batch.job).filter(|j| !j.cancelled) {
@@ -151,6 +156,7 @@ impl Jobs {
                 first_index: batch.first_index + part.start as u64,
                 items,
                 attempts: part.attempts,
+                losses: part.losses,
             });
         }
         self.maybe_end(batch.job);
@@ -204,6 +210,7 @@ fn rest(batch: Batch, answered: usize) -> Batch {
         first_index: batch.first_index + answered as u64,
         items: Arc::new(batch.items.slice(answered..n)),
         attempts: 0,
+        losses: batch.losses,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pstream_protocol::{Message, PROGRESS_HEARTBEAT};
 
 use super::blame::{judge, Cause, Held};
-use super::worker::{KillReason, Life, Worker};
+use super::worker::{Hangup, KillReason, Life, Worker};
 use super::{Config, Engine};
 use crate::error::{ExitCause, PoolError};
 
@@ -16,24 +16,33 @@ use crate::error::{ExitCause, PoolError};
 /// beyond the item time limit, before it is judged hung.
 const PROGRESS_SLACK: Duration = Duration::from_millis(50);
 
-/// What a worker owes by a deadline.
+/// What is due by a deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Due {
-    /// Its handshake.
+    /// The worker's handshake.
     Handshake,
     /// Progress on the batch it holds.
     Progress,
+    /// Over the network: a sign of life from it (any frame).
+    Word,
+    /// Over the network: our heartbeat to it.
+    Beat,
 }
 
-/// The one place the deadline rules live: when `w` must have shown what.
-fn deadline(w: &Worker, config: &Config) -> Option<(Instant, Due)> {
-    match w.life {
+/// The one place the deadline rules live: when `w` must have shown what, and when
+/// we owe it a heartbeat.
+fn deadlines(w: &Worker, config: &Config) -> impl Iterator<Item = (Instant, Due)> {
+    let own = match w.life {
         Life::Starting => Some((w.started_at + config.handshake_timeout, Due::Handshake)),
         Life::Serving | Life::Retiring if !w.in_flight.is_empty() => config
             .item_timeout
             .map(|limit| (w.progress_at + limit + PROGRESS_SLACK, Due::Progress)),
         _ => None,
-    }
+    };
+    let remote = w.is_remote() && w.conn.is_some() && !w.is_ending();
+    let word = remote.then(|| (w.heard_at + config.silence, Due::Word));
+    let beat = remote.then(|| (w.beat_at + config.heartbeat, Due::Beat));
+    own.into_iter().chain(word).chain(beat)
 }
 
 impl Engine {
@@ -44,7 +53,7 @@ impl Engine {
         if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
             self.drain(wid);
             if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
-                self.on_disconnected(wid, None);
+                self.on_disconnected(wid, Hangup::Closed);
             }
         }
         if let Some(w) = self.workers.get_mut(&wid) {
@@ -54,9 +63,9 @@ impl Engine {
     }
 
     /// The worker's connection ended (cleanly or not); no more frames will come.
-    pub(super) fn on_disconnected(&mut self, wid: u64, error: Option<String>) {
+    pub(super) fn on_disconnected(&mut self, wid: u64, hangup: Hangup) {
         if let Some(w) = self.workers.get_mut(&wid) {
-            w.disconnected(error);
+            w.disconnected(hangup);
         }
         self.settle(wid);
     }
@@ -79,10 +88,18 @@ impl Engine {
         if self.shutdown_deadline.is_some() {
             return;
         }
+        if !w.served && w.handle.is_none() {
+            // It joined on its own and failed before serving (its Welcome could
+            // not be sent): nothing of ours to restart, nothing it held.
+            tracing::warn!(wid, "a joining worker was lost during its handshake");
+            return;
+        }
         if !w.served {
             // It never became a worker: a start failure.
             let reason = match w.take_reason() {
-                Some(KillReason::Handshake(r)) | Some(KillReason::Violation(r)) => r,
+                Some(KillReason::Handshake(r))
+                | Some(KillReason::Violation(r))
+                | Some(KillReason::Lost(r)) => r,
                 Some(KillReason::Timeout { .. }) => "timed out".into(),
                 None => format!("{exit} before completing the handshake"),
             };
@@ -100,8 +117,15 @@ impl Engine {
             return;
         }
         if !w.retired_cleanly() {
-            self.counters.crashes.fetch_add(1, Ordering::Relaxed);
-            let cause = match w.take_reason() {
+            let reason = w.take_reason();
+            if let Some(KillReason::Lost(why)) = &reason {
+                tracing::warn!(wid, peer = ?w.peer, "lost a worker: {why}");
+                self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.counters.crashes.fetch_add(1, Ordering::Relaxed);
+            }
+            let cause = match reason {
+                Some(KillReason::Lost(_)) => Cause::Lost,
                 Some(KillReason::Timeout { located }) => Cause::Timeout { located },
                 Some(KillReason::Violation(what)) => {
                     tracing::warn!(wid, "worker broke the protocol: {what}");
@@ -109,7 +133,9 @@ impl Engine {
                 }
                 Some(KillReason::Handshake(_)) | None => Cause::Crash(exit),
             };
-            tracing::info!(wid, pid = w.pid().unwrap_or(0), %exit, "worker died");
+            if cause != Cause::Lost {
+                tracing::info!(wid, pid = w.pid().unwrap_or(0), %exit, "worker died");
+            }
             let mut held = std::mem::take(&mut w.in_flight);
             // Younger batches never started: back to the front of the queue, in order.
             while held.len() > 1 {
@@ -121,12 +147,15 @@ impl Engine {
                 if self.jobs.live(job).is_none() {
                     self.jobs.batch_gone(job);
                 } else {
-                    self.jobs
-                        .count_loss(job, matches!(cause, Cause::Timeout { .. }));
+                    if cause != Cause::Lost {
+                        self.jobs
+                            .count_loss(job, matches!(cause, Cause::Timeout { .. }));
+                    }
                     let verdict = judge(
                         Held {
                             len: head.batch.items.len(),
                             attempts: head.batch.attempts,
+                            losses: head.batch.losses,
                             answered: head.answered,
                             running: head.running,
                         },
@@ -227,12 +256,24 @@ impl Engine {
         let overdue: Vec<(u64, Due)> = self
             .workers
             .iter()
-            .filter_map(|(&wid, w)| deadline(w, &self.config).map(|(at, due)| (wid, at, due)))
+            .flat_map(|(&wid, w)| deadlines(w, &self.config).map(move |(at, due)| (wid, at, due)))
             .filter(|&(_, at, _)| now >= at)
             .map(|(wid, _, due)| (wid, due))
             .collect();
         for (wid, due) in overdue {
             let reason = match due {
+                Due::Beat => {
+                    if let Some(w) = self.workers.get_mut(&wid) {
+                        w.send(&Message::Heartbeat, None);
+                        w.beat_at = now;
+                    }
+                    continue;
+                }
+                Due::Word => KillReason::Lost(format!(
+                    "no word from it for {:?} (the heartbeat limit): its host is gone \
+                     or cut off",
+                    self.config.silence
+                )),
                 Due::Handshake => KillReason::Handshake(format!(
                     "did not complete the handshake within {:?}",
                     self.config.handshake_timeout
@@ -251,8 +292,11 @@ impl Engine {
                     KillReason::Timeout { located }
                 }
             };
-            self.kill(wid, reason);
+            if self.workers.get(&wid).is_some_and(|w| !w.is_ending()) {
+                self.kill(wid, reason);
+            }
         }
+        self.check_alone(now);
         if self.respawn_at.is_some_and(|at| now >= at) {
             self.respawn_at = None;
             self.top_up_workers();
@@ -265,9 +309,53 @@ impl Engine {
         }
         self.workers
             .values()
-            .filter_map(|w| deadline(w, &self.config).map(|(at, _)| at))
+            .flat_map(|w| deadlines(w, &self.config).map(|(at, _)| at))
             .chain(self.respawn_at)
+            .chain(self.alone_deadline())
             .min()
+    }
+
+    /// With no launcher and no worker connected: when the pool stops waiting.
+    fn alone_deadline(&self) -> Option<Instant> {
+        if self.launcher.is_some() || self.failed.is_some() {
+            return None;
+        }
+        self.alone_since
+            .map(|since| since + self.config.wait_workers)
+    }
+
+    /// A pool with no launcher waits for workers to join while it has none; past
+    /// `wait_workers`, it fails, saying whom it waited for. Its first worker is
+    /// awaited by `build` the same way.
+    fn check_alone(&mut self, now: Instant) {
+        if self.launcher.is_some() || self.failed.is_some() {
+            return;
+        }
+        let connected = self.workers.values().any(|w| w.usable());
+        let needed = self.ready.is_some() || self.jobs.waiting();
+        match (connected || !needed, self.alone_since) {
+            (true, _) => self.alone_since = None,
+            (false, None) => self.alone_since = Some(now),
+            (false, Some(_)) => {}
+        }
+        if self.alone_deadline().is_none_or(|at| now < at) {
+            return;
+        }
+        let error = PoolError::NoWorkers {
+            waited: self.config.wait_workers,
+            expected: match self.config.listening {
+                Some(addr) => format!("workers joining at {addr} (TCP)"),
+                None => "workers joining the pool".into(),
+            },
+            ever: self.counters.ready.load(Ordering::Relaxed),
+        };
+        match self.ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Err(error));
+                self.fail_pool(PoolError::Closed);
+            }
+            None => self.fail_pool(error),
+        }
     }
 
     /// Start workers until the pool has as many as it should.
@@ -278,7 +366,12 @@ impl Engine {
         if self.launcher.is_none() {
             return; // Workers join on their own.
         }
-        let live = self.workers.values().filter(|w| w.counts()).count();
+        // Workers that joined on their own are extra: they replace none of ours.
+        let live = self
+            .workers
+            .values()
+            .filter(|w| w.counts() && w.handle.is_some())
+            .count();
         for _ in live..self.config.workers {
             if !self.start_worker() {
                 return;

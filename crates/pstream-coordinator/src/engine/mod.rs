@@ -20,6 +20,7 @@
 //! * `blame`: who is to blame for a lost worker (a pure function).
 
 mod blame;
+pub(crate) use blame::LOSSES_BEFORE_BLAME;
 mod dispatch;
 mod frames;
 mod jobs;
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use pstream_protocol::FunctionInfo;
+use pstream_protocol::{DecodeError, FunctionInfo};
 
 use crate::conn::Incoming;
 use crate::error::PoolError;
@@ -43,7 +44,7 @@ use crate::process::WorkerCommand;
 use crate::stats::PoolCounters;
 use crate::vocab::{Event, Events, Ready, Wake};
 use jobs::Jobs;
-use worker::Worker;
+use worker::{Hangup, Worker};
 
 /// The pool's settings, fixed at build.
 #[derive(Debug, Clone)]
@@ -62,6 +63,15 @@ pub(crate) struct Config {
     pub capacity: u32,
     pub flush_interval: Duration,
     pub shutdown_grace: Duration,
+    /// Over the network: a heartbeat each way after this long with nothing sent.
+    pub heartbeat: Duration,
+    /// Over the network: a worker heard nothing from for this long is lost (and a
+    /// worker gives its coordinator up after as long).
+    pub silence: Duration,
+    /// With no launcher: how long the pool waits while no worker is connected.
+    pub wait_workers: Duration,
+    /// Where workers join, for messages (`None`: no TCP door).
+    pub listening: Option<std::net::SocketAddr>,
 }
 
 pub(crate) struct Engine {
@@ -87,6 +97,8 @@ pub(crate) struct Engine {
     failed: Option<Arc<PoolError>>,
     /// Shut down for good: every step is a no-op.
     exited: bool,
+    /// Since when no worker is connected, in a pool with no launcher.
+    alone_since: Option<Instant>,
 }
 
 /// Whether the engine goes on after a step.
@@ -128,6 +140,7 @@ impl Engine {
             shutdown_deadline: None,
             failed: None,
             exited: false,
+            alone_since: Some(Instant::now()),
         }
     }
 
@@ -327,7 +340,7 @@ impl Engine {
             // those batches would be blamed for a death that came after them.
             self.drain(wid);
             if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
-                self.on_disconnected(wid, None);
+                self.on_disconnected(wid, Hangup::Closed);
             }
         }
     }
@@ -351,16 +364,38 @@ impl Engine {
         };
         let (frames, end) = match conn.read() {
             Incoming::Frames(frames) => (frames, None),
-            Incoming::Closed(frames) => (frames, Some(None)),
-            Incoming::Broken(frames, e) => (frames, Some(Some(e.to_string()))),
+            Incoming::Closed(frames) => (frames, Some(Hangup::Closed)),
+            Incoming::Broken(frames, e)
+                if e.is_io() || matches!(e, DecodeError::Truncated { .. }) =>
+            {
+                (frames, Some(Hangup::Failed(chain(&e))))
+            }
+            Incoming::Broken(frames, e) => (frames, Some(Hangup::Garbage(chain(&e)))),
         };
         let more = !frames.is_empty() && end.is_none();
+        if !frames.is_empty() {
+            if let Some(w) = self.workers.get_mut(&wid) {
+                w.heard_at = Instant::now();
+            }
+        }
         for frame in frames {
             self.on_frame(wid, frame);
         }
-        if let Some(error) = end {
-            self.on_disconnected(wid, error);
+        if let Some(hangup) = end {
+            self.on_disconnected(wid, hangup);
         }
         more
     }
+}
+
+/// An error with its causes, for a log line or a reason.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

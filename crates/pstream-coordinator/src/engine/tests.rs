@@ -46,6 +46,10 @@ fn config(retries: u32, item_timeout: Option<Duration>) -> Config {
         capacity: 8,
         flush_interval: Duration::from_millis(2),
         shutdown_grace: Duration::from_secs(1),
+        heartbeat: Duration::from_secs(1),
+        silence: Duration::from_secs(10),
+        wait_workers: Duration::from_secs(60),
+        listening: None,
     }
 }
 
@@ -154,6 +158,7 @@ impl Pool {
                     first_index: (i * size) as u64,
                     items: Arc::new(batch),
                     attempts: 0,
+                    losses: 0,
                 }))
                 .unwrap();
         }
@@ -415,4 +420,302 @@ fn a_located_hang_blames_the_item_in_work_not_the_next() {
         1,
         "located at once: one time limit, no bisection"
     );
+}
+
+/// What a played worker across the network does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Remote {
+    /// Answer every batch, with heartbeats while idle.
+    Echo,
+    /// Close the connection on its first batch (the host went away), once in the
+    /// whole test (`flag`); after that, like `Echo`.
+    DropOnce,
+    /// Take its first batch and fall silent (no heartbeat, no result) for `late`,
+    /// then send the results anyway.
+    Silent { late: Duration },
+}
+
+impl Pool {
+    /// A played worker joins over TCP on loopback: its peer is remote.
+    fn join_remote(&mut self, play: Remote, flag: &Arc<std::sync::atomic::AtomicBool>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let theirs = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let link = Box::new(crate::link::TcpLink::new(ours).unwrap());
+        let join = Join {
+            proof: Default::default(),
+            capacity: 8,
+            max_frame: DEFAULT_MAX_FRAME as u32,
+            functions: Vec::new(),
+        };
+        let flag = Arc::clone(flag);
+        self.workers.push(std::thread::spawn(move || {
+            remote_worker(theirs, play, &flag)
+        }));
+        self.events.send(Event::Connected { link, join }).unwrap();
+        self.engine.accept(std::iter::empty());
+    }
+
+    /// Step until `n` outcomes, keeping one `Echo` worker across the network joined.
+    fn run_remote(
+        &mut self,
+        n: usize,
+        flag: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> BTreeMap<u64, Result<Vec<u8>, ItemErrorKind>> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut outcomes = BTreeMap::new();
+        while outcomes.len() < n {
+            assert!(Instant::now() < deadline, "the job hangs: {outcomes:?}");
+            let echoes = self
+                .engine
+                .workers
+                .values()
+                .filter(|w| w.usable() && w.capacity == 8)
+                .count();
+            if echoes == 0 {
+                self.join_remote(Remote::Echo, flag);
+            }
+            self.engine.step(true);
+            while let Ok(JobMsg::Results(batch)) = self.results.try_recv() {
+                let failed: BTreeMap<u32, ItemErrorKind> = batch.failures.into_iter().collect();
+                for slot in 0..batch.items.len() {
+                    let index = batch.first_index + slot as u64;
+                    let outcome = match failed.get(&(slot as u32)) {
+                        Some(kind) => Err(kind.clone()),
+                        None => Ok(batch.items.get(slot).unwrap().to_vec()),
+                    };
+                    assert!(
+                        outcomes.insert(index, outcome).is_none(),
+                        "item {index} came back twice"
+                    );
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+/// A played worker across the network. Writes go through one lock: the heartbeat
+/// thread and the answers share the connection.
+fn remote_worker(
+    stream: std::net::TcpStream,
+    play: Remote,
+    dropped: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+    let max = DEFAULT_MAX_FRAME;
+    let mut reader = stream.try_clone().unwrap();
+    reader.set_read_timeout(Some(DEADLINE)).unwrap();
+    let writer = Arc::new(Mutex::new(stream));
+    let quiet = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let beater = {
+        let (writer, quiet, done) = (Arc::clone(&writer), Arc::clone(&quiet), Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if !quiet.load(Ordering::SeqCst) {
+                    let mut w = writer.lock().unwrap();
+                    if write_frame(&mut *w, &Message::Heartbeat, &Items::new(), max).is_err() {
+                        return;
+                    }
+                }
+                // The heartbeat's pace, as a worker keeps it: not synchronisation.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let finish = |beater: JoinHandle<()>| {
+        done.store(true, Ordering::SeqCst);
+        let _ = beater.join();
+    };
+    match read_frame(&mut reader, max) {
+        Ok(Some(Frame {
+            message: Message::Welcome { heartbeat_ms, .. },
+            ..
+        })) => assert!(heartbeat_ms > 0, "a remote worker gets heartbeats"),
+        _ => return finish(beater),
+    }
+    let mut first = true;
+    while let Ok(Some(frame)) = read_frame(&mut reader, max) {
+        let Message::Batch(header) = frame.message else {
+            continue;
+        };
+        match play {
+            Remote::DropOnce if first && !dropped.swap(true, Ordering::SeqCst) => {
+                let _ = reader.shutdown(std::net::Shutdown::Both);
+                return finish(beater);
+            }
+            Remote::Silent { late } if first => {
+                quiet.store(true, Ordering::SeqCst);
+                std::thread::sleep(late);
+            }
+            _ => {}
+        }
+        first = false;
+        let message = Message::Results(ResultsHeader {
+            job: header.job,
+            seq: header.seq,
+            offset: 0,
+            failures: Vec::new(),
+            packed: false,
+        });
+        let mut w = writer.lock().unwrap();
+        if write_frame(&mut *w, &message, &frame.items, max).is_err() {
+            break; // Declared lost: the engine hung up.
+        }
+    }
+    finish(beater)
+}
+
+fn remote_config(retries: u32) -> Config {
+    Config {
+        heartbeat: Duration::from_millis(50),
+        silence: Duration::from_millis(400),
+        ..config(retries, None)
+    }
+}
+
+#[test]
+fn a_lost_connection_is_no_evidence_against_an_item() {
+    // Batches of one item, no retries: a local worker's death would fail the
+    // item it held at once. A connection across the network that drops charges
+    // nothing.
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pool = Pool::new(remote_config(0));
+    pool.join_remote(Remote::DropOnce, &flag);
+    let data = items(20, None);
+    pool.submit(&refs(&data), 1);
+    let outcomes = pool.run_remote(20, &flag);
+    assert!(flag.load(Ordering::SeqCst), "a connection was dropped");
+    for (i, outcome) in &outcomes {
+        assert_eq!(outcome.as_ref().unwrap(), &data[*i as usize], "item {i}");
+    }
+    assert_eq!(pool.engine.counters.lost.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.engine.counters.crashes.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_local_workers_death_is_still_charged() {
+    // The same job with played local workers (socketpairs): the item held when
+    // the worker died is charged, and with no retries, fails.
+    let mut pool = Pool::new(config(0, None));
+    let data = items(20, Some(7));
+    pool.submit(&refs(&data), 1);
+    let outcomes = pool.run(20, Play::DieAtPoison, 2);
+    assert!(outcomes[&7].is_err(), "{:?}", outcomes[&7]);
+    assert_eq!(pool.engine.counters.lost.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_silent_worker_is_lost_after_the_limit_and_its_late_results_are_discarded() {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pool = Pool::new(remote_config(0));
+    // Silent well past the limit, then it answers anyway.
+    pool.join_remote(
+        Remote::Silent {
+            late: Duration::from_millis(1500),
+        },
+        &flag,
+    );
+    let data = items(40, None);
+    pool.submit(&refs(&data), 4);
+    let outcomes = pool.run_remote(40, &flag);
+    for (i, outcome) in &outcomes {
+        assert_eq!(outcome.as_ref().unwrap(), &data[*i as usize], "item {i}");
+    }
+    assert_eq!(pool.engine.counters.lost.load(Ordering::SeqCst), 1);
+    // Step on past its late answer: nothing comes twice (run_remote would have
+    // panicked), and nothing more comes at all.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        pool.engine.step(true);
+        assert!(
+            pool.results.try_recv().is_err(),
+            "a late result got through"
+        );
+    }
+}
+
+#[test]
+fn a_remote_worker_that_dies_on_an_item_every_time_ends_its_retries() {
+    // With no agent to report exits, a remote worker killed by an item looks like
+    // a lost connection; past the limit of losses in a row, it is a crash.
+    let mut pool = Pool::new(remote_config(1));
+    let data = items(16, Some(5));
+    pool.submit(&refs(&data), 8);
+    let deadline = Instant::now() + DEADLINE;
+    let mut outcomes = BTreeMap::new();
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    while outcomes.len() < 16 {
+        assert!(Instant::now() < deadline, "the job hangs: {outcomes:?}");
+        if pool.usable() == 0 {
+            pool.join_remote_dying();
+        }
+        pool.engine.step(true);
+        while let Ok(JobMsg::Results(batch)) = pool.results.try_recv() {
+            let failed: BTreeMap<u32, ItemErrorKind> = batch.failures.into_iter().collect();
+            for slot in 0..batch.items.len() {
+                let index = batch.first_index + slot as u64;
+                let outcome = failed.get(&(slot as u32)).cloned();
+                assert!(outcomes.insert(index, outcome).is_none());
+            }
+        }
+    }
+    drop(flag);
+    for (i, failure) in &outcomes {
+        if *i == 5 {
+            assert_eq!(
+                failure,
+                &Some(ItemErrorKind::Crashed {
+                    cause: ExitCause::Lost,
+                    attempts: 2
+                })
+            );
+        } else {
+            assert_eq!(failure, &None, "item {i}");
+        }
+    }
+}
+
+impl Pool {
+    /// A played worker across the network that drops its connection on a batch
+    /// holding the poison, every time (and answers the others).
+    fn join_remote_dying(&mut self) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut theirs = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let link = Box::new(crate::link::TcpLink::new(ours).unwrap());
+        let join = Join {
+            proof: Default::default(),
+            capacity: 8,
+            max_frame: DEFAULT_MAX_FRAME as u32,
+            functions: Vec::new(),
+        };
+        self.workers.push(std::thread::spawn(move || {
+            theirs.set_read_timeout(Some(DEADLINE)).unwrap();
+            let max = DEFAULT_MAX_FRAME;
+            while let Ok(Some(frame)) = read_frame(&mut theirs, max) {
+                let Message::Batch(header) = frame.message else {
+                    continue;
+                };
+                let items = frame.items;
+                if (0..items.len()).any(|i| items.get(i) == Some(&b"poison"[..])) {
+                    return;
+                }
+                let message = Message::Results(ResultsHeader {
+                    job: header.job,
+                    seq: header.seq,
+                    offset: 0,
+                    failures: Vec::new(),
+                    packed: false,
+                });
+                if write_frame(&mut theirs, &message, &items, max).is_err() {
+                    return;
+                }
+            }
+        }));
+        self.events.send(Event::Connected { link, join }).unwrap();
+        self.engine.accept(std::iter::empty());
+    }
 }

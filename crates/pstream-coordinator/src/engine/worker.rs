@@ -10,6 +10,7 @@ use pstream_protocol::{Items, Message};
 use crate::conn::Conn;
 use crate::error::ExitCause;
 use crate::launcher::Handle;
+use crate::link::Peer;
 use crate::vocab::Batch;
 
 /// Why the engine ended a worker.
@@ -22,6 +23,20 @@ pub(super) enum KillReason {
     Violation(String),
     /// It did not complete the handshake, or the pool gave up on it.
     Handshake(String),
+    /// Its connection across the network was lost (closed, reset, or silent past
+    /// the heartbeat limit): no evidence against what it held.
+    Lost(String),
+}
+
+/// How a worker's connection ended.
+#[derive(Debug)]
+pub(super) enum Hangup {
+    /// The peer closed it at a frame boundary (or our write found it closed).
+    Closed,
+    /// The connection failed: a reset, a timeout, an end inside a frame.
+    Failed(String),
+    /// The peer sent bytes that are not a frame of ours.
+    Garbage(String),
 }
 
 /// Where a worker is in its life. Idle or busy is not a state of its own: it is
@@ -76,6 +91,12 @@ pub(super) struct Worker {
     pub items_done: u64,
     /// When the worker last showed progress on its oldest batch.
     pub progress_at: Instant,
+    /// Who is at the other end of its connection, once connected.
+    pub peer: Option<Peer>,
+    /// When a frame last came from it (any frame: over the network, a sign of life).
+    pub heard_at: Instant,
+    /// When we last sent it a heartbeat (over the network).
+    pub beat_at: Instant,
 }
 
 impl std::fmt::Debug for Worker {
@@ -116,7 +137,15 @@ impl Worker {
             outstanding: 0,
             items_done: 0,
             progress_at: now,
+            peer: None,
+            heard_at: now,
+            beat_at: now,
         }
+    }
+
+    /// Whether it is across the network (its connection may be lost while it lives).
+    pub fn is_remote(&self) -> bool {
+        self.peer.is_some_and(|p| p.is_remote())
     }
 
     /// Its pid, where it has one here.
@@ -125,7 +154,7 @@ impl Worker {
     }
 
     /// Starting → Serving: the handshake is done.
-    pub fn connected(&mut self, conn: Conn, capacity: usize, now: Instant) {
+    pub fn connected(&mut self, conn: Conn, peer: Peer, capacity: usize, now: Instant) {
         debug_assert!(matches!(self.life, Life::Starting));
         self.life = Life::Serving;
         self.served = true;
@@ -133,8 +162,11 @@ impl Worker {
             handle.connected();
         }
         self.conn = Some(conn);
+        self.peer = Some(peer);
         self.capacity = capacity.max(1);
         self.progress_at = now;
+        self.heard_at = now;
+        self.beat_at = now;
     }
 
     /// Serving → Retiring: it finishes what it holds, then is told to stop.
@@ -176,11 +208,23 @@ impl Worker {
         }
     }
 
-    /// Its connection ended (cleanly, or with `error`): → Ending; whatever the
-    /// process does now, it is no longer a worker of ours.
-    pub fn disconnected(&mut self, error: Option<String>) {
+    /// Its connection ended: → Ending; whatever the process does now, it is no
+    /// longer a worker of ours. Bytes that are not frames are a violation. A
+    /// connection across the network that closed or failed is lost (the host may
+    /// be cut off, the worker alive); on this machine, the process's exit says
+    /// what happened, and a failed connection is a violation.
+    pub fn disconnected(&mut self, hangup: Hangup) {
         self.conn = None;
-        self.end(error.map(KillReason::Violation));
+        let reason = match hangup {
+            Hangup::Garbage(what) => Some(KillReason::Violation(what)),
+            Hangup::Closed if self.is_remote() => {
+                Some(KillReason::Lost("it closed the connection".into()))
+            }
+            Hangup::Failed(why) if self.is_remote() => Some(KillReason::Lost(why)),
+            Hangup::Failed(why) => Some(KillReason::Violation(why)),
+            Hangup::Closed => None,
+        };
+        self.end(reason);
         self.kill_process();
     }
 

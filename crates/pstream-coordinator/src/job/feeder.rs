@@ -385,6 +385,7 @@ impl Feeder {
                 first_index: self.first,
                 items: Arc::new(items),
                 attempts: 0,
+                losses: 0,
             };
             self.emit(Event::Submit(batch));
             self.target = (self.target * 2).min(self.limits.max_batch);

@@ -1,0 +1,308 @@
+//! Workers that join over TCP (on loopback): the same job, the same handshake
+//! without the local socket's kernel checks, and every stranger refused.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pstream::protocol::auth::{create_token_file, Role, Token};
+use pstream::protocol::{read_frame, write_frame, Frame, Hello, Items, Join, Message};
+use pstream::{PoolError, ProcessPool};
+use pstream_examples::double;
+use support::*;
+
+/// A worker process started by the test; killed and reaped when dropped.
+struct Joiner(Option<Child>);
+
+impl Joiner {
+    /// The example plugin, joining the pool at `addr` with the token in `token`.
+    fn start(addr: SocketAddr, token: &Path) -> Joiner {
+        let child = Command::new(plugin())
+            .arg("--connect")
+            .arg(addr.to_string())
+            .arg("--token-file")
+            .arg(token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG")
+            .spawn()
+            .expect("start the example plugin");
+        Joiner(Some(child))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    /// Wait (with a deadline) for it to exit; its exit code and stderr.
+    fn exit(mut self) -> (Option<i32>, String) {
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the joining worker did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for Joiner {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A fresh token file (0600) in `dir`.
+fn token_file(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    create_token_file(&path).unwrap();
+    path
+}
+
+/// A pool with no workers of its own, listening on `listener`.
+fn listening_pool(listener: TcpListener, token: &Path) -> pstream::PoolBuilder {
+    builder()
+        .workers(0)
+        .listener(listener)
+        .token_file(token)
+        .wait_workers(Duration::from_secs(60))
+}
+
+#[test]
+fn workers_that_join_over_tcp_compute_the_job_exactly_on_ipv4_and_ipv6() {
+    let _watchdog = watchdog("the TCP jobs", Duration::from_secs(240));
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    for host in ["127.0.0.1:0", "[::1]:0"] {
+        let listener = TcpListener::bind(host).unwrap_or_else(|e| panic!("bind {host}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        assert_ne!(addr.port(), 0, "port 0 is any free port");
+        let joiners = [Joiner::start(addr, &token), Joiner::start(addr, &token)];
+        let pool = listening_pool(listener, &token).build().unwrap();
+        assert_eq!(pool.listen_addr(), Some(addr));
+        assert!(pool.functions().iter().any(|f| f.name == "double"));
+        let n = scale(200_000) as i64;
+        let mut expected = 0i64;
+        for result in pool.map(double, 0..n).unwrap() {
+            assert_eq!(result.unwrap(), expected * 2, "{host}");
+            expected += 1;
+        }
+        assert_eq!(expected, n);
+        let stats = pool.stats();
+        assert_eq!((stats.crashes, stats.lost), (0, 0), "{host}: {stats:?}");
+        assert!(
+            pool.worker_pids().is_empty(),
+            "no process of the pool's own"
+        );
+        // The token is on no command line and in no environment of the workers.
+        let secret = std::fs::read_to_string(&token).unwrap().trim().to_string();
+        for j in &joiners {
+            for what in ["cmdline", "environ"] {
+                let bytes = std::fs::read(format!("/proc/{}/{what}", j.pid())).unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(&secret),
+                    "the token is in the worker's {what}"
+                );
+            }
+        }
+        drop(pool);
+        // Told to shut down, the workers exit 0.
+        for j in joiners {
+            let (code, stderr) = j.exit();
+            assert_eq!(code, Some(0), "{host}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn a_pool_with_local_workers_also_takes_workers_that_join() {
+    let _watchdog = watchdog("the mixed job", Duration::from_secs(240));
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pool = listening_pool(listener, &token).workers(1).build().unwrap();
+    let _joiner = Joiner::start(addr, &token);
+    wait_for("the joining worker", || pool.stats().ready >= 2);
+    let n = scale(100_000) as i64;
+    let results: Vec<i64> = pool
+        .map(double, 0..n)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, (0..n).map(|x| x * 2).collect::<Vec<_>>());
+    assert_eq!(pool.worker_pids().len(), 1, "one local worker, as asked");
+}
+
+/// What the pool answered a peer that must be refused: never a Welcome.
+fn assert_refused(mut stream: TcpStream, what: &str) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    loop {
+        match read_frame(&mut stream, 1 << 20) {
+            Ok(Some(Frame {
+                message: Message::Reject { reason },
+                ..
+            })) => {
+                eprintln!("{what}: rejected: {reason}");
+                return;
+            }
+            // The coordinator's half of the handshake, before it learns the proof
+            // is wrong.
+            Ok(Some(Frame {
+                message: Message::Challenge { .. },
+                ..
+            })) => continue,
+            Ok(None) => return eprintln!("{what}: closed"),
+            Err(e) => return eprintln!("{what}: connection ended: {e}"),
+            Ok(Some(other)) => panic!("{what}: the pool answered {:?}", other.message),
+        }
+    }
+}
+
+#[test]
+fn strangers_over_tcp_are_refused_while_a_job_runs_exactly() {
+    let _watchdog = watchdog("the hostile TCP peers", Duration::from_secs(240));
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    let wrong = token_file(dir.path(), "wrong.token");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _good = Joiner::start(addr, &token);
+    let pool = listening_pool(listener, &token)
+        .handshake_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let n = scale(300_000) as i64;
+    let mut results = pool.map(double, 0..n).unwrap();
+    let mut expected = 0i64;
+    let mut take = |k: i64, results: &mut pstream::MapResults<i64>| {
+        for _ in 0..k.min(n - expected) {
+            assert_eq!(results.next().unwrap().unwrap(), expected * 2);
+            expected += 1;
+        }
+    };
+    take(1000, &mut results);
+
+    // A worker with another token: it finds that the coordinator cannot prove
+    // that it holds the worker's token, and gives nothing away.
+    let (code, stderr) = Joiner::start(addr, &wrong).exit();
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("could not prove"), "{stderr}");
+    take(1000, &mut results);
+
+    // A peer that plays the worker's part with a wrong proof.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let nonce = [9u8; 32];
+    let hello = Message::Hello(Hello {
+        protocol_version: pstream::protocol::PROTOCOL_VERSION,
+        pid: 1,
+        nonce,
+    });
+    write_frame(&mut s, &hello, &Items::new(), 1 << 20).unwrap();
+    let theirs = match read_frame(&mut s, 1 << 20).unwrap().unwrap().message {
+        Message::Challenge { nonce: theirs, .. } => theirs,
+        other => panic!("expected a Challenge, got {other:?}"),
+    };
+    let other = Token::random().unwrap();
+    let join = Message::Join(Join {
+        proof: other.prove(Role::Worker, &nonce, &theirs),
+        capacity: 8,
+        max_frame: 1 << 20,
+        functions: Vec::new(),
+    });
+    write_frame(&mut s, &join, &Items::new(), 1 << 20).unwrap();
+    assert_refused(s, "a wrong proof");
+    take(1000, &mut results);
+
+    // Garbage.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: pstream\r\n\r\n");
+    assert_refused(s, "garbage");
+    take(1000, &mut results);
+
+    // A length prefix of 4 GiB, then silence.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let _ = s.write_all(&u32::MAX.to_le_bytes());
+    assert_refused(s, "4 GiB prefix");
+    take(1000, &mut results);
+
+    // Nothing at all: dropped after the handshake timeout.
+    assert_refused(TcpStream::connect(addr).unwrap(), "silence");
+
+    for result in results {
+        assert_eq!(result.unwrap(), expected * 2);
+        expected += 1;
+    }
+    assert_eq!(expected, n);
+    let stats = pool.stats();
+    assert_eq!(stats.ready, 1, "only the good worker joined: {stats:?}");
+    assert_eq!((stats.crashes, stats.lost), (0, 0), "{stats:?}");
+}
+
+#[test]
+fn a_token_file_that_others_may_read_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = ProcessPool::builder()
+        .workers(0)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .token_file(&token)
+        .build()
+        .unwrap_err();
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(matches!(err, PoolError::Token(_)), "{text}");
+    assert!(
+        text.contains("mode 0644") && text.contains("chmod 600"),
+        "{text}"
+    );
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (code, stderr) = Joiner::start(listener.local_addr().unwrap(), &token).exit();
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("mode 0644"), "{stderr}");
+    // It refused before connecting.
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "the worker connected anyway");
+}
+
+#[test]
+fn a_pool_that_no_worker_joins_fails_saying_whom_it_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let err = listening_pool(listener, &token)
+        .wait_workers(Duration::from_millis(300))
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, PoolError::NoWorkers { .. }), "{text}");
+    assert!(text.contains(&addr.to_string()), "{text}");
+    assert!(text.contains("--connect"), "{text}");
+}
