@@ -207,6 +207,9 @@ pub use executor::{
     ThreadExecutor, ThreadExecutorBuilder,
 };
 
+#[cfg(feature = "async")]
+pub mod stream;
+
 /// The wire protocol, for tools that speak it directly.
 pub mod protocol {
     pub use pstream_protocol::*;

@@ -202,3 +202,105 @@ fn a_panicking_state_initialiser_is_a_pool_error_with_the_panic_message() {
     );
     assert_eq!(pool.stats().spawned, 2);
 }
+
+/// The async face on a current-thread runtime: the input comes from a channel that
+/// another task on the same runtime fills one item at a time, each only after the
+/// consumer has awaited the result of the one before. Were the runtime's only
+/// thread blocked while results are awaited (or while the input is read), that
+/// task could never send, and the test would hang (the watchdog ends it).
+#[test]
+fn results_are_awaited_on_a_current_thread_runtime_while_other_tasks_run() {
+    use futures::StreamExt;
+    use pstream::stream::{IntoResultStream, MapStream};
+    use pstream_examples::double;
+
+    let _watchdog = watchdog(
+        "results_are_awaited_on_a_current_thread_runtime_while_other_tasks_run",
+        Duration::from_secs(120),
+    );
+    let pool = builder().workers(2).build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (items, items_rx) = tokio::sync::mpsc::channel::<i64>(1);
+        let (acks, mut acks_rx) = tokio::sync::mpsc::channel::<i64>(1);
+        let producer = tokio::spawn(async move {
+            for i in 0..50i64 {
+                items.send(i).await.unwrap();
+                // The next item only once its result was seen.
+                assert_eq!(acks_rx.recv().await, Some(i * 2));
+            }
+        });
+        let input = futures::stream::unfold(items_rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let mut results = pool.map_stream(double, input).unwrap();
+        for i in 0..50i64 {
+            let result = results.next().await.expect("a result").unwrap();
+            assert_eq!(result, i * 2);
+            acks.send(result).await.unwrap();
+        }
+        producer.await.unwrap();
+        // The producer is done and its sender dropped: the input ends, so do the
+        // results.
+        assert!(results.next().await.is_none());
+        assert!(results.pool_error().is_none());
+
+        // Results of an iterator's items, while a ticker task counts its turns: it
+        // runs between results.
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ticker = {
+            let ticks = std::sync::Arc::clone(&ticks);
+            tokio::spawn(async move {
+                loop {
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut results = pool
+            .map(double, 0..20_000i64)
+            .unwrap()
+            .into_stream()
+            .unwrap();
+        let mut n = 0i64;
+        while let Some(result) = results.next().await {
+            assert_eq!(result.unwrap(), n * 2);
+            n += 1;
+        }
+        assert_eq!(n, 20_000);
+        ticker.abort();
+        assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    });
+}
+
+/// Dropping the stream part way cancels the job, and the pool runs the next one.
+#[test]
+fn dropping_a_result_stream_cancels_its_job() {
+    use futures::StreamExt;
+    use pstream::stream::IntoResultStream;
+    use pstream_examples::double;
+
+    let _watchdog = watchdog(
+        "dropping_a_result_stream_cancels_its_job",
+        Duration::from_secs(120),
+    );
+    let pool = builder().workers(2).window(100).build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut results = pool.map(double, 0i64..).unwrap().into_stream().unwrap();
+        for i in 0..10 {
+            assert_eq!(results.next().await.unwrap().unwrap(), i * 2);
+        }
+        drop(results);
+        let mut again = pool.map(double, 0..5i64).unwrap().into_stream().unwrap();
+        let mut got = Vec::new();
+        while let Some(r) = again.next().await {
+            got.push(r.unwrap());
+        }
+        assert_eq!(got, [0, 2, 4, 6, 8]);
+    });
+}
