@@ -68,9 +68,13 @@ where
 ///
 /// # The contract
 ///
-/// * `execute(func, data)` returns at once; `data` is read on another thread, never
-///   more than `max_memory_items` items ahead of the consumer, so an input of any
-///   length — a generator, an infinite iterator — runs in bounded memory.
+/// * `execute(func, data)` returns at once; `data` is read as the results are taken,
+///   never more than `max_memory_items` items ahead of the consumer, so an input of
+///   any length — a generator, an infinite iterator — runs in bounded memory. A
+///   [`ThreadExecutor`] reads it on its worker threads; a [`ProcessExecutor`] on the
+///   thread that takes the results, between results ([`ProcessPool::map`]), so an
+///   input that blocks holds up results that are ready: give such an input to
+///   [`ProcessPool::input_thread`] (through [`ProcessExecutor::pool`]) instead.
 /// * The results are `Result<Out, ItemError>`, exactly one per input item, in input
 ///   order: `execute(f, data)` collects to what `data.map(f)` would give.
 ///   `execute_unordered` yields them as they are ready instead (each [`ItemError`]

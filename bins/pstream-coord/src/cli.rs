@@ -25,7 +25,8 @@ pub struct Cli {
 }
 
 /// Shown after --help.
-const EXIT_CODES: &str = "\
+const EXIT_CODES: &str = concat!(
+    "\
 Exit codes:
   0    every item succeeded
   1    some items failed (see stderr and --errors)
@@ -34,7 +35,22 @@ Exit codes:
   130  stopped by SIGINT (Ctrl-C);  143  stopped by SIGTERM
 
 Logs: set RUST_LOG (e.g. RUST_LOG=debug) to see the pool's tracing logs on stderr.
-Documentation: docs/cli.md";
+",
+    documentation!()
+);
+
+/// Where the manual is: docs/cli.md, at the repository named in Cargo.toml (and in
+/// the source). A macro, for `concat!`.
+macro_rules! documentation {
+    () => {
+        concat!(
+            "Documentation: ",
+            env!("CARGO_PKG_REPOSITORY"),
+            "/blob/main/docs/cli.md (docs/cli.md in the source)"
+        )
+    };
+}
+pub(crate) use documentation;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -11,7 +11,8 @@ use crate::cli::RunArgs;
 use crate::cli::{parse_bytes, parse_duration, parse_frame_size, parse_size, Format, OnError};
 
 /// Shown after `exec --help`.
-pub const EXEC_HELP: &str = "\
+pub const EXEC_HELP: &str = concat!(
+    "\
 Placeholders, in any argument: {} the item, {#} its line number, {/} its basename,
 {//} its dirname, {.} the item without its extension, {/.} the basename without it.
 Without any of them, the item is appended as the last argument. No shell is
@@ -22,10 +23,13 @@ Examples:
   pstream-coord exec -i urls.txt --timeout 30s --joblog jobs.tsv -- curl -fsS {}
   ls *.png | pstream-coord exec -- convert {} {.}.jpg
 
-Documentation: docs/cli.md";
+",
+    crate::cli::documentation!()
+);
 
 /// Shown after `pipe --help`.
-pub const PIPE_HELP: &str = "\
+pub const PIPE_HELP: &str = concat!(
+    "\
 Each block (--block SIZE of whole lines, or --lines N) is fed to a fresh CMD's
 stdin; the outputs are written in input order. When CMD fails on a block, the
 halves are run again, down to the lines that make it fail: those go to --errors
@@ -36,7 +40,9 @@ parts, as for line filters (awk, grep, sed, jq -c).
 Example:
   seq 1 20000000 | pstream-coord pipe -- awk '{print $1*2}' > doubled.txt
 
-Documentation: docs/cli.md";
+",
+    crate::cli::documentation!()
+);
 
 /// The options `exec` and `pipe` share with `run`.
 #[derive(Debug, Args)]
