@@ -830,8 +830,12 @@ fn pipe_memory_is_bounded_by_the_window_not_the_input() {
         "peak RSS {} MiB at 10M lines",
         large / MIB
     );
+    // The smaller run may end before its window ever fills (blocks read ahead and
+    // outputs held for the order, 8 blocks of 1 MiB each way): up to about 16 MiB
+    // between the two is the window, not the input. The 7M lines more (about 50 MB)
+    // would show far above that if they were kept.
     assert!(
-        large < small + 8 * MIB,
+        large < small + 24 * MIB,
         "memory grows with the input: {} KiB at 3M lines, {} KiB at 10M",
         small / 1024,
         large / 1024
