@@ -121,8 +121,8 @@
 #![deny(missing_docs)]
 
 pub use pstream_coordinator::{
-    Codec, ExitCause, FunctionInfo, Indexed, InputThread, ItemError, ItemErrorKind, JobStats,
-    MapResults, PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, StatsProbe,
+    Codec, ExitCause, FunctionInfo, HostStats, Indexed, InputThread, ItemError, ItemErrorKind,
+    JobStats, MapResults, PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, StatsProbe,
     DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Function, LocalFn};

@@ -170,6 +170,10 @@ pub struct Summary {
     /// What stopped the job before its input ended, if anything.
     pub stopped_by: Option<String>,
     pub exit_code: u8,
+    /// Workers across the network whose connection was lost.
+    pub lost: u64,
+    /// Per host: this machine's workers under "local", others by IP address.
+    pub hosts: std::collections::BTreeMap<String, pstream::HostStats>,
 }
 
 impl Summary {
@@ -187,6 +191,24 @@ impl Summary {
             self.respawns,
             self.retries,
         );
+        if self.lost > 0 {
+            line.push_str(&format!("; {} workers lost", self.lost));
+        }
+        if self.hosts.keys().any(|h| h != "local") {
+            let hosts: Vec<String> = self
+                .hosts
+                .iter()
+                .map(|(host, h)| {
+                    let lost = if h.lost > 0 {
+                        format!(", {} lost", h.lost)
+                    } else {
+                        String::new()
+                    };
+                    format!("{host} {} items by {} workers{lost}", h.items, h.workers)
+                })
+                .collect();
+            line.push_str(&format!("; hosts: {}", hosts.join(", ")));
+        }
         if self.resumed_from > 0 {
             line.push_str(&format!("; resumed after line {}", self.resumed_from));
         }
@@ -211,6 +233,15 @@ impl Summary {
             "items_per_second": rate(self.ok + self.failed, self.elapsed),
             "stopped_by": self.stopped_by,
             "exit_code": self.exit_code,
+            "lost_workers": self.lost,
+            "hosts": self.hosts.iter().map(|(host, h)| {
+                (host.clone(), json!({
+                    "workers": h.workers,
+                    "items": h.items,
+                    "crashes": h.crashes,
+                    "lost": h.lost,
+                }))
+            }).collect::<serde_json::Map<String, serde_json::Value>>(),
         })
     }
 }

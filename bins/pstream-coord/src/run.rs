@@ -536,6 +536,8 @@ pub(crate) fn drive<M: Mode>(
         elapsed: started.elapsed(),
         stopped_by,
         exit_code,
+        lost: pool.stats().lost,
+        hosts: pool.host_stats(),
     };
     display.lock().unwrap().finish();
     // Unless a hard stop printed its summary already (then it exits the process
@@ -998,6 +1000,8 @@ fn stopped_before_start(
             elapsed: started.elapsed(),
             stopped_by: Some(first.as_str().to_string()),
             exit_code: code,
+            lost: 0,
+            hosts: Default::default(),
         };
         say(&summary.line());
         write_stats(stats_json, &summary);
@@ -1046,6 +1050,8 @@ fn hard_stop(pool: &Weak<ProcessPool>, report: &Report, signal: Signal) {
             elapsed: report.started.elapsed(),
             stopped_by: Some(format!("{} twice: workers killed", first.as_str())),
             exit_code: code,
+            lost: 0,
+            hosts: Default::default(),
         };
         say(&summary.line());
         report.write_stats(&summary);

@@ -46,4 +46,4 @@ pub use pool::{
     DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Codec, Function, FunctionInfo};
-pub use stats::{JobStats, PoolStats};
+pub use stats::{HostStats, JobStats, PoolStats};

@@ -36,6 +36,14 @@ impl Peer {
         }
     }
 
+    /// The host it runs on, for per-host figures: `"local"`, or its IP address.
+    pub fn host(&self) -> String {
+        match self {
+            Peer::Local { .. } => "local".into(),
+            Peer::Remote { addr } => addr.ip().to_string(),
+        }
+    }
+
     /// Whether it is across the network: its connection may be lost without the
     /// process having died, so a lost connection says nothing about its work.
     pub fn is_remote(&self) -> bool {

@@ -22,7 +22,7 @@ use crate::hub::Hub;
 use crate::job::{feed, FeedLimits, InlineSource, MapResults, RawResults, Source, Window};
 use crate::launcher::{Launcher, LocalLauncher};
 use crate::process::WorkerCommand;
-use crate::stats::{PoolCounters, PoolStats};
+use crate::stats::{HostStats, PoolCounters, PoolStats};
 use crate::tuning;
 use crate::vocab::{Event, Events, JobCounters, JobMsg};
 use crossbeam_channel::{Receiver, Sender};
@@ -586,6 +586,12 @@ impl ProcessPool {
     /// What the pool has done so far.
     pub fn stats(&self) -> PoolStats {
         self.counters.snapshot()
+    }
+
+    /// What the workers of each host did so far: this machine's workers under
+    /// `"local"`, workers across the network under their IP address.
+    pub fn host_stats(&self) -> std::collections::BTreeMap<String, HostStats> {
+        self.counters.hosts()
     }
 
     /// Map `function` over `input`; results come back in input order.

@@ -1,6 +1,8 @@
 //! Counters kept while pools and jobs run, and the snapshots users read.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Pool-wide counters, shared by the supervisor and the pool handle.
 #[derive(Debug, Default)]
@@ -10,6 +12,38 @@ pub(crate) struct PoolCounters {
     pub crashes: AtomicU64,
     pub spawn_failures: AtomicU64,
     pub lost: AtomicU64,
+    /// Per host: updated when a worker joins, answers a batch or ends.
+    pub hosts: Mutex<BTreeMap<String, HostStats>>,
+}
+
+/// What the workers of one host did: the workers on this machine's socket under
+/// `"local"`, workers across the network under their IP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostStats {
+    /// Workers that completed the handshake.
+    pub workers: u64,
+    /// Items they answered.
+    pub items: u64,
+    /// Of its workers, those that died or were killed while serving.
+    pub crashes: u64,
+    /// Of its workers, those whose connection was lost.
+    pub lost: u64,
+}
+
+impl PoolCounters {
+    /// Update host `host`'s figures.
+    pub fn host(&self, host: &str, update: impl FnOnce(&mut HostStats)) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        match hosts.get_mut(host) {
+            Some(h) => update(h),
+            None => update(hosts.entry(host.to_string()).or_default()),
+        }
+    }
+
+    /// Every host's figures.
+    pub fn hosts(&self) -> BTreeMap<String, HostStats> {
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// What a pool has done so far.

@@ -79,6 +79,7 @@ impl Engine {
         w.connected(conn, peer, join.capacity as usize, Instant::now());
         self.consecutive_failures = 0;
         self.counters.ready.fetch_add(1, Ordering::Relaxed);
+        self.counters.host(&peer.host(), |h| h.workers += 1);
         self.alone_since = None;
         match pid {
             Some(pid) => tracing::debug!(wid, pid, "worker ready"),
@@ -192,6 +193,10 @@ impl Engine {
         w.progress_at = Instant::now();
         if head.answered == total {
             let done = w.in_flight.pop_front().expect("present");
+            if let Some(peer) = w.peer {
+                let n = total as u64;
+                self.counters.host(&peer.host(), |h| h.items += n);
+            }
             w.batch_answered();
             self.jobs.batch_done(header.job, done.batch.items);
         }

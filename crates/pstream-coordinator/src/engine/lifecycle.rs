@@ -118,11 +118,18 @@ impl Engine {
         }
         if !w.retired_cleanly() {
             let reason = w.take_reason();
+            let host = w.peer.map(|p| p.host());
             if let Some(KillReason::Lost(why)) = &reason {
                 tracing::warn!(wid, peer = ?w.peer, "lost a worker: {why}");
                 self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                if let Some(host) = &host {
+                    self.counters.host(host, |h| h.lost += 1);
+                }
             } else {
                 self.counters.crashes.fetch_add(1, Ordering::Relaxed);
+                if let Some(host) = &host {
+                    self.counters.host(host, |h| h.crashes += 1);
+                }
             }
             let cause = match reason {
                 Some(KillReason::Lost(_)) => Cause::Lost,
