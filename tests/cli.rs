@@ -1739,3 +1739,23 @@ fn a_stray_worker_variable_does_not_make_the_launcher_a_worker() {
         assert!(stderr.contains("3 ok, 0 failed"), "{fd:?}: {stderr}");
     }
 }
+
+/// A plugin that does not exist: the message names it and the system's reason,
+/// once (the pool error carries its cause, and the launcher does not repeat it).
+#[test]
+fn a_missing_plugin_is_named_with_its_cause_once() {
+    let mut cmd = coord(&["run", "-f", "double", "--plugin", "/nonexistent"]);
+    let out = run(&mut cmd, Some(b"1\n"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr
+            .contains("start worker program /nonexistent: No such file or directory (os error 2)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -304,3 +304,22 @@ fn dropping_a_result_stream_cancels_its_job() {
         assert_eq!(got, [0, 2, 4, 6, 8]);
     });
 }
+
+/// Every error's message carries its cause: a worker program that does not exist
+/// says so in the pool error's own text, once, as the launcher shows it too.
+#[test]
+fn errors_say_their_cause() {
+    let _watchdog = watchdog("errors_say_their_cause", Duration::from_secs(120));
+    let err = pstream::ProcessPool::builder()
+        .workers(1)
+        .program("/nonexistent")
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "start worker program /nonexistent: No such file or directory (os error 2)"
+    );
+    // Its source is the io error, for a program that wants to look at it.
+    let source = std::error::Error::source(&err).expect("the io error");
+    assert_eq!(source.to_string(), "No such file or directory (os error 2)");
+}

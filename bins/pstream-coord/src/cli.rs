@@ -162,8 +162,10 @@ pub struct RunArgs {
     pub tag: bool,
 
     /// Time limit per item, e.g. 30s, 500ms, 2m (default: none). A worker stuck
-    /// longer is killed and the item reported as timed out.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// longer is killed and the item reported as timed out. Also spelt
+    /// --item-timeout, the library's name (PoolBuilder::item_timeout).
+    #[arg(long, visible_alias = "item-timeout", value_name = "DURATION",
+          value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 
     /// How many more times an item that crashed its worker or timed out is tried.

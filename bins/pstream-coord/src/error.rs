@@ -40,7 +40,12 @@ impl CliError {
             source = source.and_then(std::error::Error::source);
         }
         while let Some(cause) = source {
-            message.push_str(&format!(": {cause}"));
+            // Errors whose message carries their cause (`start worker program x:
+            // No such file ...`) may also give it as their source: say it once.
+            let text = cause.to_string();
+            if !message.ends_with(&text) {
+                message.push_str(&format!(": {text}"));
+            }
             source = cause.source();
         }
         message

@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-/// Why a pool could not start, or a job could not go on.
+/// Why a pool could not start, or a job could not go on. Its message carries its
+/// cause (`start worker program /nonexistent: No such file or directory (os error
+/// 2)`); only [`PoolError::Spawn`] also has it as its `source()`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoolError {
     /// The worker program could not be started at all.
-    #[error("start worker program {program}")]
+    #[error("start worker program {}: {source}", program.display())]
     Spawn {
         /// The program.
         program: PathBuf,
@@ -64,14 +67,14 @@ pub enum PoolError {
         program: PathBuf,
     },
     /// The job's token file is unusable.
-    #[error("read the job's token")]
-    Token(#[source] pstream_protocol::auth::TokenFileError),
+    #[error("read the job's token: {0}")]
+    Token(pstream_protocol::auth::TokenFileError),
     /// The TCP listener for workers across the network could not be set up.
-    #[error("listen for workers over TCP")]
-    Listen(#[source] std::io::Error),
+    #[error("listen for workers over TCP: {0}")]
+    Listen(std::io::Error),
     /// The pool's socket could not be set up.
-    #[error("set up the pool's socket")]
-    Socket(#[source] std::io::Error),
+    #[error("set up the pool's socket: {0}")]
+    Socket(std::io::Error),
     /// No worker serves the function.
     #[error("no function named `{name}` is served by the workers (they serve: {})", available.join(", "))]
     UnknownFunction {
@@ -118,6 +121,7 @@ pub enum PoolError {
 
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExitCause {
     /// Killed by a signal.
     Signal(i32),
@@ -162,6 +166,7 @@ pub struct ItemError {
 
 /// What happened to an item.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ItemErrorKind {
     /// The function panicked.
     Panicked {
@@ -304,5 +309,40 @@ impl ItemError {
             } => Some(code),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PoolError;
+    use std::io;
+
+    /// Each error that wraps another says it in its own message.
+    #[test]
+    fn every_pool_error_with_a_cause_says_it() {
+        let gone = || io::Error::from_raw_os_error(2);
+        let cases = [
+            PoolError::Spawn {
+                program: "/nonexistent".into(),
+                source: gone(),
+            },
+            PoolError::Socket(gone()),
+            PoolError::Listen(io::Error::from_raw_os_error(98)),
+            PoolError::Token(pstream_protocol::auth::TokenFileError::Io {
+                path: "/tmp/t".into(),
+                error: gone(),
+            }),
+        ];
+        let texts: Vec<String> = cases.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            [
+                "start worker program /nonexistent: No such file or directory (os error 2)",
+                "set up the pool's socket: No such file or directory (os error 2)",
+                "listen for workers over TCP: Address already in use (os error 98)",
+                "read the job's token: the token file /tmp/t: No such file or directory \
+                 (os error 2)",
+            ]
+        );
     }
 }

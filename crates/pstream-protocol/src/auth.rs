@@ -120,17 +120,17 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Why a token file was refused.
+/// Why a token file was refused. Its message carries its cause.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenFileError {
     /// It could not be read (or created).
-    #[error("the token file {path}: {source}")]
+    #[error("the token file {path}: {error}")]
     Io {
         /// The file.
         path: std::path::PathBuf,
         /// Why.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// Others may read it, it is not a regular file, or it is not ours.
     #[error("refusing the token file {path}: {why}")]
@@ -141,13 +141,12 @@ pub enum TokenFileError {
         why: String,
     },
     /// It does not hold a token.
-    #[error("the token file {path} does not hold a token: {source}")]
+    #[error("the token file {path} does not hold a token: {error}")]
     Bad {
         /// The file.
         path: std::path::PathBuf,
         /// Why.
-        #[source]
-        source: BadToken,
+        error: BadToken,
     },
 }
 
@@ -157,9 +156,9 @@ pub enum TokenFileError {
 /// that others could have seen is never used.
 pub fn read_token_file(path: &std::path::Path) -> Result<Token, TokenFileError> {
     use std::os::unix::fs::MetadataExt;
-    let io_err = |source| TokenFileError::Io {
+    let io_err = |error| TokenFileError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let unsafe_file = |why: String| TokenFileError::Unsafe {
         path: path.to_path_buf(),
@@ -201,9 +200,9 @@ pub fn read_token_file(path: &std::path::Path) -> Result<Token, TokenFileError> 
         .take(1024)
         .read_to_string(&mut text)
         .map_err(io_err)?;
-    Token::from_hex(&text).map_err(|source| TokenFileError::Bad {
+    Token::from_hex(&text).map_err(|error| TokenFileError::Bad {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -212,9 +211,9 @@ pub fn read_token_file(path: &std::path::Path) -> Result<Token, TokenFileError> 
 pub fn create_token_file(path: &std::path::Path) -> Result<Token, TokenFileError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io_err = |source| TokenFileError::Io {
+    let io_err = |error| TokenFileError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let token = Token::random().map_err(io_err)?;
     let mut file = std::fs::OpenOptions::new()

@@ -12,12 +12,13 @@ fn header_config() -> HeaderConfig {
     bincode::config::standard().with_limit::<MAX_HEADER>()
 }
 
-/// Why a frame could not be read.
+/// Why a frame could not be read. Its message carries its cause.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The connection failed.
-    #[error("read from the connection")]
-    Io(#[source] io::Error),
+    #[error("read from the connection: {0}")]
+    Io(io::Error),
     /// The stream ended inside a frame.
     #[error("the stream ended inside a frame ({got} of {expected} bytes)")]
     Truncated {
@@ -38,8 +39,8 @@ pub enum DecodeError {
     #[error("malformed frame: {0}")]
     Malformed(&'static str),
     /// The header is not a valid message.
-    #[error("undecodable frame header")]
-    Header(#[source] bincode::error::DecodeError),
+    #[error("undecodable frame header: {0}")]
+    Header(bincode::error::DecodeError),
     /// The peer speaks another protocol version.
     #[error(
         "the peer speaks protocol version {peer}, this build speaks version {ours}: \
@@ -62,10 +63,11 @@ impl DecodeError {
 
 /// Why a frame could not be written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// The connection failed.
-    #[error("write to the connection")]
-    Io(#[source] io::Error),
+    #[error("write to the connection: {0}")]
+    Io(io::Error),
     /// The frame would exceed the peer's limit.
     #[error("a frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge {
@@ -75,8 +77,8 @@ pub enum EncodeError {
         max: usize,
     },
     /// The header could not be encoded.
-    #[error("encode a frame header")]
-    Header(#[source] bincode::error::EncodeError),
+    #[error("encode a frame header: {0}")]
+    Header(bincode::error::EncodeError),
 }
 
 fn carries_items(message: &Message) -> bool {

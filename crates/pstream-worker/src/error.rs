@@ -5,8 +5,9 @@ use std::fmt;
 
 use pstream_protocol::{DecodeError, EncodeError, FailureKind, ENV_SOCKET};
 
-/// Why a worker stopped serving.
+/// Why a worker stopped serving. Its message carries its cause.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// Started without the environment a coordinator sets.
     #[error(
@@ -29,23 +30,22 @@ pub enum WorkerError {
         reason: String,
     },
     /// Could not reach the coordinator.
-    #[error("connect to the coordinator at {at}")]
+    #[error("connect to the coordinator at {at}: {error}")]
     Connect {
         /// The socket path or the address.
         at: String,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The coordinator refused us.
     #[error("the coordinator rejected this worker: {0}")]
     Rejected(String),
     /// The coordinator sent something we cannot read.
-    #[error("read from the coordinator")]
-    Read(#[source] DecodeError),
+    #[error("read from the coordinator: {0}")]
+    Read(DecodeError),
     /// We could not send.
-    #[error("write to the coordinator")]
-    Write(#[source] EncodeError),
+    #[error("write to the coordinator: {0}")]
+    Write(EncodeError),
     /// The coordinator broke the protocol.
     #[error("protocol violation by the coordinator: {0}")]
     Protocol(String),
@@ -69,5 +69,37 @@ impl CallError {
             kind,
             message: message.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerError;
+    use pstream_protocol::{DecodeError, EncodeError};
+    use std::io;
+
+    /// Each error that wraps another says it in its own message.
+    #[test]
+    fn every_worker_error_with_a_cause_says_it() {
+        let reset = || io::Error::from_raw_os_error(104);
+        let cases = [
+            WorkerError::Connect {
+                at: "/run/x.sock".into(),
+                error: io::Error::from_raw_os_error(111),
+            },
+            WorkerError::Read(DecodeError::Io(reset())),
+            WorkerError::Write(EncodeError::Io(reset())),
+        ];
+        let texts: Vec<String> = cases.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            [
+                "connect to the coordinator at /run/x.sock: Connection refused (os error 111)",
+                "read from the coordinator: read from the connection: Connection reset by \
+                 peer (os error 104)",
+                "write to the coordinator: write to the connection: Connection reset by \
+                 peer (os error 104)",
+            ]
+        );
     }
 }

@@ -250,9 +250,9 @@ fn connect_local(path: &Path, coordinator: u32) -> Result<UnixStream, WorkerErro
     };
     check_private(dir, uid, "directory", |t| t.is_dir()).map_err(untrusted)?;
     check_private(path, uid, "socket", |t| t.is_socket()).map_err(untrusted)?;
-    let stream = UnixStream::connect(path).map_err(|source| WorkerError::Connect {
+    let stream = UnixStream::connect(path).map_err(|error| WorkerError::Connect {
         at: path.display().to_string(),
-        source,
+        error,
     })?;
     let creds = getsockopt(&stream, sockopt::PeerCredentials)
         .map_err(|e| untrusted(format!("cannot read its peer's credentials: {e}")))?;
@@ -273,9 +273,9 @@ fn connect_local(path: &Path, coordinator: u32) -> Result<UnixStream, WorkerErro
 
 fn connect_remote(addr: &str) -> Result<std::net::TcpStream, WorkerError> {
     use std::net::ToSocketAddrs;
-    let connect_err = |source| WorkerError::Connect {
+    let connect_err = |error| WorkerError::Connect {
         at: addr.to_string(),
-        source,
+        error,
     };
     let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
     let mut pause = Duration::from_millis(50);
@@ -647,9 +647,9 @@ fn arm_keepalive(tcp: &std::net::TcpStream, beats: &Beats) {
 }
 
 fn connect_err(config: &Summons) -> impl Fn(std::io::Error) -> WorkerError + '_ {
-    move |source| WorkerError::Connect {
+    move |error| WorkerError::Connect {
         at: config.target.to_string(),
-        source,
+        error,
     }
 }
 
