@@ -2,7 +2,7 @@
 //! functions over streams of items.
 //!
 //! The parts:
-//! * `pool`: [`ProcessPool`] and its [`PoolBuilder`], the public face;
+//! * `pool`: [`ProcessPool`], the public face; `builder`: its [`PoolBuilder`];
 //! * `engine`: the state of the workers and the jobs: it dispatches batches
 //!   against credit and recovers from crashes and hangs;
 //! * `hub`: who steps the engine: a consumer waiting for results, or the
@@ -22,6 +22,7 @@
 //! * `error`, `stats`: what users get back.
 #![deny(missing_docs)]
 
+mod builder;
 mod conn;
 mod door;
 mod engine;
@@ -37,13 +38,14 @@ mod stats;
 pub mod tuning;
 mod vocab;
 
+pub use builder::{
+    PoolBuilder, DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW,
+    DEFAULT_WINDOW_BYTES,
+};
 pub use error::{ExitCause, ItemError, ItemErrorKind, PoolError};
 #[doc(hidden)]
 pub use job::Reorder;
 pub use job::{Indexed, MapResults, RawResults, StatsProbe, Window};
-pub use pool::{
-    InputThread, PoolBuilder, ProcessPool, DEFAULT_HEARTBEAT, DEFAULT_SILENCE,
-    DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
-};
+pub use pool::{InputThread, ProcessPool};
 pub use pstream_protocol::{Codec, Function, FunctionInfo};
 pub use stats::{HostStats, JobStats, PoolStats};
