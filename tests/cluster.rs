@@ -397,3 +397,33 @@ fn a_coordinator_killed_leaves_no_worker_on_any_host() {
     drop(workers);
     drop(coordinator);
 }
+
+#[test]
+fn a_host_that_joins_mid_job_takes_work() {
+    let Some(cluster) = Cluster::up(4) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = job(dir.path(), 150_000);
+    let coordinator = Coordinator::start(&cluster, dir.path(), "slow_double", &[]);
+    let token = dir.path().join("job.token");
+    let mut workers: Vec<Guarded> = (1..=3)
+        .map(|i| cluster.worker(i, &coordinator.addr, &token))
+        .collect();
+    wait_for_output(&dir.path().join("out.txt"));
+    // A fourth host, started late.
+    workers.push(cluster.worker(4, &coordinator.addr, &token));
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let out = std::fs::read_to_string(dir.path().join("out.txt")).unwrap();
+    assert!(out == expected, "the output is not exact");
+    let stats = stats(dir.path());
+    let late = &stats["hosts"][cluster.host_ip(4)];
+    assert!(
+        late["items"].as_u64() > Some(0),
+        "the late host did no work: {stats}"
+    );
+    for w in workers {
+        assert_eq!(w.wait(PATIENCE), Some(0));
+    }
+}
