@@ -275,7 +275,7 @@ fn a_token_file_that_others_may_read_is_refused_on_both_sides() {
         .token_file(&token)
         .build()
         .unwrap_err();
-    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    let text = err.to_string();
     assert!(matches!(err, PoolError::Token(_)), "{text}");
     assert!(
         text.contains("mode 0644") && text.contains("chmod 600"),
