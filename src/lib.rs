@@ -26,6 +26,9 @@
 //! * [`ProcessPool`] re-executes the current binary (or a plugin) as workers, talks to
 //!   them over a private Unix socket, and maps with [`ProcessPool::map`],
 //!   [`ProcessPool::map_unordered`] or, for pre-encoded items, [`ProcessPool::map_raw`].
+//! * [`MapIn`]: `iter.map_in(&pool, f)`, the same job written rayon's way round.
+//! * [`WorkerState`]: state a function borrows, built once per worker process.
+//! * `stream` (cargo feature `async`): results as a `futures::Stream`, input from one.
 //!
 //! ## Borrowed input
 //! The input is read on the consumer's thread, between results, so it may borrow
@@ -206,6 +209,9 @@ pub use executor::{
     Executor, IndexedResults, ProcessExecutor, ProcessExecutorBuilder, Results, Task,
     ThreadExecutor, ThreadExecutorBuilder,
 };
+
+mod ext;
+pub use ext::MapIn;
 
 #[cfg(feature = "async")]
 pub mod stream;

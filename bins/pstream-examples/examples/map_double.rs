@@ -1,7 +1,11 @@
 //! Map `double` over N items through a pool of this very binary (re-executed):
 //! a minimal driver for profiling the runtime's overhead on tiny items.
 //!
-//! `cargo run --release -p pstream-examples --example map_double -- 10000000 [window [max_batch]]`
+//! `cargo run --release -p pstream-examples --example map_double -- 10000000 [window] [--map-in]`
+//!
+//! With `--map-in`, the job is started as `(0..n).map_in(&pool, double)` (the
+//! extension trait `pstream::MapIn`) instead of `pool.map(double, 0..n)`: the two
+//! should cost the same.
 
 use std::time::Instant;
 
@@ -9,7 +13,8 @@ use pstream_examples::double;
 
 fn main() -> Result<(), pstream::PoolError> {
     pstream::init();
-    let mut args = std::env::args().skip(1);
+    let map_in = std::env::args().any(|a| a == "--map-in");
+    let mut args = std::env::args().skip(1).filter(|a| a != "--map-in");
     let n: i64 = args
         .next()
         .and_then(|a| a.parse().ok())
@@ -24,7 +29,13 @@ fn main() -> Result<(), pstream::PoolError> {
         .build()?;
     let start = Instant::now();
     let mut sum = 0i64;
-    for r in pool.map(double, 0..n)? {
+    let results = if map_in {
+        use pstream::MapIn;
+        (0..n).map_in(&pool, double)?
+    } else {
+        pool.map(double, 0..n)?
+    };
+    for r in results {
         sum = sum.wrapping_add(r.expect("double"));
     }
     let secs = start.elapsed().as_secs_f64();
