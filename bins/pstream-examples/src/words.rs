@@ -32,7 +32,11 @@ impl pstream::WorkerState for Words {
                 .append(true)
                 .open(&log)
                 .map_err(|e| format!("open the load log {}: {e}", log.to_string_lossy()))?;
-            writeln!(log, "{}", std::process::id()).map_err(|e| e.to_string())?;
+            // One write of a whole line: with O_APPEND the kernel keeps it whole, where
+            // `writeln!` writes the number and the newline apart and two workers'
+            // lines could interleave ("123" "456" "\n" "\n").
+            let line = format!("{}\n", std::process::id());
+            log.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
         }
         let path = std::env::var_os(WORDS_ENV).ok_or_else(|| format!("{WORDS_ENV} is not set"))?;
         let path = std::path::PathBuf::from(path);
