@@ -95,50 +95,61 @@ impl UnixLink {
     }
 }
 
-impl Read for UnixLink {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
-    }
+/// Read, Write, AsFd and Link for a link that is a std socket (`stream`) and the
+/// peer it was made with: Unix and TCP links differ only in how they are made.
+macro_rules! socket_link {
+    ($link:ty) => {
+        impl Read for $link {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.stream.read(buf)
+            }
+        }
+
+        impl Write for $link {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.stream.write(buf)
+            }
+
+            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                self.stream.write_vectored(bufs)
+            }
+
+            fn flush(&mut self) -> io::Result<()> {
+                self.stream.flush()
+            }
+        }
+
+        impl AsFd for $link {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.stream.as_fd()
+            }
+        }
+
+        impl Link for $link {
+            fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+                self.stream.set_nonblocking(nonblocking)
+            }
+
+            fn shutdown_write(&self) -> io::Result<()> {
+                self.stream.shutdown(std::net::Shutdown::Write)
+            }
+
+            fn set_send_buffer(&self, bytes: usize) {
+                let _ = nix::sys::socket::setsockopt(
+                    &self.stream,
+                    nix::sys::socket::sockopt::SndBuf,
+                    &bytes,
+                );
+            }
+
+            fn peer(&self) -> Peer {
+                self.peer
+            }
+        }
+    };
 }
 
-impl Write for UnixLink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
-impl AsFd for UnixLink {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.stream.as_fd()
-    }
-}
-
-impl Link for UnixLink {
-    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.stream.set_nonblocking(nonblocking)
-    }
-
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.stream.shutdown(std::net::Shutdown::Write)
-    }
-
-    fn set_send_buffer(&self, bytes: usize) {
-        let _ =
-            nix::sys::socket::setsockopt(&self.stream, nix::sys::socket::sockopt::SndBuf, &bytes);
-    }
-
-    fn peer(&self) -> Peer {
-        self.peer
-    }
-}
+socket_link!(UnixLink);
 
 /// A TCP connection to a worker on another machine (or this one, over loopback).
 /// Frames go out at once (`TCP_NODELAY`): a batch or a credit must not wait for
@@ -177,47 +188,4 @@ impl TcpLink {
     }
 }
 
-impl Read for TcpLink {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
-    }
-}
-
-impl Write for TcpLink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
-impl AsFd for TcpLink {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.stream.as_fd()
-    }
-}
-
-impl Link for TcpLink {
-    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.stream.set_nonblocking(nonblocking)
-    }
-
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.stream.shutdown(std::net::Shutdown::Write)
-    }
-
-    fn set_send_buffer(&self, bytes: usize) {
-        let _ =
-            nix::sys::socket::setsockopt(&self.stream, nix::sys::socket::sockopt::SndBuf, &bytes);
-    }
-
-    fn peer(&self) -> Peer {
-        self.peer
-    }
-}
+socket_link!(TcpLink);
