@@ -228,6 +228,23 @@ where
         .collect()
 }
 
+/// A function's error is its item's error, whatever its text says: an error that
+/// reads like the worker's "state could not be built" notice fails that one item,
+/// and the job goes on. Seen failing before the fix, when the notice was a
+/// convention inside the message text: the job ended at the first item with
+/// `PoolError::WorkerState { pid: 1, .. }` and the next items had no results.
+#[test]
+fn an_error_message_cannot_pass_for_a_worker_notice() {
+    let pool = build(env!("CARGO_BIN_EXE_pstream-fixtures")).expect("start the plugin");
+    let lookalike = "\u{1b}pstream-state-failed:1:not a state failure".to_string();
+    let got = map_all(
+        &pool,
+        pstream_fixtures::complain,
+        vec![lookalike.clone(), "plain".into()],
+    );
+    assert_eq!(got, [Err(lookalike), Err("plain".to_string())]);
+}
+
 /// Every form the old macro refused or got wrong runs in a worker, with the right
 /// results. Seen failing before the fix: the fixture library did not compile with
 /// the old `macro_rules!` (`len` is interpreted as a constant pattern; no rules

@@ -79,6 +79,12 @@ pstream::function! {
         }
     }
 
+    /// Fails with the text it is given: an error message is the user's, whatever it
+    /// says.
+    pub fn complain(text: String) -> std::result::Result<(), String> {
+        Err(text)
+    }
+
     /// `io::Result`, whose error type is not written.
     pub fn file_size(path: String) -> std::io::Result<u64> {
         Ok(std::fs::metadata(path)?.len())

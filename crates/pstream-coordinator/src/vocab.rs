@@ -178,6 +178,9 @@ pub(crate) struct ResultBatch {
     pub items: Items,
     /// Failed items by slot, ascending.
     pub failures: Vec<(u32, ItemErrorKind)>,
+    /// The worker could not build the function's state: its pid and why. Its
+    /// failed items say only that.
+    pub state_failure: Option<(u32, String)>,
 }
 
 impl ResultBatch {
@@ -188,6 +191,7 @@ impl ResultBatch {
             first_index: index,
             items,
             failures: vec![(0, kind)],
+            state_failure: None,
         }
     }
 }

@@ -50,10 +50,9 @@ pub use codec::{
 };
 pub use function::{Function, LocalFn};
 pub use items::Items;
-pub use message::{state_failure, state_failure_message};
 pub use message::{
     BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Join, Message,
-    ResultsHeader, STATE_FAILURE,
+    ResultsHeader,
 };
 pub use unwind::panic_message;
 
@@ -78,7 +77,7 @@ pub fn encode_bincode<T: serde::Serialize + ?Sized>(
 
 /// The protocol version spoken by this build. Bumped on any incompatible change to a
 /// frame; the handshake refuses a peer that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The default maximum size of one frame body, in bytes, on both sides.
 ///

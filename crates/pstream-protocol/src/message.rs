@@ -214,27 +214,6 @@ pub struct ItemFailure {
     pub location: Option<String>,
 }
 
-/// How a worker says that a function's per-worker state could not be built: an item
-/// failure of kind [`FailureKind::Failed`] whose message starts with this, then the
-/// worker's pid, a colon, and the reason. The coordinator ends the job with an error
-/// naming the worker (no item of that function can be computed there); a reader
-/// that does not know the convention still reports each item as failed, with the
-/// reason in its message. See [`state_failure`].
-pub const STATE_FAILURE: &str = "\u{1b}pstream-state-failed:";
-
-/// The message of an item failure that says a worker's state could not be built.
-pub fn state_failure_message(pid: u32, reason: &str) -> String {
-    format!("{STATE_FAILURE}{pid}:{reason}")
-}
-
-/// If `message` says a worker's state could not be built
-/// ([`state_failure_message`]): the worker's pid and the reason.
-pub fn state_failure(message: &str) -> Option<(u32, &str)> {
-    let rest = message.strip_prefix(STATE_FAILURE)?;
-    let (pid, reason) = rest.split_once(':')?;
-    Some((pid.parse().ok()?, reason))
-}
-
 /// The kinds of failure a worker reports for one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FailureKind {
@@ -250,4 +229,11 @@ pub enum FailureKind {
     UnknownFunction,
     /// The encoded output is larger than a frame may carry.
     TooLarge,
+    /// The function's per-worker state could not be built in the worker with this
+    /// pid (the message says why): no item of that function can be computed
+    /// there, and the coordinator ends the job with an error naming the worker.
+    State {
+        /// The worker's process id.
+        pid: u32,
+    },
 }

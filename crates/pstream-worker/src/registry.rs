@@ -194,10 +194,12 @@ pub fn entry<E: Entry>(
 pub fn batch<E: Entry>(batch: &mut Batch<'_>) -> Result<(), WorkerError> {
     if let Some(prepare) = E::STATE {
         if let Err(reason) = prepare() {
-            // No item can be computed here: each says so, in the form the
-            // coordinator takes for "this worker's state failed".
-            let message = pstream_protocol::state_failure_message(std::process::id(), reason);
-            return batch.run(|_, _, _, _| Err(CallError::new(FailureKind::Failed, &message)));
+            // No item can be computed here: each says so, as a failure of its own
+            // kind, which the coordinator takes for "this worker's state failed".
+            let kind = FailureKind::State {
+                pid: std::process::id(),
+            };
+            return batch.run(|_, _, _, _| Err(CallError::new(kind, reason)));
         }
     }
     // A loop for bincode of its own: the codec is known in it, so no per-item

@@ -175,10 +175,15 @@ impl Engine {
                 return;
             }
             if live {
+                let state_failure = header.failures.iter().find_map(|f| match f.kind {
+                    pstream_protocol::FailureKind::State { pid } => Some((pid, f.message.clone())),
+                    _ => None,
+                });
                 let batch = ResultBatch {
                     first_index: first_index + answered as u64,
                     items,
                     failures: header.failures.into_iter().map(convert_failure).collect(),
+                    state_failure,
                 };
                 self.jobs.send(header.job, JobMsg::Results(batch));
             }

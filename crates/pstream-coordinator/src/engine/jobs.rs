@@ -228,6 +228,8 @@ pub(super) fn convert_failure(f: pstream_protocol::ItemFailure) -> (u32, ItemErr
         FailureKind::Encode => ItemErrorKind::Encode { message },
         FailureKind::UnknownFunction => ItemErrorKind::UnknownFunction { message },
         FailureKind::TooLarge => ItemErrorKind::TooLarge { message },
+        // The batch's `state_failure` carries it to the consumer, which ends the job.
+        FailureKind::State { .. } => ItemErrorKind::Failed { message },
     };
     (f.slot, kind)
 }

@@ -329,10 +329,9 @@ impl<'input> RawResults<'input> {
                         message: String::new(),
                     },
                 );
-                if let ItemErrorKind::Failed { message } = &kind {
-                    if let Some((pid, reason)) = pstream_protocol::state_failure(message) {
-                        return self.state_failed(index, pid, reason);
-                    }
+                if let Some((pid, reason)) = &cur.batch.state_failure {
+                    let (pid, reason) = (*pid, reason.clone());
+                    return self.state_failed(index, pid, &reason);
                 }
                 return Advanced::Failed(index, ItemError { index, kind });
             }
