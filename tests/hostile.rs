@@ -40,6 +40,7 @@ fn hello() -> Message {
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
         nonce: [7; 32],
+        agent: None,
     })
 }
 

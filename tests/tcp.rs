@@ -222,6 +222,7 @@ fn strangers_over_tcp_are_refused_while_a_job_runs_exactly() {
         protocol_version: pstream::protocol::PROTOCOL_VERSION,
         pid: 1,
         nonce,
+        agent: None,
     });
     write_frame(&mut s, &hello, &Items::new(), 1 << 20).unwrap();
     let theirs = match read_frame(&mut s, 1 << 20).unwrap().unwrap().message {

@@ -79,6 +79,7 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
         protocol_version: version,
         pid,
         nonce,
+        agent: None,
     });
     write_frame(&mut stream, &hello, &Items::new(), usize::MAX).map_err(std::io::Error::other)?;
     if mode == "other-version" {

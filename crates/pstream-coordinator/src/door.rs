@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, shutdown, sockopt::PeerCredentials, Shutdown};
 use pstream_protocol::auth::{random_nonce, Role, Token};
-use pstream_protocol::{read_frame, write_frame, Frame, Items, Join, Message, PROTOCOL_VERSION};
+use pstream_protocol::{
+    read_frame, write_frame, AgentJoin, Frame, Items, Join, Message, PROTOCOL_VERSION,
+};
 
 use crate::link::{TcpLink, UnixLink};
 use crate::vocab::{Event, Events};
@@ -174,7 +176,11 @@ fn accept_loop(listener: UnixListener, checks: Arc<Checks>, events: Events, stop
                 Ok((_pid, join)) => match UnixLink::new(stream) {
                     Ok(link) => {
                         let link = Box::new(link);
-                        let _ = events.send(Event::Connected { link, join });
+                        let _ = events.send(Event::Connected {
+                            link,
+                            join,
+                            agent: None,
+                        });
                     }
                     Err(e) => tracing::warn!("lost a worker's connection after its handshake: {e}"),
                 },
@@ -236,22 +242,39 @@ fn check_peer(
         ));
     }
     *ours = Some(peer_pid);
-    let join = exchange(stream, checks, Some(peer_pid))?;
+    let join = match exchange(stream, checks, Some(peer_pid))? {
+        Joined::Worker { join, .. } => join,
+        Joined::Agent(_) => {
+            return Err("a host agent joins over TCP, not on the local socket".into())
+        }
+    };
     stream
         .set_read_timeout(None)
         .map_err(|e| format!("clear the read timeout: {e}"))?;
     Ok((peer_pid, join))
 }
 
+/// Who passed the handshake.
+#[derive(Debug)]
+enum Joined {
+    /// A worker; `agent`: the host agent that started it and its pid there.
+    Worker {
+        join: Join,
+        agent: Option<(u64, u32)>,
+    },
+    /// A host agent.
+    Agent(AgentJoin),
+}
+
 /// The handshake proper (docs/protocol.md), the same on every kind of connection:
 /// the peer says `Hello` (with `pid`, where the connection knows it, as its pid);
 /// the coordinator proves that it holds the token; the peer proves it too and
-/// says what it offers (`Join`).
+/// says what it offers (`Join`), or that it is a host agent (`AgentJoin`).
 fn exchange(
     mut stream: impl Read + Write,
     checks: &Checks,
     pid: Option<u32>,
-) -> Result<Join, String> {
+) -> Result<Joined, String> {
     let hello = match read_frame(&mut stream, MAX_HELLO) {
         Ok(Some(Frame {
             message: Message::Hello(hello),
@@ -284,25 +307,36 @@ fn exchange(
     };
     write_frame(&mut stream, &challenge, &Items::new(), MAX_HELLO)
         .map_err(|e| format!("send the challenge: {e}"))?;
-    let join = match read_frame(&mut stream, MAX_HELLO) {
+    let (joined, proof) = match read_frame(&mut stream, MAX_HELLO) {
         Ok(Some(Frame {
             message: Message::Join(join),
             ..
-        })) => join,
+        })) => {
+            let proof = join.proof;
+            let agent = hello.agent.map(|id| (id, hello.pid));
+            (Joined::Worker { join, agent }, proof)
+        }
+        Ok(Some(Frame {
+            message: Message::AgentJoin(agent),
+            ..
+        })) => {
+            let proof = agent.proof;
+            (Joined::Agent(agent), proof)
+        }
         Ok(Some(other)) => return Err(format!("expected Join, got {:?}", other.message)),
         Ok(None) => return Err("closed before proving that it holds the token".into()),
         Err(e) => return Err(format!("no valid Join: {e}")),
     };
     if !checks
         .token
-        .verify(Role::Worker, &hello.nonce, &nonce, &join.proof)
+        .verify(Role::Worker, &hello.nonce, &nonce, &proof)
     {
         return Err(format!(
             "pid {} failed to prove that it holds the job's token (a wrong token)",
             hello.pid
         ));
     }
-    Ok(join)
+    Ok(joined)
 }
 
 /// At most this many handshakes over TCP at once: a flood of connections that say
@@ -415,20 +449,25 @@ fn accept_tcp(
                     .and_then(|()| stream.set_nodelay(true))
                     .map_err(|e| format!("set up the connection: {e}"))
                     .and_then(|()| exchange(&stream, &checks, None))
-                    .and_then(|join| {
+                    .and_then(|joined| {
                         stream
                             .set_read_timeout(None)
                             .and_then(|()| stream.set_write_timeout(None))
                             .map_err(|e| format!("clear the timeouts: {e}"))?;
-                        Ok(join)
+                        Ok(joined)
                     });
                 match outcome {
-                    Ok(join) => match TcpLink::new(stream) {
+                    Ok(joined) => match TcpLink::new(stream) {
                         Ok(link) => {
                             link.arm_keepalive(beats.every, beats.silence);
-                            tracing::debug!("worker at {from} passed the handshake");
+                            tracing::debug!("{from} passed the handshake");
                             let link = Box::new(link);
-                            let _ = events.send(Event::Connected { link, join });
+                            let _ = events.send(match joined {
+                                Joined::Worker { join, agent } => {
+                                    Event::Connected { link, join, agent }
+                                }
+                                Joined::Agent(agent) => Event::AgentConnected { link, agent },
+                            });
                         }
                         Err(e) => tracing::warn!("lost {from} after its handshake: {e}"),
                     },

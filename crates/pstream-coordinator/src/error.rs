@@ -103,8 +103,10 @@ pub enum PoolError {
     /// workers join on their own.
     #[error(
         "no worker for {waited:?}: waited for {expected}{}; start workers with \
-         `PLUGIN --connect ADDR --token-file FILE`, or wait longer (--wait-workers)",
-        if *ever > 0 { format!(" ({ever} had joined and are gone)") } else { String::new() }
+         `PLUGIN --connect ADDR --token-file FILE` (or host agents, `PLUGIN --agent \
+         --connect ADDR`), or wait longer (--wait-workers){}",
+        if *ever > 0 { format!(" ({ever} had joined and are gone)") } else { String::new() },
+        match failure { Some(f) => format!("; the last start failure: {f}"), None => String::new() }
     )]
     NoWorkers {
         /// How long the pool waited.
@@ -113,6 +115,8 @@ pub enum PoolError {
         expected: String,
         /// How many workers had served before.
         ever: u64,
+        /// The last failure of a worker a host agent started, if any.
+        failure: Option<String>,
     },
     /// The pool has shut down.
     #[error("the pool has shut down")]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, SendError, Sender};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use pstream_protocol::{Codec, FunctionInfo, Items, Join};
+use pstream_protocol::{AgentJoin, Codec, FunctionInfo, Items, Join};
 
 use crate::error::{ExitCause, ItemErrorKind, PoolError};
 use crate::link::Link;
@@ -87,8 +87,20 @@ impl Wake {
 
 /// What the supervisor hears.
 pub(crate) enum Event {
-    /// A peer passed the handshake.
-    Connected { link: Box<dyn Link>, join: Join },
+    /// A worker passed the handshake; `agent`: the host agent that started it,
+    /// and its pid on that host.
+    Connected {
+        link: Box<dyn Link>,
+        join: Join,
+        agent: Option<(u64, u32)>,
+    },
+    /// A host agent passed the handshake.
+    AgentConnected {
+        link: Box<dyn Link>,
+        agent: AgentJoin,
+    },
+    /// Kill worker `pid` of host agent `agent` (a worker's handle asks it).
+    AgentKill { agent: u64, pid: u32 },
     /// One of our workers failed the handshake.
     Rejected { pid: u32, reason: String },
     /// A worker process ended and was reaped.

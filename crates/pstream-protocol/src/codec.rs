@@ -394,6 +394,7 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             pid: 42,
             nonce: [0x5a; 32],
+            agent: Some(7),
         })
     }
 
@@ -483,6 +484,28 @@ mod tests {
             }),
             Frame::control(join()),
             Frame::control(Message::Heartbeat),
+            Frame::control(Message::AgentJoin(AgentJoin {
+                proof: [3; 32],
+                hostname: "node-1".into(),
+                pid: 77,
+                workers: 8,
+            })),
+            Frame::control(Message::AgentWelcome {
+                agent_id: 1,
+                heartbeat_ms: 1000,
+                silence_ms: 10_000,
+                capacity: 8192,
+                max_frame: 1 << 20,
+                memory_limit: 0,
+            }),
+            Frame::control(Message::Kill { pid: 123 }),
+            Frame::control(Message::WorkerExited(WorkerExit {
+                pid: 123,
+                status: ExitStatus::Signal(11),
+                max_rss_kb: 4096,
+                served: true,
+                last_words: "segfault".into(),
+            })),
         ]
     }
 

@@ -51,8 +51,8 @@ pub use codec::{
 pub use function::{Function, LocalFn};
 pub use items::Items;
 pub use message::{
-    BatchHeader, Codec, FailureKind, Frame, FunctionInfo, Hello, ItemFailure, Join, Message,
-    ResultsHeader,
+    AgentJoin, BatchHeader, Codec, ExitStatus, FailureKind, Frame, FunctionInfo, Hello,
+    ItemFailure, Join, Message, ResultsHeader, WorkerExit,
 };
 pub use unwind::panic_message;
 
@@ -77,7 +77,7 @@ pub fn encode_bincode<T: serde::Serialize + ?Sized>(
 
 /// The protocol version spoken by this build. Bumped on any incompatible change to a
 /// frame; the handshake refuses a peer that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The default maximum size of one frame body, in bytes, on both sides.
 ///
@@ -151,7 +151,9 @@ pub const ENV_SOCKET: &str = "PSTREAM_SOCKET";
 /// A process asked to join a coordinator over the network ([`asked_to_connect`])
 /// is a worker too.
 pub fn started_as_worker() -> bool {
-    (std::env::var_os(ENV_SOCKET).is_some() && token_pipe().is_some()) || asked_to_connect()
+    (std::env::var_os(ENV_SOCKET).is_some() && token_pipe().is_some())
+        || asked_to_connect()
+        || asked_to_be_agent()
 }
 
 /// The argument that makes any worker binary join a coordinator over TCP:
@@ -164,6 +166,30 @@ pub const ENV_CONNECT: &str = "PSTREAM_CONNECT";
 /// Environment variable: the file holding the job's token (mode 0600), as
 /// `--token-file` gives it.
 pub const ENV_TOKEN_FILE: &str = "PSTREAM_TOKEN_FILE";
+
+/// The argument that makes any worker binary a host agent: `--agent --connect
+/// HOST:PORT [--workers N] [--token-file F]` (first on its command line). The
+/// agent starts the host's workers and reports their ends.
+pub const ARG_AGENT: &str = "--agent";
+/// Environment variable, set by a host agent for the workers it starts: its id in
+/// the coordinator's pool, which the worker says in its `Hello`.
+pub const ENV_AGENT: &str = "PSTREAM_AGENT";
+/// Environment variable, set by a host agent for the workers it starts: an
+/// inherited pipe on which the worker writes one byte once the coordinator has
+/// welcomed it (so that its agent can tell a start failure from a crash).
+pub const ENV_READY_FD: &str = "PSTREAM_READY_FD";
+/// The exit code of a worker started by a host agent whose connection to the
+/// coordinator ended without a `Shutdown` (closed, reset, or silent): its agent
+/// reports it, and the coordinator counts the worker lost, not crashed.
+pub const EXIT_LOST: i32 = 75;
+
+/// Whether this process was asked to be a host agent: its first argument is
+/// [`ARG_AGENT`].
+pub fn asked_to_be_agent() -> bool {
+    std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a.to_str() == Some(ARG_AGENT))
+}
 
 /// Whether this process was asked to join a coordinator over TCP: its first
 /// argument is `--connect` (or `--connect=ADDR`), or [`ENV_CONNECT`] is set.
@@ -198,8 +224,14 @@ pub fn stray_worker_environment() -> Option<String> {
 /// in [`ENV_TOKEN_FD`], if it names an open pipe (at least 3: never a standard
 /// stream).
 pub fn token_pipe() -> Option<i32> {
+    inherited_pipe(ENV_TOKEN_FD)
+}
+
+/// The descriptor that the environment variable `name` names, if it is a pipe
+/// this process holds, numbered 3 or more (never a standard stream).
+pub fn inherited_pipe(name: &str) -> Option<i32> {
     use std::os::unix::fs::FileTypeExt;
-    let fd: i32 = std::env::var(ENV_TOKEN_FD).ok()?.parse().ok()?;
+    let fd: i32 = std::env::var(name).ok()?.parse().ok()?;
     if fd < 3 {
         return None;
     }

@@ -106,6 +106,74 @@ pub enum Message {
     /// when a side has sent nothing else for the heartbeat interval. Carries
     /// nothing; any frame counts as a sign of life.
     Heartbeat,
+    /// Host agent → coordinator, instead of `Join`, once the coordinator's proof
+    /// checked out: the agent's proof and who it is. The coordinator answers
+    /// `AgentWelcome` or `Reject`.
+    AgentJoin(AgentJoin),
+    /// Coordinator → host agent: it is accepted, and how to start its workers.
+    AgentWelcome {
+        /// The agent's id in this pool: its workers carry it in their `Hello`.
+        agent_id: u64,
+        /// As in `Welcome`: heartbeats each way after this long with nothing sent.
+        heartbeat_ms: u32,
+        /// As in `Welcome`: the connection is given up after this long unheard.
+        silence_ms: u32,
+        /// Items each worker holds at once (its `PSTREAM_CAPACITY`).
+        capacity: u32,
+        /// The largest frame each worker accepts (its `PSTREAM_MAX_FRAME`).
+        max_frame: u32,
+        /// `RLIMIT_AS` for each worker, in bytes; 0: none.
+        memory_limit: u64,
+    },
+    /// Coordinator → host agent: kill this worker of yours (its process group)
+    /// now; its end is reported as any other (`WorkerExited`).
+    Kill {
+        /// The worker's process id on the agent's host.
+        pid: u32,
+    },
+    /// Host agent → coordinator: a worker it started has ended and was reaped.
+    WorkerExited(WorkerExit),
+}
+
+/// A host agent's introduction, after the coordinator proved that it holds the
+/// token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentJoin {
+    /// HMAC-SHA256 of the worker's label and both nonces, keyed by the token
+    /// ([`crate::auth::Role::Worker`]), as in `Join`.
+    pub proof: Proof,
+    /// The agent's host name, for messages.
+    pub hostname: String,
+    /// The agent's process id on its host, for messages.
+    pub pid: u32,
+    /// How many workers it keeps running.
+    pub workers: u32,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+/// A host agent's report of one of its workers' end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerExit {
+    /// The worker's process id on the agent's host (as in its `Hello`).
+    pub pid: u32,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Its peak resident set, in KiB (`ru_maxrss`).
+    pub max_rss_kb: u64,
+    /// Whether it was welcomed by the coordinator (it says so to its agent once it
+    /// has read its `Welcome`). A worker that never was is a start failure.
+    pub served: bool,
+    /// The last lines it wrote (stdout and stderr, at most 4 KiB), for the report
+    /// of a worker that failed to start; empty otherwise.
+    pub last_words: String,
 }
 
 /// The worker's introduction.
@@ -117,6 +185,9 @@ pub struct Hello {
     pub pid: u32,
     /// The worker's fresh nonce, which the coordinator's proof must cover.
     pub nonce: Nonce,
+    /// For a worker a host agent started: the agent's id (from its
+    /// `AgentWelcome`). The agent reports this worker's end, by `pid`.
+    pub agent: Option<u64>,
 }
 
 /// The worker's proof that it holds the job's token, and what it offers.

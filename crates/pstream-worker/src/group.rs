@@ -14,7 +14,7 @@
 //! Only a worker that leads its process group does any of this: one started by
 //! something else (by hand, in a shell's job) never signals a group it does not own.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use nix::libc;
 use nix::unistd::{getpgrp, getpid};
@@ -25,6 +25,10 @@ static LEADER: AtomicBool = AtomicBool::new(false);
 static SERVING: AtomicBool = AtomicBool::new(false);
 /// The coordinator asked this worker to stop: it is alive and reaps the group.
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+/// A host agent started this worker: it reaps the group, and reports the end.
+static AGENT: AtomicBool = AtomicBool::new(false);
+/// The pipe on which to tell the agent that the coordinator welcomed us (-1: none).
+static READY_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// The parent-death signal. A real-time signal, which no library uses by default,
 /// so that no function's own handling of a common signal (SIGHUP, SIGUSR1)
@@ -79,14 +83,43 @@ pub(crate) fn shutdown_received() {
     SHUTDOWN.store(true, Ordering::SeqCst);
 }
 
+/// A host agent started this worker; `ready`: the pipe on which to tell it that
+/// the coordinator welcomed us.
+pub(crate) fn under_agent(ready: Option<i32>) {
+    AGENT.store(true, Ordering::SeqCst);
+    if let Some(fd) = ready {
+        READY_FD.store(fd, Ordering::SeqCst);
+    }
+}
+
+/// The coordinator welcomed this worker: its agent hears it (one byte on the pipe,
+/// which is closed then), so that an end from now on is a worker's, not a start
+/// failure.
+pub(crate) fn welcomed() {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let fd = READY_FD.swap(-1, Ordering::SeqCst);
+    if fd >= 3 {
+        // SAFETY: `inherited_pipe` saw the descriptor open, a pipe numbered 3 or
+        // more that the agent passed for this one write; the swap above makes this
+        // the only owner, and nothing else in this process uses it.
+        let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+        let _ = pipe.write_all(b"1");
+    }
+}
+
 /// The worker is about to end. If it served without being told to stop (its
 /// coordinator is gone, or gave up on it), end its process group, itself included:
-/// this does not return then.
+/// this does not return then. A worker a host agent started exits with
+/// [`pstream_protocol::EXIT_LOST`] instead: its agent kills what is left of the
+/// group when it reaps it, and reports it lost, not crashed.
 pub(crate) fn end() {
-    if LEADER.load(Ordering::SeqCst)
-        && SERVING.load(Ordering::SeqCst)
-        && !SHUTDOWN.load(Ordering::SeqCst)
-    {
-        take_the_group_down(0);
+    if SERVING.load(Ordering::SeqCst) && !SHUTDOWN.load(Ordering::SeqCst) {
+        if AGENT.load(Ordering::SeqCst) {
+            std::process::exit(pstream_protocol::EXIT_LOST);
+        }
+        if LEADER.load(Ordering::SeqCst) {
+            take_the_group_down(0);
+        }
     }
 }

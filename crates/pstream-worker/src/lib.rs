@@ -21,6 +21,7 @@
 //!   `Shutdown` (then instead of the statuses above).
 #![deny(missing_docs)]
 
+mod agent;
 mod batch;
 mod error;
 mod group;
@@ -145,6 +146,9 @@ macro_rules! plugin {
 }
 
 fn exit_after_serving() -> ! {
+    if pstream_protocol::asked_to_be_agent() {
+        agent::run();
+    }
     group::guard();
     match serve_from_env() {
         Ok(()) => {

@@ -20,7 +20,7 @@ use pstream_protocol::{
     Items, Join, Message, DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME,
     ENV_SOCKET, ENV_TOKEN_FD, PROTOCOL_VERSION, SEND_BUFFER,
 };
-use pstream_protocol::{ARG_CONNECT, ENV_CONNECT, ENV_TOKEN_FILE};
+use pstream_protocol::{ARG_CONNECT, ENV_AGENT, ENV_CONNECT, ENV_READY_FD, ENV_TOKEN_FILE};
 
 use crate::batch::{report_progress, Batch, Outbox, Progress};
 use crate::error::{CallError, WorkerError};
@@ -87,6 +87,8 @@ pub struct Summons {
     pub max_frame: usize,
     /// How many items this worker holds at once.
     pub capacity: u32,
+    /// For a worker a host agent started: the agent's id, said in `Hello`.
+    pub agent: Option<u64>,
 }
 
 impl Summons {
@@ -135,6 +137,7 @@ impl Summons {
             token,
             max_frame: usize::try_from(max_frame.min(u32::MAX as u64)).unwrap_or(DEFAULT_MAX_FRAME),
             capacity: capacity.clamp(1, u32::MAX as u64) as u32,
+            agent: None,
         })
     }
 
@@ -205,12 +208,25 @@ impl Summons {
                 )))
             }
         };
+        // Started by a host agent: its id, and the pipe to say "welcomed" on.
+        let agent = match std::env::var(ENV_AGENT) {
+            Ok(v) => Some(
+                v.parse::<u64>()
+                    .map_err(|_| env_err(format!("{ENV_AGENT}={v} is not an agent id")))?,
+            ),
+            Err(_) => None,
+        };
+        if agent.is_some() {
+            crate::group::under_agent(pstream_protocol::inherited_pipe(ENV_READY_FD));
+        }
         for name in [
             ENV_CONNECT,
             ENV_TOKEN_FILE,
             ENV_TOKEN_FD,
             ENV_MAX_FRAME,
             ENV_CAPACITY,
+            ENV_AGENT,
+            ENV_READY_FD,
         ] {
             std::env::remove_var(name);
         }
@@ -219,6 +235,7 @@ impl Summons {
             token,
             max_frame: usize::try_from(max_frame.min(u32::MAX as u64)).unwrap_or(DEFAULT_MAX_FRAME),
             capacity: capacity.clamp(1, u32::MAX as u64) as u32,
+            agent,
         })
     }
 
@@ -271,7 +288,7 @@ fn connect_local(path: &Path, coordinator: u32) -> Result<UnixStream, WorkerErro
     Ok(stream)
 }
 
-fn connect_remote(addr: &str) -> Result<std::net::TcpStream, WorkerError> {
+pub(crate) fn connect_remote(addr: &str) -> Result<std::net::TcpStream, WorkerError> {
     use std::net::ToSocketAddrs;
     let connect_err = |error| WorkerError::Connect {
         at: addr.to_string(),
@@ -382,25 +399,26 @@ fn env_number(name: &str, default: u64) -> Result<u64, WorkerError> {
     }
 }
 
-fn serve(config: &Summons) -> Result<(), WorkerError> {
-    let stream = config.connect()?;
-    // Best effort: the kernel caps it, and a smaller buffer only costs speed.
-    let _ = setsockopt(&stream, sockopt::SndBuf, &SEND_BUFFER);
-    if let Stream::Tcp(tcp) = &stream {
-        // A coordinator across the network may never answer: the handshake has a
-        // deadline (cleared once it is done).
-        let _ = tcp.set_read_timeout(Some(HANDSHAKE_PATIENCE));
-    }
-    let mut writer =
-        BufWriter::with_capacity(1 << 16, stream.try_clone().map_err(connect_err(config))?);
-    let mut reader = BufReader::with_capacity(1 << 16, stream);
+/// Send one frame at once.
+pub(crate) fn send(writer: &mut BufWriter<Stream>, message: &Message) -> Result<(), WorkerError> {
+    write_frame(writer, message, &Items::new(), usize::MAX).map_err(WorkerError::Write)?;
+    writer
+        .flush()
+        .map_err(|e| WorkerError::Write(EncodeError::Io(e)))
+}
 
-    let send = |writer: &mut BufWriter<Stream>, message: &Message| {
-        write_frame(writer, message, &Items::new(), usize::MAX).map_err(WorkerError::Write)?;
-        writer
-            .flush()
-            .map_err(|e| WorkerError::Write(EncodeError::Io(e)))
-    };
+/// The first half of the handshake, the same for a worker and a host agent: say
+/// `Hello` (with `agent`, for a worker an agent started), check the coordinator's
+/// proof that it holds the token, and return our own proof, for `Join` or
+/// `AgentJoin`.
+pub(crate) fn introduce(
+    writer: &mut BufWriter<Stream>,
+    reader: &mut BufReader<Stream>,
+    token: &Token,
+    target: &Target,
+    max_frame: usize,
+    agent: Option<u64>,
+) -> Result<pstream_protocol::auth::Proof, WorkerError> {
     // The worker speaks first, but gives nothing away: its pid and a nonce. The
     // coordinator must prove it holds the token before the worker proves it does.
     let nonce = random_nonce().map_err(|e| WorkerError::Environment(e.to_string()))?;
@@ -408,9 +426,10 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
         nonce,
+        agent,
     });
-    send(&mut writer, &hello)?;
-    let theirs = match read_frame(&mut reader, config.max_frame).map_err(WorkerError::Read)? {
+    send(writer, &hello)?;
+    let theirs = match read_frame(reader, max_frame).map_err(WorkerError::Read)? {
         Some(Frame {
             message:
                 Message::Challenge {
@@ -419,12 +438,9 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
                 },
             ..
         }) => {
-            if !config
-                .token
-                .verify(Role::Coordinator, &nonce, &theirs, &proof)
-            {
+            if !token.verify(Role::Coordinator, &nonce, &theirs, &proof) {
                 return Err(WorkerError::Untrusted {
-                    at: config.target.to_string(),
+                    at: target.to_string(),
                     reason: "the process listening on it could not prove that it holds \
                              the job's token"
                         .into(),
@@ -448,8 +464,32 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
             ))
         }
     };
+    Ok(token.prove(Role::Worker, &nonce, &theirs))
+}
+
+fn serve(config: &Summons) -> Result<(), WorkerError> {
+    let stream = config.connect()?;
+    // Best effort: the kernel caps it, and a smaller buffer only costs speed.
+    let _ = setsockopt(&stream, sockopt::SndBuf, &SEND_BUFFER);
+    if let Stream::Tcp(tcp) = &stream {
+        // A coordinator across the network may never answer: the handshake has a
+        // deadline (cleared once it is done).
+        let _ = tcp.set_read_timeout(Some(HANDSHAKE_PATIENCE));
+    }
+    let mut writer =
+        BufWriter::with_capacity(1 << 16, stream.try_clone().map_err(connect_err(config))?);
+    let mut reader = BufReader::with_capacity(1 << 16, stream);
+
+    let proof = introduce(
+        &mut writer,
+        &mut reader,
+        &config.token,
+        &config.target,
+        config.max_frame,
+        config.agent,
+    )?;
     let join = Message::Join(Join {
-        proof: config.token.prove(Role::Worker, &nonce, &theirs),
+        proof,
         capacity: config.capacity,
         max_frame: config.max_frame as u32,
         functions: functions(),
@@ -490,6 +530,9 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
             }
         };
 
+    // A worker a host agent started tells it that it got this far: from now on
+    // its end is a worker's, not a start failure.
+    crate::group::welcomed();
     if let Stream::Tcp(tcp) = reader.get_ref() {
         let _ = tcp.set_read_timeout(None);
         if let Some(beats) = &beats {
@@ -626,13 +669,13 @@ impl Beats {
 }
 
 /// How long a worker waits for each step of the handshake over the network.
-const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Let the kernel watch a TCP connection while this side reads nothing: keepalive
 /// probes after a heartbeat interval of quiet, and the connection given up after
 /// the silence limit without an answer to a probe, or with data unacknowledged
 /// (`TCP_USER_TIMEOUT`). Best effort.
-fn arm_keepalive(tcp: &std::net::TcpStream, beats: &Beats) {
+pub(crate) fn arm_keepalive(tcp: &std::net::TcpStream, beats: &Beats) {
     let every = beats.every.as_secs().max(1) as u32;
     let count = (beats.silence.as_secs() as u32 / every).max(1);
     let _ = setsockopt(tcp, sockopt::KeepAlive, &true);

@@ -14,7 +14,12 @@ use crate::vocab::{JobMsg, ResultBatch};
 
 impl Engine {
     /// A peer passed the door's checks: it becomes a worker of the pool.
-    pub(super) fn on_connected(&mut self, mut link: Box<dyn Link>, join: Join) {
+    pub(super) fn on_connected(
+        &mut self,
+        mut link: Box<dyn Link>,
+        join: Join,
+        agent: Option<(u64, u32)>,
+    ) {
         let peer = link.peer();
         let pid = peer.pid();
         let starting = self
@@ -22,12 +27,32 @@ impl Engine {
             .iter()
             .find(|(_, w)| matches!(w.life, Life::Starting) && pid.is_some() && w.pid() == pid)
             .map(|(&wid, _)| wid);
-        let wid = match starting {
-            Some(wid) => wid,
+        let closing = self.shutdown_deadline.is_some() || self.failed.is_some();
+        let wid = match (starting, agent) {
+            (_, Some((agent, agent_pid))) => {
+                if closing {
+                    return;
+                }
+                // A host agent started it: its end is the agent's report.
+                let handle = match self.agent_handle(agent, agent_pid) {
+                    Ok(handle) => handle,
+                    Err(why) => {
+                        // Dropped: it sees the end of its connection and exits.
+                        tracing::warn!(%peer, "dropped a worker that joined: {why}");
+                        return;
+                    }
+                };
+                let wid = self.next_wid;
+                self.next_wid += 1;
+                let w = Worker::by_agent(handle, agent, agent_pid, Instant::now());
+                self.workers.insert(wid, w);
+                wid
+            }
+            (Some(wid), None) => wid,
             // A pool with no launcher takes whoever the door lets in; any pool
             // takes workers that join across the network (they add to its own).
-            None if self.launcher.is_none() || peer.is_remote() => {
-                if self.shutdown_deadline.is_some() || self.failed.is_some() {
+            (None, None) if self.launcher.is_none() || peer.is_remote() => {
+                if closing {
                     return; // Closing: the link is dropped, the worker sees the end.
                 }
                 let wid = self.next_wid;
@@ -35,7 +60,7 @@ impl Engine {
                 self.workers.insert(wid, Worker::joined(Instant::now()));
                 wid
             }
-            None => return, // It died or was replaced while its handshake was under way.
+            (None, None) => return, // It died or was replaced while its handshake was under way.
         };
         // Every worker of a pool runs the same program; insist on the same functions.
         if let Some(known) = &self.functions {

@@ -27,6 +27,8 @@ enum Due {
     Word,
     /// Over the network: our heartbeat to it.
     Beat,
+    /// The report of its end, from the host agent that started it.
+    Report,
 }
 
 /// The one place the deadline rules live: when `w` must have shown what, and when
@@ -42,7 +44,14 @@ fn deadlines(w: &Worker, config: &Config) -> impl Iterator<Item = (Instant, Due)
     let remote = w.is_remote() && w.conn.is_some() && !w.is_ending();
     let word = remote.then(|| (w.heard_at + config.silence, Due::Word));
     let beat = remote.then(|| (w.beat_at + config.heartbeat, Due::Beat));
-    own.into_iter().chain(word).chain(beat)
+    let report =
+        (w.agent.is_some() && w.is_ending() && w.conn.is_none() && w.exit.is_none()).then(|| {
+            (
+                w.hung_up_at.unwrap_or(w.started_at) + config.silence,
+                Due::Report,
+            )
+        });
+    own.into_iter().chain(word).chain(beat).chain(report)
 }
 
 impl Engine {
@@ -79,7 +88,7 @@ impl Engine {
     }
 
     /// Once a worker is settled (disconnected and reaped), deal with what it held.
-    fn settle(&mut self, wid: u64) {
+    pub(super) fn settle(&mut self, wid: u64) {
         if !self.workers.get(&wid).is_some_and(Worker::settled) {
             return;
         }
@@ -88,9 +97,10 @@ impl Engine {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        if !w.served && w.handle.is_none() {
-            // It joined on its own and failed before serving (its Welcome could
-            // not be sent): nothing of ours to restart, nothing it held.
+        if !w.served && (w.handle.is_none() || w.agent.is_some()) {
+            // It joined on its own (or its host agent started it) and failed
+            // before serving (its Welcome could not be sent): nothing of ours to
+            // restart, nothing it held. An agent counts its own start failures.
             tracing::warn!(wid, "a joining worker was lost during its handshake");
             return;
         }
@@ -197,6 +207,7 @@ impl Engine {
         for w in self.workers.values_mut() {
             w.stop();
         }
+        self.stop_agents();
         // Workers that were never connected are settled once reaped.
         let wids: Vec<u64> = self.workers.keys().copied().collect();
         for wid in wids {
@@ -252,6 +263,11 @@ impl Engine {
                     } else {
                         w.conn = None;
                     }
+                    if w.agent.is_some() {
+                        // No report awaited any more.
+                        w.conn = None;
+                        w.exit.get_or_insert(ExitCause::Lost);
+                    }
                 }
                 let wids: Vec<u64> = self.workers.keys().copied().collect();
                 for wid in wids {
@@ -274,6 +290,19 @@ impl Engine {
                         w.send(&Message::Heartbeat, None);
                         w.beat_at = now;
                     }
+                    continue;
+                }
+                Due::Report => {
+                    if let Some(w) = self.workers.get_mut(&wid) {
+                        w.lost(format!(
+                            "its host agent did not report its end within {:?} of its \
+                             connection's end",
+                            self.config.silence
+                        ));
+                        w.exit = Some(ExitCause::Lost);
+                        w.kill_process();
+                    }
+                    self.settle(wid);
                     continue;
                 }
                 Due::Word => KillReason::Lost(format!(
@@ -303,6 +332,7 @@ impl Engine {
                 self.kill(wid, reason);
             }
         }
+        self.agent_timers(now);
         self.check_alone(now);
         if self.respawn_at.is_some_and(|at| now >= at) {
             self.respawn_at = None;
@@ -319,6 +349,7 @@ impl Engine {
             .flat_map(|w| deadlines(w, &self.config).map(|(at, _)| at))
             .chain(self.respawn_at)
             .chain(self.alone_deadline())
+            .chain(self.agent_deadline())
             .min()
     }
 
@@ -355,6 +386,7 @@ impl Engine {
                 None => "workers joining the pool".into(),
             },
             ever: self.counters.ready.load(Ordering::Relaxed),
+            failure: self.agent_failure.clone(),
         };
         match self.ready.take() {
             Some(ready) => {
@@ -377,7 +409,7 @@ impl Engine {
         let live = self
             .workers
             .values()
-            .filter(|w| w.counts() && w.handle.is_some())
+            .filter(|w| w.counts() && w.handle.is_some() && w.agent.is_none())
             .count();
         for _ in live..self.config.workers {
             if !self.start_worker() {

@@ -19,6 +19,7 @@
 //! * `jobs`: each job's bookkeeping and the queue (no I/O);
 //! * `blame`: who is to blame for a lost worker (a pure function).
 
+mod agents;
 mod blame;
 pub(crate) use blame::LOSSES_BEFORE_BLAME;
 mod dispatch;
@@ -99,6 +100,20 @@ pub(crate) struct Engine {
     exited: bool,
     /// Since when no worker is connected, in a pool with no launcher.
     alone_since: Option<Instant>,
+    /// Host agents connected, by id (from 1).
+    agents: HashMap<u64, agents::Agent>,
+    next_agent: u64,
+    /// The last start failure an agent reported, for the message of a pool that
+    /// gets no worker.
+    agent_failure: Option<String>,
+}
+
+/// What a polled descriptor is.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Wake,
+    Worker(u64),
+    Agent(u64),
 }
 
 /// Whether the engine goes on after a step.
@@ -141,6 +156,9 @@ impl Engine {
             failed: None,
             exited: false,
             alone_since: Some(Instant::now()),
+            agents: HashMap::new(),
+            next_agent: 1,
+            agent_failure: None,
         }
     }
 
@@ -198,10 +216,19 @@ impl Engine {
             return Flow::Exit;
         }
         let block = block && self.events.is_empty();
-        for (wid, flags) in self.poll(block) {
-            match wid {
-                None => self.wake.drain(),
-                Some(wid) => {
+        for (slot, flags) in self.poll(block) {
+            match slot {
+                Slot::Wake => self.wake.drain(),
+                Slot::Agent(id) => {
+                    if flags.intersects(PollFlags::POLLOUT) {
+                        self.flush_agent(id);
+                    }
+                    if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                    {
+                        self.read_agent(id);
+                    }
+                }
+                Slot::Worker(wid) => {
                     if flags.intersects(PollFlags::POLLOUT) {
                         self.flush(wid);
                     }
@@ -217,7 +244,9 @@ impl Engine {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Connected { link, join } => self.on_connected(link, join),
+            Event::Connected { link, join, agent } => self.on_connected(link, join, agent),
+            Event::AgentConnected { link, agent } => self.on_agent_connected(link, agent),
+            Event::AgentKill { agent, pid } => self.on_agent_kill(agent, pid),
             Event::Rejected { pid, reason } => self.on_rejected(pid, reason),
             Event::Exited { wid, cause } => self.on_exited(wid, cause),
             Event::NewJob {
@@ -275,13 +304,15 @@ impl Engine {
         if self.shutdown_deadline.is_some() && self.workers.is_empty() {
             self.exited = true;
             self.jobs.clear();
+            // Their connections close: having been told `Shutdown`, they exit 0.
+            self.agents.clear();
         }
         self.exited
     }
 
     /// Wait for a connection to be readable (or writable, if it has bytes queued),
     /// for an event, or for the next deadline.
-    fn poll(&self, block: bool) -> Vec<(Option<u64>, PollFlags)> {
+    fn poll(&self, block: bool) -> Vec<(Slot, PollFlags)> {
         let timeout = match self.next_deadline() {
             _ if !block => PollTimeout::ZERO,
             None => PollTimeout::NONE,
@@ -292,17 +323,24 @@ impl Engine {
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut ids = vec![None];
+        let mut ids = vec![Slot::Wake];
         let mut fds = vec![PollFd::new(self.wake.fd(), PollFlags::POLLIN)];
+        let flags = |conn: &crate::conn::Conn| {
+            if conn.wants_to_write() {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            } else {
+                PollFlags::POLLIN
+            }
+        };
         for (&wid, w) in &self.workers {
             if let Some(conn) = &w.conn {
-                let mut flags = PollFlags::POLLIN;
-                if conn.wants_to_write() {
-                    flags |= PollFlags::POLLOUT;
-                }
-                fds.push(PollFd::new(conn.fd(), flags));
-                ids.push(Some(wid));
+                fds.push(PollFd::new(conn.fd(), flags(conn)));
+                ids.push(Slot::Worker(wid));
             }
+        }
+        for (&id, a) in &self.agents {
+            fds.push(PollFd::new(a.conn.fd(), flags(&a.conn)));
+            ids.push(Slot::Agent(id));
         }
         match poll(&mut fds, timeout) {
             Ok(_) => ids
@@ -326,6 +364,15 @@ impl Engine {
             .collect();
         for wid in pending {
             self.flush(wid);
+        }
+        let agents: Vec<u64> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.conn.wants_to_write())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in agents {
+            self.flush_agent(id);
         }
     }
 

@@ -140,7 +140,13 @@ impl Pool {
         let received = Arc::clone(&self.received);
         self.workers
             .push(std::thread::spawn(move || worker(theirs, play, &received)));
-        self.events.send(Event::Connected { link, join }).unwrap();
+        self.events
+            .send(Event::Connected {
+                link,
+                join,
+                agent: None,
+            })
+            .unwrap();
         // Handled now: it counts as usable from here on.
         self.engine.accept(std::iter::empty());
     }
@@ -316,6 +322,7 @@ fn dispatch_never_sends_a_worker_more_than_its_credit() {
         .send(Event::Connected {
             link: Box::new(UnixLink::new(ours).unwrap()),
             join,
+            agent: None,
         })
         .unwrap();
     let data = items(20, None);
@@ -452,7 +459,13 @@ impl Pool {
         self.workers.push(std::thread::spawn(move || {
             remote_worker(theirs, play, &flag)
         }));
-        self.events.send(Event::Connected { link, join }).unwrap();
+        self.events
+            .send(Event::Connected {
+                link,
+                join,
+                agent: None,
+            })
+            .unwrap();
         self.engine.accept(std::iter::empty());
     }
 
@@ -715,7 +728,13 @@ impl Pool {
                 }
             }
         }));
-        self.events.send(Event::Connected { link, join }).unwrap();
+        self.events
+            .send(Event::Connected {
+                link,
+                join,
+                agent: None,
+            })
+            .unwrap();
         self.engine.accept(std::iter::empty());
     }
 }

@@ -97,6 +97,11 @@ pub(super) struct Worker {
     pub heard_at: Instant,
     /// When we last sent it a heartbeat (over the network).
     pub beat_at: Instant,
+    /// For a worker a host agent started: the agent's id, and the worker's pid on
+    /// the agent's host. Its end is what the agent reports.
+    pub agent: Option<(u64, u32)>,
+    /// When its connection ended, for a worker whose end its agent reports.
+    pub hung_up_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -115,6 +120,15 @@ impl Worker {
     pub fn started(handle: Arc<dyn Handle>, now: Instant) -> Worker {
         Worker {
             handle: Some(handle),
+            ..Worker::started_inner(now)
+        }
+    }
+
+    /// A worker that host agent `agent` started as `pid` on its host.
+    pub fn by_agent(handle: Arc<dyn Handle>, agent: u64, pid: u32, now: Instant) -> Worker {
+        Worker {
+            handle: Some(handle),
+            agent: Some((agent, pid)),
             ..Worker::started_inner(now)
         }
     }
@@ -140,6 +154,8 @@ impl Worker {
             peer: None,
             heard_at: now,
             beat_at: now,
+            agent: None,
+            hung_up_at: None,
         }
     }
 
@@ -213,8 +229,21 @@ impl Worker {
     /// connection across the network that closed or failed is lost (the host may
     /// be cut off, the worker alive); on this machine, the process's exit says
     /// what happened, and a failed connection is a violation.
+    ///
+    /// A worker a host agent started is not lost when its connection ends: its
+    /// agent reports how it ended (a crash, say), and that is awaited.
     pub fn disconnected(&mut self, hangup: Hangup) {
         self.conn = None;
+        if self.agent.is_some() {
+            self.hung_up_at = Some(Instant::now());
+            if let Hangup::Garbage(what) = hangup {
+                self.end(Some(KillReason::Violation(what)));
+                self.kill_process();
+            } else {
+                self.end(None);
+            }
+            return;
+        }
         let reason = match hangup {
             Hangup::Garbage(what) => Some(KillReason::Violation(what)),
             Hangup::Closed if self.is_remote() => {
@@ -232,6 +261,11 @@ impl Worker {
     pub fn exited(&mut self, cause: ExitCause) {
         self.exit = Some(cause);
         self.end(None);
+    }
+
+    /// → Ending, lost (unless it is already ending).
+    pub fn end_lost(&mut self, why: String) {
+        self.end(Some(KillReason::Lost(why)));
     }
 
     /// → Ending, unless it is already.
@@ -292,7 +326,7 @@ impl Worker {
         }
     }
 
-    fn kill_process(&mut self) {
+    pub fn kill_process(&mut self) {
         match &self.handle {
             Some(handle) => handle.kill(),
             // Joined on its own: all we can end is the connection.

@@ -1,0 +1,822 @@
+//! The host agent: what ssh or `srun` starts on each host of a job. One process
+//! per host, `PLUGIN --agent --connect HOST:PORT [--workers N] [--token-file F]`,
+//! that joins the coordinator, starts the host's workers as its own children
+//! (re-executed, each in its own process group, dying with the agent, under the
+//! pool's memory limit), starts a new one whenever one ends, and reports each end
+//! (exit code or signal, peak memory) to the coordinator, which judges it as it
+//! judges a local worker's. When its connection ends, or the coordinator is silent
+//! past the heartbeat limit, it kills its workers and exits.
+//!
+//! The workers join the coordinator themselves, over TCP, with the token the agent
+//! hands them on a pipe (never in argv or the environment) and the agent's id in
+//! their `Hello`. Each tells its agent that it was welcomed (a byte on a second
+//! pipe), so that the agent can tell a start failure (backed off) from a crash
+//! (replaced at once).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{
+    kill, killpg, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+use pstream_protocol::auth::Token;
+use pstream_protocol::{
+    read_frame, AgentJoin, ExitStatus, Frame, Message, WorkerExit, ARG_AGENT, ARG_CONNECT,
+    ENV_AGENT, ENV_CAPACITY, ENV_CONNECT, ENV_MAX_FRAME, ENV_READY_FD, ENV_TOKEN_FD,
+    ENV_TOKEN_FILE,
+};
+use std::sync::mpsc::{channel as unbounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::error::WorkerError;
+use crate::serve::{
+    arm_keepalive, connect_remote, introduce, send, Beats, Target, HANDSHAKE_PATIENCE,
+};
+use crate::stream::Stream;
+
+/// What the agent was asked to do.
+#[derive(Debug)]
+struct Args {
+    addr: String,
+    workers: u32,
+    token: Token,
+}
+
+/// How an agent's run ended badly.
+#[derive(Debug)]
+enum Failure {
+    /// Bad arguments: exit 2.
+    Usage(String),
+    /// Anything else: exit 1.
+    Run(String),
+}
+
+const USAGE: &str = "a host agent takes --agent --connect HOST:PORT [--workers N] \
+    [--token-file FILE]; without --token-file (or PSTREAM_TOKEN_FILE) it reads the token \
+    as one line from its standard input";
+
+/// The agent's `main`: never returns. Exit 0 when the coordinator said
+/// `Shutdown`, 1 when the connection ended otherwise or could not be made, 2 for
+/// bad arguments.
+pub(crate) fn run() -> ! {
+    let code = match parse_args().and_then(serve) {
+        Ok(()) => 0,
+        Err(Failure::Usage(why)) => {
+            eprintln!("pstream agent: {why}");
+            2
+        }
+        Err(Failure::Run(why)) => {
+            eprintln!("pstream agent {}: {why}", std::process::id());
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn parse_args() -> Result<Args, Failure> {
+    let usage = |why: String| Failure::Usage(format!("{why}; {USAGE}"));
+    let mut addr = std::env::var(ENV_CONNECT).ok().filter(|a| !a.is_empty());
+    let mut token_file = std::env::var_os(ENV_TOKEN_FILE).map(PathBuf::from);
+    let mut workers: Option<u32> = None;
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some(ARG_AGENT) {
+        return Err(usage(format!("{ARG_AGENT} must come first")));
+    }
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |what: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| usage(format!("{name} needs {what}")))
+        };
+        match name.as_str() {
+            ARG_CONNECT => addr = Some(value("an address, HOST:PORT")?),
+            "--token-file" => token_file = Some(PathBuf::from(value("a file")?)),
+            "--workers" => {
+                let v = value("a number of workers")?;
+                workers =
+                    Some(v.parse().ok().filter(|&n: &u32| n >= 1).ok_or_else(|| {
+                        usage(format!("--workers {v} is not a number of 1 or more"))
+                    })?);
+            }
+            "--token" => {
+                return Err(usage(
+                    "the token is never given on the command line, where `ps` shows it: \
+                     pass --token-file FILE or write it to the agent's standard input"
+                        .into(),
+                ))
+            }
+            other => return Err(usage(format!("unknown argument `{other}`"))),
+        }
+    }
+    let addr = addr.ok_or_else(|| usage(format!("{ARG_CONNECT} HOST:PORT is missing")))?;
+    if !addr.contains(':') {
+        return Err(usage(format!("{ARG_CONNECT} {addr} is not HOST:PORT")));
+    }
+    let workers = match workers {
+        Some(n) => n,
+        None => default_workers()?,
+    };
+    let token = match token_file {
+        Some(file) => pstream_protocol::auth::read_token_file(&file)
+            .map_err(|e| Failure::Usage(e.to_string()))?,
+        None => token_from_stdin()?,
+    };
+    for name in [ENV_CONNECT, ENV_TOKEN_FILE] {
+        std::env::remove_var(name);
+    }
+    Ok(Args {
+        addr,
+        workers,
+        token,
+    })
+}
+
+/// Workers by default: the CPUs Slurm gave this job on this node, else every CPU
+/// this process may run on.
+fn default_workers() -> Result<u32, Failure> {
+    if let Ok(v) = std::env::var("SLURM_CPUS_ON_NODE") {
+        return v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&n: &u32| n >= 1)
+            .ok_or_else(|| {
+                Failure::Usage(format!(
+                    "SLURM_CPUS_ON_NODE={v} is not a number of CPUs; pass --workers N"
+                ))
+            });
+    }
+    Ok(std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+}
+
+/// One line from standard input: the token, as ssh or srun passes it.
+fn token_from_stdin() -> Result<Token, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(1024)
+        .read_line(&mut line)
+        .map_err(|e| Failure::Usage(format!("read the token from standard input: {e}")))?;
+    if line.trim().is_empty() {
+        return Err(Failure::Usage(
+            "no token: standard input ended before a line with the token; pass \
+             --token-file FILE or write the token's 64 hexadecimal digits to the agent's \
+             standard input"
+                .into(),
+        ));
+    }
+    Token::from_hex(&line).map_err(|_| {
+        Failure::Usage(
+            "the line read from standard input is not a token (64 hexadecimal digits)".into(),
+        )
+    })
+}
+
+/// What the coordinator told the agent in its welcome.
+#[derive(Debug, Clone)]
+struct Terms {
+    agent_id: u64,
+    beats: Beats,
+    capacity: u32,
+    max_frame: u32,
+    memory_limit: Option<u64>,
+}
+
+/// What the agent's main loop hears.
+#[derive(Debug)]
+enum Heard {
+    /// A frame from the coordinator.
+    Frame(Message),
+    /// The connection ended (closed, failed, or silent past the limit).
+    Closed(String),
+    /// A worker started.
+    Started(Arc<Child>),
+    /// A worker ended and was reaped (or could not be started: pid 0).
+    Exited(WorkerExit),
+}
+
+fn serve(args: Args) -> Result<(), Failure> {
+    let run = |e: WorkerError| Failure::Run(e.to_string());
+    let target = Target::Remote {
+        addr: args.addr.clone(),
+    };
+    let tcp = connect_remote(&args.addr).map_err(run)?;
+    let _ = tcp.set_read_timeout(Some(HANDSHAKE_PATIENCE));
+    let _ = tcp.set_write_timeout(Some(HANDSHAKE_PATIENCE));
+    let clone = tcp
+        .try_clone()
+        .map_err(|e| Failure::Run(format!("clone the connection: {e}")))?;
+    let mut writer = BufWriter::with_capacity(1 << 12, Stream::Tcp(clone));
+    let mut reader = BufReader::with_capacity(1 << 12, Stream::Tcp(tcp));
+    let max = 1 << 20;
+    let proof =
+        introduce(&mut writer, &mut reader, &args.token, &target, max, None).map_err(run)?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let join = Message::AgentJoin(AgentJoin {
+        proof,
+        hostname: hostname.clone(),
+        pid: std::process::id(),
+        workers: args.workers,
+    });
+    send(&mut writer, &join).map_err(run)?;
+    let terms = match read_frame(&mut reader, max).map_err(|e| run(WorkerError::Read(e)))? {
+        Some(Frame {
+            message:
+                Message::AgentWelcome {
+                    agent_id,
+                    heartbeat_ms,
+                    silence_ms,
+                    capacity,
+                    max_frame,
+                    memory_limit,
+                },
+            ..
+        }) => Terms {
+            agent_id,
+            beats: Beats {
+                every: Duration::from_millis(heartbeat_ms.max(1).into()),
+                silence: Duration::from_millis(silence_ms.max(1).into()),
+            },
+            capacity,
+            max_frame,
+            memory_limit: (memory_limit > 0).then_some(memory_limit),
+        },
+        Some(Frame {
+            message: Message::Reject { reason },
+            ..
+        }) => return Err(run(WorkerError::Rejected(reason))),
+        Some(other) => {
+            return Err(run(WorkerError::Protocol(format!(
+                "expected AgentWelcome, got {:?}",
+                other.message
+            ))))
+        }
+        None => {
+            return Err(run(WorkerError::Rejected(
+                "connection closed before AgentWelcome".into(),
+            )))
+        }
+    };
+    if let Stream::Tcp(tcp) = reader.get_ref() {
+        let _ = tcp.set_read_timeout(None);
+        // Writes wait at most the silence limit: a coordinator that takes nothing
+        // for that long is gone.
+        let _ = tcp.set_write_timeout(Some(terms.beats.silence));
+        arm_keepalive(tcp, &terms.beats);
+    }
+    let (tx, rx) = unbounded();
+    {
+        let tx = tx.clone();
+        let silence = terms.beats.silence;
+        std::thread::Builder::new()
+            .name("pstream-agent-reader".into())
+            .spawn(move || read_coordinator(reader, silence, tx))
+            .map_err(|e| Failure::Run(format!("start the reader thread: {e}")))?;
+    }
+    let agent = Agent {
+        args,
+        terms,
+        token_hex: String::new(),
+        writer,
+        last_sent: Instant::now(),
+        tx,
+        children: HashMap::new(),
+        starting: 0,
+        start_failures: 0,
+        respawn_at: None,
+        stopping: None,
+    };
+    agent.run(rx)
+}
+
+/// Frames from the coordinator, to the main loop, until the connection ends or
+/// falls silent.
+fn read_coordinator(mut reader: BufReader<Stream>, silence: Duration, tx: Sender<Heard>) {
+    let timeout = PollTimeout::try_from(silence.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::MAX);
+    loop {
+        if reader.buffer().is_empty() {
+            let mut fds = [PollFd::new(reader.get_ref().as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => {
+                    let why = format!(
+                        "the coordinator fell silent for {silence:?} (its host is gone or \
+                         cut off)"
+                    );
+                    let _ = tx.send(Heard::Closed(why));
+                    return;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => {}
+            }
+        }
+        match read_frame(&mut reader, 1 << 20) {
+            Ok(Some(frame)) => {
+                if tx.send(Heard::Frame(frame.message)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                let _ = tx.send(Heard::Closed(
+                    "the coordinator closed the connection".into(),
+                ));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Heard::Closed(format!("read from the coordinator: {e}")));
+                return;
+            }
+        }
+    }
+}
+
+struct Agent {
+    args: Args,
+    terms: Terms,
+    /// The token as its workers read it from their pipe (made once).
+    token_hex: String,
+    writer: BufWriter<Stream>,
+    last_sent: Instant,
+    tx: Sender<Heard>,
+    /// Running workers, by pid.
+    children: HashMap<u32, Arc<Child>>,
+    /// Workers asked for and not yet reported started.
+    starting: usize,
+    /// Workers in a row that ended before the coordinator welcomed them.
+    start_failures: u32,
+    respawn_at: Option<Instant>,
+    /// Since the coordinator said `Shutdown`: until when the workers may take to end.
+    stopping: Option<Instant>,
+}
+
+/// A backoff before starting a worker again after `failures` start failures in a
+/// row: 100 ms, doubled each time, at most 10 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64 << failures.saturating_sub(1).min(7)).min(Duration::from_secs(10))
+}
+
+impl Agent {
+    fn run(mut self, rx: Receiver<Heard>) -> Result<(), Failure> {
+        self.token_hex = self.args.token.to_hex();
+        self.top_up();
+        loop {
+            let now = Instant::now();
+            let mut wake = self.last_sent + self.terms.beats.every;
+            if let Some(at) = self.respawn_at {
+                wake = wake.min(at);
+            }
+            if let Some(at) = self.stopping {
+                wake = wake.min(at);
+            }
+            let heard = match rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(heard) => Some(heard),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self.end(Err("the agent's threads are gone".into()))
+                }
+            };
+            match heard {
+                None => {}
+                Some(Heard::Frame(Message::Heartbeat)) => {}
+                Some(Heard::Frame(Message::Kill { pid })) => {
+                    if let Some(child) = self.children.get(&pid) {
+                        child.kill();
+                    }
+                }
+                Some(Heard::Frame(Message::Shutdown)) => {
+                    // The job is over: no new workers; those running end on their
+                    // own (the coordinator tells them), reported as they do.
+                    self.stopping = Some(Instant::now() + self.terms.beats.silence);
+                    self.respawn_at = None;
+                }
+                Some(Heard::Frame(other)) => {
+                    let why = format!(
+                        "protocol violation by the coordinator: unexpected frame {other:?}"
+                    );
+                    return self.end(Err(why));
+                }
+                Some(Heard::Closed(why)) => {
+                    let outcome = if self.stopping.is_some() {
+                        Ok(())
+                    } else {
+                        Err(why)
+                    };
+                    return self.end(outcome);
+                }
+                Some(Heard::Started(child)) => {
+                    self.starting -= 1;
+                    if self.stopping.is_some() {
+                        child.kill();
+                    }
+                    self.children.insert(child.pid, child);
+                }
+                Some(Heard::Exited(exit)) => {
+                    if exit.pid == 0 {
+                        self.starting -= 1;
+                    } else {
+                        self.children.remove(&exit.pid);
+                    }
+                    self.on_exit(&exit);
+                    if let Err(e) = self.send(&Message::WorkerExited(exit)) {
+                        return self.end(Err(e));
+                    }
+                }
+            }
+            let now = Instant::now();
+            if self.stopping.is_some() && self.children.is_empty() && self.starting == 0 {
+                return self.end(Ok(()));
+            }
+            if self.stopping.is_some_and(|at| now >= at) {
+                return self.end(Ok(()));
+            }
+            if self.respawn_at.is_some_and(|at| now >= at) {
+                self.respawn_at = None;
+                self.top_up();
+            }
+            if now >= self.last_sent + self.terms.beats.every {
+                if let Err(e) = self.send(&Message::Heartbeat) {
+                    return self.end(Err(e));
+                }
+            }
+        }
+    }
+
+    /// A worker ended: start another, at once if it had served (a crash, a
+    /// recycled or finished worker), after a backoff if it never had.
+    fn on_exit(&mut self, exit: &WorkerExit) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if exit.served {
+            self.start_failures = 0;
+        } else {
+            self.start_failures += 1;
+            eprintln!(
+                "pstream agent {}: a worker failed to start ({}, {} in a row){}",
+                std::process::id(),
+                describe(exit.status),
+                self.start_failures,
+                if exit.last_words.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its last output:\n{}", exit.last_words)
+                }
+            );
+            let at = Instant::now() + backoff(self.start_failures);
+            self.respawn_at = Some(self.respawn_at.map_or(at, |t| t.max(at)));
+            return;
+        }
+        if self.respawn_at.is_none() {
+            self.top_up();
+        }
+    }
+
+    /// Start workers until there are as many as asked for.
+    fn top_up(&mut self) {
+        let want = self.args.workers as usize;
+        while self.children.len() + self.starting < want {
+            self.starting += 1;
+            let spec = Spec {
+                addr: self.args.addr.clone(),
+                token_hex: self.token_hex.clone(),
+                terms: self.terms.clone(),
+            };
+            let tx = self.tx.clone();
+            let started = std::thread::Builder::new()
+                .name("pstream-agent-waiter".into())
+                .spawn(move || waiter(spec, tx));
+            if let Err(e) = started {
+                self.starting -= 1;
+                eprintln!("pstream agent: could not start a waiter thread: {e}");
+                self.respawn_at = Some(Instant::now() + backoff(1));
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, message: &Message) -> Result<(), String> {
+        self.last_sent = Instant::now();
+        send(&mut self.writer, message).map_err(|e| e.to_string())
+    }
+
+    /// Kill every worker (its whole process group) and say how the agent ends.
+    fn end(self, outcome: Result<(), String>) -> Result<(), Failure> {
+        for child in self.children.values() {
+            child.kill();
+        }
+        outcome.map_err(|why| Failure::Run(format!("{why}: killed its workers, exiting")))
+    }
+}
+
+/// How a status reads in a message.
+fn describe(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Code(code) => format!("exit status {code}"),
+        ExitStatus::Signal(sig) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+    }
+}
+
+/// What a waiter needs to start a worker.
+struct Spec {
+    addr: String,
+    token_hex: String,
+    terms: Terms,
+}
+
+/// A worker the agent started. Signals go through [`Child::kill`], never after it
+/// was reaped (so never to a recycled pid).
+#[derive(Debug)]
+struct Child {
+    pid: u32,
+    /// Set, under the lock, between seeing the exit and reaping.
+    reaped: Mutex<bool>,
+}
+
+impl Child {
+    /// Kill the worker and everything in its process group.
+    fn kill(&self) {
+        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        if !*reaped {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The last lines a worker's report quotes, at most, and their bytes.
+const LAST_LINES: usize = 20;
+const LAST_BYTES: usize = 4 << 10;
+
+/// Start one worker and wait for its end, on this thread: a worker dies with the
+/// thread that started it (`PR_SET_PDEATHSIG`), and this one lives as long as the
+/// worker does.
+fn waiter(spec: Spec, tx: Sender<Heard>) {
+    let (child, output, ready) = match start(&spec) {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = tx.send(Heard::Exited(WorkerExit {
+                pid: 0,
+                status: ExitStatus::Code(127),
+                max_rss_kb: 0,
+                served: false,
+                last_words: format!("could not start the worker: {e}"),
+            }));
+            return;
+        }
+    };
+    let _ = tx.send(Heard::Started(Arc::clone(&child)));
+    let pid = Pid::from_raw(child.pid as i32);
+    // Wait without reaping, so the pid stays ours while `kill` may run.
+    while let Err(nix::errno::Errno::EINTR) =
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
+    let (status, max_rss_kb) = {
+        let mut reaped = child.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        // A zombie still: its group's id is nobody else's. What is left in the
+        // group was started by its functions: it ends with the worker.
+        let _ = killpg(pid, Signal::SIGKILL);
+        *reaped = true;
+        reap(pid)
+    };
+    // One byte on the pipe: the coordinator welcomed it.
+    let mut byte = [0u8; 1];
+    let served = matches!(nix::unistd::read(&ready, &mut byte), Ok(1));
+    let last_words = if served {
+        String::new()
+    } else {
+        output.last_words(Duration::from_millis(500))
+    };
+    let _ = tx.send(Heard::Exited(WorkerExit {
+        pid: child.pid,
+        status,
+        max_rss_kb,
+        served,
+        last_words,
+    }));
+}
+
+/// Reap `pid`: how it ended, and its peak resident set in KiB.
+fn reap(pid: Pid) -> (ExitStatus, u64) {
+    use nix::libc;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: a zeroed `rusage` is a valid value of the C struct; wait4 writes
+        // the status and the usage into the two locals, which outlive the call.
+        let (got, usage) = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            let got = libc::wait4(pid.as_raw(), &mut status, 0, &mut usage);
+            (got, usage)
+        };
+        if got == pid.as_raw() {
+            let rss = usage.ru_maxrss.max(0) as u64;
+            if libc::WIFSIGNALED(status) {
+                return (ExitStatus::Signal(libc::WTERMSIG(status)), rss);
+            }
+            if libc::WIFEXITED(status) {
+                return (ExitStatus::Code(libc::WEXITSTATUS(status)), rss);
+            }
+            continue;
+        }
+        if got < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR {
+            continue;
+        }
+        // Reaped by someone else: nothing to say of it.
+        return (ExitStatus::Code(-1), 0);
+    }
+}
+
+/// A worker's stdout and stderr, read by a thread of the agent: passed on to the
+/// agent's stderr (which ssh or srun carries back), the last part kept for the
+/// report of a worker that failed to start.
+struct Output {
+    tail: Mutex<Vec<u8>>,
+    done: Mutex<Option<Receiver<()>>>,
+}
+
+impl Output {
+    /// The last lines the worker wrote, waiting at most `patience` for the pipe to
+    /// end (a process that left the worker's group may hold it open).
+    fn last_words(&self, patience: Duration) -> String {
+        if let Some(done) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = done.recv_timeout(patience);
+        }
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        let text = String::from_utf8_lossy(&tail);
+        let lines: Vec<&str> = text.trim_end().lines().collect();
+        let from = lines.len().saturating_sub(LAST_LINES);
+        let mut quoted = String::new();
+        if from > 0 {
+            quoted.push_str("...\n");
+        }
+        quoted.push_str(&lines[from..].join("\n"));
+        quoted
+    }
+}
+
+fn pump(pipe: OwnedFd, output: Arc<Output>, done: Sender<()>) {
+    use std::io::Write;
+    let mut file = std::fs::File::from(pipe);
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let _ = std::io::stderr().lock().write_all(&buf[..n]);
+                let mut tail = output.tail.lock().unwrap_or_else(|e| e.into_inner());
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > LAST_BYTES {
+                    let cut = tail.len() - LAST_BYTES;
+                    tail.drain(..cut);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = done.send(());
+}
+
+/// Start a worker: this very program, re-executed, joining the coordinator with
+/// the token on a pipe and the agent's id in its environment.
+fn start(spec: &Spec) -> std::io::Result<(Arc<Child>, Arc<Output>, OwnedFd)> {
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Ok(exe) = std::env::current_exe() {
+        // Show the real program in `ps`, not the link we exec through.
+        cmd.arg0(exe);
+    }
+    let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fcntl(&ready_read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let token = Arc::new(token_pipe(&spec.token_hex)?);
+    let ready_write = Arc::new(at_least_3(ready_write)?);
+    let terms = &spec.terms;
+    cmd.arg(ARG_CONNECT)
+        .arg(&spec.addr)
+        .env_remove(ENV_CONNECT)
+        .env_remove(ENV_TOKEN_FILE)
+        .env(ENV_TOKEN_FD, token.as_raw_fd().to_string())
+        .env(ENV_READY_FD, ready_write.as_raw_fd().to_string())
+        .env(ENV_AGENT, terms.agent_id.to_string())
+        .env(ENV_CAPACITY, terms.capacity.to_string())
+        .env(ENV_MAX_FRAME, terms.max_frame.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_write.try_clone()?))
+        .stderr(Stdio::from(out_write))
+        .process_group(0);
+    let parent = nix::unistd::getpid();
+    let memory_limit = terms.memory_limit;
+    let inherited = [Arc::clone(&token), Arc::clone(&ready_write)];
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (sigaction, sigprocmask, fcntl, prctl,
+    // getppid, setrlimit); it allocates nothing (its errors are errno values).
+    // Setting an action to "default" or "ignore" installs no handler of ours.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A clean slate, whatever the agent inherited from ssh or srun.
+            for signal in Signal::iterator() {
+                if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+                    let default =
+                        SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+                    nix::sys::signal::sigaction(signal, &default)?;
+                }
+            }
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            nix::sys::signal::signal(Signal::SIGTTOU, SigHandler::SigIgn)?;
+            nix::sys::signal::signal(Signal::SIGTTIN, SigHandler::SigIgn)?;
+            // Inherited by this child alone (close-on-exec in the agent).
+            for fd in &inherited {
+                fcntl(&**fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            }
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The agent may have died before the prctl: then nobody would kill us.
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            if let Some(limit) = memory_limit {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_AS,
+                    limit,
+                    limit,
+                )?;
+            }
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn()?;
+    // Our copies of the write ends go with the command: the output pipe ends when
+    // the worker and its group are done with it.
+    drop(cmd);
+    drop(ready_write);
+    drop(token);
+    let (done_tx, done_rx) = unbounded();
+    let output = Arc::new(Output {
+        tail: Mutex::new(Vec::new()),
+        done: Mutex::new(Some(done_rx)),
+    });
+    {
+        let output = Arc::clone(&output);
+        std::thread::Builder::new()
+            .name("pstream-agent-output".into())
+            .spawn(move || pump(out_read, output, done_tx))?;
+    }
+    let child = Arc::new(Child {
+        pid: spawned.id(),
+        reaped: Mutex::new(false),
+    });
+    // The std handle is dropped without waiting: the waiter reaps.
+    Ok((child, output, ready_read))
+}
+
+/// A pipe holding the token as 64 hex digits, its write end closed: the read end,
+/// close-on-exec, numbered 3 or more.
+fn token_pipe(hex: &str) -> std::io::Result<OwnedFd> {
+    use std::io::Write;
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    std::fs::File::from(write).write_all(hex.as_bytes())?;
+    at_least_3(read)
+}
+
+/// The descriptor, numbered 3 or more (never a standard stream, which the child's
+/// stdio setup would replace).
+fn at_least_3(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() < 3 {
+        // `try_clone` duplicates to the lowest free descriptor from 3, close-on-exec.
+        return fd.try_clone();
+    }
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_failures_back_off_up_to_ten_seconds() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(
+            backoff(8),
+            Duration::from_millis(12_800).min(Duration::from_secs(10))
+        );
+        assert_eq!(backoff(100), Duration::from_secs(10));
+    }
+}

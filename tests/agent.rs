@@ -1,0 +1,424 @@
+//! Host agents on loopback: `pstream-coord --agent --connect ADDR` starts a host's
+//! workers, and the coordinator judges their ends as it judges its own workers':
+//! the same output, the same errors for a segfault or a hang, nothing charged when
+//! an agent is lost, and nothing left behind when either side is killed.
+//! (tests/agent_cluster.rs does the same across network namespaces.)
+
+#[path = "support/cli.rs"]
+#[allow(dead_code)]
+mod util;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::Signal;
+use util::*;
+
+/// A child process, killed and reaped when dropped (also when a test fails).
+struct Guarded(Option<Child>);
+
+impl Guarded {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    /// Wait for it to exit (a hang guard); its exit code and what it wrote on
+    /// stderr.
+    fn finish(mut self, what: &str) -> (Option<i32>, String) {
+        let mut child = self.0.take().unwrap();
+        let status = wait_exit(&mut child, what);
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = err.read_to_string(&mut stderr);
+        }
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A coordinator listening on loopback, its stderr read as it comes.
+struct Coordinator {
+    child: Guarded,
+    addr: String,
+    stderr: StderrLines,
+}
+
+impl Coordinator {
+    fn start(dir: &Path, function: &str, extra: &[&str]) -> Coordinator {
+        let mut cmd = coord(&["run", "--function", function, "--format", "jsonl"]);
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .args(files(dir))
+            .args(["--wait-workers", "60s"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start the coordinator");
+        let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+        let child = Guarded(Some(child));
+        assert!(
+            stderr.wait_for("listening on "),
+            "the coordinator never said where it listens: {}",
+            stderr.seen
+        );
+        let addr = stderr
+            .seen
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .unwrap()
+            .to_string();
+        Coordinator {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Wait for the job to end: its exit code and its stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = wait_exit(self.child.child(), "the coordinator");
+        let text = self.stderr.rest().to_string();
+        (status.code(), text)
+    }
+}
+
+/// The job's files in `dir`, as options of `run`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut args = Vec::new();
+    for (opt, name) in [
+        ("--token-file", "job.token"),
+        ("--input", "in.txt"),
+        ("--output", "out.txt"),
+        ("--errors", "err.txt"),
+        ("--stats-json", "stats.json"),
+    ] {
+        args.push(PathBuf::from(opt));
+        args.push(dir.join(name));
+    }
+    args
+}
+
+/// How an agent gets the token.
+#[derive(Clone, Copy)]
+enum TokenVia {
+    Stdin,
+    File,
+}
+
+/// A host agent with `workers` workers joining `addr`.
+fn agent(dir: &Path, addr: &str, workers: u32, via: TokenVia) -> Guarded {
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "--agent",
+        "--connect",
+        addr,
+        "--workers",
+        &workers.to_string(),
+    ])
+    .env_remove("RUST_LOG")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    match via {
+        TokenVia::File => {
+            cmd.arg("--token-file")
+                .arg(dir.join("job.token"))
+                .stdin(Stdio::null());
+        }
+        TokenVia::Stdin => {
+            cmd.stdin(Stdio::piped());
+        }
+    }
+    let mut child = cmd.spawn().expect("start an agent");
+    if let TokenVia::Stdin = via {
+        let token = std::fs::read_to_string(dir.join("job.token")).unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", token.trim()).unwrap();
+    }
+    Guarded(Some(child))
+}
+
+/// Numbers 1..=n as input, a fresh token; the doubled numbers as the output.
+fn numbers(dir: &Path, n: u64) -> String {
+    let input: String = (1..=n).map(|i| format!("{i}\n")).collect();
+    std::fs::write(dir.join("in.txt"), input).unwrap();
+    pstream::protocol::auth::create_token_file(&dir.join("job.token")).unwrap();
+    (1..=n).map(|i| format!("{}\n", 2 * i)).collect()
+}
+
+/// `n` items for `misbehave`, each `{"fault": "none", "value": i}` but those at
+/// `faults` (0-based), which commit the given fault.
+fn misbehaving(dir: &Path, n: usize, faults: &[(usize, &str)]) {
+    let input: String = (0..n)
+        .map(|i| {
+            let fault = faults
+                .iter()
+                .find(|(at, _)| *at == i)
+                .map_or("none", |(_, f)| f);
+            format!("{{\"fault\":\"{fault}\",\"value\":{i}}}\n")
+        })
+        .collect();
+    std::fs::write(dir.join("in.txt"), input).unwrap();
+    let token = dir.join("job.token");
+    if !token.exists() {
+        pstream::protocol::auth::create_token_file(&token).unwrap();
+    }
+}
+
+fn stats(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&read(&dir.join("stats.json"))).unwrap()
+}
+
+/// The same job run on this machine alone, with `workers` local workers: its exit
+/// code, output and errors file.
+fn local_run(dir: &Path, function: &str, extra: &[&str]) -> (Option<i32>, Vec<u8>, Vec<u8>) {
+    let local = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("in.txt"), local.path().join("in.txt")).unwrap();
+    let mut cmd = coord(&["run", "--function", function, "--format", "jsonl"]);
+    cmd.args(["--workers", "2"])
+        .arg("--input")
+        .arg(local.path().join("in.txt"))
+        .arg("--output")
+        .arg(local.path().join("out.txt"))
+        .arg("--errors")
+        .arg(local.path().join("err.txt"))
+        .args(extra);
+    let out = output_of(&mut cmd);
+    (
+        out.status.code(),
+        read(&local.path().join("out.txt")),
+        read(&local.path().join("err.txt")),
+    )
+}
+
+#[test]
+fn bad_agent_arguments_are_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--agent"], "--connect HOST:PORT is missing"),
+        (&["--agent", "--connect"], "--connect needs an address"),
+        (
+            &["--agent", "--connect", "127.0.0.1:1", "--workers", "0"],
+            "--workers 0 is not a number of 1 or more",
+        ),
+        (
+            &["--agent", "--connect", "127.0.0.1:1", "--token", "ab"],
+            "never given on the command line",
+        ),
+        (
+            &["--agent", "--connect", "127.0.0.1:1", "--frobnicate"],
+            "unknown argument `--frobnicate`",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = output_of(
+            Command::new(bin())
+                .args(args)
+                .env_remove("PSTREAM_CONNECT")
+                .stdin(Stdio::null()),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    // No token file and nothing on stdin; a token file that is not private.
+    let out = output_of(
+        Command::new(bin())
+            .args(["--agent", "--connect", "127.0.0.1:1"])
+            .stdin(Stdio::null()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no token"), "{stderr}");
+    let open = dir.path().join("open.token");
+    std::fs::write(&open, "00".repeat(32)).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = output_of(
+        Command::new(bin())
+            .args(["--agent", "--connect", "127.0.0.1:1", "--token-file"])
+            .arg(&open)
+            .stdin(Stdio::null()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mode 0644"), "{stderr}");
+}
+
+#[test]
+fn agents_compute_the_job_exactly_and_keep_the_token_out_of_sight() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = scale(200_000);
+    let expected = numbers(dir.path(), n);
+    let coordinator = Coordinator::start(dir.path(), "slow_double", &[]);
+    let a = agent(dir.path(), &coordinator.addr, 2, TokenVia::Stdin);
+    let b = agent(dir.path(), &coordinator.addr, 2, TokenVia::File);
+    // While they run: the token is on no command line and in no environment of
+    // the agents' workers.
+    wait_until("the agents' workers", || {
+        children(a.pid()).len() == 2 && children(b.pid()).len() == 2
+    });
+    let secret = std::fs::read_to_string(dir.path().join("job.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    for pid in children(a.pid()).into_iter().chain(children(b.pid())) {
+        for what in ["cmdline", "environ"] {
+            if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{what}")) {
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(&secret),
+                    "the token is in the worker's {what}"
+                );
+            }
+        }
+    }
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        read(&dir.path().join("out.txt")) == expected.as_bytes(),
+        "the output differs from the expected one"
+    );
+    let stats = stats(dir.path());
+    assert_eq!(stats["crashes"], 0, "{stats}");
+    assert!(
+        stats["hosts"]["127.0.0.1"]["workers"].as_u64() >= Some(4),
+        "{stats}"
+    );
+    // Told to shut down, the agents exit 0, their workers with them.
+    for (agent, name) in [(a, "agent a"), (b, "agent b")] {
+        let pid = agent.pid();
+        let workers = children(pid);
+        let (code, stderr) = agent.finish(name);
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        wait_gone(&workers);
+    }
+}
+
+#[test]
+fn a_segfault_on_an_agents_worker_is_reported_as_a_local_run_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    misbehaving(dir.path(), 400, &[(137, "segv")]);
+    let extra = ["--retries", "2"];
+    let (local_code, local_out, local_err) = local_run(dir.path(), "misbehave", &extra);
+    assert_eq!(local_code, Some(1));
+    let coordinator = Coordinator::start(dir.path(), "misbehave", &extra);
+    let _agent = agent(dir.path(), &coordinator.addr, 2, TokenVia::File);
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, local_code, "{stderr}");
+    let errors = read(&dir.path().join("err.txt"));
+    assert_eq!(
+        String::from_utf8_lossy(&errors),
+        String::from_utf8_lossy(&local_err),
+        "the errors differ from a local run's"
+    );
+    let errors = String::from_utf8_lossy(&errors);
+    assert!(
+        errors.contains("\"line\":138")
+            && errors.contains("SIGSEGV")
+            && errors.contains("tried 3 times"),
+        "{errors}"
+    );
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    assert!(
+        read(&dir.path().join("out.txt")) == local_out,
+        "the output differs"
+    );
+    let stats = stats(dir.path());
+    assert!(
+        stats["hosts"]["127.0.0.1"]["crashes"].as_u64() >= Some(3),
+        "{stats}"
+    );
+    assert_eq!(stats["lost_workers"], 0, "{stats}");
+}
+
+#[test]
+fn an_item_timeout_on_an_agents_worker_kills_it_through_its_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    misbehaving(dir.path(), 60, &[(20, "hang")]);
+    let extra = ["--timeout", "1s", "--retries", "0"];
+    let (local_code, local_out, local_err) = local_run(dir.path(), "misbehave", &extra);
+    let coordinator = Coordinator::start(dir.path(), "misbehave", &extra);
+    let agent = agent(dir.path(), &coordinator.addr, 2, TokenVia::File);
+    // A hung worker is killed only through its agent: without the kill, its
+    // report never comes and the job never ends (the hang guard fails the test).
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, local_code, "{stderr}");
+    let errors = read(&dir.path().join("err.txt"));
+    assert_eq!(
+        String::from_utf8_lossy(&errors),
+        String::from_utf8_lossy(&local_err),
+        "the errors differ from a local run's"
+    );
+    assert!(String::from_utf8_lossy(&errors).contains("\"line\":21"));
+    assert!(
+        read(&dir.path().join("out.txt")) == local_out,
+        "the output differs"
+    );
+    let (code, stderr) = agent.finish("the agent");
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_killed_agent_takes_its_workers_along_and_the_job_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = scale(400_000);
+    let expected = numbers(dir.path(), n);
+    let coordinator = Coordinator::start(dir.path(), "slow_double", &["--retries", "0"]);
+    let mut doomed = agent(dir.path(), &coordinator.addr, 2, TokenVia::File);
+    let survivor = agent(dir.path(), &coordinator.addr, 2, TokenVia::File);
+    wait_until("the doomed agent's workers to take work", || {
+        children(doomed.pid()).len() == 2 && !read(&dir.path().join("out.txt")).is_empty()
+    });
+    let workers = children(doomed.pid());
+    signal(doomed.child(), Signal::SIGKILL);
+    let _ = doomed.finish("the killed agent");
+    // Its workers die with it (their parent-death signal).
+    wait_gone(&workers);
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        read(&dir.path().join("out.txt")) == expected.as_bytes(),
+        "the output differs from the expected one"
+    );
+    let stats = stats(dir.path());
+    assert_eq!(
+        (&stats["crashes"], &stats["items_failed"]),
+        (&0.into(), &0.into()),
+        "{stats}"
+    );
+    assert!(stats["lost_workers"].as_u64() >= Some(1), "{stats}");
+    let (code, stderr) = survivor.finish("the surviving agent");
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn a_killed_coordinator_leaves_no_agent_and_no_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    numbers(dir.path(), scale(2_000_000));
+    let mut coordinator = Coordinator::start(dir.path(), "slow_double", &[]);
+    let mut a = agent(dir.path(), &coordinator.addr, 2, TokenVia::File);
+    wait_until("the agent's workers to take work", || {
+        children(a.pid()).len() == 2 && !read(&dir.path().join("out.txt")).is_empty()
+    });
+    let workers = children(a.pid());
+    signal(coordinator.child.child(), Signal::SIGKILL);
+    let status = wait_exit(a.child(), "the agent");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the agent exits 1 when its coordinator is gone"
+    );
+    wait_gone(&workers);
+}
