@@ -22,6 +22,8 @@
 mod agents;
 mod blame;
 pub(crate) use blame::LOSSES_BEFORE_BLAME;
+#[cfg(test)]
+mod agent_tests;
 mod dispatch;
 mod frames;
 mod jobs;

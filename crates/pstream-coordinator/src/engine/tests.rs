@@ -23,9 +23,9 @@ use crate::stats::PoolCounters;
 use crate::vocab::{Batch, Event, Events, JobCounters, JobMsg};
 
 /// How long any test may take before it is declared hung.
-const DEADLINE: Duration = Duration::from_secs(60);
+pub(super) const DEADLINE: Duration = Duration::from_secs(60);
 
-fn config(retries: u32, item_timeout: Option<Duration>) -> Config {
+pub(super) fn config(retries: u32, item_timeout: Option<Duration>) -> Config {
     Config {
         workers: 2,
         window: 1000,
@@ -55,7 +55,7 @@ fn config(retries: u32, item_timeout: Option<Duration>) -> Config {
 
 /// What a played worker does with a batch.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Play {
+pub(super) enum Play {
     /// Die (close the socket) on receiving a batch that holds `b"poison"`.
     DieAtPoison,
     /// On a batch that holds `b"poison"`, answer the items before it, report that
@@ -63,20 +63,20 @@ enum Play {
     StickAtPoison,
 }
 
-struct Pool {
-    engine: Engine,
-    events: Events,
+pub(super) struct Pool {
+    pub(super) engine: Engine,
+    pub(super) events: Events,
     results: Receiver<JobMsg>,
-    workers: Vec<JoinHandle<()>>,
+    pub(super) workers: Vec<JoinHandle<()>>,
     /// Batches the played workers received, in all.
-    received: Arc<AtomicUsize>,
+    pub(super) received: Arc<AtomicUsize>,
     /// Rings the engine awake every few milliseconds, so a step never blocks for
     /// long whatever the test does wrong: the deadlines are checked in between.
     ticker: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
 }
 
 impl Pool {
-    fn new(config: Config) -> Pool {
+    pub(super) fn new(config: Config) -> Pool {
         let (events, rx, wake) = Events::new().unwrap();
         let (ready, _ready_rx) = crossbeam_channel::bounded(1);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -152,7 +152,7 @@ impl Pool {
     }
 
     /// Feed `items` as batches of `size`, then say the input is done.
-    fn submit(&self, items: &[&[u8]], size: usize) {
+    pub(super) fn submit(&self, items: &[&[u8]], size: usize) {
         for (i, chunk) in items.chunks(size).enumerate() {
             let mut batch = Items::new();
             for item in chunk {
@@ -182,7 +182,7 @@ impl Pool {
 
     /// Step the engine until the job has an outcome for each of `n` items, keeping
     /// `keep` played workers of kind `play` joined (0: join nobody new).
-    fn run(
+    pub(super) fn run(
         &mut self,
         n: usize,
         play: Play,
@@ -234,7 +234,7 @@ impl Drop for Pool {
 }
 
 /// A played worker: read the Welcome, then batches until the socket ends.
-fn worker(mut stream: UnixStream, play: Play, received: &AtomicUsize) {
+pub(super) fn worker(mut stream: UnixStream, play: Play, received: &AtomicUsize) {
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let max = DEFAULT_MAX_FRAME;
     match read_frame(&mut stream, max) {
