@@ -705,8 +705,7 @@ fn run_batch(
     outbox: &Outbox,
     progress: &Progress,
 ) -> Result<(), WorkerError> {
-    progress.done.store(0, Ordering::Relaxed);
-    *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = Some((header.job, header.seq));
+    progress.set(Some((header.job, header.seq)));
     out.clear();
     let mut batch = Batch::new(header, items, out, flush_interval, outbox, progress);
     let result = match registry().get(header.function.as_str()) {
@@ -724,6 +723,6 @@ fn run_batch(
             })
         }
     };
-    *progress.batch.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    progress.set(None);
     result
 }
