@@ -427,3 +427,63 @@ fn a_host_that_joins_mid_job_takes_work() {
         assert_eq!(w.wait(PATIENCE), Some(0));
     }
 }
+
+/// Fan-out: 16 hosts with 32 workers each join one coordinator. The job waits for
+/// all 512 (`--min-workers`), its output is exact, every host works, and the
+/// coordinator stays small: its engine waits in one epoll set and lends one
+/// receive buffer to each connection in turn, so a worker costs it little memory.
+/// (How fast they start and how fast the job runs is the benchmark's business:
+/// `pstream-bench --only tcp`.)
+#[test]
+fn five_hundred_and_twelve_workers_on_sixteen_hosts_are_exact_and_the_coordinator_stays_small() {
+    const HOSTS: usize = 16;
+    const PER_HOST: usize = 32;
+    const LIMIT_KIB: u64 = 64 << 10;
+    let Some(cluster) = Cluster::up(HOSTS) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = job(dir.path(), 1_000_000);
+    let all = (HOSTS * PER_HOST).to_string();
+    let coordinator = Coordinator::start(
+        &cluster,
+        dir.path(),
+        "double",
+        // Batches of at most 1,000 items (half the window): about 1,000 of them,
+        // handed round every idle worker in turn, so each host gets some.
+        &["--workers", "0", "--min-workers", &all, "--window", "2000"],
+    );
+    let token = dir.path().join("job.token");
+    let workers: Vec<Guarded> = (1..=HOSTS)
+        .flat_map(|i| std::iter::repeat_n(i, PER_HOST))
+        .map(|i| cluster.worker(i, &coordinator.addr, &token))
+        .collect();
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let out = std::fs::read_to_string(dir.path().join("out.txt")).unwrap();
+    assert!(out == expected, "the output is not exact");
+    let stats = stats(dir.path());
+    assert_eq!(stats["items_failed"], 0, "{stats}");
+    for i in 1..=HOSTS {
+        let host = &stats["hosts"][cluster.host_ip(i)];
+        assert_eq!(host["workers"], PER_HOST, "host {i}: {stats}");
+        assert!(
+            host["items"].as_u64() > Some(0),
+            "host {i} did no work: {stats}"
+        );
+    }
+    let peak = stats["peak_rss_kib"]
+        .as_u64()
+        .expect("the peak RSS is known");
+    assert!(
+        peak < LIMIT_KIB,
+        "the coordinator's peak RSS with {all} workers is {peak} KiB, not under {LIMIT_KIB}"
+    );
+    eprintln!("coordinator's peak RSS with {all} workers: {peak} KiB");
+    for w in workers {
+        assert_eq!(w.wait(PATIENCE), Some(0));
+    }
+    for i in 1..=HOSTS {
+        cluster.wait_empty(i, PATIENCE);
+    }
+}

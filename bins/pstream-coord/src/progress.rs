@@ -234,6 +234,7 @@ impl Summary {
             "stopped_by": self.stopped_by,
             "exit_code": self.exit_code,
             "lost_workers": self.lost,
+            "peak_rss_kib": peak_rss_kib(),
             "hosts": self.hosts.iter().map(|(host, h)| {
                 (host.clone(), json!({
                     "workers": h.workers,
@@ -244,4 +245,14 @@ impl Summary {
             }).collect::<serde_json::Map<String, serde_json::Value>>(),
         })
     }
+}
+
+/// This process's peak resident memory so far (`VmHWM`), in KiB; `None` where
+/// /proc does not say.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

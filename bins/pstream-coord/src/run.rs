@@ -743,6 +743,9 @@ fn listen_for_workers(
         token_file.display()
     );
     builder = builder.listener(listener).token_file(token_file);
+    if let Some(n) = args.min_workers {
+        builder = builder.min_workers(n as usize);
+    }
     if let Some(wait) = args.wait_workers {
         builder = builder.wait_workers(wait);
     }

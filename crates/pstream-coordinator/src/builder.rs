@@ -55,6 +55,7 @@ pub struct PoolBuilder {
     heartbeat: Duration,
     silence: Duration,
     wait_workers: Duration,
+    min_workers: usize,
 }
 
 /// Where a pool listens for workers across the network.
@@ -98,6 +99,7 @@ impl Default for PoolBuilder {
             heartbeat: DEFAULT_HEARTBEAT,
             silence: DEFAULT_SILENCE,
             wait_workers: DEFAULT_WAIT_WORKERS,
+            min_workers: 1,
         }
     }
 }
@@ -264,6 +266,17 @@ impl PoolBuilder {
         self
     }
 
+    /// For a pool whose workers join on their own (`workers(0)` with `listen`):
+    /// `build` returns once `n` workers have joined (default 1), so that a job
+    /// starts on all of them rather than on the first few. It fails with
+    /// [`PoolError::NoWorkers`] if fewer than `n` have joined after
+    /// [`PoolBuilder::wait_workers`]. A pool that starts workers of its own waits
+    /// for those and ignores this.
+    pub fn min_workers(mut self, n: usize) -> Self {
+        self.min_workers = n.max(1);
+        self
+    }
+
     /// Start the workers and wait until each has completed the handshake.
     ///
     /// # Errors
@@ -352,6 +365,7 @@ impl PoolBuilder {
             heartbeat: self.heartbeat,
             silence: self.silence,
             wait_workers: self.wait_workers,
+            min_workers: self.min_workers,
             listening: None,
         });
         let max_batch = self
@@ -411,7 +425,8 @@ impl PoolBuilder {
             launcher,
             Arc::clone(&counters),
             ready_tx,
-        );
+        )
+        .map_err(PoolError::Socket)?;
         engine.start();
         let (hub, kicked) = Hub::new(engine, wake, events_tx.clone());
         let supervisor = {

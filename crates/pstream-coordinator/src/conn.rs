@@ -1,13 +1,15 @@
 //! A worker's connection as the engine drives it: a non-blocking socket with a
 //! receive buffer cut into frames, and a queue of bytes to send. Whoever leads the
-//! engine polls every connection itself, so a batch costs no thread hop on our side
-//! and a slow or stuck worker never blocks anyone.
+//! engine waits on every connection itself (in one epoll set, `poller.rs`), so a
+//! batch costs no thread hop on our side and a slow or stuck worker never blocks
+//! anyone.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 
 use crate::link::Link;
+use crate::poller::Poller;
 use pstream_protocol::{
     decode_body, decode_body_at, encode_prefix, frame_len, DecodeError, Frame, Items, Message,
     FRAME_PREFIX, SEND_BUFFER,
@@ -42,7 +44,8 @@ pub(crate) struct Conn {
     link: Box<dyn Link>,
     max_frame: usize,
     /// Received bytes: `rbuf[head..tail]` are not cut into frames yet. Always
-    /// initialised to its length, so reads need no zeroing.
+    /// initialised to its length, so reads need no zeroing. Between reads it holds
+    /// only what is not cut yet (see [`Conn::read_with`]).
     rbuf: Vec<u8>,
     head: usize,
     tail: usize,
@@ -51,11 +54,33 @@ pub(crate) struct Conn {
     written: usize,
     /// Shut our sending side once the queue is empty.
     close_when_sent: bool,
+    /// The engine's epoll set, once registered there.
+    watch: Option<Watch>,
+}
+
+/// A connection's place in the engine's epoll set.
+struct Watch {
+    poller: Arc<Poller>,
+    token: u64,
+    /// Whether it asks to hear of writability (its last write was cut short).
+    writable: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Out of the set before the socket closes (a copy of the descriptor in
+        // another process would otherwise keep it there).
+        if let Some(watch) = &self.watch {
+            watch.poller.remove(self.link.as_fd());
+        }
+    }
 }
 
 /// Reads stop after this much per wake-up, so one busy worker cannot starve the rest.
 const READ_BUDGET: usize = 8 << 20;
 const READ_CHUNK: usize = 64 << 10;
+/// The receive buffer's size: room for a read chunk behind a partial frame.
+const RECV_BUFFER: usize = 2 * READ_CHUNK;
 
 impl Conn {
     pub fn new(link: Box<dyn Link>, max_frame: usize) -> io::Result<Conn> {
@@ -65,19 +90,53 @@ impl Conn {
         Ok(Conn {
             link,
             max_frame,
-            rbuf: vec![0; 2 * READ_CHUNK],
+            rbuf: Vec::new(),
             head: 0,
             tail: 0,
             queue: VecDeque::new(),
             written: 0,
             close_when_sent: false,
+            watch: None,
         })
+    }
+
+    /// Join the engine's epoll set under `token`: watched for reading from now on,
+    /// and listed as pending whenever its send queue fills.
+    pub fn register(&mut self, poller: &Arc<Poller>, token: u64) -> io::Result<()> {
+        poller.add(self.link.as_fd(), token)?;
+        if !self.queue.is_empty() {
+            poller.pending(token);
+        }
+        self.watch = Some(Watch {
+            poller: Arc::clone(poller),
+            token,
+            writable: false,
+        });
+        Ok(())
+    }
+
+    /// Ask the epoll set for writability, or no longer, if that changes.
+    fn want_writable(&mut self, on: bool) {
+        let Some(watch) = &mut self.watch else {
+            return;
+        };
+        if watch.writable == on {
+            return;
+        }
+        match watch
+            .poller
+            .want_writable(self.link.as_fd(), watch.token, on)
+        {
+            Ok(()) => watch.writable = on,
+            Err(e) => tracing::error!("could not change what the epoll set watches: {e}"),
+        }
     }
 
     /// Queue a frame; the items' bytes are sent from their own buffer.
     pub fn push(&mut self, message: &Message, items: Option<&Arc<Items>>) {
         let empty = Items::new();
         let body = items.map_or(&empty, |i| &**i);
+        let was_empty = self.queue.is_empty();
         let mut prefix = Vec::with_capacity(64 + 4 * body.len());
         // Our own frames are within the limit by construction (the feeder cuts
         // batches by size); a failure here is a bug, and the worker would only see EOF.
@@ -91,6 +150,11 @@ impl Conn {
                 self.queue.push_back(Chunk::Items(Arc::clone(items)));
             }
         }
+        if was_empty {
+            if let Some(watch) = &self.watch {
+                watch.poller.pending(watch.token);
+            }
+        }
     }
 
     /// Close our sending side once everything queued is sent.
@@ -98,11 +162,14 @@ impl Conn {
         self.close_when_sent = true;
     }
 
+    /// Whether bytes are queued (for tests: the engine hears it from the poller).
+    #[cfg(test)]
     pub fn wants_to_write(&self) -> bool {
         !self.queue.is_empty()
     }
 
-    /// What `poll` waits on.
+    /// Its socket, for a test's `poll`.
+    #[cfg(test)]
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.link.as_fd()
     }
@@ -124,7 +191,11 @@ impl Conn {
                     return Err(io::ErrorKind::WriteZero.into())
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The socket is full: the epoll set says when it takes more.
+                    self.want_writable(true);
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
@@ -140,6 +211,7 @@ impl Conn {
                 self.written = 0;
             }
         }
+        self.want_writable(false);
         if self.close_when_sent {
             let _ = self.link.shutdown_write();
             self.close_when_sent = false;
@@ -147,8 +219,44 @@ impl Conn {
         Ok(())
     }
 
-    /// Read what the socket has and cut it into frames.
+    /// Read what the socket has and cut it into frames, in `scratch` (the engine's
+    /// one receive buffer, lent to each connection in turn): a connection keeps only
+    /// the bytes of a frame not yet whole, so an idle one costs no buffer, and a
+    /// thousand of them no 128 KiB each. A large frame under way keeps the buffer it
+    /// is read into until it is whole.
+    pub fn read_with(&mut self, scratch: &mut Vec<u8>) -> Incoming {
+        if self.rbuf.len() < RECV_BUFFER {
+            let mut buf = std::mem::take(scratch);
+            if buf.len() < RECV_BUFFER {
+                buf.resize(RECV_BUFFER, 0);
+            }
+            let carried = self.tail - self.head;
+            buf[..carried].copy_from_slice(&self.rbuf[self.head..self.tail]);
+            self.rbuf = buf;
+            self.head = 0;
+            self.tail = carried;
+        }
+        let incoming = self.read_frames();
+        let carried = self.tail - self.head;
+        if self.rbuf.len() <= RECV_BUFFER || carried == 0 {
+            let carry = self.rbuf[self.head..self.tail].to_vec();
+            let buf = std::mem::replace(&mut self.rbuf, carry);
+            self.head = 0;
+            self.tail = carried;
+            if buf.len() == RECV_BUFFER {
+                *scratch = buf;
+            }
+        }
+        incoming
+    }
+
+    /// [`Conn::read_with`] a buffer of its own (for tests).
+    #[cfg(test)]
     pub fn read(&mut self) -> Incoming {
+        self.read_with(&mut Vec::new())
+    }
+
+    fn read_frames(&mut self) -> Incoming {
         let mut frames = Vec::new();
         let mut budget = READ_BUDGET;
         loop {
@@ -250,7 +358,7 @@ impl Conn {
         }
         if total > READ_CHUNK && self.head == 0 && self.tail == total {
             // A large frame alone in the buffer: hand the buffer on, no copy.
-            let mut buf = std::mem::replace(&mut self.rbuf, vec![0; 2 * READ_CHUNK]);
+            let mut buf = std::mem::replace(&mut self.rbuf, vec![0; RECV_BUFFER]);
             buf.truncate(total);
             self.head = 0;
             self.tail = 0;
@@ -599,6 +707,52 @@ mod tests {
             let frames = Arc::new(sample_frames(true));
             for &sizes in SPLITS {
                 assert_all_arrive(&frames, sizes, &format!("writes of {sizes:?}"));
+            }
+        });
+    }
+
+    /// Connections read through one shared buffer: between reads each keeps only
+    /// the bytes of a frame not yet whole (none when idle), whatever came before.
+    #[test]
+    fn connections_share_one_receive_buffer_and_keep_only_partial_frames() {
+        watchdog(|| {
+            let mut g = Gen(300);
+            let mut scratch = Vec::new();
+            let mut pairs: Vec<(Conn, UnixStream)> = (0..3)
+                .map(|_| {
+                    let (ours, peer) = UnixStream::pair().unwrap();
+                    let conn = Conn::new(Box::new(UnixLink::new(ours).unwrap()), MAX).unwrap();
+                    (conn, peer)
+                })
+                .collect();
+            for (round, (conn, peer)) in pairs.iter_mut().enumerate() {
+                let whole = g.sized(&[100, 5000, 20_000]);
+                let next = g.total(READ_CHUNK / 2 + round);
+                let next_wire = wire(&next);
+                let cut = 1000 + round;
+                let mut bytes = wire(&whole);
+                bytes.extend_from_slice(&next_wire[..cut]);
+                peer.write_all(&bytes).unwrap();
+                assert!(wait_for(conn, PollFlags::POLLIN, guard()));
+                let got = match conn.read_with(&mut scratch) {
+                    Incoming::Frames(f) => f,
+                    _ => panic!("the connection ended"),
+                };
+                assert_frames_eq(&got, std::slice::from_ref(&whole), "the whole frame");
+                assert_eq!(conn.rbuf.capacity(), cut, "it keeps the partial frame only");
+                assert_eq!(scratch.len(), RECV_BUFFER, "the buffer is handed back");
+                peer.write_all(&next_wire[cut..]).unwrap();
+                assert!(wait_for(conn, PollFlags::POLLIN, guard()));
+                let got = match conn.read_with(&mut scratch) {
+                    Incoming::Frames(f) => f,
+                    _ => panic!("the connection ended"),
+                };
+                assert_frames_eq(&got, std::slice::from_ref(&next), "the rest of the frame");
+                assert_eq!(
+                    conn.rbuf.capacity(),
+                    0,
+                    "an idle connection keeps no buffer"
+                );
             }
         });
     }

@@ -1,7 +1,7 @@
 //! Who drives the engine: whichever thread is waiting for it.
 //!
 //! The engine (every worker's socket, the queue, the deadlines) sits behind one lock,
-//! and the thread holding it *leads*: it steps the engine, blocking in `poll` when
+//! and the thread holding it *leads*: it steps the engine, blocking in `epoll_wait` when
 //! there is nothing to do. A consumer that wants results and finds none leads
 //! itself, so a batch's results are read from the socket by the very thread that
 //! hands them out, with no thread hop in between. When no consumer is leading (the
@@ -13,7 +13,7 @@
 //! the registration comes before the attempt and the look at the registrations comes
 //! after the release, one of the two always sees the other. The supervisor thread,
 //! when it leads, lets go as soon as a consumer registers (registering wakes its
-//! `poll`); when it does not lead, it looks every [`VACANT`] and takes over only if
+//! `epoll_wait`); when it does not lead, it looks every [`VACANT`] and takes over only if
 //! nobody stepped the engine meanwhile.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,6 +10,7 @@
 //! * `link`: one worker's byte stream and who is at its other end (a Unix socket
 //!   today), the seam a network transport plugs into;
 //! * `conn`: a worker's connection as the engine polls it: frames over a link;
+//! * `poller`: the engine's epoll set, every connection and the wake-up eventfd;
 //! * `job`: the feeder that reads a job's input within the window (on the
 //!   consumer's thread, or its own), and the result iterators that reassemble the
 //!   order;
@@ -31,6 +32,7 @@ mod hub;
 mod job;
 mod launcher;
 mod link;
+mod poller;
 mod pool;
 mod process;
 mod stats;

@@ -159,6 +159,7 @@ impl JobOptions {
             listen: None,
             token_file: None,
             wait_workers: None,
+            min_workers: None,
             heartbeat: None,
             heartbeat_timeout: None,
         }

@@ -96,9 +96,12 @@ impl Engine {
             memory_limit: self.config.command.memory_limit.unwrap_or(0),
         };
         let greeted = write_frame(&mut link, &welcome, &Items::new(), self.config.max_frame);
-        let conn = greeted
-            .map_err(|e| e.to_string())
-            .and_then(|()| Conn::new(link, self.config.max_frame).map_err(|e| e.to_string()));
+        let conn = greeted.map_err(|e| e.to_string()).and_then(|()| {
+            let mut conn = Conn::new(link, self.config.max_frame).map_err(|e| e.to_string())?;
+            conn.register(&self.poller, super::agent_token(id))
+                .map_err(|e| e.to_string())?;
+            Ok(conn)
+        });
         let conn = match conn {
             Ok(conn) => conn,
             Err(e) => {
@@ -160,7 +163,7 @@ impl Engine {
         let Some(agent) = self.agents.get_mut(&id) else {
             return;
         };
-        let (frames, end) = match agent.conn.read() {
+        let (frames, end) = match agent.conn.read_with(&mut self.scratch) {
             Incoming::Frames(frames) => (frames, None),
             Incoming::Closed(frames) => (frames, Some("it closed the connection".to_string())),
             Incoming::Broken(frames, e) => (frames, Some(super::chain(&e))),

@@ -86,9 +86,12 @@ impl Engine {
             silence_ms,
         };
         let greeted = write_frame(&mut link, &welcome, &Items::new(), self.config.max_frame);
-        let conn = greeted
-            .map_err(|e| e.to_string())
-            .and_then(|()| Conn::new(link, self.config.max_frame).map_err(|e| e.to_string()));
+        let conn = greeted.map_err(|e| e.to_string()).and_then(|()| {
+            let mut conn = Conn::new(link, self.config.max_frame).map_err(|e| e.to_string())?;
+            conn.register(&self.poller, wid)
+                .map_err(|e| e.to_string())?;
+            Ok(conn)
+        });
         let conn = match conn {
             Ok(conn) => conn,
             Err(e) => {
@@ -112,7 +115,7 @@ impl Engine {
         }
         if self.ready.is_some() {
             let connected = self.workers.values().filter(|w| w.usable()).count();
-            if connected >= self.config.workers {
+            if connected >= self.ready_at() {
                 let ready = self.ready.take().expect("checked");
                 let _ = ready.send(Ok(self.functions.clone().unwrap_or_default()));
             }

@@ -353,6 +353,16 @@ impl Engine {
             .min()
     }
 
+    /// How many connected workers `build` waits for: its own, or (with no launcher)
+    /// `min_workers` that joined.
+    pub(super) fn ready_at(&self) -> usize {
+        if self.launcher.is_some() {
+            self.config.workers
+        } else {
+            self.config.min_workers.max(1)
+        }
+    }
+
     /// With no launcher and no worker connected: when the pool stops waiting.
     fn alone_deadline(&self) -> Option<Instant> {
         if self.launcher.is_some() || self.failed.is_some() {
@@ -369,7 +379,12 @@ impl Engine {
         if self.launcher.is_some() || self.failed.is_some() {
             return;
         }
-        let connected = self.workers.values().any(|w| w.usable());
+        let connected = if self.ready.is_some() {
+            // At build, enough of them (counted only until then).
+            self.workers.values().filter(|w| w.usable()).count() >= self.ready_at()
+        } else {
+            self.workers.values().any(|w| w.usable())
+        };
         let needed = self.ready.is_some() || self.jobs.waiting();
         match (connected || !needed, self.alone_since) {
             (true, _) => self.alone_since = None,
@@ -379,14 +394,27 @@ impl Engine {
         if self.alone_deadline().is_none_or(|at| now < at) {
             return;
         }
-        let error = PoolError::NoWorkers {
-            waited: self.config.wait_workers,
-            expected: match self.config.listening {
-                Some(addr) => format!("workers joining at {addr} (TCP)"),
-                None => "workers joining the pool".into(),
-            },
-            ever: self.counters.ready.load(Ordering::Relaxed),
-            failure: self.agent_failure.clone(),
+        let whom = match self.config.listening {
+            Some(addr) => format!("joining at {addr} (TCP)"),
+            None => "joining the pool".into(),
+        };
+        let at = self.ready_at();
+        let error = if self.ready.is_some() && at > 1 {
+            // Waiting for `min_workers` at build: say how many came.
+            let joined = self.workers.values().filter(|w| w.usable()).count();
+            PoolError::NoWorkers {
+                waited: self.config.wait_workers,
+                expected: format!("{at} workers {whom}, of which {joined} joined"),
+                ever: 0,
+                failure: self.agent_failure.clone(),
+            }
+        } else {
+            PoolError::NoWorkers {
+                waited: self.config.wait_workers,
+                expected: format!("workers {whom}"),
+                ever: self.counters.ready.load(Ordering::Relaxed),
+                failure: self.agent_failure.clone(),
+            }
         };
         match self.ready.take() {
             Some(ready) => {

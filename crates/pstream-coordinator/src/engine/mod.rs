@@ -10,7 +10,7 @@
 //! grace period).
 //!
 //! The rooms:
-//! * this file: the step loop (events, deadlines, dispatch, writes, `poll`, reads);
+//! * this file: the step loop (events, deadlines, dispatch, writes, `epoll_wait`, reads);
 //! * `worker`: one worker's life ([`worker::Life`]) and the batches it holds;
 //! * `frames`: what workers say (handshake done, results, progress);
 //! * `lifecycle`: starting, killing and settling workers, failing and stopping
@@ -37,12 +37,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::EpollTimeout;
 use pstream_protocol::{DecodeError, FunctionInfo};
 
 use crate::conn::Incoming;
 use crate::error::PoolError;
 use crate::launcher::Launcher;
+use crate::poller::{self, Poller};
 use crate::process::WorkerCommand;
 use crate::stats::PoolCounters;
 use crate::vocab::{Event, Events, Ready, Wake};
@@ -71,8 +72,11 @@ pub(crate) struct Config {
     /// Over the network: a worker heard nothing from for this long is lost (and a
     /// worker gives its coordinator up after as long).
     pub silence: Duration,
-    /// With no launcher: how long the pool waits while no worker is connected.
+    /// With no launcher: how long the pool waits while no worker is connected
+    /// (and, at build, until `min_workers` are).
     pub wait_workers: Duration,
+    /// With no launcher: how many workers must have joined before `build` returns.
+    pub min_workers: usize,
     /// Where workers join, for messages (`None`: no TCP door).
     pub listening: Option<std::net::SocketAddr>,
 }
@@ -82,6 +86,14 @@ pub(crate) struct Engine {
     events: Receiver<Event>,
     events_tx: Events,
     wake: Arc<Wake>,
+    /// Every connection and `wake`: what a step waits on.
+    poller: Arc<Poller>,
+    /// What the last wait found (kept to reuse its allocation).
+    ready_list: Vec<poller::Ready>,
+    /// Connections to write to (kept to reuse its allocation).
+    flushing: Vec<u64>,
+    /// The receive buffer, lent to each connection as it is read.
+    scratch: Vec<u8>,
     /// What starts workers; none: workers join on their own.
     launcher: Option<Box<dyn Launcher>>,
     counters: Arc<PoolCounters>,
@@ -110,12 +122,31 @@ pub(crate) struct Engine {
     agent_failure: Option<String>,
 }
 
-/// What a polled descriptor is.
+/// What a descriptor in the epoll set is.
 #[derive(Debug, Clone, Copy)]
 enum Slot {
     Wake,
     Worker(u64),
     Agent(u64),
+}
+
+/// Agents' tokens in the epoll set have this bit set (worker ids never reach it).
+const AGENT_TOKEN: u64 = 1 << 62;
+
+/// The token of agent `id` in the epoll set.
+fn agent_token(id: u64) -> u64 {
+    AGENT_TOKEN | id
+}
+
+/// What the epoll set's `token` stands for.
+fn slot(token: u64) -> Slot {
+    if token == poller::WAKE {
+        Slot::Wake
+    } else if token & AGENT_TOKEN != 0 {
+        Slot::Agent(token & !AGENT_TOKEN)
+    } else {
+        Slot::Worker(token)
+    }
 }
 
 /// Whether the engine goes on after a step.
@@ -136,12 +167,17 @@ impl Engine {
         launcher: Option<Box<dyn Launcher>>,
         counters: Arc<PoolCounters>,
         ready: Ready,
-    ) -> Engine {
-        Engine {
+    ) -> std::io::Result<Engine> {
+        let poller = Arc::new(Poller::new(wake.fd())?);
+        Ok(Engine {
             config,
             events,
             events_tx,
             wake,
+            poller,
+            ready_list: Vec::new(),
+            flushing: Vec::new(),
+            scratch: Vec::new(),
             launcher,
             counters,
             workers: HashMap::new(),
@@ -161,7 +197,7 @@ impl Engine {
             agents: HashMap::new(),
             next_agent: 1,
             agent_failure: None,
-        }
+        })
     }
 
     /// Start the first workers.
@@ -218,29 +254,30 @@ impl Engine {
             return Flow::Exit;
         }
         let block = block && self.events.is_empty();
-        for (slot, flags) in self.poll(block) {
-            match slot {
+        let mut ready = std::mem::take(&mut self.ready_list);
+        self.poller.wait(self.timeout(block), &mut ready);
+        for r in &ready {
+            match slot(r.token) {
                 Slot::Wake => self.wake.drain(),
                 Slot::Agent(id) => {
-                    if flags.intersects(PollFlags::POLLOUT) {
+                    if r.writable {
                         self.flush_agent(id);
                     }
-                    if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                    {
+                    if r.readable {
                         self.read_agent(id);
                     }
                 }
                 Slot::Worker(wid) => {
-                    if flags.intersects(PollFlags::POLLOUT) {
+                    if r.writable {
                         self.flush(wid);
                     }
-                    if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
-                    {
+                    if r.readable {
                         self.read(wid);
                     }
                 }
             }
         }
+        self.ready_list = ready;
         Flow::Go
     }
 
@@ -312,70 +349,34 @@ impl Engine {
         self.exited
     }
 
-    /// Wait for a connection to be readable (or writable, if it has bytes queued),
-    /// for an event, or for the next deadline.
-    fn poll(&self, block: bool) -> Vec<(Slot, PollFlags)> {
-        let timeout = match self.next_deadline() {
-            _ if !block => PollTimeout::ZERO,
-            None => PollTimeout::NONE,
+    /// How long the wait may block: until the next deadline, or not at all.
+    fn timeout(&self, block: bool) -> EpollTimeout {
+        match self.next_deadline() {
+            _ if !block => EpollTimeout::ZERO,
+            None => EpollTimeout::NONE,
             Some(at) => {
                 let left = at.saturating_duration_since(Instant::now());
                 // Round up, so we never wake just before the deadline.
                 let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
             }
-        };
-        let mut ids = vec![Slot::Wake];
-        let mut fds = vec![PollFd::new(self.wake.fd(), PollFlags::POLLIN)];
-        let flags = |conn: &crate::conn::Conn| {
-            if conn.wants_to_write() {
-                PollFlags::POLLIN | PollFlags::POLLOUT
-            } else {
-                PollFlags::POLLIN
-            }
-        };
-        for (&wid, w) in &self.workers {
-            if let Some(conn) = &w.conn {
-                fds.push(PollFd::new(conn.fd(), flags(conn)));
-                ids.push(Slot::Worker(wid));
-            }
-        }
-        for (&id, a) in &self.agents {
-            fds.push(PollFd::new(a.conn.fd(), flags(&a.conn)));
-            ids.push(Slot::Agent(id));
-        }
-        match poll(&mut fds, timeout) {
-            Ok(_) => ids
-                .into_iter()
-                .zip(
-                    fds.iter()
-                        .map(|f| f.revents().unwrap_or(PollFlags::empty())),
-                )
-                .filter(|(_, flags)| !flags.is_empty())
-                .collect(),
-            Err(_) => Vec::new(), // EINTR: go round again.
         }
     }
 
+    /// Write to every connection whose send queue filled since the last time
+    /// (those waiting for room in their socket are written when the wait says so).
     fn flush_all(&mut self) {
-        let pending: Vec<u64> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.conn.as_ref().is_some_and(|c| c.wants_to_write()))
-            .map(|(&wid, _)| wid)
-            .collect();
-        for wid in pending {
-            self.flush(wid);
+        let mut pending = std::mem::take(&mut self.flushing);
+        self.poller.take_pending(&mut pending);
+        for &token in &pending {
+            match slot(token) {
+                Slot::Worker(wid) => self.flush(wid),
+                Slot::Agent(id) => self.flush_agent(id),
+                Slot::Wake => {}
+            }
         }
-        let agents: Vec<u64> = self
-            .agents
-            .iter()
-            .filter(|(_, a)| a.conn.wants_to_write())
-            .map(|(&id, _)| id)
-            .collect();
-        for id in agents {
-            self.flush_agent(id);
-        }
+        pending.clear();
+        self.flushing = pending;
     }
 
     fn flush(&mut self, wid: u64) {
@@ -411,7 +412,7 @@ impl Engine {
         let Some(conn) = self.workers.get_mut(&wid).and_then(|w| w.conn.as_mut()) else {
             return false;
         };
-        let (frames, end) = match conn.read() {
+        let (frames, end) = match conn.read_with(&mut self.scratch) {
             Incoming::Frames(frames) => (frames, None),
             Incoming::Closed(frames) => (frames, Some(Hangup::Closed)),
             Incoming::Broken(frames, e)

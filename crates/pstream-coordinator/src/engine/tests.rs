@@ -49,6 +49,7 @@ pub(super) fn config(retries: u32, item_timeout: Option<Duration>) -> Config {
         heartbeat: Duration::from_secs(1),
         silence: Duration::from_secs(10),
         wait_workers: Duration::from_secs(60),
+        min_workers: 1,
         listening: None,
     }
 }
@@ -96,7 +97,8 @@ impl Pool {
             None,
             Arc::new(PoolCounters::default()),
             ready,
-        );
+        )
+        .unwrap();
         let (results_tx, results) = crossbeam_channel::unbounded();
         let (recycle, _) = crossbeam_channel::unbounded();
         let pool = Pool {
