@@ -59,9 +59,11 @@ struct Coordinator {
 impl Coordinator {
     fn start(dir: &Path, function: &str, extra: &[&str]) -> Coordinator {
         let mut cmd = coord(&["run", "--function", function, "--format", "jsonl"]);
+        if !extra.contains(&"--wait-workers") {
+            cmd.args(["--wait-workers", "60s"]);
+        }
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(files(dir))
-            .args(["--wait-workers", "60s"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -421,4 +423,31 @@ fn a_killed_coordinator_leaves_no_agent_and_no_worker() {
         "the agent exits 1 when its coordinator is gone"
     );
     wait_gone(&workers);
+}
+
+#[test]
+fn a_host_whose_workers_cannot_start_is_named_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    numbers(dir.path(), 100);
+    // 1 MiB of address space: no worker gets as far as its handshake.
+    let coordinator = Coordinator::start(
+        dir.path(),
+        "double",
+        &["--memory-limit", "1M", "--wait-workers", "3s"],
+    );
+    let agent = agent(dir.path(), &coordinator.addr, 1, TokenVia::File);
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the last start failure: a worker started by the host agent on")
+            && stderr.contains("before it was welcomed"),
+        "{stderr}"
+    );
+    let (code, agent_stderr) = agent.finish("the agent");
+    assert!(
+        agent_stderr.contains("a worker failed to start"),
+        "{agent_stderr}"
+    );
+    // It was told the job is over (or saw it end): it exits, its workers with it.
+    assert!(matches!(code, Some(0) | Some(1)), "{agent_stderr}");
 }

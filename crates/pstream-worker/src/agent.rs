@@ -467,17 +467,21 @@ impl Agent {
             self.start_failures = 0;
         } else {
             self.start_failures += 1;
-            eprintln!(
-                "pstream agent {}: a worker failed to start ({}, {} in a row){}",
-                std::process::id(),
-                describe(exit.status),
-                self.start_failures,
-                if exit.last_words.is_empty() {
-                    String::new()
-                } else {
-                    format!("; its last output:\n{}", exit.last_words)
-                }
-            );
+            // The coordinator reports it with the worker's last lines; here, the
+            // first, second, fourth… in a row: clear, but not a flood.
+            if self.start_failures.is_power_of_two() {
+                eprintln!(
+                    "pstream agent {}: a worker failed to start ({}, {} in a row){}",
+                    std::process::id(),
+                    describe(exit.status),
+                    self.start_failures,
+                    if exit.last_words.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its last output:\n{}", exit.last_words)
+                    }
+                );
+            }
             let at = Instant::now() + backoff(self.start_failures);
             self.respawn_at = Some(self.respawn_at.map_or(at, |t| t.max(at)));
             return;
@@ -597,9 +601,12 @@ fn waiter(spec: Spec, tx: Sender<Heard>) {
         *reaped = true;
         reap(pid)
     };
-    // One byte on the pipe: the coordinator welcomed it.
-    let mut byte = [0u8; 1];
-    let served = matches!(nix::unistd::read(&ready, &mut byte), Ok(1));
+    // One byte on the pipe: the coordinator welcomed it (the output thread may
+    // have read it already).
+    if said_welcomed(&ready) == Some(true) {
+        output.welcome();
+    }
+    let served = output.welcomed();
     let last_words = if served {
         String::new()
     } else {
@@ -644,23 +651,63 @@ fn reap(pid: Pid) -> (ExitStatus, u64) {
     }
 }
 
-/// A worker's stdout and stderr, read by a thread of the agent: passed on to the
-/// agent's stderr (which ssh or srun carries back), the last part kept for the
-/// report of a worker that failed to start.
+/// Bytes of a worker's output held before it is welcomed; beyond this, the oldest
+/// are written out.
+const HOLD: usize = 64 << 10;
+
+/// A worker's stdout and stderr, read by a thread of the agent. As a coordinator
+/// does with its own workers: until the worker is welcomed what it writes is held
+/// (the last [`HOLD`] bytes), then passed on to the agent's stderr (which ssh or
+/// srun carries back) as it comes. A worker that is never welcomed is reported
+/// with its last lines instead (the coordinator shows them).
 struct Output {
-    tail: Mutex<Vec<u8>>,
+    held: Mutex<Held>,
     done: Mutex<Option<Receiver<()>>>,
 }
 
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    welcomed: bool,
+}
+
 impl Output {
+    fn take(&self, bytes: &[u8]) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.welcomed {
+            write_stderr(bytes);
+            return;
+        }
+        held.bytes.extend_from_slice(bytes);
+        if held.bytes.len() > HOLD {
+            let cut = held.bytes.len() - LAST_BYTES;
+            write_stderr(&held.bytes[..cut]);
+            held.bytes.drain(..cut);
+        }
+    }
+
+    /// The coordinator welcomed the worker: what it wrote so far goes out now.
+    fn welcome(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if !held.welcomed {
+            held.welcomed = true;
+            let bytes = std::mem::take(&mut held.bytes);
+            write_stderr(&bytes);
+        }
+    }
+
+    fn welcomed(&self) -> bool {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).welcomed
+    }
+
     /// The last lines the worker wrote, waiting at most `patience` for the pipe to
     /// end (a process that left the worker's group may hold it open).
     fn last_words(&self, patience: Duration) -> String {
         if let Some(done) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = done.recv_timeout(patience);
         }
-        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        let text = String::from_utf8_lossy(&tail);
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let text = String::from_utf8_lossy(&held.bytes);
         let lines: Vec<&str> = text.trim_end().lines().collect();
         let from = lines.len().saturating_sub(LAST_LINES);
         let mut quoted = String::new();
@@ -672,24 +719,61 @@ impl Output {
     }
 }
 
-fn pump(pipe: OwnedFd, output: Arc<Output>, done: Sender<()>) {
+/// Write to the agent's stderr; a failure drops the bytes (a worker's words must
+/// not stop the agent).
+fn write_stderr(bytes: &[u8]) {
     use std::io::Write;
-    let mut file = std::fs::File::from(pipe);
+    if !bytes.is_empty() {
+        let _ = std::io::stderr().lock().write_all(bytes);
+    }
+}
+
+/// Whether the worker said, on its pipe, that it was welcomed (one byte).
+fn said_welcomed(ready: &OwnedFd) -> Option<bool> {
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(ready, &mut byte) {
+        Ok(1) => Some(true),
+        // Closed without a word: it will not say it any more.
+        Ok(_) => Some(false),
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => None,
+        Err(_) => Some(false),
+    }
+}
+
+/// Read the worker's output until its pipe ends, and its "welcomed" pipe until it
+/// speaks or closes.
+fn pump(pipe: OwnedFd, ready: Arc<OwnedFd>, output: Arc<Output>, done: Sender<()>) {
     let mut buf = [0u8; 16 << 10];
+    let mut listening = true;
     loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let _ = std::io::stderr().lock().write_all(&buf[..n]);
-                let mut tail = output.tail.lock().unwrap_or_else(|e| e.into_inner());
-                tail.extend_from_slice(&buf[..n]);
-                if tail.len() > LAST_BYTES {
-                    let cut = tail.len() - LAST_BYTES;
-                    tail.drain(..cut);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        let mut fds = vec![PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        if listening {
+            fds.push(PollFd::new(ready.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => break,
+        }
+        let ready_event = listening && fds[1].revents().is_some_and(|r| !r.is_empty());
+        let out_event = fds[0].revents().is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if ready_event {
+            match said_welcomed(&ready) {
+                Some(true) => {
+                    output.welcome();
+                    listening = false;
+                }
+                Some(false) => listening = false,
+                None => {}
+            }
+        }
+        if out_event {
+            match nix::unistd::read(&pipe, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => output.take(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+                Err(_) => break,
+            }
         }
     }
     let _ = done.send(());
@@ -697,7 +781,7 @@ fn pump(pipe: OwnedFd, output: Arc<Output>, done: Sender<()>) {
 
 /// Start a worker: this very program, re-executed, joining the coordinator with
 /// the token on a pipe and the agent's id in its environment.
-fn start(spec: &Spec) -> std::io::Result<(Arc<Child>, Arc<Output>, OwnedFd)> {
+fn start(spec: &Spec) -> std::io::Result<(Arc<Child>, Arc<Output>, Arc<OwnedFd>)> {
     let mut cmd = Command::new("/proc/self/exe");
     if let Ok(exe) = std::env::current_exe() {
         // Show the real program in `ps`, not the link we exec through.
@@ -706,6 +790,7 @@ fn start(spec: &Spec) -> std::io::Result<(Arc<Child>, Arc<Output>, OwnedFd)> {
     let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     fcntl(&ready_read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let ready_read = Arc::new(ready_read);
     let token = Arc::new(token_pipe(&spec.token_hex)?);
     let ready_write = Arc::new(at_least_3(ready_write)?);
     let terms = &spec.terms;
@@ -769,14 +854,14 @@ fn start(spec: &Spec) -> std::io::Result<(Arc<Child>, Arc<Output>, OwnedFd)> {
     drop(token);
     let (done_tx, done_rx) = unbounded();
     let output = Arc::new(Output {
-        tail: Mutex::new(Vec::new()),
+        held: Mutex::new(Held::default()),
         done: Mutex::new(Some(done_rx)),
     });
     {
-        let output = Arc::clone(&output);
+        let (output, ready) = (Arc::clone(&output), Arc::clone(&ready_read));
         std::thread::Builder::new()
             .name("pstream-agent-output".into())
-            .spawn(move || pump(out_read, output, done_tx))?;
+            .spawn(move || pump(out_read, ready, output, done_tx))?;
     }
     let child = Arc::new(Child {
         pid: spawned.id(),

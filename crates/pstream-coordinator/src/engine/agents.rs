@@ -259,7 +259,7 @@ impl Engine {
         }
         let n = agent.start_failures;
         // The first, then the 2nd, 4th, 8th… in a row: clear, but not a flood.
-        if n.is_power_of_two() {
+        if n.is_power_of_two() && self.shutdown_deadline.is_none() {
             tracing::warn!("{reason} ({n} in a row on that host)");
         }
         self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
