@@ -451,3 +451,36 @@ fn a_host_whose_workers_cannot_start_is_named_with_the_reason() {
     // It was told the job is over (or saw it end): it exits, its workers with it.
     assert!(matches!(code, Some(0) | Some(1)), "{agent_stderr}");
 }
+
+#[test]
+fn an_agent_replaces_recycled_workers_and_the_job_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    numbers(dir.path(), 1);
+    let token = dir.path().join("job.token");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let agent = agent(dir.path(), &addr, 2, TokenVia::File);
+    let pool = pstream::ProcessPool::builder()
+        .workers(0)
+        .listener(listener)
+        .token_file(&token)
+        .max_items_per_worker(2000)
+        .wait_workers(PATIENCE)
+        .build()
+        .unwrap();
+    let n = scale(20_000) as i64;
+    let results: Vec<i64> = pool
+        .map(pstream_examples::double, 0..n)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, (0..n).map(|x| x * 2).collect::<Vec<_>>());
+    let stats = pool.stats();
+    assert_eq!((stats.crashes, stats.lost), (0, 0), "{stats:?}");
+    // Each worker served about 2000 items: the agent started many more than two.
+    let host = &pool.host_stats()["127.0.0.1"];
+    assert!(host.workers >= 5, "workers were not recycled: {host:?}");
+    drop(pool);
+    let (code, stderr) = agent.finish("the agent");
+    assert_eq!(code, Some(0), "{stderr}");
+}
