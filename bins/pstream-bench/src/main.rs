@@ -24,6 +24,7 @@ mod reference;
 mod report;
 mod scenarios;
 mod shell;
+mod tcp;
 
 /// The error type of the harness: anything that stops a measurement.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -78,10 +79,14 @@ pub enum Scenario {
     /// The `Executor` API: `ThreadExecutor` and `ProcessExecutor` on `double` and
     /// SHA-256, next to rayon's `par_bridge` and a sequential loop.
     Executors,
+    /// Workers on other hosts (network namespaces) over TCP: `double` against the
+    /// Unix socket, SHA-256 through a 1 Gbit/s link, 512 workers on 16 hosts
+    /// (needs root, `ip` and `tc`; skipped otherwise).
+    Tcp,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 9] = [
+    const ALL: [Scenario; 10] = [
         Scenario::Double,
         Scenario::Sha,
         Scenario::Scaling,
@@ -91,6 +96,7 @@ impl Scenario {
         Scenario::Cli,
         Scenario::Executors,
         Scenario::Shell,
+        Scenario::Tcp,
     ];
 }
 

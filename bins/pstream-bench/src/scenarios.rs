@@ -34,6 +34,7 @@ pub fn run(scenario: Scenario, s: &Settings, summary: &mut Summary) -> Result<()
         Scenario::Cli => crate::cli::cli_scenario(s, summary),
         Scenario::Shell => crate::shell::shell_scenario(s, summary),
         Scenario::Executors => executors_scenario(s, summary),
+        Scenario::Tcp => crate::tcp::tcp_scenario(s, summary),
     }
 }
 
@@ -156,7 +157,7 @@ fn local_double(x: i64) -> Result<i64, String> {
         .ok_or_else(|| format!("{x} * 2 overflows a 64-bit integer"))
 }
 
-fn pstream_double(pool: &ProcessPool, n: u64) -> Result<i64, BoxError> {
+pub(crate) fn pstream_double(pool: &ProcessPool, n: u64) -> Result<i64, BoxError> {
     let mut sum = 0i64;
     for r in pool.map(double, 0..n as i64)? {
         sum = sum.wrapping_add(r?);
@@ -346,17 +347,17 @@ fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> 
 // ---------------------------------------------------------------------------------
 // 2. SHA-256
 
-const BLOB: usize = 1024;
+pub(crate) const BLOB: usize = 1024;
 
 /// Item `i` of the SHA-256 scenario: 1 KiB, different for every `i`.
-fn blob(i: u64) -> Vec<u8> {
+pub(crate) fn blob(i: u64) -> Vec<u8> {
     let mut v = vec![(i % 251) as u8; BLOB];
     v[..8].copy_from_slice(&i.to_le_bytes());
     v
 }
 
 /// Fold a digest into a checksum that does not depend on the order.
-fn fold(digest: [u8; 32]) -> u64 {
+pub(crate) fn fold(digest: [u8; 32]) -> u64 {
     let mut head = [0u8; 8];
     head.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(head)

@@ -1,0 +1,472 @@
+//! Scenario `tcp`: workers on other hosts, simulated by network namespaces on a
+//! bridge (the scripts in tests/cluster/, with this scenario's own names), joining
+//! the coordinator over TCP with `--connect`.
+//!
+//! * `double` over TCP (one worker per host) against the same pool size over the
+//!   Unix socket;
+//! * SHA-256 over 1 KiB items to one host whose link is limited to 1 Gbit/s each
+//!   way (`tc qdisc ... tbf`): how much of the link the job fills;
+//! * fan-out: 512 workers on 16 hosts, how long until all have joined, and
+//!   `double`'s throughput with them against 2 workers.
+//!
+//! Needs root, `ip` and `tc` (iproute2); skipped with a note otherwise. The
+//! namespaces (and the qdiscs on their links) are torn down at the end, also when a
+//! measurement fails.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use pstream::ProcessPool;
+use pstream_examples::{sha256_bytes, Blob};
+
+use crate::chart::{Bar, Chart, Plot};
+use crate::report::{count, median, rate, ratio, secs, timed, Summary, Table};
+use crate::scenarios::{blob, fold, pstream_double, BLOB};
+use crate::{BoxError, Settings};
+
+/// This scenario's simulated hosts: names, bridge and subnet of its own, so that it
+/// never touches a test's cluster.
+const PREFIX: &str = "psfo-h";
+const BRIDGE: &str = "psfobr";
+const SUBNET: &str = "10.82.0";
+
+/// The fan-out: hosts and workers per host.
+const FAN_HOSTS: usize = 16;
+const FAN_PER_HOST: usize = 32;
+/// The link's rate for the SHA-256 run, in bits per second (and as tc says it).
+const LINK_BITS: f64 = 1e9;
+const LINK_TC: &str = "1gbit";
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/cluster")
+}
+
+/// Why the scenario cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("it needs root (network namespaces, tc)".into());
+    }
+    for (tool, arg) in [("ip", "-V"), ("tc", "-V")] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Some(format!("it needs `{tool}` (apt-get install iproute2)"));
+        }
+    }
+    if !scripts().join("netns-up.sh").exists() {
+        return Some(format!(
+            "the namespace scripts are not at {} (run it from the repository)",
+            scripts().display()
+        ));
+    }
+    None
+}
+
+/// Simulated hosts, up while this lives; torn down (with their qdiscs and every
+/// process in them) when dropped.
+struct Net {
+    state: tempfile::TempDir,
+    _lock: Flock<File>,
+}
+
+impl Net {
+    fn up(hosts: usize) -> Result<Net, BoxError> {
+        // The cluster tests' lock: one cluster at a time on this machine.
+        let lock = File::create(std::env::temp_dir().join("pstream-cluster-tests.lock"))?;
+        let lock = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| e)?;
+        let net = Net {
+            state: tempfile::tempdir()?,
+            _lock: lock,
+        };
+        net.script("netns-down.sh", &[])?;
+        net.script("netns-up.sh", &[&hosts.to_string()])?;
+        Ok(net)
+    }
+
+    fn script(&self, name: &str, args: &[&str]) -> Result<(), BoxError> {
+        let out = Command::new("bash")
+            .arg(scripts().join(name))
+            .args(args)
+            .env("CLUSTER_STATE_DIR", self.state.path())
+            .env("NETNS_PREFIX", PREFIX)
+            .env("NETNS_BRIDGE", BRIDGE)
+            .env("NETNS_SUBNET", SUBNET)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "{name} {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Limit host `i`'s link to `rate` each way: its end's egress (results) and the
+    /// bridge port's egress (items).
+    fn shape(&self, i: usize, rate: &str) -> Result<(), BoxError> {
+        let tbf = [
+            "root", "tbf", "rate", rate, "burst", "512kb", "latency", "20ms",
+        ];
+        run(
+            "tc",
+            &[
+                &["qdisc", "replace", "dev", &format!("{BRIDGE}p{i}")][..],
+                &tbf,
+            ]
+            .concat(),
+        )?;
+        run(
+            "ip",
+            &[
+                &[
+                    "netns",
+                    "exec",
+                    &format!("{PREFIX}{i}"),
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    "eth0",
+                ][..],
+                &tbf,
+            ]
+            .concat(),
+        )
+    }
+
+    /// Take the limits off host `i`'s link.
+    fn unshape(&self, i: usize) {
+        let _ = run(
+            "tc",
+            &["qdisc", "del", "dev", &format!("{BRIDGE}p{i}"), "root"],
+        );
+        let ns = format!("{PREFIX}{i}");
+        let _ = run(
+            "ip",
+            &[
+                "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
+            ],
+        );
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Deleting the namespaces and veths deletes their qdiscs too.
+        if let Err(e) = self.script("netns-down.sh", &[]) {
+            eprintln!("pstream-bench: tearing the namespaces down: {e}");
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), BoxError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Worker processes in the namespaces, killed and reaped when dropped.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A pool whose workers join over TCP: `per_host` workers on each of `hosts`
+/// (this binary, re-executed with `--connect`). Returns it with how long it took
+/// from the first worker's start until all had joined.
+fn tcp_pool(
+    token: &Path,
+    hosts: &[usize],
+    per_host: usize,
+) -> Result<(ProcessPool, Workers, Duration), BoxError> {
+    let listener = TcpListener::bind(format!("{SUBNET}.1:0"))?;
+    let addr = listener.local_addr()?.to_string();
+    let exe = std::env::current_exe()?;
+    let total = hosts.len() * per_host;
+    let started = Instant::now();
+    let mut workers = Workers(Vec::with_capacity(total));
+    for &h in hosts {
+        for _ in 0..per_host {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &format!("{PREFIX}{h}")])
+                .arg(&exe)
+                .args(["--connect", &addr, "--token-file"])
+                .arg(token)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .env_remove("RUST_LOG")
+                .spawn()?;
+            workers.0.push(child);
+        }
+    }
+    let pool = ProcessPool::builder()
+        .workers(0)
+        .listener(listener)
+        .token_file(token)
+        .min_workers(total)
+        .wait_workers(Duration::from_secs(120))
+        .build()?;
+    let took = started.elapsed();
+    Ok((pool, workers, took))
+}
+
+fn sha(pool: &ProcessPool, n: u64) -> Result<u64, BoxError> {
+    let mut sum = 0u64;
+    for r in pool.map(sha256_bytes, (0..n).map(|i| Blob(blob(i))))? {
+        sum = sum.wrapping_add(fold(r?));
+    }
+    Ok(sum)
+}
+
+fn check(who: &str, got: i64, n: u64) -> Result<(), BoxError> {
+    let want = (n as i128 * (n as i128 - 1)) as i64;
+    if got != want {
+        return Err(format!("{who} computed a wrong sum: {got}, expected {want}").into());
+    }
+    Ok(())
+}
+
+pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
+    println!("## TCP: workers on other hosts (network namespaces)");
+    println!();
+    if let Some(why) = missing() {
+        println!("Skipped: {why}.");
+        println!();
+        for what in [
+            "TCP vs Unix socket",
+            "SHA-256 vs a 1 Gbit/s link",
+            "fan-out start",
+        ] {
+            summary.add(what, format!("skipped: {why}"), "-", None);
+        }
+        return Ok(());
+    }
+    let w = s.workers.max(2);
+    let n_double: u64 = if s.quick { 2_000_000 } else { 10_000_000 };
+    let n_sha: u64 = if s.quick { 100_000 } else { 500_000 };
+    let net = Net::up(FAN_HOSTS.max(w))?;
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("bench.token");
+    pstream::protocol::auth::create_token_file(&token)?;
+
+    // 1. double: TCP (one worker per host) against the Unix socket, same size.
+    let unix = ProcessPool::builder().workers(w).build()?;
+    let hosts: Vec<usize> = (1..=w).collect();
+    let (tcp, tcp_workers, _) = tcp_pool(&token, &hosts, 1)?;
+    let (mut t_unix, mut t_tcp) = (Vec::new(), Vec::new());
+    for _ in 0..s.runs {
+        let (d, sum) = timed(|| pstream_double(&unix, n_double));
+        check("pstream over the Unix socket", sum?, n_double)?;
+        t_unix.push(d.as_secs_f64());
+        let (d, sum) = timed(|| pstream_double(&tcp, n_double));
+        check("pstream over TCP", sum?, n_double)?;
+        t_tcp.push(d.as_secs_f64());
+    }
+    drop(unix);
+
+    // 2. SHA-256 to one host whose link is limited: its workers share the link.
+    drop(tcp);
+    drop(tcp_workers);
+    net.shape(1, LINK_TC)?;
+    let shaped = (|| -> Result<Vec<f64>, BoxError> {
+        let (pool, _workers, _) = tcp_pool(&token, &[1], w)?;
+        let want = {
+            let mut sum = 0u64;
+            use sha2::{Digest, Sha256};
+            for i in 0..n_sha {
+                sum = sum.wrapping_add(fold(Sha256::digest(blob(i)).into()));
+            }
+            sum
+        };
+        let mut times = Vec::new();
+        for _ in 0..s.runs {
+            let (d, sum) = timed(|| sha(&pool, n_sha));
+            if sum? != want {
+                return Err("SHA-256 over TCP computed wrong digests".into());
+            }
+            times.push(d.as_secs_f64());
+        }
+        Ok(times)
+    })();
+    net.unshape(1);
+    let t_sha = shaped?;
+
+    // 3. Fan-out: 512 workers on 16 hosts against 2 workers on 2 hosts.
+    let fan_hosts: Vec<usize> = (1..=FAN_HOSTS).collect();
+    let (mut starts, mut t_fan, mut t_two) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..s.runs {
+        let (pool, workers, took) = tcp_pool(&token, &fan_hosts, FAN_PER_HOST)?;
+        starts.push(took.as_secs_f64());
+        let (d, sum) = timed(|| pstream_double(&pool, n_double));
+        check("pstream with 512 workers", sum?, n_double)?;
+        t_fan.push(d.as_secs_f64());
+        drop(pool);
+        drop(workers);
+        let (pool, workers, _) = tcp_pool(&token, &[1, 2], 1)?;
+        let (d, sum) = timed(|| pstream_double(&pool, n_double));
+        check("pstream with 2 workers", sum?, n_double)?;
+        t_two.push(d.as_secs_f64());
+        drop(pool);
+        drop(workers);
+    }
+    drop(net);
+
+    let per_sec = |n: u64, t: &[f64]| n as f64 / median(t);
+    let tcp_vs_unix = per_sec(n_double, &t_tcp) / per_sec(n_double, &t_unix);
+    let sha_rate = per_sec(n_sha, &t_sha);
+    let link_use = sha_rate * BLOB as f64 * 8.0 / LINK_BITS;
+    let fan_vs_two = per_sec(n_double, &t_fan) / per_sec(n_double, &t_two);
+    let start = median(&starts);
+    let fan = FAN_HOSTS * FAN_PER_HOST;
+
+    let mut table = Table::new(&["run", "items", "median time", "throughput", "ratio"]);
+    table.row(vec![
+        format!("`double`, {w} workers, Unix socket"),
+        count(n_double),
+        secs(median(&t_unix)),
+        rate(per_sec(n_double, &t_unix)),
+        "1.00".into(),
+    ]);
+    table.row(vec![
+        format!("`double`, {w} workers on {w} hosts, TCP"),
+        count(n_double),
+        secs(median(&t_tcp)),
+        rate(per_sec(n_double, &t_tcp)),
+        ratio(tcp_vs_unix),
+    ]);
+    table.row(vec![
+        format!("SHA-256 of 1 KiB, {w} workers on 1 host, TCP over a {LINK_TC} link"),
+        count(n_sha),
+        secs(median(&t_sha)),
+        rate(sha_rate),
+        format!("{link_use:.2} of the link's rate (items' bytes only)"),
+    ]);
+    table.row(vec![
+        "`double`, 2 workers on 2 hosts, TCP".into(),
+        count(n_double),
+        secs(median(&t_two)),
+        rate(per_sec(n_double, &t_two)),
+        "1.00".into(),
+    ]);
+    table.row(vec![
+        format!("`double`, {fan} workers on {FAN_HOSTS} hosts, TCP"),
+        count(n_double),
+        secs(median(&t_fan)),
+        rate(per_sec(n_double, &t_fan)),
+        ratio(fan_vs_two),
+    ]);
+    table.print();
+    println!(
+        "- {fan} workers on {FAN_HOSTS} hosts: all joined {} after the first was started \
+         (median of {} starts; this binary re-executed by `ip netns exec`, one process each)",
+        secs(start),
+        starts.len()
+    );
+    println!(
+        "- GNU parallel `--sshlogin` against an ssh launcher: not measured (pstream has \
+         no `--ssh` launcher yet)"
+    );
+    println!();
+
+    summary.add(
+        "`double` over TCP vs the Unix socket (same workers)",
+        format!("{tcp_vs_unix:.2}x"),
+        ">= 0.8x",
+        Some(tcp_vs_unix >= 0.8),
+    );
+    summary.add(
+        "SHA-256 of 1 KiB items over a 1 Gbit/s link",
+        format!("{link_use:.2} of the link"),
+        ">= 0.9",
+        Some(link_use >= 0.9),
+    );
+    summary.add(
+        &format!("fan-out: {fan} workers on {FAN_HOSTS} hosts start"),
+        secs(start),
+        "< 5 s",
+        Some(start < 5.0),
+    );
+    summary.add(
+        &format!("fan-out: `double` with {fan} workers vs 2"),
+        format!("{fan_vs_two:.2}x"),
+        ">= 0.7x",
+        Some(fan_vs_two >= 0.7),
+    );
+    let bar = |name: String, n: u64, t: &[f64]| {
+        let fastest = t.iter().copied().fold(f64::INFINITY, f64::min);
+        let slowest = t.iter().copied().fold(0.0, f64::max);
+        Bar {
+            name,
+            value: n as f64 / median(t) / 1e6,
+            range: Some((n as f64 / slowest / 1e6, n as f64 / fastest / 1e6)),
+        }
+    };
+    summary.chart(Chart {
+        stem: "tcp".into(),
+        title: format!("double over TCP and the Unix socket; {fan} workers on {FAN_HOSTS} hosts"),
+        plot: Plot::Bars {
+            unit: "million items per second (median; whisker: slowest to fastest round)".into(),
+            bars: vec![
+                bar(format!("Unix socket, {w} workers"), n_double, &t_unix),
+                bar(format!("TCP, {w} workers on {w} hosts"), n_double, &t_tcp),
+                bar("TCP, 2 workers on 2 hosts".into(), n_double, &t_two),
+                bar(
+                    format!("TCP, {fan} workers on {FAN_HOSTS} hosts"),
+                    n_double,
+                    &t_fan,
+                ),
+            ],
+        },
+    });
+    summary.chart(Chart {
+        stem: "tcp-link".into(),
+        title: format!("SHA-256 of 1 KiB items over a {LINK_TC} link"),
+        plot: Plot::Bars {
+            unit: "thousand items per second (median; whisker: slowest to fastest round)".into(),
+            bars: vec![
+                Bar {
+                    name: "the link's rate, in 1 KiB items".into(),
+                    value: LINK_BITS / 8.0 / BLOB as f64 / 1e3,
+                    range: None,
+                },
+                {
+                    let mut b = bar(format!("TCP, {w} workers on 1 host"), n_sha, &t_sha);
+                    b.value *= 1e3;
+                    b.range = b.range.map(|(lo, hi)| (lo * 1e3, hi * 1e3));
+                    b
+                },
+            ],
+        },
+    });
+    Ok(())
+}
