@@ -257,6 +257,61 @@ fn exec_a_command_that_cannot_start_is_an_item_failure() {
     );
 }
 
+/// How a command starts (the worker spawns it itself, without `std`): nothing
+/// blocked, SIGPIPE at its default (the workers ignore it), its own process group,
+/// argv[0] as written though the program was found in PATH once for all items, a
+/// script without `#!` run by /bin/sh as `execvp` does, and a NUL byte in an
+/// argument an item failure.
+#[test]
+fn exec_commands_start_as_from_a_shell() {
+    let dir = tempdir();
+    let out = expect_code(
+        &mut coord(&[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status; \
+             ps -o pid=,pgid= -p $$; tr '\\0' ' ' < /proc/$$/cmdline",
+            "_",
+        ]),
+        Some(b"x\n"),
+        0,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mask = |name: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "signals blocked in the command: {text}");
+    let sigpipe = 1u64 << (Signal::SIGPIPE as u32 - 1);
+    assert_eq!(mask("SigIgn:") & sigpipe, 0, "SIGPIPE ignored: {text}");
+    let ids: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
+    assert_eq!(ids[0], ids[1], "not its own process group: {text}");
+    assert!(
+        text.lines().nth(3).unwrap().starts_with("sh -c "),
+        "argv[0] is not as written: {text}"
+    );
+
+    let script = dir.path().join("no-shebang");
+    std::fs::write(&script, "echo script \"$1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = expect_code(
+        &mut coord(&["exec", "--", path_str(&script)]),
+        Some(b"a\n"),
+        0,
+    );
+    assert_same("script output", &out.stdout, b"script a\n");
+
+    let out = expect_code(&mut coord(&["exec", "--", "echo"]), Some(b"a\0b\nc\n"), 1);
+    assert_same("output", &out.stdout, b"c\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 1: could not run echo:"), "{stderr}");
+}
+
 #[test]
 fn exec_timeout_kills_the_commands_whole_process_group() {
     let dir = tempdir();

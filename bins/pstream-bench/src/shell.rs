@@ -11,11 +11,15 @@
 //! The sizes can be made smaller for a smoke test with `PSTREAM_BENCH_SHELL_ITEMS`
 //! and `PSTREAM_BENCH_SHELL_LINES`.
 
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use crate::cli::{
     expected_doubles, find_coord, gnu_parallel, print_commands, print_peers, run_capture,
     run_digest, run_timed, sh_quote, sorted_lines, version_line, Peer,
 };
-use crate::report::{count, ratio, Summary};
+use crate::report::{count, median, ratio, Summary};
 use crate::{BoxError, Settings};
 
 /// `exec` ÷ GNU parallel, and ÷ `xargs -P`, throughput.
@@ -23,6 +27,8 @@ const EXEC_VS_PARALLEL: f64 = 3.0;
 const EXEC_VS_XARGS: f64 = 1.5;
 /// `pipe` ÷ `parallel --pipe` throughput.
 const PIPE_VS_PARALLEL: f64 = 2.0;
+/// The block size of both `pipe` contenders (each one's default, said anyway).
+const BLOCK: &str = "1M";
 
 fn size(var: &str, default: u64) -> u64 {
     std::env::var(var)
@@ -77,11 +83,73 @@ fn seq_text(n: u64) -> Vec<u8> {
     v
 }
 
+/// The CPU time (user + system) of this process's waited-for children so far.
+fn children_cpu() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+/// `run_timed`, and the CPU time of the whole command tree (every process of it
+/// is waited for by its parent, so it adds up in ours): unlike the wall-clock
+/// time, barely changed by what else runs on the machine.
+fn run_timed_cpu(script: &str) -> Result<(f64, f64), String> {
+    let before = children_cpu();
+    let t = run_timed(script)?;
+    Ok((t, children_cpu() - before))
+}
+
+/// The floor of a command per item on this machine: `program ITEM` for items
+/// 1..=`items`, started straight from this process (`std`'s `posix_spawn`, the
+/// PATH searched as by `xargs`) and waited for, `j` at a time, stdout to
+/// /dev/null; the wall-clock and the CPU seconds.
+fn bare_spawn(program: &str, items: u64, j: usize) -> Result<(f64, f64), String> {
+    let next = AtomicU64::new(1);
+    let before = children_cpu();
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let runners: Vec<_> = (0..j.max(1))
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i > items {
+                        return Ok(());
+                    }
+                    let status = Command::new(program)
+                        .arg(i.to_string())
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .status()
+                        .map_err(|e| format!("could not run {program}: {e}"))?;
+                    if !status.success() {
+                        return Err(format!("{program} {i} failed: {status}"));
+                    }
+                })
+            })
+            .collect();
+        runners
+            .into_iter()
+            .try_for_each(|r| r.join().expect("a spawning thread panicked"))
+    })?;
+    Ok((start.elapsed().as_secs_f64(), children_cpu() - before))
+}
+
+/// The floor's row, its CPU times, and how to run it once.
+type Floor<'a> = (
+    &'a mut Peer,
+    &'a mut Vec<f64>,
+    &'a dyn Fn() -> Result<(f64, f64), String>,
+);
+
 /// Check every contender's output once (round 0, also a warm-up), then time
-/// `s.runs` interleaved rounds.
+/// `s.runs` interleaved rounds, with the floor (`bare_spawn`) if given.
 fn measure(
     s: &Settings,
     peers: &mut [&mut Peer],
+    mut floor: Option<Floor<'_>>,
+    cpu: &mut [Vec<f64>],
     check: impl Fn(&str, &[u8]) -> Option<String>,
 ) -> Result<(), BoxError> {
     for p in peers.iter_mut() {
@@ -105,17 +173,47 @@ fn measure(
         .into());
     }
     for _ in 0..s.runs {
-        for p in peers.iter_mut() {
+        for (p, cpu) in peers.iter_mut().zip(cpu.iter_mut()) {
             if !p.runs() {
                 continue;
             }
-            match run_timed(&format!("{} > /dev/null", p.script)) {
-                Ok(t) => p.times.push(t),
+            match run_timed_cpu(&format!("{} > /dev/null", p.script)) {
+                Ok((t, c)) => {
+                    p.times.push(t);
+                    cpu.push(c);
+                }
                 Err(why) => p.skipped = Some(why),
+            }
+        }
+        if let Some((p, cpu, run)) = &mut floor {
+            if p.runs() {
+                match run() {
+                    Ok((t, c)) => {
+                        p.times.push(t);
+                        cpu.push(c);
+                    }
+                    Err(why) => p.skipped = Some(why),
+                }
             }
         }
     }
     Ok(())
+}
+
+/// A line per contender: its CPU time per `what` (`per` of them in a round;
+/// median over the rounds).
+fn print_cpu(what: &str, per: f64, rows: &[(&Peer, &[f64])]) {
+    println!(
+        "CPU time per {what} (user + system of every process of the contender, commands \
+         included; median of the rounds; load-independent, unlike the times above):"
+    );
+    println!();
+    for (p, cpu) in rows {
+        if p.runs() && !cpu.is_empty() {
+            println!("- {}: {:.3} ms", p.name, median(cpu) * 1e3 / per);
+        }
+    }
+    println!();
 }
 
 /// 9a and 9b: a command per item.
@@ -138,8 +236,8 @@ fn exec_scenario(
     let feed = format!("seq 1 {items} | ");
     let mut ps = Peer::new(
         "pstream-coord exec",
-        format!("{feed}pstream-coord exec -- {what}"),
-        format!("{feed}{coord} exec -- {what}"),
+        format!("{feed}pstream-coord exec --workers {j} -- {what}"),
+        format!("{feed}{coord} exec --workers {j} -- {what}"),
     );
     let mut par = match gnu_parallel() {
         Ok(v) => {
@@ -155,20 +253,35 @@ fn exec_scenario(
         }
         None => Peer::skipped("xargs", "xargs is not installed"),
     };
-    print_commands(&[&ps, &par, &xargs]);
+    let mut floor = Peer::new(
+        format!("floor: bare `posix_spawn` + wait, {j} at a time (output not read)"),
+        format!("(in the bench process: `{program} ITEM` per item, {j} threads)"),
+        "",
+    );
+    let bare = || bare_spawn(program, items, j);
+    print_commands(&[&ps, &par, &xargs, &floor]);
+    let mut cpu = vec![Vec::new(); 3];
+    let mut floor_cpu = Vec::new();
     let want: Vec<u8> = if program == "echo" {
         seq_text(items)
     } else {
         Vec::new()
     };
-    measure(s, &mut [&mut ps, &mut par, &mut xargs], |name, out| {
-        let same = if name.contains("unordered") {
-            sorted_lines(out) == sorted_lines(&want)
-        } else {
-            out == want
-        };
-        (!same).then(|| format!("{} bytes of output, expected {}", out.len(), want.len()))
-    })?;
+    let floor_run: Floor<'_> = (&mut floor, &mut floor_cpu, &bare);
+    measure(
+        s,
+        &mut [&mut ps, &mut par, &mut xargs],
+        Some(floor_run),
+        &mut cpu,
+        |name, out| {
+            let same = if name.contains("unordered") {
+                sorted_lines(out) == sorted_lines(&want)
+            } else {
+                out == want
+            };
+            (!same).then(|| format!("{} bytes of output, expected {}", out.len(), want.len()))
+        },
+    )?;
     print_peers(
         summary,
         (
@@ -178,8 +291,18 @@ fn exec_scenario(
         "items/s",
         items,
         None,
-        &[&ps, &par, &xargs],
+        &[&ps, &par, &xargs, &floor],
         &ps,
+    );
+    print_cpu(
+        "item",
+        items as f64,
+        &[
+            (&ps, &cpu[0]),
+            (&par, &cpu[1]),
+            (&xargs, &cpu[2]),
+            (&floor, &floor_cpu),
+        ],
     );
     let vs_par = par.slowdown_vs(&ps);
     let vs_xargs = xargs.slowdown_vs(&ps);
@@ -225,14 +348,14 @@ fn pipe_scenario(s: &Settings, summary: &mut Summary, coord: &str, n: u64) -> Re
     let feed = format!("seq 1 {n} | ");
     let mut ps = Peer::new(
         "pstream-coord pipe",
-        format!("{feed}pstream-coord pipe -- awk '{{print $1*2}}'"),
-        format!("{feed}{coord} pipe -- awk '{{print $1*2}}'"),
+        format!("{feed}pstream-coord pipe --workers {j} --block {BLOCK} -- awk '{{print $1*2}}'"),
+        format!("{feed}{coord} pipe --workers {j} --block {BLOCK} -- awk '{{print $1*2}}'"),
     );
     let mut par = match gnu_parallel() {
         Ok(v) => {
             // parallel runs its command with a shell: the quotes must survive it.
             let cmd = format!(
-                "{feed}parallel --will-cite --pipe --keep-order -j{j} \"awk '{{print \\$1*2}}'\""
+                "{feed}parallel --will-cite --pipe --block {BLOCK} --keep-order -j{j} \"awk '{{print \\$1*2}}'\""
             );
             Peer::new(format!("{v} `--pipe -k`"), cmd.clone(), cmd)
         }
@@ -267,13 +390,20 @@ fn pipe_scenario(s: &Settings, summary: &mut Summary, coord: &str, n: u64) -> Re
         )
         .into());
     }
+    let mut cpu = vec![Vec::new(); 3];
     for _ in 0..s.runs {
-        for p in [&mut ps, &mut par, &mut awk] {
+        for (p, cpu) in [&mut ps, &mut par, &mut awk]
+            .into_iter()
+            .zip(cpu.iter_mut())
+        {
             if !p.runs() {
                 continue;
             }
-            match run_timed(&format!("{} > /dev/null", p.script)) {
-                Ok(t) => p.times.push(t),
+            match run_timed_cpu(&format!("{} > /dev/null", p.script)) {
+                Ok((t, c)) => {
+                    p.times.push(t);
+                    cpu.push(c);
+                }
                 Err(why) => p.skipped = Some(why),
             }
         }
@@ -289,6 +419,11 @@ fn pipe_scenario(s: &Settings, summary: &mut Summary, coord: &str, n: u64) -> Re
         None,
         &[&ps, &par, &awk],
         &ps,
+    );
+    print_cpu(
+        "million lines",
+        n as f64 / 1e6,
+        &[(&ps, &cpu[0]), (&par, &cpu[1]), (&awk, &cpu[2])],
     );
     let vs_par = par.slowdown_vs(&ps);
     if par.runs() {

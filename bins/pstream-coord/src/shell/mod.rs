@@ -11,6 +11,7 @@ pub mod cli;
 mod exec;
 mod joblog;
 mod pipe;
+mod spawn;
 mod template;
 mod wire;
 mod worker;

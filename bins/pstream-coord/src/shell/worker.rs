@@ -21,11 +21,13 @@
 //! write end closes (it is close-on-exec, so no command holds it), and the keeper
 //! kills the process group of every command still registered, then exits.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +36,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use pstream_examples::Blob;
 
+use super::spawn;
 use super::template::Template;
 use super::wire::{
     ExecItem, ExecOutcome, LineFailure, PipeItem, PipeOutcome, Ran, Settings, ENV_SETTINGS,
@@ -73,6 +76,8 @@ struct Job {
     settings: Settings,
     argv: Vec<OsString>,
     template: Template,
+    /// Where the command's program is, looked up in PATH once (see [`resolve`]).
+    program: Option<PathBuf>,
 }
 
 fn job() -> Result<&'static Job, String> {
@@ -85,6 +90,7 @@ fn job() -> Result<&'static Job, String> {
         }
         Some(Job {
             template: Template::new(&argv),
+            program: resolve(&argv[0]),
             argv,
             settings,
         })
@@ -100,7 +106,9 @@ fn job() -> Result<&'static Job, String> {
 fn exec_item(item: ExecItem) -> Result<ExecOutcome, String> {
     let job = job()?;
     let argv = job.template.expand(&item.item.0, item.line);
-    let (ran, stdout, stderr) = run(&argv, None);
+    // The program found once serves every item whose program is the template's.
+    let program = job.program.as_deref().filter(|_| argv[0] == job.argv[0]);
+    let (ran, stdout, stderr) = run(&argv, program, None);
     pass_stderr(&stderr);
     let stdout = if ran.error.is_some() {
         Vec::new()
@@ -138,9 +146,10 @@ fn pipe_item(item: PipeItem) -> Result<PipeOutcome, String> {
             .filter(|&(i, &b)| b == separator && i + 1 < data.len())
             .map(|(i, _)| i + 1),
     );
-    let (ran, stdout, stderr) = run(&job.argv, Some(data));
+    let (ran, stdout, stderr) = run(&job.argv, job.program.as_deref(), Some(data));
     let mut bisect = Bisect {
         argv: &job.argv,
+        program: job.program.as_deref(),
         data,
         starts: &starts,
         first_line: item.first_line,
@@ -169,6 +178,7 @@ fn pipe_item(item: PipeItem) -> Result<PipeOutcome, String> {
 /// The search for the lines of a block that its command fails on.
 struct Bisect<'a> {
     argv: &'a [OsString],
+    program: Option<&'a Path>,
     data: &'a [u8],
     starts: &'a [usize],
     first_line: u64,
@@ -214,7 +224,7 @@ impl Bisect<'_> {
         }
         let mid = a + (b - a) / 2;
         for (x, y) in [(a, mid), (mid, b)] {
-            let (ran, stdout, stderr) = run(self.argv, Some(self.lines(x, y)));
+            let (ran, stdout, stderr) = run(self.argv, self.program, Some(self.lines(x, y)));
             self.runs += 1;
             match ran.error {
                 None => {
@@ -234,9 +244,10 @@ fn pass_stderr(stderr: &[u8]) {
     }
 }
 
-/// Run `argv` with `stdin` (nothing: /dev/null) in a process group of its own;
-/// how it ran, its stdout and its stderr.
-fn run(argv: &[OsString], stdin: Option<&[u8]>) -> (Ran, Vec<u8>, Vec<u8>) {
+/// Run `argv` (its program at `program` if it was looked up) with `stdin`
+/// (nothing: /dev/null) in a process group of its own, registered with the
+/// keeper; how it ran, its stdout and its stderr.
+fn run(argv: &[OsString], program: Option<&Path>, stdin: Option<&[u8]>) -> (Ran, Vec<u8>, Vec<u8>) {
     let clock = Instant::now();
     let mut ran = Ran {
         start: SystemTime::now()
@@ -245,42 +256,15 @@ fn run(argv: &[OsString], stdin: Option<&[u8]>) -> (Ran, Vec<u8>, Vec<u8>) {
         sent: stdin.map_or(0, |s| s.len() as u64),
         ..Ran::default()
     };
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env_remove(ENV_SETTINGS)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
     let keeper = keeper();
-    // SAFETY: the closure runs in the child between fork and exec, and makes only
-    // async-signal-safe system calls (sigprocmask, getpid, setpgid, write) on
-    // memory it owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            // No signal blocked: the worker inherits the launcher's mask (SIGINT
-            // and SIGTERM blocked, for its signal thread), and a command must die
-            // of a SIGTERM as it would anywhere.
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            )?;
-            let pid = nix::unistd::getpid();
-            // Its own group (std has done it; made sure before it is registered).
-            nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-            if let Some(keeper) = keeper {
-                // 4 bytes: atomic on a pipe.
-                let _ = nix::unistd::write(keeper, &pid.as_raw().to_le_bytes());
-            }
-            Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
+    let spawned = spawn::spawn(
+        argv,
+        program,
+        ENV_SETTINGS,
+        stdin.is_some(),
+        keeper.map(AsRawFd::as_raw_fd),
+    );
+    let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             ran.exit = if e.kind() == io::ErrorKind::NotFound {
@@ -296,7 +280,7 @@ fn run(argv: &[OsString], stdin: Option<&[u8]>) -> (Ran, Vec<u8>, Vec<u8>) {
             return (ran, Vec::new(), Vec::new());
         }
     };
-    let pid = child.id() as i32;
+    let pid = child.pid;
     let output = std::thread::scope(|scope| {
         if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
             // A command that stops reading early gets the rest no more: EPIPE.
@@ -304,13 +288,19 @@ fn run(argv: &[OsString], stdin: Option<&[u8]>) -> (Ran, Vec<u8>, Vec<u8>) {
                 let _ = pipe.write_all(data);
             });
         }
-        child.wait_with_output()
+        let read = spawn::read_both(&mut child.stdout, &mut child.stderr);
+        if read.is_err() {
+            // Not left running unread (nor as a zombie).
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let status = spawn::reap(pid);
+        Ok::<_, io::Error>((status?, read?))
     });
     if let Some(keeper) = keeper {
         let _ = nix::unistd::write(keeper, &(-pid).to_le_bytes());
     }
     ran.runtime = clock.elapsed().as_secs_f64();
-    let output = match output {
+    let (status, (stdout, stderr)) = match output {
         Ok(output) => output,
         Err(e) => {
             ran.exit = -1;
@@ -318,23 +308,48 @@ fn run(argv: &[OsString], stdin: Option<&[u8]>) -> (Ran, Vec<u8>, Vec<u8>) {
             return (ran, Vec::new(), Vec::new());
         }
     };
-    ran.received = output.stdout.len() as u64;
-    if let Some(signal) = output.status.signal() {
+    ran.received = stdout.len() as u64;
+    if let Some(signal) = status.signal() {
         // As GNU parallel logs it: the exit value 0, the signal.
         ran.exit = 0;
         ran.signal = signal;
         let name = Signal::try_from(signal).map_or("unknown", Signal::as_str);
         ran.error = Some(with_tail(
             format!("killed by signal {signal} ({name})"),
-            &output.stderr,
+            &stderr,
         ));
     } else {
-        ran.exit = output.status.code().unwrap_or(-1);
+        ran.exit = status.code().unwrap_or(-1);
         if ran.exit != 0 {
-            ran.error = Some(with_tail(format!("exit code {}", ran.exit), &output.stderr));
+            ran.error = Some(with_tail(format!("exit code {}", ran.exit), &stderr));
         }
     }
-    (ran, output.stdout, output.stderr)
+    (ran, stdout, stderr)
+}
+
+/// Where `execvp` would find `program` (named without a slash) in PATH, looked up
+/// once for the job instead of by every command: execvp tries each directory of
+/// PATH in turn, an execve that fails per directory before the program's. `None`
+/// (each command searches as usual) for a path, for a PATH with a relative
+/// directory before the program's, and when it is not found (each command then
+/// fails as it would have).
+fn resolve(program: &OsStr) -> Option<PathBuf> {
+    if program.is_empty() || program.as_bytes().contains(&b'/') {
+        return None;
+    }
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        if !dir.is_absolute() {
+            return None;
+        }
+        let candidate = dir.join(program);
+        let runnable = std::fs::metadata(&candidate).is_ok_and(|m| m.is_file())
+            && nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok();
+        if runnable {
+            return Some(candidate);
+        }
+    }
+    None
 }
 
 /// `what`, and the last lines of `stderr` if it has any.
