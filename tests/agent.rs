@@ -484,3 +484,25 @@ fn an_agent_replaces_recycled_workers_and_the_job_stays_exact() {
     let (code, stderr) = agent.finish("the agent");
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn an_agent_with_another_token_refuses_the_coordinator_and_the_job_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = numbers(dir.path(), 1000);
+    let coordinator = Coordinator::start(dir.path(), "double", &[]);
+    let wrong = tempfile::tempdir().unwrap();
+    numbers(wrong.path(), 1);
+    let stranger = agent(wrong.path(), &coordinator.addr, 1, TokenVia::Stdin);
+    let (code, stderr) = stranger.finish("the agent with a wrong token");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("could not prove that it holds the job's token")
+            && stderr.contains("it is not this agent's coordinator"),
+        "{stderr}"
+    );
+    let good = agent(dir.path(), &coordinator.addr, 1, TokenVia::Stdin);
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(read(&dir.path().join("out.txt")) == expected.as_bytes());
+    assert_eq!(good.finish("the agent").0, Some(0));
+}

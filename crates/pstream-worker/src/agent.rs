@@ -210,7 +210,15 @@ enum Heard {
 }
 
 fn serve(args: Args) -> Result<(), Failure> {
-    let run = |e: WorkerError| Failure::Run(e.to_string());
+    let run = |e: WorkerError| match e {
+        WorkerError::Rejected(reason) => {
+            Failure::Run(format!("the coordinator rejected this agent: {reason}"))
+        }
+        WorkerError::Untrusted { at, reason } => Failure::Run(format!(
+            "refused {at}: {reason}; it is not this agent's coordinator"
+        )),
+        other => Failure::Run(other.to_string()),
+    };
     let target = Target::Remote {
         addr: args.addr.clone(),
     };
