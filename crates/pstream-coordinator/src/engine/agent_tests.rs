@@ -239,3 +239,23 @@ fn a_kill_of_an_agents_worker_goes_to_its_agent() {
         "{outcomes:?}"
     );
 }
+
+#[test]
+fn a_worker_whose_own_connection_broke_is_lost_not_crashed() {
+    let mut pool = Pool::new(config(0, None));
+    let mut agent = agent(&mut pool);
+    agents_worker(&mut pool, 81, Some(Play::DieAtPoison));
+    pool.submit(&[b"poison"], 1);
+    step_until(&mut pool, "the worker's hang-up", |p| {
+        p.engine.workers.values().all(|w| w.conn.is_none())
+    });
+    // It exited because its connection ended, as its agent reports (status 75).
+    report(
+        &mut agent,
+        81,
+        ExitStatus::Code(pstream_protocol::EXIT_LOST),
+    );
+    step_until(&mut pool, "the report", |p| p.engine.workers.is_empty());
+    assert_eq!(pool.engine.counters.lost.load(Ordering::Relaxed), 1);
+    assert_eq!(pool.engine.counters.crashes.load(Ordering::Relaxed), 0);
+}
