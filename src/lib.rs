@@ -124,9 +124,10 @@
 #![deny(missing_docs)]
 
 pub use pstream_coordinator::{
-    Codec, ExitCause, FunctionInfo, HostStats, Indexed, InputThread, ItemError, ItemErrorKind,
-    JobStats, MapResults, PoolBuilder, PoolError, PoolStats, ProcessPool, RawResults, StatsProbe,
-    DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
+    Codec, ExitCause, FunctionInfo, HostLauncher, HostStats, Indexed, InputThread, ItemError,
+    ItemErrorKind, JobStats, MapResults, PoolBuilder, PoolError, PoolStats, ProcessPool,
+    RawResults, StatsProbe, DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_SSH_COMMAND,
+    DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
 };
 pub use pstream_protocol::{Function, LocalFn};
 pub use pstream_worker::{init, is_worker, plugin, serve, WorkerState};

@@ -121,9 +121,13 @@ pub struct RunArgs {
     /// Also take workers that join over TCP at ADDR (HOST:PORT, e.g. 0.0.0.0:7077
     /// or [::]:7077; port 0 = any free port). The address is printed on stderr.
     /// A worker joins with `PLUGIN --connect HOST:PORT --token-file FILE`.
-    /// Needs --token-file. See docs/cluster.md.
-    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    /// Needs --token-file (except with --ssh or --launcher slurm, where it says
+    /// where the agents connect). See docs/cluster.md.
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 
     /// The job's token for workers that join over TCP: a file of this user with
     /// mode 0600 holding 64 hexadecimal digits (made with a fresh token if it does
@@ -217,6 +221,56 @@ pub struct RunArgs {
     /// this much for one message.
     #[arg(long, value_name = "SIZE", value_parser = parse_frame_size)]
     pub max_frame: Option<u64>,
+}
+
+/// Who starts the workers: here, on other hosts (ssh, Slurm), or nobody.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LaunchArgs {
+    /// Who starts the workers: `local` (on this machine: the default), `ssh` (a
+    /// host agent per --ssh host), `slurm` (an agent per node of the Slurm
+    /// allocation, with srun: inside sbatch or salloc), `none` (nobody: workers
+    /// join at --listen). See docs/cluster.md.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub launcher: Option<Launcher>,
+
+    /// Start workers on these hosts over ssh: HOST[:N],... (N workers there;
+    /// default --workers-per-host, else the host's CPUs), e.g. node1,me@node2:8.
+    /// A host agent is started per host with the job's token on its stdin; the
+    /// plugin must be at the same path there (or use --transfer). Implies
+    /// --launcher ssh.
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    pub ssh: Vec<String>,
+
+    /// Also the ssh hosts in FILE, one HOST[:N] per line (# comments).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_hosts: Option<PathBuf>,
+
+    /// The ssh program and its options, split like a shell would (default
+    /// "ssh -o BatchMode=yes"), e.g. "ssh -p 2222 -i ~/.ssh/job_key".
+    #[arg(long, value_name = "CMD")]
+    pub ssh_command: Option<String>,
+
+    /// Copy the plugin to each ssh host first, into a temporary directory that is
+    /// removed at the end.
+    #[arg(long)]
+    pub transfer: bool,
+
+    /// Workers per host for --ssh hosts without :N and for --launcher slurm
+    /// (default: each host's own: SLURM_CPUS_ON_NODE there, else its CPU count).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers_per_host: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Launcher {
+    /// Workers on this machine.
+    Local,
+    /// A host agent per --ssh host.
+    Ssh,
+    /// An agent per node of the Slurm allocation, started with srun.
+    Slurm,
+    /// No workers but those that join at --listen.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

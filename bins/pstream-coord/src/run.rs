@@ -11,11 +11,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use pstream::{Codec, ItemError, ItemErrorKind, PoolBuilder, PoolError, ProcessPool, StatsProbe};
+use pstream::{
+    Codec, HostLauncher, ItemError, ItemErrorKind, PoolBuilder, PoolError, ProcessPool, StatsProbe,
+};
 use serde_json::json;
 
 use crate::clash;
-use crate::cli::{Format, OnError, RunArgs};
+use crate::cli::{Format, Launcher, OnError, RunArgs};
 use crate::error::CliError;
 use crate::fingerprint::{Fingerprint, Hashing, InputChanged};
 use crate::input::{self, Answered, Chunk, Consumed, Fingerprinter, Lines, Pending, ReadStats};
@@ -650,18 +652,47 @@ fn build_pool(args: &RunArgs, mode: &impl Mode) -> Result<ProcessPool, CliError>
         // the job was abandoned): an idle worker exits at once, and one still busy
         // (a hung item, say) works for nothing, so it gets half a second, not 5 s.
         .shutdown_grace(SHUTDOWN_GRACE);
-    if let Some(n) = args.workers {
-        if n == 0 && args.listen.is_none() {
+    let launcher = launcher_kind(args)?;
+    let hosts = host_launcher(args, launcher)?;
+    match (args.workers, launcher) {
+        (Some(n), Launcher::None) if n > 0 => {
+            return Err(CliError::Usage(format!(
+                "--launcher none starts no worker, and --workers {n} asks for {n} here:                  drop one of them"
+            )))
+        }
+        (Some(0), Launcher::Local) if args.listen.is_none() => {
             return Err(CliError::Usage(
                 "--workers 0 starts no worker: give at least 1, or --listen ADDR for \
-                 workers that join over the network"
+                 workers that join over the network, or --ssh HOSTS"
                     .into(),
-            ));
+            ))
         }
-        builder = builder.workers(n as usize);
+        (Some(n), _) => builder = builder.workers(n as usize),
+        // Asked for by name: this machine's workers, also when listening.
+        (None, Launcher::Local) if args.launch.launcher.is_some() => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            builder = builder.workers(cpus);
+        }
+        (None, _) => {}
     }
-    if let Some(listen) = &args.listen {
+    if let Some(hosts) = hosts {
+        builder = builder.launcher(hosts);
+        if let Some(listen) = &args.listen {
+            builder = builder.listen(listen_address(listen)?);
+        }
+        if let Some(token_file) = &args.token_file {
+            ensure_token_file(token_file)?;
+            builder = builder.token_file(token_file);
+        }
+        builder = network_settings(builder, args)?;
+    } else if let Some(listen) = &args.listen {
         builder = listen_for_workers(builder, args, listen)?;
+    } else if launcher == Launcher::None {
+        return Err(CliError::Usage(
+            "--launcher none starts no worker: give --listen ADDR and --token-file FILE \
+             for the workers that join there"
+                .into(),
+        ));
     }
     if let Some(plugin) = &args.plugin {
         builder = builder.program(plugin);
@@ -696,20 +727,125 @@ pub(crate) fn start_error(what: &str, e: PoolError) -> CliError {
     CliError::Run(what.into(), e.into())
 }
 
-/// `--listen`: bind now, so the address is printed before the pool waits for the
-/// workers that join there; read (or make) the token file.
-fn listen_for_workers(
-    mut builder: pstream::PoolBuilder,
-    args: &RunArgs,
-    listen: &str,
-) -> Result<pstream::PoolBuilder, CliError> {
+/// Who starts the workers, from `--launcher`, `--ssh` and `--ssh-hosts`.
+fn launcher_kind(args: &RunArgs) -> Result<Launcher, CliError> {
+    let launch = &args.launch;
+    let ssh_hosts = !launch.ssh.is_empty() || launch.ssh_hosts.is_some();
+    let kind = match (launch.launcher, ssh_hosts) {
+        (None, true) | (Some(Launcher::Ssh), true) => Launcher::Ssh,
+        (Some(Launcher::Ssh), false) => {
+            return Err(CliError::Usage(
+                "--launcher ssh needs hosts: --ssh HOST[:N],... or --ssh-hosts FILE".into(),
+            ))
+        }
+        (Some(other), true) => {
+            return Err(CliError::Usage(format!(
+                "--ssh and --ssh-hosts start workers over ssh, but --launcher {} was \
+                 asked for: drop one of them",
+                launcher_name(other)
+            )))
+        }
+        (Some(kind), false) => kind,
+        (None, false) => Launcher::Local,
+    };
+    let ssh_only = [
+        (launch.ssh_command.is_some(), "--ssh-command"),
+        (launch.transfer, "--transfer"),
+    ];
+    for (given, option) in ssh_only {
+        if given && kind != Launcher::Ssh {
+            return Err(CliError::Usage(format!(
+                "{option} is for workers started over ssh: give --ssh HOSTS"
+            )));
+        }
+    }
+    if launch.workers_per_host.is_some() && !matches!(kind, Launcher::Ssh | Launcher::Slurm) {
+        return Err(CliError::Usage(
+            "--workers-per-host is for workers on other hosts: give --ssh HOSTS or \
+             --launcher slurm"
+                .into(),
+        ));
+    }
+    Ok(kind)
+}
+
+fn launcher_name(kind: Launcher) -> &'static str {
+    match kind {
+        Launcher::Local => "local",
+        Launcher::Ssh => "ssh",
+        Launcher::Slurm => "slurm",
+        Launcher::None => "none",
+    }
+}
+
+/// The host agents of `--ssh` and `--launcher slurm`.
+fn host_launcher(args: &RunArgs, kind: Launcher) -> Result<Option<HostLauncher>, CliError> {
+    let launch = &args.launch;
+    let usage = |e: PoolError| CliError::Usage(e.to_string());
+    let mut hosts = match kind {
+        Launcher::Ssh => {
+            let mut hosts = HostLauncher::ssh(&launch.ssh).map_err(usage)?;
+            if let Some(file) = &launch.ssh_hosts {
+                hosts = hosts.ssh_hosts_file(file).map_err(usage)?;
+            }
+            if let Some(command) = &launch.ssh_command {
+                hosts = hosts
+                    .ssh_command(command)
+                    .map_err(|e| CliError::Usage(format!("--ssh-command: {e}")))?;
+            }
+            let hosts = hosts.transfer(launch.transfer);
+            eprintln!(
+                "pstream-coord: starting a host agent over ssh on {} (the job's token on \
+                 its stdin)",
+                describe_hosts(launch)
+            );
+            hosts
+        }
+        Launcher::Slurm => {
+            if std::env::var_os("SLURM_JOB_ID").is_none() {
+                return Err(CliError::Usage(
+                    "--launcher slurm runs inside a Slurm allocation, and SLURM_JOB_ID is \
+                     not set here: submit a script that runs pstream-coord with `sbatch`, \
+                     or run it under `salloc -N NODES` (see docs/cluster.md)"
+                        .into(),
+                ));
+            }
+            HostLauncher::slurm()
+        }
+        Launcher::Local | Launcher::None => return Ok(None),
+    };
+    if let Some(n) = launch.workers_per_host {
+        hosts = hosts.workers_per_host(n as usize);
+    }
+    Ok(Some(hosts))
+}
+
+/// The ssh hosts, for the message that starts them.
+fn describe_hosts(launch: &crate::cli::LaunchArgs) -> String {
+    let mut named = launch.ssh.join(", ");
+    if let Some(file) = &launch.ssh_hosts {
+        if !named.is_empty() {
+            named.push_str(" and ");
+        }
+        named.push_str(&format!("the hosts in {}", file.display()));
+    }
+    named
+}
+
+/// `--listen ADDR` as a socket address (the first it resolves to).
+fn listen_address(listen: &str) -> Result<std::net::SocketAddr, CliError> {
     use std::net::ToSocketAddrs;
-    let token_file = args
-        .token_file
-        .as_ref()
-        .expect("clap requires --token-file with --listen");
-    match std::fs::symlink_metadata(token_file) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    listen
+        .to_socket_addrs()
+        .map_err(|e| CliError::Usage(format!("--listen {listen}: {e} (give HOST:PORT)")))?
+        .next()
+        .ok_or_else(|| CliError::Usage(format!("--listen {listen}: no address (give HOST:PORT)")))
+}
+
+/// Make the token file with a fresh token if it is missing; check it.
+fn ensure_token_file(token_file: &Path) -> Result<(), CliError> {
+    if let Err(e) = std::fs::symlink_metadata(token_file) {
+        if e.kind() == io::ErrorKind::NotFound {
             pstream::protocol::auth::create_token_file(token_file)
                 .map_err(|e| CliError::Run("make the token file".into(), e.into()))?;
             eprintln!(
@@ -718,16 +854,51 @@ fn listen_for_workers(
                 token_file.display()
             );
         }
-        _ => {}
     }
     // Checked now, so a bad file is a clear error before anything listens.
     pstream::protocol::auth::read_token_file(token_file)
         .map_err(|e| CliError::Usage(format!("--token-file: {e}")))?;
-    let addrs: Vec<_> = listen
-        .to_socket_addrs()
-        .map_err(|e| CliError::Usage(format!("--listen {listen}: {e} (give HOST:PORT)")))?
-        .collect();
-    let listener = std::net::TcpListener::bind(&addrs[..])
+    Ok(())
+}
+
+/// `--min-workers`, `--wait-workers`, `--heartbeat`, `--heartbeat-timeout`.
+fn network_settings(
+    mut builder: pstream::PoolBuilder,
+    args: &RunArgs,
+) -> Result<pstream::PoolBuilder, CliError> {
+    if let Some(n) = args.min_workers {
+        builder = builder.min_workers(n as usize);
+    }
+    if let Some(wait) = args.wait_workers {
+        builder = builder.wait_workers(wait);
+    }
+    let every = args.heartbeat.unwrap_or(pstream::DEFAULT_HEARTBEAT);
+    let silence = args.heartbeat_timeout.unwrap_or(pstream::DEFAULT_SILENCE);
+    if silence <= every {
+        return Err(CliError::Usage(format!(
+            "--heartbeat-timeout ({silence:?}) must be longer than --heartbeat ({every:?})"
+        )));
+    }
+    Ok(builder.heartbeat(every, silence))
+}
+
+/// `--listen`: bind now, so the address is printed before the pool waits for the
+/// workers that join there; read (or make) the token file.
+fn listen_for_workers(
+    mut builder: pstream::PoolBuilder,
+    args: &RunArgs,
+    listen: &str,
+) -> Result<pstream::PoolBuilder, CliError> {
+    let token_file = args.token_file.as_ref().ok_or_else(|| {
+        CliError::Usage(
+            "--listen needs --token-file FILE: the token the workers that join prove \
+             they hold (made if it does not exist)"
+                .into(),
+        )
+    })?;
+    ensure_token_file(token_file)?;
+    let addr = listen_address(listen)?;
+    let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| CliError::Run(format!("listen on {listen}"), e.into()))?;
     let bound = listener
         .local_addr()
@@ -743,20 +914,7 @@ fn listen_for_workers(
         token_file.display()
     );
     builder = builder.listener(listener).token_file(token_file);
-    if let Some(n) = args.min_workers {
-        builder = builder.min_workers(n as usize);
-    }
-    if let Some(wait) = args.wait_workers {
-        builder = builder.wait_workers(wait);
-    }
-    let every = args.heartbeat.unwrap_or(pstream::DEFAULT_HEARTBEAT);
-    let silence = args.heartbeat_timeout.unwrap_or(pstream::DEFAULT_SILENCE);
-    if silence <= every {
-        return Err(CliError::Usage(format!(
-            "--heartbeat-timeout ({silence:?}) must be longer than --heartbeat ({every:?})"
-        )));
-    }
-    Ok(builder.heartbeat(every, silence))
+    network_settings(builder, args)
 }
 
 fn served_by(plugin: Option<&Path>) -> String {

@@ -14,6 +14,7 @@ use pstream_protocol::{DEFAULT_MAX_FRAME, ENV_SOCKET};
 use crate::door::{Beats, Checks, Door, TcpDoor};
 use crate::engine::{Config, Engine};
 use crate::error::PoolError;
+use crate::hosts::{self, HostLauncher};
 use crate::hub::Hub;
 use crate::launcher::{Launcher, LocalLauncher};
 use crate::process::WorkerCommand;
@@ -56,6 +57,7 @@ pub struct PoolBuilder {
     silence: Duration,
     wait_workers: Duration,
     min_workers: usize,
+    hosts: Option<HostLauncher>,
 }
 
 /// Where a pool listens for workers across the network.
@@ -100,6 +102,7 @@ impl Default for PoolBuilder {
             silence: DEFAULT_SILENCE,
             wait_workers: DEFAULT_WAIT_WORKERS,
             min_workers: 1,
+            hosts: None,
         }
     }
 }
@@ -277,6 +280,31 @@ impl PoolBuilder {
         self
     }
 
+    /// Start workers on other machines too: a host agent per host, over ssh or
+    /// by Slurm's `srun` ([`HostLauncher`]), starts that host's workers, which
+    /// join over TCP. The pool listens where [`PoolBuilder::listen`] says, else on
+    /// this machine's address on the route to the hosts (port 0), and writes the
+    /// job's token (a fresh one, unless [`PoolBuilder::token_file`] names one) to
+    /// each agent's stdin. Without [`PoolBuilder::workers`], the pool starts no
+    /// worker on this machine. `build` waits for the first worker to join (up to
+    /// [`PoolBuilder::wait_workers`]) and fails with [`PoolError::NoHosts`] as
+    /// soon as every host has failed. Dropping the pool tells every agent to
+    /// stop, and reaps its ssh (or srun).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pstream::PoolError> {
+    /// let pool = pstream::ProcessPool::builder()
+    ///     .launcher(pstream::HostLauncher::ssh(["node1", "node2:8"])?)
+    ///     .build()?;
+    /// println!("{:?}", pool.host_stats()); // per host (IP address)
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn launcher(mut self, hosts: HostLauncher) -> Self {
+        self.hosts = Some(hosts);
+        self
+    }
+
     /// Start the workers and wait until each has completed the handshake.
     ///
     /// # Errors
@@ -291,10 +319,22 @@ impl PoolBuilder {
     /// of the program must not go on with the work of `main`, nor start workers of
     /// its own, which would do the same without end). The coordinator that started
     /// it then fails with [`PoolError::InitMissing`].
-    pub fn build(self) -> Result<ProcessPool, PoolError> {
+    pub fn build(mut self) -> Result<ProcessPool, PoolError> {
         if pstream_protocol::started_as_worker() {
             refuse_in_worker();
         }
+        // Where the host agents reach this machine (a name lookup per host: once).
+        let routes = match &self.hosts {
+            Some(hosts) => {
+                hosts.check()?;
+                let routes = hosts.routes();
+                if self.listen.is_none() {
+                    self.listen = Some(Listen::Addr(hosts::listen_address(&routes)));
+                }
+                routes
+            }
+            None => Vec::new(),
+        };
         let workers = self.workers.unwrap_or_else(|| match self.listen {
             // Listening: the workers join; none of its own unless asked.
             Some(_) => 0,
@@ -306,7 +346,7 @@ impl PoolBuilder {
                     .into(),
             ));
         }
-        if self.listen.is_some() && self.token_file.is_none() {
+        if self.listen.is_some() && self.token_file.is_none() && self.hosts.is_none() {
             return Err(PoolError::Config(
                 "a pool that listens needs a token file (PoolBuilder::token_file), \
                  for the workers that join to prove that they hold it"
@@ -443,6 +483,7 @@ impl PoolBuilder {
             supervisor: Some(supervisor),
             door: Some(door),
             tcp_door,
+            agents: None,
             functions: Vec::new(),
             checks,
             counters,
@@ -450,7 +491,25 @@ impl PoolBuilder {
             config,
             max_batch,
         };
-        match ready.recv() {
+        if let (Some(hosts), Some(addr)) = (&self.hosts, pool.listen_addr()) {
+            let connect = hosts::connect_addresses(addr, &routes);
+            let program = shown_program(&pool.config.command.program);
+            tracing::info!("starting {}", hosts.describe());
+            pool.agents = Some(hosts.start(&program, &connect, &pool.checks.token)?);
+        }
+        // Waiting for the first worker: unless every host agent has failed.
+        let ready = loop {
+            match ready.recv_timeout(Duration::from_millis(50)) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if let Some(failures) = pool.agents.as_ref().and_then(|a| a.all_failed()) {
+                        return Err(PoolError::NoHosts { failures });
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break Err(()),
+                Ok(ready) => break Ok(ready),
+            }
+        };
+        match ready {
             // Nothing could ever be mapped: say why at once, and how to fix it.
             Ok(Ok(functions)) if functions.is_empty() => Err(PoolError::NoFunctions {
                 program: shown_program(&pool.config.command.program),

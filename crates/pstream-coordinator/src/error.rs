@@ -118,6 +118,13 @@ pub enum PoolError {
         /// The last failure of a worker a host agent started, if any.
         failure: Option<String>,
     },
+    /// Every host agent of a [`crate::HostLauncher`] failed (its ssh or srun
+    /// ended) before any worker joined.
+    #[error("no host could start workers: {}", failures.join("; "))]
+    NoHosts {
+        /// Each host's failure, naming the host and saying why (what ssh said).
+        failures: Vec<String>,
+    },
     /// The pool has shut down.
     #[error("the pool has shut down")]
     Closed,

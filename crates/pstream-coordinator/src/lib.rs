@@ -15,6 +15,8 @@
 //!   consumer's thread, or its own), and the result iterators that reassemble the
 //!   order;
 //! * `door`: the private socket and the handshake checks;
+//! * `hosts`: host agents on other machines, started over ssh or by srun, whose
+//!   workers join over TCP;
 //! * `launcher`: what starts workers and reports how they ended (local re-exec
 //!   today); a pool may have none, when workers join on their own;
 //! * `process`: starting, signalling and reaping worker processes;
@@ -28,6 +30,7 @@ mod conn;
 mod door;
 mod engine;
 mod error;
+mod hosts;
 mod hub;
 mod job;
 mod launcher;
@@ -45,6 +48,7 @@ pub use builder::{
     DEFAULT_WINDOW_BYTES,
 };
 pub use error::{ExitCause, ItemError, ItemErrorKind, PoolError};
+pub use hosts::{HostLauncher, DEFAULT_SSH_COMMAND};
 #[doc(hidden)]
 pub use job::Reorder;
 pub use job::{Indexed, MapResults, RawResults, StatsProbe, Window};

@@ -32,6 +32,8 @@ pub struct ProcessPool {
     pub(crate) supervisor: Option<JoinHandle<()>>,
     pub(crate) door: Option<Door>,
     pub(crate) tcp_door: Option<TcpDoor>,
+    /// Host agents started for the pool (ssh, srun): stopped after the door.
+    pub(crate) agents: Option<crate::hosts::Agents>,
     pub(crate) functions: Vec<FunctionInfo>,
     pub(crate) checks: Arc<Checks>,
     pub(crate) counters: Arc<PoolCounters>,
@@ -462,6 +464,9 @@ impl InputThread<'_> {
 
 impl Drop for ProcessPool {
     fn drop(&mut self) {
+        if let Some(agents) = &self.agents {
+            agents.ending();
+        }
         let _ = self.events.send(Event::Shutdown);
         self.hub.kick();
         if let Some(supervisor) = self.supervisor.take() {
@@ -469,6 +474,8 @@ impl Drop for ProcessPool {
         }
         // After the engine has shut down: no worker is left to connect.
         self.tcp_door.take();
+        // Told to stop, given time, their ssh (or srun) reaped.
+        self.agents.take();
         self.door.take();
     }
 }

@@ -157,6 +157,7 @@ impl JobOptions {
             memory_limit: self.memory_limit,
             max_frame: self.max_frame,
             listen: None,
+            launch: Default::default(),
             token_file: None,
             wait_workers: None,
             min_workers: None,
