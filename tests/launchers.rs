@@ -45,6 +45,7 @@ fn scripts() -> PathBuf {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Services {
     Ssh,
+    Slurm,
 }
 
 /// Simulated hosts with an sshd or a slurmd each, up while this lives.
@@ -89,6 +90,7 @@ impl Cluster {
         cluster.script("netns-up.sh", &[&hosts.to_string()]);
         match services {
             Services::Ssh => cluster.script("sshd-up.sh", &[]),
+            Services::Slurm => cluster.script("slurm-up.sh", &[]),
         }
         Some(cluster)
     }
@@ -129,6 +131,7 @@ impl Cluster {
     fn down(&self) {
         let scripts: &[&str] = match self.services {
             Services::Ssh => &["sshd-down.sh", "netns-down.sh"],
+            Services::Slurm => &["slurm-down.sh", "netns-down.sh"],
         };
         for name in scripts {
             let _ = self.command(name).output();
@@ -147,6 +150,19 @@ impl Cluster {
              -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=5",
             self.state.path().join("sshd/id_ed25519").display()
         )
+    }
+
+    /// A Slurm client command (`salloc`, `sbatch`, `scontrol`) for this cluster.
+    fn slurm(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        for (name, _) in std::env::vars_os() {
+            // Not inside another allocation's variables.
+            if name.to_string_lossy().starts_with("SLURM_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.env("SLURM_CONF", self.state.path().join("slurm/slurm.conf"));
+        cmd
     }
 
     /// The processes running on host `i`.
@@ -524,4 +540,151 @@ fn the_slurm_launcher_outside_an_allocation_says_to_use_sbatch_or_salloc() {
         !dir.path().join("out.txt").exists(),
         "the output was touched"
     );
+}
+
+/// Files to hash, and their list (`files.txt`) in `dir`; the sums a one-machine
+/// run writes.
+fn hash_job(dir: &Path, n: usize) -> Vec<u8> {
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut list = String::new();
+    for i in 0..n {
+        let file = data.join(format!("f{i}"));
+        std::fs::write(&file, format!("file {i}\n").repeat(i % 50 + 1)).unwrap();
+        list.push_str(&format!("{}\n", file.display()));
+    }
+    std::fs::write(dir.join("files.txt"), list).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "--function", "sha256sum", "--workers", "2"])
+        .arg("--input")
+        .arg(dir.join("files.txt"))
+        .arg("--output")
+        .arg(dir.join("local.txt"));
+    let (code, stderr) = Run::start(cmd).finish();
+    assert_eq!(code, Some(0), "the one-machine run failed: {stderr}");
+    let sums = std::fs::read(dir.join("local.txt")).unwrap();
+    std::fs::remove_file(dir.join("local.txt")).unwrap();
+    assert_eq!(sums.iter().filter(|&&b| b == b'\n').count(), n);
+    sums
+}
+
+#[test]
+fn the_slurm_launcher_under_salloc_is_exact_with_workers_on_every_node() {
+    let Some(cluster) = Cluster::up(3, Services::Slurm) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = job(dir.path(), 60_000);
+    let mut salloc = cluster.slurm("salloc");
+    salloc
+        .args(["-N3", "--ntasks-per-node=2", "--time=5"])
+        .arg(bin())
+        .args(coordinator(dir.path(), &["--launcher", "slurm"]).get_args());
+    let (code, stderr) = Run::start(salloc).finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    let out = std::fs::read(dir.path().join("out.txt")).unwrap();
+    assert!(
+        out == expected,
+        "the output differs from the one-machine run's"
+    );
+    let stats = stats(dir.path());
+    for i in 1..=3 {
+        let host = &stats["hosts"][cluster.host_ip(i)];
+        assert_eq!(host["workers"], 2, "host {i}: {stats}");
+        assert!(
+            host["items"].as_u64() > Some(0),
+            "host {i} did no work: {stats}"
+        );
+    }
+    for i in 1..=3 {
+        cluster.wait_idle(i, Duration::from_secs(30));
+    }
+}
+
+/// The `sbatch` script of docs/cluster.md, as it is there.
+fn documented_sbatch_script() -> String {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cluster.md"),
+    )
+    .unwrap();
+    doc.split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains("#SBATCH") && block.contains("--launcher slurm"))
+        .expect("docs/cluster.md has an sbatch script with --launcher slurm")
+        .to_string()
+}
+
+#[test]
+fn the_documented_sbatch_script_runs_exactly() {
+    let Some(cluster) = Cluster::up(3, Services::Slurm) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = hash_job(dir.path(), 3_000);
+    // What the script names: the plugin in the job's directory (pstream-coord
+    // serves sha256sum), pstream-coord on the PATH.
+    std::os::unix::fs::symlink(bin(), dir.path().join("my-plugin")).unwrap();
+    std::fs::write(dir.path().join("job.sh"), documented_sbatch_script()).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = cluster
+        .slurm("sbatch")
+        .args(["--parsable", "--time=5", "-D"])
+        .arg(dir.path())
+        .arg(dir.path().join("job.sh"))
+        .env("PATH", &path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sbatch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Its end, from scontrol (a completed job stays visible for a minute).
+    let deadline = Instant::now() + PATIENCE;
+    let record = loop {
+        let out = cluster
+            .slurm("scontrol")
+            .args(["show", "job", "-o", &id])
+            .output()
+            .unwrap();
+        let record = String::from_utf8_lossy(&out.stdout).to_string();
+        let ended = ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"]
+            .iter()
+            .any(|s| record.contains(&format!("JobState={s} ")));
+        if ended {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not end: {record}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log =
+        std::fs::read_to_string(dir.path().join(format!("pstream-{id}.log"))).unwrap_or_default();
+    assert!(
+        record.contains("JobState=COMPLETED ") && record.contains("ExitCode=0:0"),
+        "{record}\n{log}"
+    );
+    let sums = std::fs::read(dir.path().join("sums.txt")).unwrap();
+    assert!(
+        sums == expected,
+        "the sums differ from the one-machine run's\n{log}"
+    );
+    let stats = stats_at(&dir.path().join(format!("stats-{id}.json")));
+    for i in 1..=3 {
+        let host = &stats["hosts"][cluster.host_ip(i)];
+        assert!(
+            host["items"].as_u64() > Some(0),
+            "host {i} did no work: {stats}"
+        );
+    }
+}
+
+fn stats_at(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
