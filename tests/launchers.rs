@@ -688,3 +688,36 @@ fn the_documented_sbatch_script_runs_exactly() {
 fn stats_at(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
+
+#[test]
+fn launcher_options_that_cannot_work_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "1\n").unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["--launcher", "none"], "--launcher none starts no worker"),
+        (&["--launcher", "ssh"], "--launcher ssh needs hosts"),
+        (&["--ssh", "a", "--launcher", "local"], "drop one of them"),
+        (
+            &["--ssh", "a", "--ssh-command", "ssh 'open"],
+            "a single quote is not closed",
+        ),
+        (&["--ssh", "a:0"], "0 workers"),
+        (
+            &["--transfer"],
+            "--transfer is for workers started over ssh",
+        ),
+    ];
+    for (args, said) in cases {
+        let out = coordinator(dir.path(), args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(
+            !dir.path().join("out.txt").exists(),
+            "{args:?} touched the output"
+        );
+    }
+}

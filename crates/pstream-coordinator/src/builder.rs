@@ -292,9 +292,10 @@ impl PoolBuilder {
     /// stop, and reaps its ssh (or srun).
     ///
     /// ```no_run
-    /// # fn main() -> Result<(), pstream::PoolError> {
-    /// let pool = pstream::ProcessPool::builder()
-    ///     .launcher(pstream::HostLauncher::ssh(["node1", "node2:8"])?)
+    /// # fn main() -> Result<(), pstream_coordinator::PoolError> {
+    /// use pstream_coordinator::{HostLauncher, ProcessPool}; // pstream::{…} in the pstream crate
+    /// let pool = ProcessPool::builder()
+    ///     .launcher(HostLauncher::ssh(["node1", "node2:8"])?)
     ///     .build()?;
     /// println!("{:?}", pool.host_stats()); // per host (IP address)
     /// # Ok(())

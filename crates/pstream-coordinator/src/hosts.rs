@@ -46,8 +46,8 @@ const TAIL_LINES: usize = 8;
 /// stdin.
 ///
 /// ```no_run
-/// # fn main() -> Result<(), pstream::PoolError> {
-/// use pstream::{HostLauncher, ProcessPool};
+/// # fn main() -> Result<(), pstream_coordinator::PoolError> {
+/// use pstream_coordinator::{HostLauncher, ProcessPool}; // pstream::{…} in the pstream crate
 ///
 /// // Four workers on node1, eight on node2, copied there first.
 /// let hosts = HostLauncher::ssh(["node1", "node2:8"])?
