@@ -307,3 +307,34 @@ fn a_pool_that_no_worker_joins_fails_saying_whom_it_waited_for() {
     assert!(text.contains(&addr.to_string()), "{text}");
     assert!(text.contains("--connect"), "{text}");
 }
+
+/// Connections beyond the handshakes the door runs at once (64) wait in the listen
+/// backlog instead of being closed: with 64 silent peers holding every handshake,
+/// a worker that connects after them joins once their handshakes time out. (A
+/// fan-out of 512 workers joining together lost dozens to that closing.)
+#[test]
+fn a_worker_beyond_the_handshakes_under_way_waits_instead_of_being_refused() {
+    let _watchdog = watchdog("the crowded door", Duration::from_secs(240));
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Queued before the pool accepts anything: they come first.
+    let silent: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let joiner = Joiner::start(addr, &token);
+    let pool = listening_pool(listener, &token)
+        .handshake_timeout(Duration::from_secs(2))
+        .wait_workers(Duration::from_secs(20))
+        .build()
+        .expect("the worker joins once a handshake slot is free");
+    let results: Vec<i64> = pool
+        .map(double, 0..1000)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, (0..1000).map(|x| x * 2).collect::<Vec<_>>());
+    drop(pool);
+    drop(silent);
+    let (code, stderr) = joiner.exit();
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -341,8 +341,42 @@ fn exchange(
 
 /// At most this many handshakes over TCP at once: a flood of connections that say
 /// nothing costs a bounded number of threads (each waits at most the handshake
-/// timeout); those beyond are closed at once.
+/// timeout). Those beyond wait in the listen backlog until one ends: they were
+/// closed at once, and a fan-out of hundreds of workers joining together lost
+/// dozens of them that way.
 const MAX_TCP_HANDSHAKES: usize = 64;
+
+/// The handshakes under way over TCP, at most [`MAX_TCP_HANDSHAKES`].
+#[derive(Debug, Default)]
+struct Slots {
+    busy: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Slots {
+    /// Wait for a free slot and take it; `false` if `stop` was set meanwhile.
+    fn take(&self, stop: &AtomicBool) -> bool {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy >= MAX_TCP_HANDSHAKES {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            // A bounded wait: the door's drop sets `stop` without a notification.
+            busy = self
+                .freed
+                .wait_timeout(busy, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *busy += 1;
+        true
+    }
+
+    fn give(&self) {
+        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.freed.notify_one();
+    }
+}
 
 /// Heartbeat settings the TCP door arms each accepted connection's keepalive with.
 #[derive(Debug, Clone, Copy)]
@@ -415,8 +449,12 @@ fn accept_tcp(
     stop: Arc<AtomicBool>,
     beats: Beats,
 ) {
-    let busy = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Slots::default());
     loop {
+        // Accept only with a handshake slot free: the others wait in the backlog.
+        if !slots.take(&stop) {
+            return;
+        }
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
             return;
@@ -424,22 +462,16 @@ fn accept_tcp(
         let (stream, from) = match accepted {
             Ok(s) => s,
             Err(e) => {
+                slots.give();
                 tracing::warn!("accept on the pool's TCP listener failed: {e}");
                 // EMFILE and the like: do not spin.
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
-        if busy.fetch_add(1, Ordering::SeqCst) >= MAX_TCP_HANDSHAKES {
-            busy.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(
-                "refused a connection from {from}: {MAX_TCP_HANDSHAKES} handshakes under way"
-            );
-            continue;
-        }
         let checks = Arc::clone(&checks);
         let events = events.clone();
-        let busy_here = Arc::clone(&busy);
+        let slot = Arc::clone(&slots);
         let spawned = std::thread::Builder::new()
             .name("pstream-tcp-handshake".into())
             .spawn(move || {
@@ -478,10 +510,10 @@ fn accept_tcp(
                         let _ = (&stream).flush();
                     }
                 }
-                busy_here.fetch_sub(1, Ordering::SeqCst);
+                slot.give();
             });
         if let Err(e) = spawned {
-            busy.fetch_sub(1, Ordering::SeqCst);
+            slots.give();
             tracing::warn!("could not start a handshake thread: {e}");
         }
     }
