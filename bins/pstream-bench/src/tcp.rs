@@ -6,8 +6,9 @@
 //!   Unix socket;
 //! * SHA-256 over 1 KiB items to one host whose link is limited to 1 Gbit/s each
 //!   way (`tc qdisc ... tbf`): how much of the link the job fills;
-//! * fan-out: 512 workers on 16 hosts, how long until all have joined, and
-//!   `double`'s throughput with them against 2 workers.
+//! * fan-out: 512 workers on 16 hosts, started by a host agent per host (and, for
+//!   the start time, one by one), how long until all have joined, and `double`'s
+//!   throughput with them against 2 workers.
 //!
 //! Needs root, `ip` and `tc` (iproute2); skipped with a note otherwise. The
 //! namespaces (and the qdiscs on their links) are torn down at the end, also when a
@@ -200,13 +201,23 @@ impl Drop for Workers {
     }
 }
 
+/// How a host's workers are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Each by hand: `ip netns exec HOST BIN --connect ADDR`, one per worker.
+    Connect,
+    /// One host agent per host starts them: `BIN --agent --connect ADDR --workers N`.
+    Agent,
+}
+
 /// A pool whose workers join over TCP: `per_host` workers on each of `hosts`
-/// (this binary, re-executed with `--connect`). Returns it with how long it took
-/// from the first worker's start until all had joined.
+/// (this binary, re-executed). Returns it with how long it took from the first
+/// process's start until all workers had joined.
 fn tcp_pool(
     token: &Path,
     hosts: &[usize],
     per_host: usize,
+    start: Start,
 ) -> Result<(ProcessPool, Workers, Duration), BoxError> {
     let listener = TcpListener::bind(format!("{SUBNET}.1:0"))?;
     let addr = listener.local_addr()?.to_string();
@@ -214,12 +225,18 @@ fn tcp_pool(
     let total = hosts.len() * per_host;
     let started = Instant::now();
     let mut workers = Workers(Vec::with_capacity(total));
+    let per = per_host.to_string();
     for &h in hosts {
-        for _ in 0..per_host {
+        let (processes, args): (usize, Vec<&str>) = match start {
+            Start::Connect => (per_host, vec!["--connect", &addr]),
+            Start::Agent => (1, vec!["--agent", "--connect", &addr, "--workers", &per]),
+        };
+        for _ in 0..processes {
             let child = Command::new("ip")
                 .args(["netns", "exec", &format!("{PREFIX}{h}")])
                 .arg(&exe)
-                .args(["--connect", &addr, "--token-file"])
+                .args(&args)
+                .arg("--token-file")
                 .arg(token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -282,7 +299,7 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     // 1. double: TCP (one worker per host) against the Unix socket, same size.
     let unix = ProcessPool::builder().workers(w).build()?;
     let hosts: Vec<usize> = (1..=w).collect();
-    let (tcp, tcp_workers, _) = tcp_pool(&token, &hosts, 1)?;
+    let (tcp, tcp_workers, _) = tcp_pool(&token, &hosts, 1, Start::Connect)?;
     let (mut t_unix, mut t_tcp) = (Vec::new(), Vec::new());
     for _ in 0..s.runs {
         let (d, sum) = timed(|| pstream_double(&unix, n_double));
@@ -299,7 +316,7 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     drop(tcp_workers);
     net.shape(1, LINK_TC)?;
     let shaped = (|| -> Result<Vec<f64>, BoxError> {
-        let (pool, _workers, _) = tcp_pool(&token, &[1], w)?;
+        let (pool, _workers, _) = tcp_pool(&token, &[1], w, Start::Connect)?;
         let want = {
             let mut sum = 0u64;
             use sha2::{Digest, Sha256};
@@ -324,15 +341,22 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     // 3. Fan-out: 512 workers on 16 hosts against 2 workers on 2 hosts.
     let fan_hosts: Vec<usize> = (1..=FAN_HOSTS).collect();
     let (mut starts, mut t_fan, mut t_two) = (Vec::new(), Vec::new(), Vec::new());
+    let mut connect_starts = Vec::new();
     for _ in 0..s.runs {
-        let (pool, workers, took) = tcp_pool(&token, &fan_hosts, FAN_PER_HOST)?;
+        // Started one by one (512 `ip netns exec`), for the start time only.
+        let (pool, workers, took) = tcp_pool(&token, &fan_hosts, FAN_PER_HOST, Start::Connect)?;
+        connect_starts.push(took.as_secs_f64());
+        drop(pool);
+        drop(workers);
+        // Started by a host agent per host: the way a cluster starts them.
+        let (pool, workers, took) = tcp_pool(&token, &fan_hosts, FAN_PER_HOST, Start::Agent)?;
         starts.push(took.as_secs_f64());
         let (d, sum) = timed(|| pstream_double(&pool, n_double));
         check("pstream with 512 workers", sum?, n_double)?;
         t_fan.push(d.as_secs_f64());
         drop(pool);
         drop(workers);
-        let (pool, workers, _) = tcp_pool(&token, &[1, 2], 1)?;
+        let (pool, workers, _) = tcp_pool(&token, &[1, 2], 1, Start::Connect)?;
         let (d, sum) = timed(|| pstream_double(&pool, n_double));
         check("pstream with 2 workers", sum?, n_double)?;
         t_two.push(d.as_secs_f64());
@@ -379,7 +403,7 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         "1.00".into(),
     ]);
     table.row(vec![
-        format!("`double`, {fan} workers on {FAN_HOSTS} hosts, TCP"),
+        format!("`double`, {fan} workers on {FAN_HOSTS} hosts (agents), TCP"),
         count(n_double),
         secs(median(&t_fan)),
         rate(per_sec(n_double, &t_fan)),
@@ -387,10 +411,13 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     ]);
     table.print();
     println!(
-        "- {fan} workers on {FAN_HOSTS} hosts: all joined {} after the first was started \
-         (median of {} starts; this binary re-executed by `ip netns exec`, one process each)",
+        "- {fan} workers on {FAN_HOSTS} hosts: all joined {} after the first host agent \
+         was started (one agent per host, `--agent --workers {FAN_PER_HOST}`; median of {} \
+         starts); {} when each worker is started by hand (`ip netns exec … --connect`, \
+         {fan} processes from this one)",
         secs(start),
-        starts.len()
+        starts.len(),
+        secs(median(&connect_starts))
     );
     println!(
         "- GNU parallel `--sshlogin` against an ssh launcher: not measured (pstream has \
@@ -411,7 +438,7 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         Some(link_use >= 0.9),
     );
     summary.add(
-        &format!("fan-out: {fan} workers on {FAN_HOSTS} hosts start"),
+        &format!("fan-out: {fan} workers on {FAN_HOSTS} hosts start (host agents)"),
         secs(start),
         "< 5 s",
         Some(start < 5.0),
