@@ -468,6 +468,37 @@ fn sighup_stops_the_job_like_sigterm() {
     drop(stdin);
 }
 
+/// stderr gone (a terminal hung up: EIO; a pipe no one reads: EPIPE, here) and a
+/// failure to report: the launcher goes on, says nothing, and stops on SIGHUP as
+/// usual. Before, `eprintln!` panicked on the failed write.
+#[test]
+fn a_launcher_whose_stderr_is_gone_does_not_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut launchers = Launchers::default();
+    let child = launchers.start(
+        double(tmp.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"1\n").unwrap();
+    stdin.flush().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    assert_eq!(read_lines(&stdout, 1), "2\n");
+    // The reader of stderr goes: every write to it fails from now on.
+    drop(child.stderr.take());
+    // A line that fails (its message cannot be written), then one that does not.
+    stdin.write_all(b"x\n3\n").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(read_lines(&stdout, 1), "6\n");
+    signal(child, Signal::SIGHUP);
+    let status = exit_within(child, EXIT_DEADLINE, "the launcher after SIGHUP");
+    assert_eq!(shell_status(status), 129);
+    assert!(socket_dirs(tmp.path()).is_empty());
+    drop(stdin);
+}
+
 /// Seen failing before the fix: the launcher stayed blocked in open() of the FIFO
 /// ("did not exit within 30s").
 #[test]
@@ -508,6 +539,70 @@ fn sigterm_stops_a_launcher_waiting_for_a_fifo_writer() {
     let stats: serde_json::Value = serde_json::from_slice(&read(&stats)).unwrap();
     assert_eq!(stats["exit_code"], 143, "{stats}");
     assert!(socket_dirs(tmp.path()).is_empty());
+}
+
+/// An --output or --errors FIFO that no one reads: the open waits, and SIGTERM
+/// ends the wait (it blocked the launcher for good before: the test timed out in
+/// exit_within with the launcher still in open()).
+#[test]
+fn sigterm_stops_a_launcher_waiting_for_an_output_fifo_reader() {
+    for flag in ["--output", "--errors"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("out.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let input = tmp.path().join("in.txt");
+        std::fs::write(&input, "1\n2\n").unwrap();
+        let stats = tmp.path().join("stats.json");
+        let mut launchers = Launchers::default();
+        let child = launchers.start(
+            coord(&[
+                "run",
+                "--function",
+                "double",
+                "--input",
+                input.to_str().unwrap(),
+                flag,
+                fifo.to_str().unwrap(),
+                "--stats-json",
+                stats.to_str().unwrap(),
+            ])
+            .env("TMPDIR", tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        );
+        wait_for_signal_thread(child.id());
+        // The signal comes while the launcher waits in the FIFO's open.
+        let pid = child.id();
+        wait_until("the launcher waiting in the FIFO's open", || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks.flatten().any(|t| {
+                        std::fs::read_to_string(t.path().join("wchan"))
+                            .is_ok_and(|w| w == "wait_for_partner")
+                    })
+                })
+                .unwrap_or(false)
+        });
+        signal(child, Signal::SIGTERM);
+        let status = exit_within(child, EXIT_DEADLINE, "the launcher after SIGTERM");
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(shell_status(status), 143, "{flag}: {stderr}");
+        assert_eq!(summaries(&stderr), 1, "{flag}: {stderr}");
+        assert!(
+            stderr.contains("stopped while opening") && stderr.contains("out.fifo"),
+            "{flag}: {stderr}"
+        );
+        let stats: serde_json::Value = serde_json::from_slice(&read(&stats)).unwrap();
+        assert_eq!(stats["exit_code"], 143, "{flag}: {stats}");
+        assert!(socket_dirs(tmp.path()).is_empty(), "{flag}");
+    }
 }
 
 /// Two SIGINTs just as the job ends: the normal end and the hard stop both printed

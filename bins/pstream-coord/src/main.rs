@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("{}", e.report());
+            crate::stdio::say(&e.report());
             ExitCode::from(e.exit_code())
         }
     }

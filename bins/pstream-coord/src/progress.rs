@@ -102,11 +102,11 @@ impl Display {
                     } else {
                         format!(" of {total}")
                     };
-                    eprintln!(
+                    crate::stdio::say(&format!(
                         "pstream-coord: {done}{of} items done ({}/s), {}",
                         rate(done, elapsed),
                         counters.message()
-                    );
+                    ));
                 }
             }
         }
@@ -115,8 +115,8 @@ impl Display {
     /// Print a line above the bar.
     pub fn println(&self, line: &str) {
         match self {
-            Display::Bar { bar, .. } => bar.suspend(|| eprintln!("{line}")),
-            _ => eprintln!("{line}"),
+            Display::Bar { bar, .. } => bar.suspend(|| crate::stdio::say(line)),
+            _ => crate::stdio::say(line),
         }
     }
 

@@ -27,6 +27,7 @@ use crate::output::{Sink, FLUSH_INTERVAL};
 use crate::progress::{Counters, Display, Summary};
 use crate::signals::{exit_status, Signals, Stop};
 use crate::stdio;
+use crate::stdio::say;
 
 /// How long workers get to exit when the pool shuts down before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -361,16 +362,28 @@ pub(crate) fn drive<M: Mode>(
     // On resume, the skipped lines must be the ones the interrupted run handled:
     // nothing is written before they are read and compared.
     if let Some(signal) = wait_verified(&reader.verified, &stop)? {
-        eprintln!(
+        say(&format!(
             "pstream-coord: {}: stopped while reading the lines to skip; nothing was written",
             signal.as_str()
-        );
+        ));
         return Ok(exit_status(signal));
     }
 
     // Only now touch the output: a mistyped function name or a changed input must
     // not empty it.
-    let (out, errors, regular) = open_outputs(args, resumed)?;
+    let (out, errors, regular) = match open_outputs(args, resumed, &stop)? {
+        Ok(opened) => opened,
+        // A signal while an open waited (a FIFO with no reader yet).
+        Err((signal, what)) => {
+            say(&format!(
+                "pstream-coord: {}: stopped while opening {what} for writing (a FIFO \
+                 waits for a reader); nothing was written",
+                signal.as_str()
+            ));
+            let stats_json = args.stats_json.as_deref();
+            return Ok(stopped_before_start(&stop, started, stats_json, signal));
+        }
+    };
     let (journal, consumed) = match (journal, consumed) {
         (Some(mut journal), Some(consumed)) if regular => {
             if resumed.is_none() {
@@ -848,11 +861,11 @@ fn ensure_token_file(token_file: &Path) -> Result<(), CliError> {
         if e.kind() == io::ErrorKind::NotFound {
             pstream::protocol::auth::create_token_file(token_file)
                 .map_err(|e| CliError::Run("make the token file".into(), e.into()))?;
-            eprintln!(
+            say(&format!(
                 "pstream-coord: made the token file {} (mode 0600) with a fresh token; \
                  workers need a copy of it",
                 token_file.display()
-            );
+            ));
         }
     }
     // Checked now, so a bad file is a clear error before anything listens.
@@ -907,12 +920,12 @@ fn listen_for_workers(
         .plugin
         .as_ref()
         .map_or_else(|| "pstream-coord".to_string(), |p| p.display().to_string());
-    eprintln!(
+    say(&format!(
         "pstream-coord: listening on {bound}; workers join with: {plugin} --connect \
          HOST:{} --token-file {}",
         bound.port(),
         token_file.display()
-    );
+    ));
     builder = builder.listener(listener).token_file(token_file);
     network_settings(builder, args)
 }
@@ -943,33 +956,49 @@ fn pool_error(e: PoolError, pool: &ProcessPool, plugin: Option<&Path>) -> CliErr
 /// Open (or continue, after `resumed`) the output and the errors file; and
 /// whether the output is a regular file. Both files are opened before either is
 /// emptied or cut back: an errors file that cannot be opened (a directory, say)
-/// leaves the output as it was.
+/// leaves the output as it was. A signal while an open waits (a FIFO waits for a
+/// reader) ends the wait: then the signal and the file it was for.
+#[allow(clippy::type_complexity)]
 fn open_outputs(
     args: &RunArgs,
     resumed: Option<Progress>,
-) -> Result<(File, Option<File>, bool), CliError> {
+    stop: &Stop,
+) -> Result<Result<(File, Option<File>, bool), (Signal, String)>, CliError> {
+    let errors = match &args.errors {
+        Some(path) => match open_errors(path, stop)? {
+            Ok(file) => Some(file),
+            Err(signal) => return Ok(Err((signal, format!("the errors file {}", path.display())))),
+        },
+        None => None,
+    };
     if args.output == "-" {
         let fd = io::stdout()
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| CliError::Run("write stdout".into(), e.into()))?;
-        let errors = match &args.errors {
-            Some(path) => Some(start_file(open_errors(path)?, path, None)?),
-            None => None,
+        let errors = match (errors, &args.errors) {
+            (Some(file), Some(path)) => Some(start_file(file, path, None)?),
+            _ => None,
         };
-        return Ok((File::from(fd), errors, false));
+        return Ok(Ok((File::from(fd), errors, false)));
     }
     let path = PathBuf::from(&args.output);
-    let errors = match &args.errors {
-        Some(errors) => Some(open_errors(errors)?),
-        None => None,
+    let what = format!("the output {}", path.display());
+    let opened = {
+        let path = path.clone();
+        stop.unless_stopped(move || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+        })
     };
-    let out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| CliError::Run(format!("open the output {}", path.display()), e.into()))?;
+    let out = match opened {
+        Ok(Ok(file)) => file,
+        Ok(Err(e)) => return Err(CliError::Run(format!("open {what}"), e.into())),
+        Err(signal) => return Ok(Err((signal, what))),
+    };
     // Only now is anything emptied or cut back.
     let regular = out.metadata().map(|m| m.is_file()).unwrap_or(false);
     let out = start_file(out, &path, resumed.map(|p| p.output_bytes))?;
@@ -979,7 +1008,7 @@ fn open_outputs(
         }
         _ => None,
     };
-    Ok((out, errors, regular))
+    Ok(Ok((out, errors, regular)))
 }
 
 /// Wait until the reader has read the lines to skip and compared them with what
@@ -1007,14 +1036,27 @@ fn wait_verified(
     }
 }
 
-/// Open the errors file for writing, changing nothing in it yet.
-fn open_errors(path: &Path) -> Result<File, CliError> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| CliError::Run(format!("open the errors file {}", path.display()), e.into()))
+/// Open the errors file for writing, changing nothing in it yet; or the signal
+/// that came while the open waited (a FIFO waits for a reader).
+fn open_errors(path: &Path, stop: &Stop) -> Result<Result<File, Signal>, CliError> {
+    let opened = {
+        let path = path.to_path_buf();
+        stop.unless_stopped(move || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+        })
+    };
+    match opened {
+        Ok(Ok(file)) => Ok(Ok(file)),
+        Ok(Err(e)) => Err(CliError::Run(
+            format!("open the errors file {}", path.display()),
+            e.into(),
+        )),
+        Err(signal) => Ok(Err(signal)),
+    }
 }
 
 /// Make an opened output or errors file ready to be written: a regular file is
@@ -1129,13 +1171,6 @@ fn write_stats(path: Option<&Path>, summary: &Summary) {
             ));
         }
     }
-}
-
-/// A line on stderr, if it can be written: after SIGHUP the terminal may be gone,
-/// and that must not turn the end of the job into a panic.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(io::stderr(), "{line}");
 }
 
 /// The end of a job stopped by `signal` before it ran (nothing was read or

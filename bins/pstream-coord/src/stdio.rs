@@ -44,3 +44,15 @@ pub fn refuse_closed(fd: u8) -> Result<(), CliError> {
         format!("it was closed when pstream-coord started; give {option} or redirect it").into(),
     ))
 }
+
+/// A line on stderr, if it can be written: after SIGHUP the terminal may be gone
+/// (EIO), or stderr a pipe no one reads any more (EPIPE), and that must not turn
+/// the job into a panic (`eprintln!` panics when the write fails).
+pub fn say(line: &str) {
+    use std::io::Write;
+    let mut text = Vec::with_capacity(line.len() + 1);
+    text.extend_from_slice(line.as_bytes());
+    text.push(b'\n');
+    // One write: a line of its own among other threads' and processes' lines.
+    let _ = std::io::stderr().lock().write_all(&text);
+}

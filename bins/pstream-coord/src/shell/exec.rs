@@ -120,7 +120,7 @@ impl Mode for ExecMode {
             // open. A log that cannot be opened is reported and not written.
             match Joblog::open(path, self.resume) {
                 Ok(log) => self.joblog = Some(log),
-                Err(e) => eprintln!("{}", e.report()),
+                Err(e) => crate::stdio::say(&e.report()),
             }
         }
         ExecItems {

@@ -256,7 +256,7 @@ impl Mode for PipeMode {
         if let Some(path) = &self.joblog_path {
             match Joblog::open(path, self.resume) {
                 Ok(log) => self.joblog = Some(log),
-                Err(e) => eprintln!("{}", e.report()),
+                Err(e) => crate::stdio::say(&e.report()),
             }
         }
         PipeItems {
