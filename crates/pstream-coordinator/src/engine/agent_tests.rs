@@ -259,3 +259,60 @@ fn a_worker_whose_own_connection_broke_is_lost_not_crashed() {
     assert_eq!(pool.engine.counters.lost.load(Ordering::Relaxed), 1);
     assert_eq!(pool.engine.counters.crashes.load(Ordering::Relaxed), 0);
 }
+
+/// A worker joins claiming to be `pid` of agent 1 over `link`; `theirs` is its end.
+fn claims(pool: &mut Pool, link: Box<dyn crate::link::Link>, pid: u32) {
+    pool.events
+        .send(Event::Connected {
+            link,
+            join: join(),
+            agent: Some((1, pid)),
+        })
+        .unwrap();
+    pool.engine.accept(std::iter::empty());
+}
+
+/// Whether the far end sees its connection closed without a word.
+fn hung_up(theirs: &mut impl std::io::Read) -> bool {
+    matches!(read_frame(theirs, DEFAULT_MAX_FRAME), Ok(None))
+}
+
+#[test]
+fn a_second_worker_claiming_a_pid_of_an_agent_is_dropped() {
+    let mut pool = Pool::new(config(0, None));
+    let mut agent = agent(&mut pool);
+    let _first = agents_worker(&mut pool, 90, None).unwrap();
+    let (ours, mut liar) = UnixStream::pair().unwrap();
+    liar.set_read_timeout(Some(DEADLINE)).unwrap();
+    claims(&mut pool, Box::new(UnixLink::new(ours).unwrap()), 90);
+    assert_eq!(
+        pool.engine.workers.len(),
+        1,
+        "two workers of the pool are pid 90 of one agent"
+    );
+    assert!(hung_up(&mut liar), "the second claimant was not hung up on");
+    // The agent's report of pid 90 settles the one worker that is pid 90.
+    report(&mut agent, 90, ExitStatus::Signal(9));
+    step_until(&mut pool, "the report", |p| p.engine.workers.is_empty());
+}
+
+#[test]
+fn a_worker_naming_an_agent_on_another_host_is_dropped() {
+    let mut pool = Pool::new(config(0, None));
+    // The agent is on this machine (a Unix socket); the worker comes over TCP.
+    let _agent = agent(&mut pool);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut theirs = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    theirs.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (ours, _) = listener.accept().unwrap();
+    claims(
+        &mut pool,
+        Box::new(crate::link::TcpLink::new(ours).unwrap()),
+        91,
+    );
+    assert!(
+        pool.engine.workers.is_empty(),
+        "a worker from another host was taken as the agent's"
+    );
+    assert!(hung_up(&mut theirs), "it was not hung up on");
+}

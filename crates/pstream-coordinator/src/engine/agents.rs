@@ -129,20 +129,38 @@ impl Engine {
         self.agents.insert(id, agent);
     }
 
-    /// The handle of a worker that agent `agent` started as `pid`, if the agent
-    /// is connected and has not reported that pid dead.
+    /// The handle of a worker that agent `agent` started as `pid`, joining from
+    /// `peer`: if the agent is connected, on the same host as the worker, has not
+    /// reported that pid dead, and no worker of the pool is that pid of that agent
+    /// already. A worker that names another host's agent, or a pid another worker
+    /// holds, would have that agent's worker killed for it (`Kill` goes to the agent
+    /// by pid) and its own end blamed on the other.
     pub(super) fn agent_handle(
         &mut self,
         agent: u64,
         pid: u32,
+        peer: Peer,
     ) -> Result<Arc<AgentHandle>, String> {
         let Some(a) = self.agents.get_mut(&agent) else {
             return Err(format!(
                 "it names host agent {agent}, which is not connected"
             ));
         };
+        if a.peer.host() != peer.host() {
+            return Err(format!(
+                "it names {} but comes from another host ({})",
+                a.name(),
+                peer.host()
+            ));
+        }
         if a.dead.remove(&pid).is_some() {
             return Err(format!("{} reported pid {pid} dead already", a.name()));
+        }
+        let name = a.name();
+        if self.workers.values().any(|w| w.agent == Some((agent, pid))) {
+            return Err(format!(
+                "it claims to be pid {pid} of {name}, which another worker of the pool is"
+            ));
         }
         Ok(Arc::new(AgentHandle {
             agent,

@@ -34,7 +34,7 @@ impl Engine {
                     return;
                 }
                 // A host agent started it: its end is the agent's report.
-                let handle = match self.agent_handle(agent, agent_pid) {
+                let handle = match self.agent_handle(agent, agent_pid, peer) {
                     Ok(handle) => handle,
                     Err(why) => {
                         // Dropped: it sees the end of its connection and exits.
