@@ -8,7 +8,9 @@
 //!   way (`tc qdisc ... tbf`): how much of the link the job fills;
 //! * fan-out: 512 workers on 16 hosts, started by a host agent per host (and, for
 //!   the start time, one by one), how long until all have joined, and `double`'s
-//!   throughput with them against 2 workers.
+//!   throughput with them against 2 workers;
+//! * a per-line job over ssh: `pstream-coord run --ssh` against GNU parallel
+//!   `--sshlogin`, on sshd's in the namespaces.
 //!
 //! Needs root, `ip` and `tc` (iproute2); skipped with a note otherwise. The
 //! namespaces (and the qdiscs on their links) are torn down at the end, also when a
@@ -34,6 +36,8 @@ use crate::{BoxError, Settings};
 const PREFIX: &str = "psfo-h";
 const BRIDGE: &str = "psfobr";
 const SUBNET: &str = "10.82.0";
+/// The port of this scenario's sshd's (one per simulated host).
+const SSHD_PORT: &str = "2261";
 
 /// The fan-out: hosts and workers per host.
 const FAN_HOSTS: usize = 16;
@@ -100,6 +104,7 @@ impl Net {
             .env("NETNS_PREFIX", PREFIX)
             .env("NETNS_BRIDGE", BRIDGE)
             .env("NETNS_SUBNET", SUBNET)
+            .env("SSHD_PORT", SSHD_PORT)
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
@@ -164,7 +169,13 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        // Deleting the namespaces and veths deletes their qdiscs too.
+        // sshd's first (if any were started), then the namespaces: deleting them
+        // and their veths deletes the qdiscs too.
+        if self.state.path().join("sshd").exists() {
+            if let Err(e) = self.script("sshd-down.sh", &[]) {
+                eprintln!("pstream-bench: stopping the sshd's: {e}");
+            }
+        }
         if let Err(e) = self.script("netns-down.sh", &[]) {
             eprintln!("pstream-bench: tearing the namespaces down: {e}");
         }
@@ -255,6 +266,61 @@ fn tcp_pool(
         .build()?;
     let took = started.elapsed();
     Ok((pool, workers, took))
+}
+
+/// A per-line job on `hosts` over ssh: `pstream-coord run --ssh` (a host agent per
+/// host, started over ssh) against GNU parallel `--sshlogin` (an ssh per line),
+/// one job slot per host each. Their times, or why they did not run.
+fn ssh_race(net: &Net, hosts: usize, lines: u64) -> Result<(f64, f64), String> {
+    let coord = crate::cli::find_coord()?;
+    crate::cli::gnu_parallel()?;
+    net.script("sshd-up.sh", &[])
+        .map_err(|e| format!("could not start the sshd's: {e}"))?;
+    let ssh = format!(
+        "ssh -p {SSHD_PORT} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+         -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=5",
+        net.state.path().join("sshd/id_ed25519").display()
+    );
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let input = dir.path().join("in.txt");
+    let text: String = (1..=lines).map(|i| format!("{i}\n")).collect();
+    std::fs::write(&input, text).map_err(|e| e.to_string())?;
+    let want: String = (1..=lines).map(|i| format!("{}\n", 2 * i)).collect();
+    let q = crate::cli::sh_quote;
+    let targets: Vec<String> = (1..=hosts)
+        .map(|i| format!("root@{SUBNET}.{}", i + 1))
+        .collect();
+    let out = dir.path().join("out.txt");
+    let pstream = format!(
+        "{} run --function double --format jsonl --ssh {} --ssh-command {} \
+         --workers-per-host 1 --no-progress --input {} --output {}",
+        q(&coord.display().to_string()),
+        q(&targets.join(",")),
+        q(&ssh),
+        q(&input.display().to_string()),
+        q(&out.display().to_string())
+    );
+    let logins: Vec<String> = targets.iter().map(|t| format!("1/{t}")).collect();
+    let parallel = format!(
+        "parallel --will-cite -k --ssh {} -S {} 'echo $(( {{}} * 2 ))' < {} > {}",
+        q(&ssh),
+        q(&logins.join(",")),
+        q(&input.display().to_string()),
+        q(&out.display().to_string())
+    );
+    let mut times = Vec::new();
+    for (who, script) in [
+        ("pstream-coord --ssh", &pstream),
+        ("parallel --sshlogin", &parallel),
+    ] {
+        let t = crate::cli::run_timed(script).map_err(|e| format!("{who}: {e}"))?;
+        let got = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+        if got != want {
+            return Err(format!("{who} wrote a wrong output"));
+        }
+        times.push(t);
+    }
+    Ok((times[0], times[1]))
 }
 
 fn sha(pool: &ProcessPool, n: u64) -> Result<u64, BoxError> {
@@ -363,6 +429,9 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         drop(pool);
         drop(workers);
     }
+    // Few lines: GNU parallel pays an ssh connection per line (most of a second here).
+    let ssh_lines: u64 = if s.quick { 50 } else { 200 };
+    let ssh = ssh_race(&net, w, ssh_lines);
     drop(net);
 
     let per_sec = |n: u64, t: &[f64]| n as f64 / median(t);
@@ -419,10 +488,17 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         starts.len(),
         secs(median(&connect_starts))
     );
-    println!(
-        "- GNU parallel `--sshlogin` against an ssh launcher: not measured (pstream has \
-         no `--ssh` launcher yet)"
-    );
+    match &ssh {
+        Ok((pstream, parallel)) => println!(
+            "- a per-line job (`double` over {ssh_lines} lines) on {w} hosts over ssh, one \
+             slot per host: `pstream-coord run --ssh` {} (agents started over ssh, then \
+             TCP), GNU parallel `--sshlogin` {} (an ssh per line): {} faster",
+            secs(*pstream),
+            secs(*parallel),
+            ratio(parallel / pstream)
+        ),
+        Err(why) => println!("- the ssh race (GNU parallel `--sshlogin`) was skipped: {why}"),
+    }
     println!();
 
     summary.add(
