@@ -403,6 +403,8 @@ pub(crate) fn print_peers(
         }
         row.push(ratio(p.slowdown_vs(base)));
         row.push(match &p.wrong {
+            // A row measured in the bench process (the shell scenario's floor).
+            None if p.script.is_empty() => "not read".into(),
             None => "correct".into(),
             Some(why) => format!("**WRONG**: {why}"),
         });

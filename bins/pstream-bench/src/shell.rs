@@ -8,6 +8,11 @@
 //!   in order (parallel `-k`; `xargs -P` cannot keep order and is checked sorted).
 //! * 9c. `pipe` awk doubling over `seq 1 20000000`, against `parallel --pipe`.
 //!
+//! Each exec table has a floor row: the command run per item straight from the
+//! bench process (`posix_spawn` and wait, J at a time, output not read), and each
+//! scenario prints every contender's CPU time per item (user + system of its whole
+//! process tree), which load barely changes, unlike the times.
+//!
 //! The sizes can be made smaller for a smoke test with `PSTREAM_BENCH_SHELL_ITEMS`
 //! and `PSTREAM_BENCH_SHELL_LINES`.
 
