@@ -206,12 +206,33 @@ pub fn read_frame_into(
         }
     }
     let len = frame_len(len_bytes, max)?;
-    body.clear();
-    // Grow only as bytes arrive, beyond what the buffer already holds.
-    body.reserve(len.min(1 << 20));
-    r.take(len as u64)
-        .read_to_end(&mut body)
-        .map_err(DecodeError::Io)?;
+    // The part of the buffer that is initialised already is read into directly:
+    // in reads as large as what is left, which a `BufReader` passes straight to
+    // the socket once its own buffer is drained (`read_to_end` starts with small
+    // reads, which it serves from, and copies through, its buffer).
+    let reuse = body.len().min(len);
+    body.truncate(reuse);
+    let mut got = 0;
+    while got < reuse {
+        match r.read(&mut body[got..]) {
+            Ok(0) => {
+                return Err(DecodeError::Truncated {
+                    expected: len + FRAME_PREFIX,
+                    got: got + FRAME_PREFIX,
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(DecodeError::Io(e)),
+        }
+    }
+    // Beyond it, grow only as bytes arrive.
+    if reuse < len {
+        body.reserve((len - reuse).min(1 << 20));
+        r.take((len - reuse) as u64)
+            .read_to_end(&mut body)
+            .map_err(DecodeError::Io)?;
+    }
     if body.len() < len {
         return Err(DecodeError::Truncated {
             expected: len + FRAME_PREFIX,
@@ -655,6 +676,33 @@ mod tests {
         for cut in 1..bytes.len() {
             let err = read_frame(&mut &bytes[..cut], DEFAULT_MAX_FRAME).unwrap_err();
             assert!(matches!(err, DecodeError::Truncated { .. }), "{cut}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_reused_buffer_of_any_length_reads_every_frame_and_every_truncation() {
+        let frames = all_frames();
+        // Buffers of stale bytes shorter and longer than the frames, as a reader of
+        // many frames hands back the last one's.
+        for stale in [0usize, 1, 7, 40, 5000] {
+            for frame in &frames {
+                let bytes = encode(frame);
+                // Through a BufReader smaller than some frames, as the worker reads.
+                let mut reader = std::io::BufReader::with_capacity(16, &bytes[..]);
+                let back = read_frame_into(&mut reader, DEFAULT_MAX_FRAME, vec![0xAB; stale])
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(&back, frame, "stale {stale}");
+                for cut in 1..bytes.len() {
+                    let err =
+                        read_frame_into(&mut &bytes[..cut], DEFAULT_MAX_FRAME, vec![1; stale])
+                            .unwrap_err();
+                    assert!(
+                        matches!(err, DecodeError::Truncated { .. }),
+                        "stale {stale}, cut {cut}: {err}"
+                    );
+                }
+            }
         }
     }
 
