@@ -48,8 +48,8 @@ pub struct ProcessExecutor {
 
 impl ProcessExecutor {
     /// The default bound on items held in memory: 5 000, what callers of the
-    /// executor API expect (the pool's own default window, [`crate::DEFAULT_WINDOW`], is
-    /// deeper).
+    /// executor API expect (the pool's own default window, [`crate::DEFAULT_WINDOW`],
+    /// is the same).
     pub const DEFAULT_MAX_MEMORY_ITEMS: usize = 5_000;
 
     /// An executor re-executing this binary as one worker per CPU, with

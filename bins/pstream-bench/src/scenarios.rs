@@ -338,8 +338,8 @@ fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> 
     summary.add(
         "double: pstream ÷ reference floor",
         ratio(vs_floor),
-        "≥ 0.9×",
-        floor.runs().then_some(vs_floor >= 0.9),
+        "≥ 1.25×",
+        floor.runs().then_some(vs_floor >= 1.25),
     );
     Ok(())
 }
@@ -432,8 +432,8 @@ fn sha_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> {
     summary.add(
         "SHA-256: pstream ÷ rayon",
         ratio(vs_rayon),
-        "≥ 0.5×",
-        Some(vs_rayon >= 0.5),
+        "≥ 0.8×",
+        Some(vs_rayon >= 0.8),
     );
     Ok(())
 }

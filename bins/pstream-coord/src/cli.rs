@@ -5,11 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// The launcher's default window, in lines. Larger than the library's 5,000 items:
-/// lines are usually short, and a deeper window keeps two workers busy through the
-/// round trip of a batch (`seq 1 20000000 | pstream-coord run --function double
-/// --format jsonl` runs in 1.1 s instead of 1.5 s; see docs/benchmarks.md).
-pub const DEFAULT_WINDOW: u32 = 20_000;
+/// The launcher's default window, in lines: the library's, 5,000.
+pub const DEFAULT_WINDOW: u32 = 5_000;
 
 /// Map a function over the lines of a file (or stdin) in a pool of worker processes.
 ///

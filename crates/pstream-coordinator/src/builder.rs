@@ -25,8 +25,8 @@ use pstream_protocol::auth::Token;
 
 use crate::pool::ProcessPool;
 
-/// The default flow-control window, in items.
-pub const DEFAULT_WINDOW: usize = 50_000;
+/// The default flow-control window, in items (the design card's 5,000).
+pub const DEFAULT_WINDOW: usize = 5_000;
 
 /// The default bound on the bytes of encoded items read ahead of the consumer.
 pub const DEFAULT_WINDOW_BYTES: u64 = 4 << 20;

@@ -326,15 +326,23 @@ impl Feeder {
 
     /// Take window permits: `Some(true)` with some in hand, `Some(false)` if none
     /// is free and we may not wait, `None` once the job is cancelled. Before waiting
-    /// (or giving up), send what we hold if no other result is on its way, or the
-    /// consumer could wait for items we sit on. While results are on their way, the
-    /// batch stays open: the consumer frees permits as it takes them, and the batch
-    /// grows instead of going out with the few items the last permits allowed.
+    /// (or giving up), send what we hold if no other item holds a permit, or the
+    /// consumer would wait for items we sit on. While other items hold permits (their
+    /// results on their way, or delivered and not yet taken), the batch stays open:
+    /// the consumer frees permits as it takes those results, and the batch grows
+    /// instead of going out with the few items the last permits allowed. (Workers
+    /// that are idle because the window is full and the consumer is catching up are
+    /// not a reason to send a short batch: that cut most batches short at small
+    /// windows.)
     fn take_permits(&mut self, block: bool) -> Option<bool> {
         let want = self.target.saturating_sub(self.batch.len()).max(1);
         match self.window.acquire(want, false)? {
             0 => {
-                if self.counters.delivered.load(Ordering::Relaxed) >= self.submitted {
+                let others = self
+                    .window
+                    .in_use()
+                    .saturating_sub(self.permits + self.batch.len());
+                if others == 0 {
                     self.flush();
                 }
                 if !block {
@@ -393,5 +401,94 @@ impl Feeder {
             self.idle_clock.restart();
         }
         self.first = self.next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A feeder on the consumer's thread over a window of `window` items, batches of
+    /// at most `max_batch`.
+    fn feeder(window: &Arc<Window>, counters: &Arc<JobCounters>, max_batch: usize) -> Feeder {
+        let limits = FeedLimits {
+            job: 1,
+            max_batch,
+            max_batch_bytes: usize::MAX,
+            max_item: 1 << 20,
+            frame_room: 1 << 30,
+        };
+        let (_, recycled) = crossbeam_channel::unbounded();
+        Feeder::new(
+            limits,
+            Arc::clone(window),
+            Arc::clone(counters),
+            Out::Local(Vec::new()),
+            recycled,
+        )
+    }
+
+    /// Pump until it stops for want of permits (or ends): the sizes of the batches
+    /// it cut on the way.
+    fn pump_all(f: &mut Feeder, input: &mut std::ops::Range<u64>) -> (Vec<usize>, Pumped) {
+        let mut encode = |x: u64, buf: &mut Vec<u8>| {
+            buf.extend_from_slice(&x.to_le_bytes());
+            Ok(())
+        };
+        loop {
+            let pumped = f.pump(input, &mut encode, false);
+            if pumped != Pumped::Cut {
+                let Out::Local(events) = &mut f.out else {
+                    unreachable!("a local feeder")
+                };
+                let sizes = events
+                    .drain(..)
+                    .filter_map(|e| match e {
+                        Event::Submit(b) => Some(b.items.len()),
+                        _ => None,
+                    })
+                    .collect();
+                return (sizes, pumped);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_stays_open_while_results_the_consumer_has_not_taken_hold_permits() {
+        let window = Arc::new(Window::new(8));
+        let counters = Arc::new(JobCounters::default());
+        let mut f = feeder(&window, &counters, 4);
+        let mut input = 0..1000u64;
+        // Batches grow 1, 2, 4; the eighth item opens a batch the window has no
+        // more permits for.
+        assert_eq!(
+            pump_all(&mut f, &mut input),
+            (vec![1, 2, 4], Pumped::Starved)
+        );
+        // Every result is back with the consumer (the workers are idle), and it
+        // has taken the first batch's: one permit. The open batch does not go out
+        // with two items: six more permits are coming as the consumer goes on.
+        counters.delivered.store(7, Ordering::Relaxed);
+        window.release_results(0, 1);
+        assert_eq!(pump_all(&mut f, &mut input), (vec![], Pumped::Starved));
+        // The second batch's two permits fill it.
+        window.release_results(1, 2);
+        assert_eq!(pump_all(&mut f, &mut input), (vec![4], Pumped::Starved));
+    }
+
+    #[test]
+    fn a_batch_goes_out_short_when_no_other_item_holds_a_permit() {
+        // A window smaller than a batch: no batch can ever be full.
+        let window = Arc::new(Window::new(3));
+        let counters = Arc::new(JobCounters::default());
+        let mut f = feeder(&window, &counters, 8);
+        let mut input = 0..1000u64;
+        assert_eq!(pump_all(&mut f, &mut input), (vec![1, 2], Pumped::Starved));
+        // The consumer takes every result: then the open batch is all that would
+        // hold permits, and nothing else would free one, so it goes out as is.
+        counters.delivered.store(3, Ordering::Relaxed);
+        window.release_results(0, 1);
+        window.release_results(1, 2);
+        assert_eq!(pump_all(&mut f, &mut input), (vec![3], Pumped::Starved));
     }
 }
