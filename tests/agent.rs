@@ -506,3 +506,38 @@ fn an_agent_with_another_token_refuses_the_coordinator_and_the_job_goes_on() {
     assert!(read(&dir.path().join("out.txt")) == expected.as_bytes());
     assert_eq!(good.finish("the agent").0, Some(0));
 }
+
+#[test]
+fn what_a_function_started_ends_with_its_worker_when_the_agent_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    // One item whose function starts a `sleep 600` in the worker's group and hangs.
+    std::fs::write(
+        dir.path().join("in.txt"),
+        "{\"marker\":\"stopped-agent\",\"fault\":\"hang\"}\n",
+    )
+    .unwrap();
+    pstream::protocol::auth::create_token_file(&dir.path().join("job.token")).unwrap();
+    let heartbeats = ["--heartbeat", "100ms", "--heartbeat-timeout", "1s"];
+    let coordinator = Coordinator::start(dir.path(), "spawn_sleeper", &heartbeats);
+    let mut stopped = agent(dir.path(), &coordinator.addr, 1, TokenVia::File);
+    let mut sleeps = Vec::new();
+    wait_until("the worker's function to start its sleep", || {
+        sleeps = children(stopped.pid())
+            .into_iter()
+            .flat_map(children)
+            .collect();
+        !sleeps.is_empty()
+    });
+    // The agent falls silent: the coordinator gives it up and hangs up on its
+    // worker, which ends. Its agent cannot end the worker's group now (nor ever,
+    // if it is killed while stopped): the worker itself must.
+    signal(stopped.child(), Signal::SIGSTOP);
+    wait_until("the sleep to end with its worker", || {
+        sleeps
+            .iter()
+            .all(|&pid| process_state(pid).is_none_or(|state| state == 'Z'))
+    });
+    signal(stopped.child(), Signal::SIGKILL);
+    let _ = stopped.finish("the killed agent");
+    drop(coordinator);
+}

@@ -116,10 +116,64 @@ pub(crate) fn welcomed() {
 pub(crate) fn end() {
     if SERVING.load(Ordering::SeqCst) && !SHUTDOWN.load(Ordering::SeqCst) {
         if AGENT.load(Ordering::SeqCst) {
+            // Its agent kills what is left of the group when it reaps the worker,
+            // but it may be stopped (which is why the coordinator gave up on
+            // it), and killed before it resumes: the worker ends the rest of its
+            // group itself, and leaves its own end to the agent's report.
+            if LEADER.load(Ordering::SeqCst) {
+                kill_the_rest_of_the_group();
+            }
             std::process::exit(pstream_protocol::EXIT_LOST);
         }
         if LEADER.load(Ordering::SeqCst) {
             take_the_group_down(0);
         }
+    }
+}
+
+/// SIGKILL every other process of this worker's group (what its functions
+/// started), not the worker: passes over /proc until one finds none alive (a
+/// process that forked while a pass ran is caught by the next), at most 100.
+fn kill_the_rest_of_the_group() {
+    let me = getpid().as_raw();
+    let group = getpgrp().as_raw();
+    for _ in 0..100 {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let mut found = false;
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // After the command's name: state, ppid, pgrp.
+            let Some((_, after)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let mut fields = after.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+            if pgrp == Some(group) && state != Some("Z") {
+                found = true;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::yield_now();
     }
 }
