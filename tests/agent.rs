@@ -541,3 +541,28 @@ fn what_a_function_started_ends_with_its_worker_when_the_agent_is_stopped() {
     let _ = stopped.finish("the killed agent");
     drop(coordinator);
 }
+
+#[test]
+fn an_agent_sent_to_something_else_than_a_coordinator_says_so_naming_its_host() {
+    let dir = tempfile::tempdir().unwrap();
+    pstream::protocol::auth::create_token_file(&dir.path().join("job.token")).unwrap();
+    // A web server where the coordinator should be: it answers in HTTP and hangs up.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = web.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = web.accept().unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        let _ = conn.read(&mut [0u8; 512]);
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+    });
+    let (code, stderr) = agent(dir.path(), &addr, 1, TokenVia::File).finish("the agent");
+    server.join().unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for needed in [
+        format!("pstream agent on {} (pid ", host.trim()),
+        format!("what answered at {addr} is not a pstream coordinator"),
+    ] {
+        assert!(stderr.contains(&needed), "no `{needed}` in: {stderr}");
+    }
+}

@@ -75,11 +75,28 @@ pub(crate) fn run() -> ! {
             2
         }
         Err(Failure::Run(why)) => {
-            eprintln!("pstream agent {}: {why}", std::process::id());
+            eprintln!("{}: {why}", who());
             1
         }
     };
     std::process::exit(code)
+}
+
+/// This host's name, as the kernel has it (empty if unreadable).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// How the agent names itself on its stderr: its host and pid, so that a line
+/// among many hosts' (as srun or a terminal mixes them) says where it comes from.
+fn who() -> String {
+    format!(
+        "pstream agent on {} (pid {})",
+        hostname(),
+        std::process::id()
+    )
 }
 
 fn parse_args() -> Result<Args, Failure> {
@@ -211,13 +228,29 @@ enum Heard {
 
 fn serve(args: Args) -> Result<(), Failure> {
     let run = |e: WorkerError| match e {
-        WorkerError::Rejected(reason) => {
-            Failure::Run(format!("the coordinator rejected this agent: {reason}"))
-        }
+        WorkerError::Rejected(reason) => Failure::Run(format!(
+            "the coordinator at {} rejected this agent: {reason}",
+            args.addr
+        )),
+        e @ WorkerError::Connect { .. } => Failure::Run(e.to_string()),
         WorkerError::Untrusted { at, reason } => Failure::Run(format!(
             "refused {at}: {reason}; it is not this agent's coordinator"
         )),
-        other => Failure::Run(other.to_string()),
+        // Bytes that are no frame of ours: whatever answered is not a coordinator.
+        WorkerError::Read(e)
+            if !matches!(
+                e,
+                pstream_protocol::DecodeError::Io(_)
+                    | pstream_protocol::DecodeError::Version { .. }
+            ) =>
+        {
+            Failure::Run(format!(
+                "what answered at {} is not a pstream coordinator ({e}): is it the \
+                 address the coordinator printed (`listening on ...`)?",
+                args.addr
+            ))
+        }
+        other => Failure::Run(format!("{other} (the coordinator at {})", args.addr)),
     };
     let target = Target::Remote {
         addr: args.addr.clone(),
@@ -233,9 +266,7 @@ fn serve(args: Args) -> Result<(), Failure> {
     let max = 1 << 20;
     let proof =
         introduce(&mut writer, &mut reader, &args.token, &target, max, None).map_err(run)?;
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let hostname = hostname();
     let join = Message::AgentJoin(AgentJoin {
         proof,
         hostname: hostname.clone(),
@@ -479,8 +510,8 @@ impl Agent {
             // first, second, fourth… in a row: clear, but not a flood.
             if self.start_failures.is_power_of_two() {
                 eprintln!(
-                    "pstream agent {}: a worker failed to start ({}, {} in a row){}",
-                    std::process::id(),
+                    "{}: a worker failed to start ({}, {} in a row){}",
+                    who(),
                     describe(exit.status),
                     self.start_failures,
                     if exit.last_words.is_empty() {
@@ -515,7 +546,7 @@ impl Agent {
                 .spawn(move || waiter(spec, tx));
             if let Err(e) = started {
                 self.starting -= 1;
-                eprintln!("pstream agent: could not start a waiter thread: {e}");
+                eprintln!("{}: could not start a waiter thread: {e}", who());
                 self.respawn_at = Some(Instant::now() + backoff(1));
                 return;
             }
