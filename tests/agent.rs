@@ -566,3 +566,28 @@ fn an_agent_sent_to_something_else_than_a_coordinator_says_so_naming_its_host() 
         assert!(stderr.contains(&needed), "no `{needed}` in: {stderr}");
     }
 }
+
+#[test]
+fn an_agent_whose_standard_input_stays_open_and_silent_gives_up_on_the_token() {
+    // As `ssh host PLUGIN --agent ...` without -n and without the token piped in.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut child = Command::new(bin())
+        .args(["--agent", "--connect", &addr, "--workers", "1"])
+        .env_remove("RUST_LOG")
+        .env_remove("PSTREAM_TOKEN_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start an agent");
+    // Held open, never written to, until the agent has exited.
+    let silent = child.stdin.take();
+    let (code, stderr) = Guarded(Some(child)).finish("the agent waiting for its token");
+    drop(silent);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no token: standard input gave no line in"),
+        "{stderr}"
+    );
+}

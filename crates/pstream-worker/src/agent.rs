@@ -14,7 +14,7 @@
 //! (replaced at once).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, BufWriter, Read};
+use std::io::{BufReader, BufWriter};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -180,14 +180,55 @@ fn default_workers() -> Result<u32, Failure> {
     Ok(std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }
 
-/// One line from standard input: the token, as ssh or srun passes it.
+/// How long the agent waits for the token's line on its standard input: ssh
+/// without `-n` or a forgotten pipe leaves it open and silent, and an agent
+/// waiting on it for good would hang its launcher.
+const TOKEN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// One line from standard input: the token, as ssh or srun passes it. At most
+/// 1024 bytes, within [`TOKEN_PATIENCE`].
 fn token_from_stdin() -> Result<Token, Failure> {
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .take(1024)
-        .read_line(&mut line)
-        .map_err(|e| Failure::Usage(format!("read the token from standard input: {e}")))?;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_fd();
+    let deadline = Instant::now() + TOKEN_PATIENCE;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte: nothing after the line is taken.
+    while line.len() < 1024 && line.last() != Some(&b'\n') {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Usage(format!(
+                "no token: standard input gave no line in {TOKEN_PATIENCE:?}; pass \
+                 --token-file FILE or write the token's 64 hexadecimal digits and a \
+                 newline to the agent's standard input"
+            )));
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Failure::Usage(format!(
+                    "read the token from standard input: {e}"
+                )))
+            }
+        }
+        match nix::unistd::read(fd, &mut byte) {
+            Ok(0) => break,
+            Ok(_) => line.push(byte[0]),
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => {
+                return Err(Failure::Usage(format!(
+                    "read the token from standard input: {e}"
+                )))
+            }
+        }
+    }
+    let line = String::from_utf8_lossy(&line);
     if line.trim().is_empty() {
         return Err(Failure::Usage(
             "no token: standard input ended before a line with the token; pass \
