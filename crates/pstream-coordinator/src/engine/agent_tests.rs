@@ -316,3 +316,32 @@ fn a_worker_naming_an_agent_on_another_host_is_dropped() {
     );
     assert!(hung_up(&mut theirs), "it was not hung up on");
 }
+
+#[test]
+fn an_agent_that_joins_as_the_job_ends_is_told_why() {
+    let mut pool = Pool::new(config(0, None));
+    pool.engine.shutdown_deadline = Some(Instant::now() + DEADLINE);
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    theirs.set_read_timeout(Some(DEADLINE)).unwrap();
+    pool.events
+        .send(Event::AgentConnected {
+            link: Box::new(UnixLink::new(ours).unwrap()),
+            agent: AgentJoin {
+                proof: Default::default(),
+                hostname: "late-node".into(),
+                pid: 2,
+                workers: 1,
+            },
+        })
+        .unwrap();
+    pool.engine.accept(std::iter::empty());
+    match read_frame(&mut theirs, DEFAULT_MAX_FRAME) {
+        Ok(Some(Frame {
+            message: Message::Reject { reason },
+            ..
+        })) => assert!(reason.contains("the job is ending"), "{reason}"),
+        other => panic!("the late agent was not told why: {other:?}"),
+    }
+    assert!(hung_up(&mut theirs), "the late agent was not hung up on");
+    assert!(pool.engine.agents.is_empty());
+}

@@ -81,7 +81,13 @@ impl Engine {
     /// A host agent passed the handshake: welcome it.
     pub(super) fn on_agent_connected(&mut self, mut link: Box<dyn Link>, join: AgentJoin) {
         if self.shutdown_deadline.is_some() || self.failed.is_some() {
-            return; // Closing: the link is dropped, the agent sees the end.
+            // Closing: the agent is told why (else it sees the connection end
+            // before its welcome, and cannot say why), and the link is dropped.
+            let reject = Message::Reject {
+                reason: "the job is ending: it takes no more host agents".into(),
+            };
+            let _ = write_frame(&mut link, &reject, &Items::new(), self.config.max_frame);
+            return;
         }
         let peer = link.peer();
         let id = self.next_agent;
