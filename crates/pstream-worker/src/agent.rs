@@ -514,7 +514,8 @@ impl Agent {
                     }
                     self.on_exit(&exit);
                     if let Err(e) = self.send(&Message::WorkerExited(exit)) {
-                        return self.end(Err(e));
+                        let outcome = self.send_failed(&rx, e);
+                        return self.end(outcome);
                     }
                 }
             }
@@ -531,7 +532,8 @@ impl Agent {
             }
             if now >= self.last_sent + self.terms.beats.every {
                 if let Err(e) = self.send(&Message::Heartbeat) {
-                    return self.end(Err(e));
+                    let outcome = self.send_failed(&rx, e);
+                    return self.end(outcome);
                 }
             }
         }
@@ -597,6 +599,33 @@ impl Agent {
     fn send(&mut self, message: &Message) -> Result<(), String> {
         self.last_sent = Instant::now();
         send(&mut self.writer, message).map_err(|e| e.to_string())
+    }
+
+    /// A write to the coordinator failed: the end of the job if the coordinator
+    /// said `Shutdown` (it closes the connection once the job is over, and a report
+    /// or a heartbeat may cross that close), a failure otherwise. A `Shutdown` not
+    /// yet taken from the reader is still looked for: the reader hands on every
+    /// frame before it says the connection closed.
+    fn send_failed(&mut self, rx: &Receiver<Heard>, why: String) -> Result<(), String> {
+        let deadline = Instant::now() + self.terms.beats.silence;
+        while self.stopping.is_none() {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Heard::Frame(Message::Shutdown)) => {
+                    self.stopping = Some(Instant::now());
+                }
+                Ok(Heard::Closed(_)) | Err(_) => break,
+                Ok(Heard::Started(child)) => {
+                    self.starting -= 1;
+                    self.children.insert(child.pid, child);
+                }
+                Ok(_) => {}
+            }
+        }
+        if self.stopping.is_some() {
+            Ok(())
+        } else {
+            Err(why)
+        }
     }
 
     /// Kill every worker (its whole process group) and say how the agent ends.
