@@ -25,6 +25,7 @@ mod report;
 mod scenarios;
 mod shell;
 mod tcp;
+mod transfer;
 
 /// The error type of the harness: anything that stops a measurement.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -123,9 +124,27 @@ enum Hidden {
         max_batch: Option<usize>,
     },
     /// Map SHA-256 over N items of 1 KiB with W workers and print the time (for
-    /// profiling).
+    /// profiling), optionally with a window of BYTES bytes; the CPU per item of
+    /// each process goes to stderr.
     #[command(name = "__sha", hide = true)]
-    Sha { items: u64, workers: usize },
+    Sha {
+        items: u64,
+        workers: usize,
+        window_bytes: Option<u64>,
+    },
+    /// Carry N items of 1 KiB from one thread to another through a Unix socket (in
+    /// batches of KIB KiB, IN_FLIGHT batches outstanding) and through shared slots
+    /// with a control message, ROUNDS times alternating: CPU per item on each side.
+    #[command(name = "__transfer", hide = true)]
+    Transfer {
+        items: u64,
+        #[arg(default_value_t = 256)]
+        kib: usize,
+        #[arg(default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..))]
+        in_flight: u8,
+        #[arg(default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 /// How big the inputs are, and how often each measurement is repeated.
@@ -152,7 +171,17 @@ fn main() -> ExitCode {
             window,
             max_batch,
         }) => scenarios::double_alone(items, workers, window, max_batch),
-        Some(Hidden::Sha { items, workers }) => scenarios::sha_alone(items, workers),
+        Some(Hidden::Sha {
+            items,
+            workers,
+            window_bytes,
+        }) => scenarios::sha_alone(items, workers, window_bytes),
+        Some(Hidden::Transfer {
+            items,
+            kib,
+            in_flight,
+            rounds,
+        }) => transfer::run(items, kib, in_flight as usize, rounds),
         None => run(&cli),
     };
     match result {

@@ -194,12 +194,29 @@ pub fn double_alone(
     Ok(())
 }
 
-/// The `__sha` child: SHA-256 over `items` blobs of 1 KiB.
-pub fn sha_alone(items: u64, workers: usize) -> Result<(), BoxError> {
-    let pool = ProcessPool::builder()
+/// The `__sha` child: SHA-256 over `items` blobs of 1 KiB. Prints the map's time
+/// on stdout; on stderr, where the CPU went per item: the coordinator's process
+/// (its consumer thread, which makes and encodes the items, and the engine's
+/// threads), the workers (reaped when the pool is dropped), and the same work
+/// done by one thread without a pool (making each item and hashing it: what
+/// rayon spreads over its threads), each split into user and system time.
+pub fn sha_alone(items: u64, workers: usize, window_bytes: Option<u64>) -> Result<(), BoxError> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let cpu = |who| -> (f64, f64) {
+        getrusage(who).map_or((0.0, 0.0), |u| {
+            let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+            (secs(u.user_time()), secs(u.system_time()))
+        })
+    };
+    let mut builder = ProcessPool::builder()
         .workers(workers)
-        .program(std::env::current_exe()?)
-        .build()?;
+        .program(std::env::current_exe()?);
+    if let Some(bytes) = window_bytes {
+        builder = builder.window_bytes(bytes);
+    }
+    let pool = builder.build()?;
+    let own0 = cpu(UsageWho::RUSAGE_SELF);
+    let kids0 = cpu(UsageWho::RUSAGE_CHILDREN);
     let (d, sum) = timed(|| -> Result<u64, BoxError> {
         let mut sum = 0u64;
         for r in pool.map(sha256_bytes, (0..items).map(|i| Blob(blob(i))))? {
@@ -207,12 +224,36 @@ pub fn sha_alone(items: u64, workers: usize) -> Result<(), BoxError> {
         }
         Ok(sum)
     });
+    let own1 = cpu(UsageWho::RUSAGE_SELF);
+    drop(pool);
+    let kids1 = cpu(UsageWho::RUSAGE_CHILDREN);
     let sum = sum?;
+    let t0 = cpu(UsageWho::RUSAGE_THREAD);
     let mut want = 0u64;
     for i in 0..items {
         want ^= fold(sha(&blob(i)));
     }
+    let t1 = cpu(UsageWho::RUSAGE_THREAD);
     check("pstream", sum, want)?;
+    let per = |a: (f64, f64), b: (f64, f64)| {
+        let n = items.max(1) as f64;
+        ((b.0 - a.0) * 1e9 / n, (b.1 - a.1) * 1e9 / n)
+    };
+    let (cu, cs) = per(own0, own1);
+    let (wu, ws) = per(kids0, kids1);
+    let (su, ss) = per(t0, t1);
+    eprintln!(
+        "CPU per item (ns, user+sys): coordinator {:.0}+{:.0}, workers {:.0}+{:.0}, \
+         all {:.0}; one thread making and hashing each item {:.0}+{:.0}; wall {:.0}",
+        cu,
+        cs,
+        wu,
+        ws,
+        cu + cs + wu + ws,
+        su,
+        ss,
+        d.as_secs_f64() * 1e9 / items.max(1) as f64
+    );
     println!("{:.4}", d.as_secs_f64());
     Ok(())
 }
