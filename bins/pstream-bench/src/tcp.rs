@@ -6,9 +6,10 @@
 //!   Unix socket;
 //! * SHA-256 over 1 KiB items to one host whose link is limited to 1 Gbit/s each
 //!   way (`tc qdisc ... tbf`): how much of the link the job fills;
-//! * fan-out: 512 workers on 16 hosts, started by a host agent per host (and, for
-//!   the start time, one by one), how long until all have joined, and `double`'s
-//!   throughput with them against 2 workers;
+//! * fan-out: 512 workers on 16 hosts, started by a host agent per host over ssh
+//!   (the pool's ssh launcher; by `ip netns exec` if no sshd can run; and, for the
+//!   start time, also by `ip netns exec` and one by one), how long until all have
+//!   joined, and `double`'s throughput with them against 2 workers;
 //! * a per-line job over ssh: `pstream-coord run --ssh` against GNU parallel
 //!   `--sshlogin`, on sshd's in the namespaces.
 //!
@@ -23,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
-use pstream::ProcessPool;
+use pstream::{HostLauncher, ProcessPool};
 use pstream_examples::{sha256_bytes, Blob};
 
 use crate::chart::{Bar, Chart, Plot};
@@ -219,6 +220,10 @@ enum Start {
     Connect,
     /// One host agent per host starts them: `BIN --agent --connect ADDR --workers N`.
     Agent,
+    /// One host agent per host, started over ssh by the pool's launcher
+    /// (`HostLauncher::ssh`, as `pstream-coord run --ssh` does): the way a user
+    /// without a cluster manager starts them.
+    Ssh,
 }
 
 /// A pool whose workers join over TCP: `per_host` workers on each of `hosts`
@@ -229,6 +234,7 @@ fn tcp_pool(
     hosts: &[usize],
     per_host: usize,
     start: Start,
+    ssh: Option<&str>,
 ) -> Result<(ProcessPool, Workers, Duration), BoxError> {
     let listener = TcpListener::bind(format!("{SUBNET}.1:0"))?;
     let addr = listener.local_addr()?.to_string();
@@ -236,11 +242,40 @@ fn tcp_pool(
     let total = hosts.len() * per_host;
     let started = Instant::now();
     let mut workers = Workers(Vec::with_capacity(total));
+    if start == Start::Ssh {
+        drop(listener);
+        let ssh = ssh.ok_or("agents over ssh need the sshd's up")?;
+        let targets = hosts.iter().map(|h| format!("root@{SUBNET}.{}", h + 1));
+        let pool = ProcessPool::builder()
+            .launcher(
+                HostLauncher::ssh(targets)?
+                    .ssh_command(ssh)?
+                    .workers_per_host(per_host),
+            )
+            .min_workers(total)
+            .wait_workers(Duration::from_secs(120))
+            .build()?;
+        // `build` returns at the first worker: the start ends when all are in.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let joined: u64 = pool.host_stats().values().map(|h| h.workers).sum();
+            if joined >= total as u64 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("only {joined} of {total} workers joined over ssh").into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = started.elapsed();
+        return Ok((pool, workers, took));
+    }
     let per = per_host.to_string();
     for &h in hosts {
         let (processes, args): (usize, Vec<&str>) = match start {
             Start::Connect => (per_host, vec!["--connect", &addr]),
             Start::Agent => (1, vec!["--agent", "--connect", &addr, "--workers", &per]),
+            Start::Ssh => unreachable!("started by the launcher above"),
         };
         for _ in 0..processes {
             let child = Command::new("ip")
@@ -268,19 +303,21 @@ fn tcp_pool(
     Ok((pool, workers, took))
 }
 
-/// A per-line job on `hosts` over ssh: `pstream-coord run --ssh` (a host agent per
-/// host, started over ssh) against GNU parallel `--sshlogin` (an ssh per line),
-/// one job slot per host each. Their times, or why they did not run.
-fn ssh_race(net: &Net, hosts: usize, lines: u64) -> Result<(f64, f64), String> {
-    let coord = crate::cli::find_coord()?;
-    crate::cli::gnu_parallel()?;
-    net.script("sshd-up.sh", &[])
-        .map_err(|e| format!("could not start the sshd's: {e}"))?;
-    let ssh = format!(
+/// The ssh command that reaches this scenario's sshd's (started by `sshd-up.sh`).
+fn ssh_command(net: &Net) -> String {
+    format!(
         "ssh -p {SSHD_PORT} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
          -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=5",
         net.state.path().join("sshd/id_ed25519").display()
-    );
+    )
+}
+
+/// A per-line job on `hosts` over ssh: `pstream-coord run --ssh` (a host agent per
+/// host, started over ssh) against GNU parallel `--sshlogin` (an ssh per line),
+/// one job slot per host each. Their times, or why they did not run.
+fn ssh_race(ssh: &str, hosts: usize, lines: u64) -> Result<(f64, f64), String> {
+    let coord = crate::cli::find_coord()?;
+    crate::cli::gnu_parallel()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let input = dir.path().join("in.txt");
     let text: String = (1..=lines).map(|i| format!("{i}\n")).collect();
@@ -296,14 +333,14 @@ fn ssh_race(net: &Net, hosts: usize, lines: u64) -> Result<(f64, f64), String> {
          --workers-per-host 1 --no-progress --input {} --output {}",
         q(&coord.display().to_string()),
         q(&targets.join(",")),
-        q(&ssh),
+        q(ssh),
         q(&input.display().to_string()),
         q(&out.display().to_string())
     );
     let logins: Vec<String> = targets.iter().map(|t| format!("1/{t}")).collect();
     let parallel = format!(
         "parallel --will-cite -k --ssh {} -S {} 'echo $(( {{}} * 2 ))' < {} > {}",
-        q(&ssh),
+        q(ssh),
         q(&logins.join(",")),
         q(&input.display().to_string()),
         q(&out.display().to_string())
@@ -365,7 +402,7 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     // 1. double: TCP (one worker per host) against the Unix socket, same size.
     let unix = ProcessPool::builder().workers(w).build()?;
     let hosts: Vec<usize> = (1..=w).collect();
-    let (tcp, tcp_workers, _) = tcp_pool(&token, &hosts, 1, Start::Connect)?;
+    let (tcp, tcp_workers, _) = tcp_pool(&token, &hosts, 1, Start::Connect, None)?;
     let (mut t_unix, mut t_tcp) = (Vec::new(), Vec::new());
     for _ in 0..s.runs {
         let (d, sum) = timed(|| pstream_double(&unix, n_double));
@@ -382,7 +419,7 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     drop(tcp_workers);
     net.shape(1, LINK_TC)?;
     let shaped = (|| -> Result<Vec<f64>, BoxError> {
-        let (pool, _workers, _) = tcp_pool(&token, &[1], w, Start::Connect)?;
+        let (pool, _workers, _) = tcp_pool(&token, &[1], w, Start::Connect, None)?;
         let want = {
             let mut sum = 0u64;
             use sha2::{Digest, Sha256};
@@ -404,25 +441,44 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     net.unshape(1);
     let t_sha = shaped?;
 
-    // 3. Fan-out: 512 workers on 16 hosts against 2 workers on 2 hosts.
+    // 3. Fan-out: 512 workers on 16 hosts against 2 workers on 2 hosts. The agents
+    // are started over ssh (an sshd in each namespace), as `--ssh` does; without
+    // sshd, by `ip netns exec`.
+    let sshd = net
+        .script("sshd-up.sh", &[])
+        .map(|()| ssh_command(&net))
+        .map_err(|e| format!("could not start the sshd's: {e}"));
+    let (fan_start, fan_ssh) = match &sshd {
+        Ok(ssh) => (Start::Ssh, Some(ssh.as_str())),
+        Err(_) => (Start::Agent, None),
+    };
     let fan_hosts: Vec<usize> = (1..=FAN_HOSTS).collect();
     let (mut starts, mut t_fan, mut t_two) = (Vec::new(), Vec::new(), Vec::new());
-    let mut connect_starts = Vec::new();
+    let (mut connect_starts, mut agent_starts) = (Vec::new(), Vec::new());
     for _ in 0..s.runs {
         // Started one by one (512 `ip netns exec`), for the start time only.
-        let (pool, workers, took) = tcp_pool(&token, &fan_hosts, FAN_PER_HOST, Start::Connect)?;
+        let (pool, workers, took) =
+            tcp_pool(&token, &fan_hosts, FAN_PER_HOST, Start::Connect, None)?;
         connect_starts.push(took.as_secs_f64());
         drop(pool);
         drop(workers);
+        if fan_start == Start::Ssh {
+            // Agents by `ip netns exec`, for the start time only: what ssh adds.
+            let (pool, workers, took) =
+                tcp_pool(&token, &fan_hosts, FAN_PER_HOST, Start::Agent, None)?;
+            agent_starts.push(took.as_secs_f64());
+            drop(pool);
+            drop(workers);
+        }
         // Started by a host agent per host: the way a cluster starts them.
-        let (pool, workers, took) = tcp_pool(&token, &fan_hosts, FAN_PER_HOST, Start::Agent)?;
+        let (pool, workers, took) = tcp_pool(&token, &fan_hosts, FAN_PER_HOST, fan_start, fan_ssh)?;
         starts.push(took.as_secs_f64());
         let (d, sum) = timed(|| pstream_double(&pool, n_double));
         check("pstream with 512 workers", sum?, n_double)?;
         t_fan.push(d.as_secs_f64());
         drop(pool);
         drop(workers);
-        let (pool, workers, _) = tcp_pool(&token, &[1, 2], 1, Start::Connect)?;
+        let (pool, workers, _) = tcp_pool(&token, &[1, 2], 1, Start::Connect, None)?;
         let (d, sum) = timed(|| pstream_double(&pool, n_double));
         check("pstream with 2 workers", sum?, n_double)?;
         t_two.push(d.as_secs_f64());
@@ -431,7 +487,10 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     }
     // Few lines: GNU parallel pays an ssh connection per line (most of a second here).
     let ssh_lines: u64 = if s.quick { 50 } else { 200 };
-    let ssh = ssh_race(&net, w, ssh_lines);
+    let ssh = match &sshd {
+        Ok(command) => ssh_race(command, w, ssh_lines),
+        Err(why) => Err(why.clone()),
+    };
     drop(net);
 
     let per_sec = |n: u64, t: &[f64]| n as f64 / median(t);
@@ -472,18 +531,39 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         "1.00".into(),
     ]);
     table.row(vec![
-        format!("`double`, {fan} workers on {FAN_HOSTS} hosts (agents), TCP"),
+        format!(
+            "`double`, {fan} workers on {FAN_HOSTS} hosts (agents{}), TCP",
+            if fan_start == Start::Ssh {
+                " by ssh"
+            } else {
+                ""
+            }
+        ),
         count(n_double),
         secs(median(&t_fan)),
         rate(per_sec(n_double, &t_fan)),
         ratio(fan_vs_two),
     ]);
     table.print();
+    let how = match fan_start {
+        Start::Ssh => {
+            "one agent per host started over ssh by the pool's launcher, \
+                       `HostLauncher::ssh(..).workers_per_host(32)` as `--ssh` does"
+        }
+        _ => "one agent per host started by `ip netns exec` (no sshd here)",
+    };
+    let by_hand = if agent_starts.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} with the agents started by `ip netns exec` instead of ssh",
+            secs(median(&agent_starts))
+        )
+    };
     println!(
-        "- {fan} workers on {FAN_HOSTS} hosts: all joined {} after the first host agent \
-         was started (one agent per host, `--agent --workers {FAN_PER_HOST}`; median of {} \
-         starts); {} when each worker is started by hand (`ip netns exec … --connect`, \
-         {fan} processes from this one)",
+        "- {fan} workers on {FAN_HOSTS} hosts: all joined {} after the pool was asked for \
+         them ({how}; median of {} starts){by_hand}; {} when each worker is started by \
+         hand (`ip netns exec … --connect`, {fan} processes from this one)",
         secs(start),
         starts.len(),
         secs(median(&connect_starts))
@@ -514,7 +594,14 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         Some(link_use >= 0.9),
     );
     summary.add(
-        &format!("fan-out: {fan} workers on {FAN_HOSTS} hosts start (host agents)"),
+        &format!(
+            "fan-out: {fan} workers on {FAN_HOSTS} hosts start (agents{})",
+            if fan_start == Start::Ssh {
+                " by ssh"
+            } else {
+                ""
+            }
+        ),
         secs(start),
         "< 5 s",
         Some(start < 5.0),
