@@ -8,291 +8,57 @@
 //! The tests take a lock, so that only one cluster is up at a time, and tear the
 //! cluster down when they end, passed or failed.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+#[path = "support/cluster.rs"]
+mod harness;
 
-use nix::fcntl::{Flock, FlockArg};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
-/// The simulated hosts' names are this and a number; the bridge and subnet are
-/// this file's own.
-const PREFIX: &str = "pscl-h";
-const BRIDGE: &str = "psclbr";
-const SUBNET: &str = "10.79.0";
+use harness::{
+    assert_every_host_worked, assert_workers_on_every_host, job, stats, wait_for_output, Cluster,
+    Coordinator, Guarded, Names, Services,
+};
+use harness::{bin, PATIENCE};
 
-/// A generous limit for anything that takes seconds: a hang guard, not a timing
-/// assertion.
-const PATIENCE: Duration = Duration::from_secs(120);
+/// This file's clusters: the simulated hosts' names are `pscl-h` and a number;
+/// the bridge, subnet and state directory are this file's own. The lock is shared
+/// with tests/launchers.rs, so that one of their clusters is up at a time.
+static NAMES: Names = Names {
+    tests: "the cluster tests",
+    root_for: "network namespaces",
+    prefix: "pscl-h",
+    bridge: "psclbr",
+    subnet: "10.79.0",
+    lock: "pstream-cluster-tests.lock",
+    state: "pstream-cluster",
+    sshd_port: None,
+    slurm_ports: None,
+};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_pstream-coord"))
+/// `hosts` simulated hosts, or `None` if the tests are skipped.
+fn up(hosts: usize) -> Option<Cluster> {
+    Cluster::up(&NAMES, hosts, Services::None)
 }
 
-fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/cluster")
-}
-
-/// Simulated hosts, up while this lives.
-struct Cluster {
-    state: tempfile::TempDir,
-    _lock: Flock<File>,
-}
-
-impl Cluster {
-    /// `hosts` namespaces on a bridge; `None` (after saying so) if the tests are
-    /// to be skipped.
-    fn up(hosts: usize) -> Option<Cluster> {
-        let root = nix::unistd::geteuid().is_root();
-        let ip = Command::new("ip")
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !(root && ip) {
-            let why = match (root, ip) {
-                (false, _) => "they need root (network namespaces)",
-                _ => "they need `ip` (iproute2: apt-get install iproute2)",
-            };
-            if std::env::var_os("PSTREAM_SKIP_CLUSTER").is_some() {
-                eprintln!("SKIPPED: the cluster tests ({why}; PSTREAM_SKIP_CLUSTER is set)");
-                return None;
-            }
-            panic!("the cluster tests cannot run: {why}; set PSTREAM_SKIP_CLUSTER=1 to skip them");
-        }
-        let lock = File::create(std::env::temp_dir().join("pstream-cluster-tests.lock"))
-            .expect("create the cluster tests' lock file");
-        let lock = Flock::lock(lock, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .expect("lock the cluster tests' lock file");
-        let cluster = Cluster {
-            state: tempfile::tempdir().unwrap(),
-            _lock: lock,
-        };
-        // Whatever a killed earlier run left behind goes first.
-        cluster.script("netns-down.sh", &[]);
-        cluster.script("netns-up.sh", &[&hosts.to_string()]);
-        Some(cluster)
-    }
-
-    /// Run one of the scripts, with this cluster's names; it must succeed.
-    fn script(&self, name: &str, args: &[&str]) {
-        let out = Command::new("bash")
-            .arg(scripts().join(name))
-            .args(args)
-            .env("CLUSTER_STATE_DIR", self.state.path())
-            .env("NETNS_PREFIX", PREFIX)
-            .env("NETNS_BRIDGE", BRIDGE)
-            .env("NETNS_SUBNET", SUBNET)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run {name}: {e}"));
-        assert!(
-            out.status.success(),
-            "{name} {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// The coordinator's address on the bridge.
-    fn coordinator_ip(&self) -> String {
-        format!("{SUBNET}.1")
-    }
-
-    /// Host `i`'s address.
-    fn host_ip(&self, i: usize) -> String {
-        format!("{SUBNET}.{}", i + 1)
-    }
-
-    /// A worker (pstream-coord serving its example functions) on host `i`.
-    fn worker(&self, i: usize, addr: &str, token: &Path) -> Guarded {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &format!("{PREFIX}{i}")])
-            .arg(bin())
-            .args(["--connect", addr, "--token-file"])
-            .arg(token)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .env_remove("RUST_LOG")
-            .spawn()
-            .expect("start a worker in a namespace");
-        Guarded(Some(child))
-    }
-
-    /// The processes running on host `i`.
-    fn pids(&self, i: usize) -> Vec<u32> {
-        let out = Command::new("ip")
-            .args(["netns", "pids", &format!("{PREFIX}{i}")])
-            .output()
-            .expect("ip netns pids");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    }
-
-    /// Wait until nothing runs on host `i`.
-    fn wait_empty(&self, i: usize, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let pids = self.pids(i);
-            if pids.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "host {i} still runs {pids:?} after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Also when the test failed: nothing is left behind.
-        let _ = Command::new("bash")
-            .arg(scripts().join("netns-down.sh"))
-            .env("CLUSTER_STATE_DIR", self.state.path())
-            .env("NETNS_PREFIX", PREFIX)
-            .env("NETNS_BRIDGE", BRIDGE)
-            .env("NETNS_SUBNET", SUBNET)
-            .stdin(Stdio::null())
-            .output();
-    }
-}
-
-/// A child process, killed and reaped when dropped.
-struct Guarded(Option<Child>);
-
-impl Guarded {
-    fn pid(&self) -> u32 {
-        self.0.as_ref().unwrap().id()
-    }
-
-    /// Wait for it to exit (with a deadline); its exit code.
-    fn wait(mut self, limit: Duration) -> Option<i32> {
-        let mut child = self.0.take().unwrap();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("a process did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A coordinator listening on the bridge, with its stderr read on a thread.
-struct Coordinator {
-    child: Guarded,
-    /// The `HOST:PORT` workers join at.
-    addr: String,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Coordinator {
-    fn start(cluster: &Cluster, dir: &Path, function: &str, extra: &[&str]) -> Coordinator {
-        let mut cmd = Command::new(bin());
-        cmd.args(["run", "--function", function, "--format", "jsonl"])
-            .args(["--listen", &format!("{}:0", cluster.coordinator_ip())])
-            .arg("--token-file")
-            .arg(dir.join("job.token"))
-            .arg("--input")
-            .arg(dir.join("in.txt"))
-            .arg("--output")
-            .arg(dir.join("out.txt"))
-            .arg("--stats-json")
-            .arg(dir.join("stats.json"))
-            .args(["--wait-workers", "60s"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
-        let mut child = cmd.spawn().expect("start the coordinator");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("coordinator: {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let child = Guarded(Some(child));
-        let deadline = Instant::now() + PATIENCE;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("the coordinator never said where it listens");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.split(';').next().unwrap().to_string();
-                break addr;
-            }
-        };
-        Coordinator {
-            child,
-            addr,
-            stderr: rx,
-        }
-    }
-
-    /// Wait for the job to end; its exit code and the rest of its stderr.
-    fn finish(self) -> (Option<i32>, String) {
-        let code = self.child.wait(PATIENCE);
-        let mut text = String::new();
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
-            text.push_str(&line);
-            text.push('\n');
-        }
-        (code, text)
-    }
-}
-
-/// Numbers 1..=n as input; the doubled numbers as the expected output.
-fn job(dir: &Path, n: u64) -> String {
-    let input: String = (1..=n).map(|i| format!("{i}\n")).collect();
-    std::fs::write(dir.join("in.txt"), input).unwrap();
-    pstream::protocol::auth::create_token_file(&dir.join("job.token")).unwrap();
-    (1..=n).map(|i| format!("{}\n", 2 * i)).collect()
-}
-
-fn stats(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap()
-}
-
-/// Wait until `path` has some bytes (the job is under way).
-fn wait_for_output(path: &Path) {
-    let deadline = Instant::now() + PATIENCE;
-    while std::fs::metadata(path).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "no output came");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A worker (pstream-coord serving its example functions) on host `i`.
+fn worker(cluster: &Cluster, i: usize, addr: &str, token: &Path) -> Guarded {
+    let child = cluster
+        .exec(i, bin())
+        .args(["--connect", addr, "--token-file"])
+        .arg(token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env_remove("RUST_LOG")
+        .spawn()
+        .expect("start a worker in a namespace");
+    Guarded::new(child)
 }
 
 #[test]
 fn a_job_across_three_hosts_is_exact_and_every_host_works() {
-    let Some(cluster) = Cluster::up(3) else {
+    let Some(cluster) = up(3) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -301,7 +67,7 @@ fn a_job_across_three_hosts_is_exact_and_every_host_works() {
     let token = dir.path().join("job.token");
     let workers: Vec<Guarded> = (1..=3)
         .flat_map(|i| [i, i])
-        .map(|i| cluster.worker(i, &coordinator.addr, &token))
+        .map(|i| worker(&cluster, i, &coordinator.addr, &token))
         .collect();
     let (code, stderr) = coordinator.finish();
     assert_eq!(code, Some(0), "{stderr}");
@@ -311,26 +77,20 @@ fn a_job_across_three_hosts_is_exact_and_every_host_works() {
         "the output differs from the one-machine result"
     );
     let stats = stats(dir.path());
-    for i in 1..=3 {
-        let host = &stats["hosts"][cluster.host_ip(i)];
-        assert!(
-            host["items"].as_u64() > Some(0),
-            "host {i} did no work: {stats}"
-        );
-    }
+    assert_every_host_worked(&cluster, &stats, 1..=3);
     assert_eq!(stats["items_failed"], 0, "{stats}");
     // Told to shut down, the workers exit 0.
     for w in workers {
         assert_eq!(w.wait(PATIENCE), Some(0));
     }
     for i in 1..=3 {
-        cluster.wait_empty(i, PATIENCE);
+        cluster.wait_idle(i, PATIENCE);
     }
 }
 
 #[test]
 fn a_host_cut_off_mid_job_loses_nothing_and_its_workers_exit() {
-    let Some(cluster) = Cluster::up(3) else {
+    let Some(cluster) = up(3) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -344,13 +104,13 @@ fn a_host_cut_off_mid_job_loses_nothing_and_its_workers_exit() {
     let token = dir.path().join("job.token");
     let workers: Vec<Guarded> = (1..=3)
         .flat_map(|i| [i, i])
-        .map(|i| cluster.worker(i, &coordinator.addr, &token))
+        .map(|i| worker(&cluster, i, &coordinator.addr, &token))
         .collect();
-    wait_for_output(&dir.path().join("out.txt"));
-    cluster.script("netns-partition.sh", &["cut", "2"]);
+    wait_for_output(&dir.path().join("out.txt"), PATIENCE);
+    cluster.cut(2);
     let (code, stderr) = coordinator.finish();
     // Healed after the job: whatever host 2 sends now reaches nobody.
-    cluster.script("netns-partition.sh", &["heal", "2"]);
+    cluster.heal(2);
     assert_eq!(code, Some(0), "{stderr}");
     let out = std::fs::read_to_string(dir.path().join("out.txt")).unwrap();
     assert!(out == expected, "the output is not exact");
@@ -364,13 +124,13 @@ fn a_host_cut_off_mid_job_loses_nothing_and_its_workers_exit() {
     );
     assert!(stats["lost_workers"].as_u64() >= Some(1), "{stats}");
     // The cut host's workers give their silent coordinator up and exit.
-    cluster.wait_empty(2, Duration::from_secs(60));
+    cluster.wait_idle(2, Duration::from_secs(60));
     drop(workers);
 }
 
 #[test]
 fn a_coordinator_killed_leaves_no_worker_on_any_host() {
-    let Some(cluster) = Cluster::up(3) else {
+    let Some(cluster) = up(3) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -383,16 +143,15 @@ fn a_coordinator_killed_leaves_no_worker_on_any_host() {
     );
     let token = dir.path().join("job.token");
     let workers: Vec<Guarded> = (1..=3)
-        .map(|i| cluster.worker(i, &coordinator.addr, &token))
+        .map(|i| worker(&cluster, i, &coordinator.addr, &token))
         .collect();
-    wait_for_output(&dir.path().join("out.txt"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(coordinator.child.pid() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    wait_for_output(&dir.path().join("out.txt"), PATIENCE);
+    coordinator
+        .run
+        .child
+        .signal(nix::sys::signal::Signal::SIGKILL);
     for i in 1..=3 {
-        cluster.wait_empty(i, Duration::from_secs(30));
+        cluster.wait_idle(i, Duration::from_secs(30));
     }
     drop(workers);
     drop(coordinator);
@@ -400,7 +159,7 @@ fn a_coordinator_killed_leaves_no_worker_on_any_host() {
 
 #[test]
 fn a_host_that_joins_mid_job_takes_work() {
-    let Some(cluster) = Cluster::up(4) else {
+    let Some(cluster) = up(4) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -408,11 +167,11 @@ fn a_host_that_joins_mid_job_takes_work() {
     let coordinator = Coordinator::start(&cluster, dir.path(), "slow_double", &[]);
     let token = dir.path().join("job.token");
     let mut workers: Vec<Guarded> = (1..=3)
-        .map(|i| cluster.worker(i, &coordinator.addr, &token))
+        .map(|i| worker(&cluster, i, &coordinator.addr, &token))
         .collect();
-    wait_for_output(&dir.path().join("out.txt"));
+    wait_for_output(&dir.path().join("out.txt"), PATIENCE);
     // A fourth host, started late.
-    workers.push(cluster.worker(4, &coordinator.addr, &token));
+    workers.push(worker(&cluster, 4, &coordinator.addr, &token));
     let (code, stderr) = coordinator.finish();
     assert_eq!(code, Some(0), "{stderr}");
     let out = std::fs::read_to_string(dir.path().join("out.txt")).unwrap();
@@ -439,7 +198,7 @@ fn five_hundred_and_twelve_workers_on_sixteen_hosts_are_exact_and_the_coordinato
     const HOSTS: usize = 16;
     const PER_HOST: usize = 32;
     const LIMIT_KIB: u64 = 64 << 10;
-    let Some(cluster) = Cluster::up(HOSTS) else {
+    let Some(cluster) = up(HOSTS) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -456,7 +215,7 @@ fn five_hundred_and_twelve_workers_on_sixteen_hosts_are_exact_and_the_coordinato
     let token = dir.path().join("job.token");
     let workers: Vec<Guarded> = (1..=HOSTS)
         .flat_map(|i| std::iter::repeat_n(i, PER_HOST))
-        .map(|i| cluster.worker(i, &coordinator.addr, &token))
+        .map(|i| worker(&cluster, i, &coordinator.addr, &token))
         .collect();
     let (code, stderr) = coordinator.finish();
     assert_eq!(code, Some(0), "{stderr}");
@@ -464,14 +223,8 @@ fn five_hundred_and_twelve_workers_on_sixteen_hosts_are_exact_and_the_coordinato
     assert!(out == expected, "the output is not exact");
     let stats = stats(dir.path());
     assert_eq!(stats["items_failed"], 0, "{stats}");
-    for i in 1..=HOSTS {
-        let host = &stats["hosts"][cluster.host_ip(i)];
-        assert_eq!(host["workers"], PER_HOST, "host {i}: {stats}");
-        assert!(
-            host["items"].as_u64() > Some(0),
-            "host {i} did no work: {stats}"
-        );
-    }
+    assert_workers_on_every_host(&cluster, &stats, 1..=HOSTS, PER_HOST);
+    assert_every_host_worked(&cluster, &stats, 1..=HOSTS);
     let peak = stats["peak_rss_kib"]
         .as_u64()
         .expect("the peak RSS is known");
@@ -484,6 +237,6 @@ fn five_hundred_and_twelve_workers_on_sixteen_hosts_are_exact_and_the_coordinato
         assert_eq!(w.wait(PATIENCE), Some(0));
     }
     for i in 1..=HOSTS {
-        cluster.wait_empty(i, PATIENCE);
+        cluster.wait_idle(i, PATIENCE);
     }
 }

@@ -11,326 +11,58 @@
 //! so that one cluster is up at a time, and tear everything down when they end,
 //! passed or failed.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+#[path = "support/cluster.rs"]
+mod harness;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use harness::{
+    assert_every_host_worked, assert_workers_on_every_host, bin, poll, read_json, stats,
+    write_numbers, Cluster, Names, Run, Services,
+};
 
-/// The simulated hosts' names are this and a number; bridge, subnet and ports
-/// are this file's own.
-const PREFIX: &str = "psln-h";
-const BRIDGE: &str = "pslnbr";
-const SUBNET: &str = "10.81.0";
-const SSHD_PORT: &str = "2251";
-const SLURM_CTLD_PORT: &str = "16851";
-const SLURM_SLURMD_PORT: &str = "16852";
+/// This file's clusters: the simulated hosts' names are `psln-h` and a number;
+/// bridge, subnet, ports and state directory are this file's own. The lock is
+/// shared with tests/cluster.rs, so that one of their clusters is up at a time.
+static NAMES: Names = Names {
+    tests: "the launcher tests",
+    root_for: "network namespaces, sshd, slurmd",
+    prefix: "psln-h",
+    bridge: "pslnbr",
+    subnet: "10.81.0",
+    lock: "pstream-cluster-tests.lock",
+    state: "pstream-launchers-cluster",
+    sshd_port: Some(2251),
+    slurm_ports: Some((16851, 16852)),
+};
 
 /// A generous limit for anything that takes seconds: a hang guard, not a timing
 /// assertion.
 const PATIENCE: Duration = Duration::from_secs(180);
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_pstream-coord"))
-}
-
-fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/cluster")
-}
-
-/// What a cluster runs besides its hosts.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Services {
-    Ssh,
-    Slurm,
-}
-
-/// Simulated hosts with an sshd or a slurmd each, up while this lives.
-struct Cluster {
-    state: State,
-    services: Services,
-    _lock: Flock<File>,
-}
-
-impl Cluster {
-    /// `hosts` namespaces on a bridge, with `services`; `None` (after saying so)
-    /// if the tests are to be skipped.
-    fn up(hosts: usize, services: Services) -> Option<Cluster> {
-        if !nix::unistd::geteuid().is_root() {
-            let why = "they need root (network namespaces, sshd, slurmd)";
-            if std::env::var_os("PSTREAM_SKIP_CLUSTER").is_some() {
-                eprintln!("SKIPPED: the launcher tests ({why}; PSTREAM_SKIP_CLUSTER is set)");
-                return None;
-            }
-            panic!("the launcher tests cannot run: {why}; set PSTREAM_SKIP_CLUSTER=1 to skip them");
-        }
-        let lock = File::create(std::env::temp_dir().join("pstream-cluster-tests.lock"))
-            .expect("create the cluster tests' lock file");
-        let lock = Flock::lock(lock, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .expect("lock the cluster tests' lock file");
-        // One fixed place (this file's clusters are one at a time, under the lock):
-        // a run killed before its teardown leaves its PIDs there, for the next run
-        // (and .ci/run's trap) to stop.
-        let state = State(std::env::temp_dir().join("pstream-launchers-cluster"));
-        std::fs::create_dir_all(state.path()).unwrap();
-        // munged refuses a socket under a directory that is not world-executable.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let cluster = Cluster {
-            state,
-            services,
-            _lock: lock,
-        };
-        // Whatever a killed earlier run left behind goes first.
-        cluster.down();
-        cluster.script("netns-up.sh", &[&hosts.to_string()]);
-        match services {
-            Services::Ssh => cluster.script("sshd-up.sh", &[]),
-            Services::Slurm => cluster.script("slurm-up.sh", &[]),
-        }
-        Some(cluster)
-    }
-
-    fn command(&self, name: &str) -> Command {
-        let mut cmd = Command::new("bash");
-        cmd.arg(scripts().join(name))
-            .env("CLUSTER_STATE_DIR", self.state.path())
-            .env("NETNS_PREFIX", PREFIX)
-            .env("NETNS_BRIDGE", BRIDGE)
-            .env("NETNS_SUBNET", SUBNET)
-            .env("SSHD_PORT", SSHD_PORT)
-            .env("SLURM_CTLD_PORT", SLURM_CTLD_PORT)
-            .env("SLURM_SLURMD_PORT", SLURM_SLURMD_PORT)
-            .env("SLURM_NETNS", "1")
-            // Two workers per node at most: the machine is shared.
-            .env("SLURM_CPUS", "2")
-            // The script's own smoke test (srun -N1 -n2, then srun -N3) failed
-            // once when the second found the first's CPUs still held ("queued
-            // and waiting for resources"); the tests here use the cluster fully.
-            .env("SLURM_SKIP_SMOKE", "1")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Run one of the scripts, with this cluster's names; it must succeed.
-    fn script(&self, name: &str, args: &[&str]) {
-        let out = self
-            .command(name)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {name}: {e}"));
-        assert!(
-            out.status.success(),
-            "{name} {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Everything down, in the scripts' order: slurm, sshd, namespaces.
-    fn down(&self) {
-        let scripts: &[&str] = match self.services {
-            Services::Ssh => &["sshd-down.sh", "netns-down.sh"],
-            Services::Slurm => &["slurm-down.sh", "netns-down.sh"],
-        };
-        for name in scripts {
-            let _ = self.command(name).output();
-        }
-    }
-
-    /// Host `i`'s address.
-    fn host_ip(&self, i: usize) -> String {
-        format!("{SUBNET}.{}", i + 1)
-    }
-
-    /// The ssh command for `--ssh-command`: this cluster's port and key.
-    fn ssh_command(&self) -> String {
-        format!(
-            "ssh -p {SSHD_PORT} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-             -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=5",
-            self.state.path().join("sshd/id_ed25519").display()
-        )
-    }
-
-    /// A Slurm client command (`salloc`, `sbatch`, `scontrol`) for this cluster.
-    fn slurm(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        for (name, _) in std::env::vars_os() {
-            // Not inside another allocation's variables.
-            if name.to_string_lossy().starts_with("SLURM_") {
-                cmd.env_remove(name);
-            }
-        }
-        cmd.env("SLURM_CONF", self.state.path().join("slurm/slurm.conf"));
-        cmd
-    }
-
-    /// The processes running on host `i`.
-    fn pids(&self, i: usize) -> Vec<u32> {
-        let out = Command::new("ip")
-            .args(["netns", "pids", &format!("{PREFIX}{i}")])
-            .output()
-            .expect("ip netns pids");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    }
-
-    /// The command lines of what runs on host `i` (its sshd or slurmd aside).
-    fn commands(&self, i: usize) -> Vec<String> {
-        self.pids(i)
-            .into_iter()
-            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| !c.contains("/usr/sbin/sshd -D") && !c.contains("slurmd"))
-            .collect()
-    }
-
-    /// Wait until only the host's sshd (or slurmd) runs there.
-    fn wait_idle(&self, i: usize, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = self.commands(i);
-            if left.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "host {i} still runs {left:?} after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Also when the test failed: nothing is left behind.
-        self.down();
-        let _ = std::fs::remove_dir_all(self.state.path());
-    }
-}
-
-/// The clusters' state directory (`CLUSTER_STATE_DIR`).
-struct State(PathBuf);
-
-impl State {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-/// A child process, killed and reaped when dropped.
-struct Guarded(Option<Child>);
-
-impl Guarded {
-    /// Wait for it to exit (with a deadline); its exit code.
-    fn wait(mut self, limit: Duration) -> Option<i32> {
-        let mut child = self.0.take().unwrap();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("a process did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.0
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A `pstream-coord run` (or any command), its stderr read on a thread.
-struct Run {
-    child: Guarded,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Run {
-    fn start(mut cmd: Command) -> Run {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
-        let mut child = cmd.spawn().expect("start the coordinator");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("coordinator: {line}");
-                let _ = tx.send(line);
-            }
-        });
-        Run {
-            child: Guarded(Some(child)),
-            stderr: rx,
-        }
-    }
-
-    /// Wait for it to end; its exit code and its stderr.
-    fn finish(self) -> (Option<i32>, String) {
-        let code = self.child.wait(PATIENCE);
-        let mut text = String::new();
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
-            text.push_str(&line);
-            text.push('\n');
-        }
-        (code, text)
-    }
+/// `hosts` simulated hosts with `services`, or `None` if the tests are skipped.
+fn up(hosts: usize, services: Services) -> Option<Cluster> {
+    Cluster::up(&NAMES, hosts, services)
 }
 
 /// `pstream-coord run` of `slow_double` over the job in `dir`.
 fn coordinator(dir: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.args(["run", "--function", "slow_double", "--format", "jsonl"])
-        .arg("--input")
-        .arg(dir.join("in.txt"))
-        .arg("--output")
-        .arg(dir.join("out.txt"))
-        .arg("--stats-json")
-        .arg(dir.join("stats.json"))
-        .args(["--wait-workers", "60s"])
-        .args(extra);
-    cmd
+    harness::run_command(dir, "slow_double", extra)
 }
 
 /// Numbers 1..=n as input; the output of the same job on this machine alone.
 fn job(dir: &Path, n: u64) -> Vec<u8> {
-    let input: String = (1..=n).map(|i| format!("{i}\n")).collect();
-    std::fs::write(dir.join("in.txt"), input).unwrap();
+    write_numbers(dir, n);
     let local = tempfile::tempdir().unwrap();
     std::fs::copy(dir.join("in.txt"), local.path().join("in.txt")).unwrap();
-    let (code, stderr) = Run::start(coordinator(local.path(), &["--workers", "2"])).finish();
+    let (code, stderr) =
+        Run::start(coordinator(local.path(), &["--workers", "2"])).finish(PATIENCE);
     assert_eq!(code, Some(0), "the one-machine run failed: {stderr}");
     let out = std::fs::read(local.path().join("out.txt")).unwrap();
     assert!(out.len() as u64 > n, "the one-machine run wrote too little");
     out
-}
-
-fn stats(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap()
 }
 
 /// The `pstream.*` directories that `--transfer` makes in the hosts' temporary
@@ -349,7 +81,7 @@ fn transferred() -> Vec<PathBuf> {
 
 #[test]
 fn ssh_to_three_hosts_is_exact_and_every_host_works() {
-    let Some(cluster) = Cluster::up(3, Services::Ssh) else {
+    let Some(cluster) = up(3, Services::Ssh) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -373,7 +105,7 @@ fn ssh_to_three_hosts_is_exact_and_every_host_works() {
             "--transfer",
         ],
     ));
-    let (code, stderr) = run.finish();
+    let (code, stderr) = run.finish(PATIENCE);
     assert_eq!(code, Some(0), "{stderr}");
     let out = std::fs::read(dir.path().join("out.txt")).unwrap();
     assert!(
@@ -381,13 +113,7 @@ fn ssh_to_three_hosts_is_exact_and_every_host_works() {
         "the output differs from the one-machine run's"
     );
     let stats = stats(dir.path());
-    for i in 1..=3 {
-        let host = &stats["hosts"][cluster.host_ip(i)];
-        assert!(
-            host["items"].as_u64() > Some(0),
-            "host {i} did no work: {stats}"
-        );
-    }
+    assert_every_host_worked(&cluster, &stats, 1..=3);
     assert_eq!(stats["items_failed"], 0, "{stats}");
     // Agents and workers are gone from every host, and so are the copies.
     for i in 1..=3 {
@@ -398,7 +124,7 @@ fn ssh_to_three_hosts_is_exact_and_every_host_works() {
 
 #[test]
 fn the_token_is_on_no_command_line_and_in_no_environment() {
-    let Some(cluster) = Cluster::up(2, Services::Ssh) else {
+    let Some(cluster) = up(2, Services::Ssh) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -451,20 +177,20 @@ fn the_token_is_on_no_command_line_and_in_no_environment() {
         looks += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (code, stderr) = run.finish();
+    let (code, stderr) = run.finish(PATIENCE);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(agents_seen, "no agent was seen running in {looks} looks");
 }
 
 #[test]
 fn a_host_whose_ssh_fails_is_named_and_the_others_do_the_job() {
-    let Some(cluster) = Cluster::up(3, Services::Ssh) else {
+    let Some(cluster) = up(3, Services::Ssh) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let expected = job(dir.path(), 60_000);
     // Host 3 is down (its cable pulled); host 2 refuses the user.
-    cluster.script("netns-partition.sh", &["cut", "3"]);
+    cluster.cut(3);
     let down = format!("root@{}", cluster.host_ip(3));
     let refused = format!("nobody@{}", cluster.host_ip(2));
     let hosts = [
@@ -484,8 +210,8 @@ fn a_host_whose_ssh_fails_is_named_and_the_others_do_the_job() {
             "2",
         ],
     ))
-    .finish();
-    cluster.script("netns-partition.sh", &["heal", "3"]);
+    .finish(PATIENCE);
+    cluster.heal(3);
     assert_eq!(code, Some(0), "{stderr}");
     let out = std::fs::read(dir.path().join("out.txt")).unwrap();
     assert!(out == expected, "the output is not exact");
@@ -502,12 +228,12 @@ fn a_host_whose_ssh_fails_is_named_and_the_others_do_the_job() {
 
     // No host at all (no sshd on port 2): a clear error naming each, at once.
     let hosts = [1, 2].map(|i| format!("root@{}", cluster.host_ip(i)));
-    let ssh = ssh.replace(&format!("-p {SSHD_PORT}"), "-p 2");
+    let ssh = ssh.replace(&format!("-p {}", NAMES.sshd_port.unwrap()), "-p 2");
     let (code, stderr) = Run::start(coordinator(
         dir.path(),
         &["--ssh", &hosts.join(","), "--ssh-command", &ssh],
     ))
-    .finish();
+    .finish(PATIENCE);
     assert_eq!(code, Some(3), "{stderr}");
     let failed = stderr
         .lines()
@@ -564,7 +290,7 @@ fn hash_job(dir: &Path, n: usize) -> Vec<u8> {
         .arg(dir.join("files.txt"))
         .arg("--output")
         .arg(dir.join("local.txt"));
-    let (code, stderr) = Run::start(cmd).finish();
+    let (code, stderr) = Run::start(cmd).finish(PATIENCE);
     assert_eq!(code, Some(0), "the one-machine run failed: {stderr}");
     let sums = std::fs::read(dir.join("local.txt")).unwrap();
     std::fs::remove_file(dir.join("local.txt")).unwrap();
@@ -574,7 +300,7 @@ fn hash_job(dir: &Path, n: usize) -> Vec<u8> {
 
 #[test]
 fn the_slurm_launcher_under_salloc_is_exact_with_workers_on_every_node() {
-    let Some(cluster) = Cluster::up(3, Services::Slurm) else {
+    let Some(cluster) = up(3, Services::Slurm) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -584,7 +310,7 @@ fn the_slurm_launcher_under_salloc_is_exact_with_workers_on_every_node() {
         .args(["-N3", "--ntasks-per-node=2", "--time=5"])
         .arg(bin())
         .args(coordinator(dir.path(), &["--launcher", "slurm"]).get_args());
-    let (code, stderr) = Run::start(salloc).finish();
+    let (code, stderr) = Run::start(salloc).finish(PATIENCE);
     assert_eq!(code, Some(0), "{stderr}");
     let out = std::fs::read(dir.path().join("out.txt")).unwrap();
     assert!(
@@ -592,14 +318,8 @@ fn the_slurm_launcher_under_salloc_is_exact_with_workers_on_every_node() {
         "the output differs from the one-machine run's"
     );
     let stats = stats(dir.path());
-    for i in 1..=3 {
-        let host = &stats["hosts"][cluster.host_ip(i)];
-        assert_eq!(host["workers"], 2, "host {i}: {stats}");
-        assert!(
-            host["items"].as_u64() > Some(0),
-            "host {i} did no work: {stats}"
-        );
-    }
+    assert_workers_on_every_host(&cluster, &stats, 1..=3, 2);
+    assert_every_host_worked(&cluster, &stats, 1..=3);
     for i in 1..=3 {
         cluster.wait_idle(i, Duration::from_secs(30));
     }
@@ -621,7 +341,7 @@ fn documented_sbatch_script() -> String {
 
 #[test]
 fn the_documented_sbatch_script_runs_exactly() {
-    let Some(cluster) = Cluster::up(3, Services::Slurm) else {
+    let Some(cluster) = up(3, Services::Slurm) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -651,8 +371,7 @@ fn the_documented_sbatch_script_runs_exactly() {
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     // Its end, from scontrol (a completed job stays visible for a minute).
-    let deadline = Instant::now() + PATIENCE;
-    let record = loop {
+    let record = poll(PATIENCE, Duration::from_millis(200), || {
         let out = cluster
             .slurm("scontrol")
             .args(["show", "job", "-o", &id])
@@ -662,12 +381,11 @@ fn the_documented_sbatch_script_runs_exactly() {
         let ended = ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"]
             .iter()
             .any(|s| record.contains(&format!("JobState={s} ")));
-        if ended {
-            break record;
+        match ended {
+            true => Ok(record),
+            false => Err(format!("job {id} did not end: {record}")),
         }
-        assert!(Instant::now() < deadline, "job {id} did not end: {record}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
     let log =
         std::fs::read_to_string(dir.path().join(format!("pstream-{id}.log"))).unwrap_or_default();
     assert!(
@@ -682,15 +400,8 @@ fn the_documented_sbatch_script_runs_exactly() {
     // Workers on every node (2 CPUs each: --ntasks-per-node=2; the 40 MB to hash
     // take the job long enough for all to join). Whether each got items is up
     // to the race: 3,000 items fit in the one batch of the first to join.
-    let stats = stats_at(&dir.path().join(format!("stats-{id}.json")));
-    for i in 1..=3 {
-        let host = &stats["hosts"][cluster.host_ip(i)];
-        assert_eq!(host["workers"], 2, "host {i}: {stats}");
-    }
-}
-
-fn stats_at(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    let stats = read_json(&dir.path().join(format!("stats-{id}.json")));
+    assert_workers_on_every_host(&cluster, &stats, 1..=3, 2);
 }
 
 #[test]
