@@ -7,18 +7,15 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::OFlag;
 use pstream_protocol::auth::Token;
 use pstream_protocol::ENV_TOKEN_FD;
 
-use nix::sys::signal::{
-    kill, killpg, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
-};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -307,13 +304,7 @@ pub(crate) fn spawn(
     extra_env: &[(&str, String)],
     token: Option<&Token>,
 ) -> io::Result<Proc> {
-    let mut cmd = Command::new(&command.program);
-    if command.program.as_os_str() == "/proc/self/exe" {
-        // Show the real program in `ps`, not the link we exec through.
-        if let Ok(exe) = std::env::current_exe() {
-            cmd.arg0(exe);
-        }
-    }
+    let mut cmd = pstream_worker::spawn::worker_command(&command.program);
     // Its stdout and stderr: one pipe, ours to read (see `Output`). Its stdout must
     // never mix into a job's output, which may be ours.
     let (pipe, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -323,65 +314,16 @@ pub(crate) fn spawn(
         .envs(extra_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::from(write_end.try_clone()?))
-        .stderr(Stdio::from(write_end))
-        .process_group(0);
+        .stderr(Stdio::from(write_end));
     // Close-on-exec in this process, so no other child inherits it; cleared in this
     // child alone, between fork and exec.
-    let token_pipe = match token {
-        Some(token) => {
-            let pipe = Arc::new(token_pipe(token)?);
-            cmd.env(ENV_TOKEN_FD, pipe.as_raw_fd().to_string());
-            Some(pipe)
-        }
-        None => None,
-    };
-    let parent = nix::unistd::getpid();
-    let memory_limit = command.memory_limit;
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (sigaction, sigprocmask, fcntl, prctl, getppid,
-    // setrlimit). It allocates nothing: its errors are errno values (an `io::Error`
-    // made from an errno holds the number, no box), which is also all that the
-    // standard library passes back to the parent. Setting an action to "default" or
-    // "ignore" installs no handler of ours: the disposition survives exec and no
-    // code of this process runs on a signal.
-    unsafe {
-        cmd.pre_exec(move || {
-            // A clean slate: the coordinator may block signals (pstream-coord blocks
-            // SIGINT, SIGTERM and SIGHUP for its signal thread) or run with some
-            // ignored (nohup, a shell's `&`), and a worker and its functions'
-            // children would inherit both through exec.
-            for signal in Signal::iterator() {
-                if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
-                    let default =
-                        SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-                    nix::sys::signal::sigaction(signal, &default)?;
-                }
-            }
-            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-            // A worker is a background process group of the coordinator's terminal,
-            // if it has one: with `stty tostop`, its first write to the terminal
-            // (a function's stderr) would stop it until the time limit killed it.
-            nix::sys::signal::signal(Signal::SIGTTOU, nix::sys::signal::SigHandler::SigIgn)?;
-            nix::sys::signal::signal(Signal::SIGTTIN, nix::sys::signal::SigHandler::SigIgn)?;
-            if let Some(pipe) = &token_pipe {
-                // The parent holds the pipe until `spawn` returns: it is open here.
-                fcntl(&**pipe, FcntlArg::F_SETFD(FdFlag::empty()))?;
-            }
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // The parent may have died before the prctl: then nobody would kill us.
-            if nix::unistd::getppid() != parent {
-                return Err(nix::errno::Errno::ESRCH.into());
-            }
-            if let Some(limit) = memory_limit {
-                nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_AS,
-                    limit,
-                    limit,
-                )?;
-            }
-            Ok(())
-        });
+    let mut inherit = Vec::new();
+    if let Some(token) = token {
+        let pipe = Arc::new(token_pipe(token)?);
+        cmd.env(ENV_TOKEN_FD, pipe.as_raw_fd().to_string());
+        inherit.push(pipe);
     }
+    pstream_worker::spawn::worker_rules(&mut cmd, inherit, command.memory_limit);
     let child = cmd.spawn()?;
     // Our copies of the pipe's write end go with the command: the pipe ends when the
     // worker (and whatever it started) is done with it.
@@ -424,6 +366,7 @@ fn token_pipe(token: &Token) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::signal::{SigSet, SigmaskHow};
 
     fn sh(script: &str) -> WorkerCommand {
         WorkerCommand {

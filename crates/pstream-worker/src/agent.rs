@@ -16,17 +16,14 @@
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{
-    kill, killpg, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
-};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 use pstream_protocol::auth::Token;
@@ -891,11 +888,7 @@ fn pump(pipe: OwnedFd, ready: Arc<OwnedFd>, output: Arc<Output>, done: Sender<()
 /// Start a worker: this very program, re-executed, joining the coordinator with
 /// the token on a pipe and the agent's id in its environment.
 fn start(spec: &Spec) -> std::io::Result<(Arc<Child>, Arc<Output>, Arc<OwnedFd>)> {
-    let mut cmd = Command::new("/proc/self/exe");
-    if let Ok(exe) = std::env::current_exe() {
-        // Show the real program in `ps`, not the link we exec through.
-        cmd.arg0(exe);
-    }
+    let mut cmd = crate::spawn::worker_command("/proc/self/exe");
     let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     fcntl(&ready_read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
@@ -914,47 +907,12 @@ fn start(spec: &Spec) -> std::io::Result<(Arc<Child>, Arc<Output>, Arc<OwnedFd>)
         .env(ENV_MAX_FRAME, terms.max_frame.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_write.try_clone()?))
-        .stderr(Stdio::from(out_write))
-        .process_group(0);
-    let parent = nix::unistd::getpid();
-    let memory_limit = terms.memory_limit;
-    let inherited = [Arc::clone(&token), Arc::clone(&ready_write)];
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (sigaction, sigprocmask, fcntl, prctl,
-    // getppid, setrlimit); it allocates nothing (its errors are errno values).
-    // Setting an action to "default" or "ignore" installs no handler of ours.
-    unsafe {
-        cmd.pre_exec(move || {
-            // A clean slate, whatever the agent inherited from ssh or srun.
-            for signal in Signal::iterator() {
-                if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
-                    let default =
-                        SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-                    nix::sys::signal::sigaction(signal, &default)?;
-                }
-            }
-            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-            nix::sys::signal::signal(Signal::SIGTTOU, SigHandler::SigIgn)?;
-            nix::sys::signal::signal(Signal::SIGTTIN, SigHandler::SigIgn)?;
-            // Inherited by this child alone (close-on-exec in the agent).
-            for fd in &inherited {
-                fcntl(&**fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-            }
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // The agent may have died before the prctl: then nobody would kill us.
-            if nix::unistd::getppid() != parent {
-                return Err(nix::errno::Errno::ESRCH.into());
-            }
-            if let Some(limit) = memory_limit {
-                nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_AS,
-                    limit,
-                    limit,
-                )?;
-            }
-            Ok(())
-        });
-    }
+        .stderr(Stdio::from(out_write));
+    // Its own group, a clean slate of signals (whatever the agent inherited from
+    // ssh or srun), the token and ready pipes, death with the agent, the job's
+    // memory limit: the coordinator's rules for its own workers.
+    let inherited = vec![Arc::clone(&token), Arc::clone(&ready_write)];
+    crate::spawn::worker_rules(&mut cmd, inherited, terms.memory_limit);
     let spawned = cmd.spawn()?;
     // Our copies of the write ends go with the command: the output pipe ends when
     // the worker and its group are done with it.

@@ -28,6 +28,8 @@ mod group;
 mod line;
 mod registry;
 mod serve;
+#[doc(hidden)]
+pub mod spawn;
 mod state;
 mod stream;
 

@@ -1,0 +1,91 @@
+//! How a worker process is started: the rules that the coordinator (for its local
+//! workers) and a host agent (for its host's workers) both start one under, kept in
+//! this one place so that the two cannot drift apart. The worker crate holds them
+//! because the coordinator may depend on it, while the protocol crate knows no
+//! processes.
+
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Arc;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::signal::{sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+
+/// A command for `program`; when that is `/proc/self/exe` (this very program,
+/// re-executed), its `argv[0]` names the real program, so that `ps` shows it rather
+/// than the link it is executed through.
+pub fn worker_command(program: impl AsRef<OsStr>) -> Command {
+    let program = program.as_ref();
+    let mut cmd = Command::new(program);
+    if program == "/proc/self/exe" {
+        if let Ok(exe) = std::env::current_exe() {
+            cmd.arg0(exe);
+        }
+    }
+    cmd
+}
+
+/// Sets on `cmd` the rules every worker starts under:
+///
+/// * its own process group (a terminal's Ctrl-C goes to its parent, which decides;
+///   the processes its functions start join that group, killed whole when the
+///   worker ends);
+/// * no signal blocked and every signal's action the default but SIGTTOU's and
+///   SIGTTIN's (ignored), whatever its parent blocks or ignores;
+/// * the descriptors of `inherit` (close-on-exec in the parent) inherited by this
+///   child alone; the command holds them open until it is dropped;
+/// * killed with SIGKILL when the thread that starts it ends (`PR_SET_PDEATHSIG`),
+///   and not started at all if its parent is already gone;
+/// * with `memory_limit`, that many bytes of address space at most (`RLIMIT_AS`).
+pub fn worker_rules(cmd: &mut Command, inherit: Vec<Arc<OwnedFd>>, memory_limit: Option<u64>) {
+    cmd.process_group(0);
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (sigaction, sigprocmask, fcntl, prctl, getppid,
+    // setrlimit). It allocates nothing: its errors are errno values (an `io::Error`
+    // made from an errno holds the number, no box), which is also all that the
+    // standard library passes back to the parent. Setting an action to "default" or
+    // "ignore" installs no handler of ours: the disposition survives exec and no
+    // code of this process runs on a signal.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A clean slate: the parent may block signals (pstream-coord blocks
+            // SIGINT, SIGTERM and SIGHUP for its signal thread) or run with some
+            // ignored (nohup, a shell's `&`, whatever ssh or srun left an agent),
+            // and a worker and its functions' children would inherit both through
+            // exec.
+            for signal in Signal::iterator() {
+                if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+                    let default =
+                        SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+                    nix::sys::signal::sigaction(signal, &default)?;
+                }
+            }
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            // A worker is a background process group of its parent's terminal, if
+            // there is one: with `stty tostop`, its first write to the terminal (a
+            // function's stderr) would stop it until the time limit killed it.
+            nix::sys::signal::signal(Signal::SIGTTOU, SigHandler::SigIgn)?;
+            nix::sys::signal::signal(Signal::SIGTTIN, SigHandler::SigIgn)?;
+            // The parent holds them until the command is dropped: open here.
+            for fd in &inherit {
+                fcntl(&**fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            }
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The parent may have died before the prctl: then nobody would kill us.
+            if nix::unistd::getppid() != parent {
+                return Err(nix::errno::Errno::ESRCH.into());
+            }
+            if let Some(limit) = memory_limit {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_AS,
+                    limit,
+                    limit,
+                )?;
+            }
+            Ok(())
+        });
+    }
+}
