@@ -12,14 +12,13 @@
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pstream_protocol::auth::Token;
 
@@ -856,32 +855,10 @@ fn run(
         cmd.stdout(Stdio::from(write_end.try_clone()?));
     }
     cmd.stderr(Stdio::from(write_end));
-    cmd.process_group(0);
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (sigaction, sigprocmask, prctl, getppid); it
-    // allocates nothing (its errors are errno values). Setting an action to
-    // "default" installs no handler of ours.
-    unsafe {
-        cmd.pre_exec(move || {
-            // A clean slate: pstream-coord blocks SIGINT, SIGTERM and SIGHUP for its
-            // signal thread, and ssh would inherit the mask through exec (and then
-            // not end on SIGTERM).
-            for signal in Signal::iterator() {
-                if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
-                    let default =
-                        SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-                    nix::sys::signal::sigaction(signal, &default)?;
-                }
-            }
-            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid() != parent {
-                return Err(nix::errno::Errno::ESRCH.into());
-            }
-            Ok(())
-        });
-    }
+    // Its own group, a clean slate of signals (pstream-coord blocks SIGINT, SIGTERM
+    // and SIGHUP for its signal thread, and ssh would inherit the mask and then not
+    // end on SIGTERM), death with the thread that starts it.
+    pstream_worker::spawn::child_rules(cmd, false, Vec::new(), None);
     let spawned = cmd.spawn();
     // The command holds our copies of the pipe's write end: only the child's may
     // remain, or the pipe would never end.

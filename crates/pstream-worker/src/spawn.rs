@@ -1,8 +1,8 @@
 //! How a worker process is started: the rules that the coordinator (for its local
-//! workers) and a host agent (for its host's workers) both start one under, kept in
-//! this one place so that the two cannot drift apart. The worker crate holds them
-//! because the coordinator may depend on it, while the protocol crate knows no
-//! processes.
+//! workers, and for the ssh or srun that start host agents) and a host agent (for
+//! its host's workers) both start one under, kept in this one place so that they
+//! cannot drift apart. The worker crate holds them because the coordinator may
+//! depend on it, while the protocol crate knows no processes.
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
@@ -33,13 +33,26 @@ pub fn worker_command(program: impl AsRef<OsStr>) -> Command {
 ///   the processes its functions start join that group, killed whole when the
 ///   worker ends);
 /// * no signal blocked and every signal's action the default but SIGTTOU's and
-///   SIGTTIN's (ignored), whatever its parent blocks or ignores;
+///   SIGTTIN's (ignored: a worker is a background group of its parent's terminal,
+///   if there is one, and with `stty tostop` its first write there would stop it),
+///   whatever its parent blocks or ignores;
 /// * the descriptors of `inherit` (close-on-exec in the parent) inherited by this
 ///   child alone; the command holds them open until it is dropped;
 /// * killed with SIGKILL when the thread that starts it ends (`PR_SET_PDEATHSIG`),
 ///   and not started at all if its parent is already gone;
 /// * with `memory_limit`, that many bytes of address space at most (`RLIMIT_AS`).
 pub fn worker_rules(cmd: &mut Command, inherit: Vec<Arc<OwnedFd>>, memory_limit: Option<u64>) {
+    child_rules(cmd, true, inherit, memory_limit);
+}
+
+/// The rules of [`worker_rules`] for any child (the coordinator's ssh and srun
+/// launchers too): SIGTTOU and SIGTTIN are ignored only if `ignore_terminal_stops`.
+pub fn child_rules(
+    cmd: &mut Command,
+    ignore_terminal_stops: bool,
+    inherit: Vec<Arc<OwnedFd>>,
+    memory_limit: Option<u64>,
+) {
     cmd.process_group(0);
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the child between fork and exec and only makes
@@ -54,8 +67,8 @@ pub fn worker_rules(cmd: &mut Command, inherit: Vec<Arc<OwnedFd>>, memory_limit:
             // A clean slate: the parent may block signals (pstream-coord blocks
             // SIGINT, SIGTERM and SIGHUP for its signal thread) or run with some
             // ignored (nohup, a shell's `&`, whatever ssh or srun left an agent),
-            // and a worker and its functions' children would inherit both through
-            // exec.
+            // and the child (a worker and its functions' children, or an ssh that
+            // would then not end on SIGTERM) would inherit both through exec.
             for signal in Signal::iterator() {
                 if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
                     let default =
@@ -67,8 +80,10 @@ pub fn worker_rules(cmd: &mut Command, inherit: Vec<Arc<OwnedFd>>, memory_limit:
             // A worker is a background process group of its parent's terminal, if
             // there is one: with `stty tostop`, its first write to the terminal (a
             // function's stderr) would stop it until the time limit killed it.
-            nix::sys::signal::signal(Signal::SIGTTOU, SigHandler::SigIgn)?;
-            nix::sys::signal::signal(Signal::SIGTTIN, SigHandler::SigIgn)?;
+            if ignore_terminal_stops {
+                nix::sys::signal::signal(Signal::SIGTTOU, SigHandler::SigIgn)?;
+                nix::sys::signal::signal(Signal::SIGTTIN, SigHandler::SigIgn)?;
+            }
             // The parent holds them until the command is dropped: open here.
             for fd in &inherit {
                 fcntl(&**fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
