@@ -833,40 +833,8 @@ fn pipe_dry_run_prints_a_command_per_block() {
 
 /// The launcher's peak RSS piping `seq 1 n` through awk.
 fn peak_rss_pipe(n: u64) -> u64 {
-    let mut seq = Command::new("seq")
-        .arg("1")
-        .arg(n.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     let mut cmd = coord(&["pipe", "-j", "2", "--", "awk", "{print $1*2}"]);
-    let mut child = cmd
-        .stdin(Stdio::from(seq.stdout.take().unwrap()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut peak = 0;
-    let start = std::time::Instant::now();
-    // VmHWM only grows: the last reading before the exit is the peak (sampled).
-    let status = loop {
-        if let Some(rss) = peak_rss_of(child.id()) {
-            peak = peak.max(rss);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{} did not exit", describe(&cmd));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert!(status.success(), "{}: {status}", describe(&cmd));
-    assert!(seq.wait().unwrap().success());
-    assert!(peak > 0, "could not read the launcher's memory");
-    peak
+    peak_rss_fed_numbers(&mut cmd, n, PATIENCE)
 }
 
 #[test]

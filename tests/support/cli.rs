@@ -209,6 +209,59 @@ pub fn peak_rss_of(pid: u32) -> Option<u64> {
         .map(|kib| kib * 1024)
 }
 
+/// `cmd` fed `seq 1 n`, its stdout discarded: its peak resident set size (VmHWM,
+/// sampled until it exits), after checking that it and `seq` succeeded. A hang
+/// guard of `limit` (then both are killed and the test fails).
+pub fn peak_rss_fed_numbers(cmd: &mut Command, n: u64, limit: Duration) -> u64 {
+    let mut seq = Command::new("seq")
+        .arg("1")
+        .arg(n.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start seq");
+    let mut child = cmd
+        .stdin(Stdio::from(seq.stdout.take().unwrap()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", describe(cmd)));
+    let mut stderr = child.stderr.take().unwrap();
+    // Read as it comes, so that a full pipe cannot stop the command.
+    let stderr = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let mut peak = 0;
+    let start = Instant::now();
+    // VmHWM only grows: the last reading before the exit is the peak (sampled).
+    let status = loop {
+        if let Some(rss) = peak_rss_of(child.id()) {
+            peak = peak.max(rss);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            for c in [&mut child, &mut seq] {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!("{} did not exit within {limit:?}", describe(cmd));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = stderr.join().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        report(&describe(cmd), status, b"", &stderr)
+    );
+    assert!(seq.wait().unwrap().success());
+    assert!(peak > 0, "could not read the launcher's memory");
+    peak
+}
+
 /// Lines of a child's stderr as they come, for waiting on messages; also kept
 /// whole for the failure report.
 pub struct StderrLines {
