@@ -338,3 +338,114 @@ fn a_worker_beyond_the_handshakes_under_way_waits_instead_of_being_refused() {
     let (code, stderr) = joiner.exit();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// A TCP proxy on loopback that holds every byte for `delay` each way before
+/// passing it on: a link with a long round trip (the kernel here has no netem).
+/// Its threads end with the connections they serve.
+struct DelayProxy {
+    addr: SocketAddr,
+}
+
+impl DelayProxy {
+    fn start(to: SocketAddr, delay: Duration) -> DelayProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(to) else {
+                    return;
+                };
+                for stream in [&client, &server] {
+                    stream.set_nodelay(true).unwrap();
+                }
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                DelayProxy::pipe(client, server, delay);
+                DelayProxy::pipe(s2, c2, delay);
+            }
+        });
+        DelayProxy { addr }
+    }
+
+    /// Bytes read from `from` are written to `to` `delay` after they came.
+    fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        });
+        std::thread::spawn(move || {
+            for (at, bytes) in rx {
+                let wait = at.saturating_duration_since(Instant::now());
+                std::thread::sleep(wait);
+                if to.write_all(&bytes).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        });
+    }
+}
+
+/// A worker behind a link with a 40 ms round trip (a proxy holding bytes 20 ms
+/// each way): the coordinator measures the round trip from its batches, works
+/// out the items the worker needs in flight to stay busy, and, as the window is
+/// smaller than that, says so (once) rather than crawl in silence. The window
+/// still bounds what is in flight, and the job is exact.
+#[test]
+fn a_link_with_a_long_round_trip_is_measured_and_a_window_too_small_for_it_is_reported() {
+    let _watchdog = watchdog("the delayed link", Duration::from_secs(240));
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = DelayProxy::start(listener.local_addr().unwrap(), Duration::from_millis(20));
+    let joiner = Joiner::start(proxy.addr, &token);
+    const WINDOW: usize = 256;
+    let pool = listening_pool(listener, &token)
+        .window(WINDOW)
+        .build()
+        .unwrap();
+    let n = 6_000i64;
+    let results = pool.map(double, 0..n).unwrap();
+    let mut expected = 0i64;
+    let mut results = results;
+    for result in results.by_ref() {
+        assert_eq!(result.unwrap(), expected * 2);
+        expected += 1;
+    }
+    assert_eq!(expected, n);
+    let job = results.stats();
+    let stats = pool.stats();
+    assert!(
+        stats.max_rtt_us >= 40_000,
+        "the round trip through the proxy is at least 40 ms: {stats:?}"
+    );
+    assert!(
+        stats.max_credit > WINDOW as u64,
+        "the worker needs more than the window in flight: {stats:?}"
+    );
+    assert!(
+        stats.window_short,
+        "the short window was not reported: {stats:?}"
+    );
+    assert!(
+        job.peak_in_flight <= WINDOW as u64,
+        "the window no longer bounds what is in flight: {job:?}"
+    );
+    drop(pool);
+    let (code, stderr) = joiner.exit();
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -555,6 +555,18 @@ pub(crate) fn drive<M: Mode>(
         hosts: pool.host_stats(),
     };
     display.lock().unwrap().finish();
+    let pool_stats = pool.stats();
+    if pool_stats.window_short {
+        // Logs are off unless RUST_LOG says otherwise: say it here, once.
+        eprintln!(
+            "pstream-coord: the window ({} items) was too small to keep a worker's link \
+             busy (round trip up to {:.1} ms; a worker needed about {} items in flight): \
+             raise --window",
+            args.window,
+            pool_stats.max_rtt_us as f64 / 1000.0,
+            pool_stats.max_credit
+        );
+    }
     // Unless a hard stop printed its summary already (then it exits the process
     // while this waits), or comes now (then it waits for this one, and exits).
     stop.report(|| {

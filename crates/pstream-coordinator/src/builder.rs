@@ -19,7 +19,6 @@ use crate::hub::Hub;
 use crate::launcher::{Launcher, LocalLauncher};
 use crate::process::WorkerCommand;
 use crate::stats::PoolCounters;
-use crate::tuning;
 use crate::vocab::Events;
 use pstream_protocol::auth::Token;
 
@@ -118,7 +117,8 @@ impl PoolBuilder {
     /// (default [`DEFAULT_WINDOW`]). With [`PoolBuilder::window_bytes`], this
     /// bounds the coordinator's memory however long the input. Larger windows mean
     /// larger batches (`window / (2 × workers)`, up to 4,096 items) and fewer system
-    /// calls and wake-ups per item.
+    /// calls and wake-ups per item. The workers counted are those present when a
+    /// job starts (its own, those that joined, or [`PoolBuilder::min_workers`]).
     pub fn window(mut self, items: usize) -> Self {
         self.window = Some(items);
         self
@@ -208,8 +208,10 @@ impl PoolBuilder {
         self
     }
 
-    /// The most items in one batch (default: what the window and worker count
-    /// allow, at most 4096).
+    /// The most items in one batch (default: what the window and the workers
+    /// present when a job starts allow: two batches per worker in the window, at
+    /// most 4096 items and, in a pool that listens, at least 2,048 while the window
+    /// allows).
     pub fn max_batch(mut self, items: usize) -> Self {
         self.max_batch = Some(items);
         self
@@ -409,10 +411,9 @@ impl PoolBuilder {
             min_workers: self.min_workers,
             listening: None,
         });
-        let max_batch = self
-            .max_batch
-            .unwrap_or_else(|| tuning::max_batch(window, workers.max(1), tuning::POOL_MAX_BATCH))
-            .clamp(1, (self.capacity as usize / 2).max(1));
+        // Batches are sized at each job's start, for the workers present then
+        // (ProcessPool::start_job); one set here holds for every job.
+        let max_batch = self.max_batch;
 
         let token = match &self.token_file {
             Some(path) => {

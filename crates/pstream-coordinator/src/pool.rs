@@ -16,6 +16,7 @@ use crate::error::PoolError;
 use crate::hub::Hub;
 use crate::job::{feed, FeedLimits, InlineSource, MapResults, RawResults, Source, Window};
 use crate::stats::{HostStats, PoolCounters, PoolStats};
+use crate::tuning;
 use crate::vocab::{Event, Events, JobCounters, JobMsg};
 use crossbeam_channel::{Receiver, Sender};
 use pstream_protocol::Items;
@@ -39,7 +40,8 @@ pub struct ProcessPool {
     pub(crate) counters: Arc<PoolCounters>,
     pub(crate) next_job: AtomicU64,
     pub(crate) config: Arc<Config>,
-    pub(crate) max_batch: usize,
+    /// The most items per batch, if the user set it (else sized per job).
+    pub(crate) max_batch: Option<usize>,
 }
 
 impl ProcessPool {
@@ -301,17 +303,39 @@ impl ProcessPool {
             .map_err(|_| PoolError::Closed)?;
         // The function's name travels in every batch's header.
         let frame_room = self.config.max_frame.saturating_sub(function.len());
+        // Sized for the workers present now: those of its own that it keeps, those
+        // that joined, or as many as it waited for, whichever is most.
+        let listening = self.config.listening.is_some();
+        let workers = (self.counters.serving.load(Ordering::Relaxed) as usize)
+            .max(self.config.workers)
+            .max(if listening {
+                self.config.min_workers
+            } else {
+                1
+            });
+        // Over the network a batch costs more: a floor (see tuning::MIN_LINK_BATCH).
+        let (floor, floor_bytes) = if listening {
+            (tuning::MIN_LINK_BATCH, tuning::MIN_LINK_BATCH_BYTES)
+        } else {
+            (1, 1)
+        };
+        let max_batch = self
+            .max_batch
+            .unwrap_or_else(|| {
+                tuning::max_batch(self.config.window, workers, tuning::POOL_MAX_BATCH, floor)
+            })
+            .clamp(1, (self.config.capacity as usize / 2).max(1));
         let limits = FeedLimits {
             job,
-            max_batch: self.max_batch,
+            max_batch,
             // Two batches in flight per worker fit in the byte window, as with items,
             // and a batch fits whole in the socket's send buffer.
-            max_batch_bytes: (self.config.max_frame / 4)
-                .min(pstream_protocol::MAX_BATCH_BYTES)
-                .min(
-                    (self.config.window_bytes / (2 * self.config.workers.max(1) as u64)).max(1)
-                        as usize,
-                ),
+            max_batch_bytes: tuning::max_batch_bytes(
+                self.config.window_bytes,
+                workers,
+                (self.config.max_frame / 4).min(pstream_protocol::MAX_BATCH_BYTES),
+                floor_bytes,
+            ),
             // A batch of one item: the header, the function's name and one length.
             max_item: frame_room.saturating_sub(frame_overhead(1, 0)).max(1),
             frame_room,

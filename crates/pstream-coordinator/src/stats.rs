@@ -12,6 +12,13 @@ pub(crate) struct PoolCounters {
     pub crashes: AtomicU64,
     pub spawn_failures: AtomicU64,
     pub lost: AtomicU64,
+    /// Workers connected and taking batches now (kept by the engine): what a job
+    /// sizes its batches for.
+    pub serving: AtomicU64,
+    /// See [`PoolStats`].
+    pub max_rtt_us: AtomicU64,
+    pub max_credit: AtomicU64,
+    pub window_short: std::sync::atomic::AtomicBool,
     /// Per host: updated when a worker joins, answers a batch or ends.
     pub hosts: Mutex<BTreeMap<String, HostStats>>,
 }
@@ -60,6 +67,17 @@ pub struct PoolStats {
     /// Workers across the network whose connection was lost (closed, reset, or
     /// silent past the heartbeat limit); what they held was sent again, uncharged.
     pub lost: u64,
+    /// The largest round trip measured to a worker, in microseconds (0: none
+    /// measured): from a batch sent to an idle worker to its first answer.
+    pub max_rtt_us: u64,
+    /// The most items one worker needed in flight to stay busy across its link
+    /// (its rate times its round trip, plus a batch), over workers whose round
+    /// trip is a link's (at least [`crate::tuning::LINK_RTT`]): the credit a
+    /// window must hold for it. 0: none such.
+    pub max_credit: u64,
+    /// The window was found too small to keep a link busy (said once, as a
+    /// warning that names the window's setting).
+    pub window_short: bool,
 }
 
 impl PoolCounters {
@@ -70,6 +88,9 @@ impl PoolCounters {
             crashes: self.crashes.load(Ordering::Relaxed),
             spawn_failures: self.spawn_failures.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
+            max_rtt_us: self.max_rtt_us.load(Ordering::Relaxed),
+            max_credit: self.max_credit.load(Ordering::Relaxed),
+            window_short: self.window_short.load(Ordering::Relaxed),
         }
     }
 }

@@ -124,7 +124,7 @@ impl ThreadExecutor {
                 iter: data,
                 read: 0,
                 target: 1,
-                max_batch: tuning::max_batch(self.max_memory_items, workers, THREAD_MAX_BATCH),
+                max_batch: tuning::max_batch(self.max_memory_items, workers, THREAD_MAX_BATCH, 1),
                 clock: FlushClock::new(IDLE_CUT),
             }),
         });

@@ -15,26 +15,17 @@ impl Engine {
         }
         let limit = self.config.max_items_per_worker;
         while let Some(batch) = self.jobs.queue.front() {
-            let Some(job) = self.jobs.live(batch.job) else {
+            if self.jobs.live(batch.job).is_none() {
                 let batch = self.jobs.queue.pop_front().expect("front");
                 self.jobs.batch_gone(batch.job);
                 continue;
-            };
+            }
             let n = batch.items.len();
-            // The worker with the most credit free; among equals (idle workers, say)
-            // the next after the one served last, so that a job whose batches are
-            // answered before the next is cut still goes round every worker.
-            let last = self.last_served;
-            let best = self
-                .workers
-                .iter()
-                .filter(|(_, w)| w.usable() && w.within_allowance(limit))
-                .filter(|(_, w)| w.free() >= n || w.outstanding == 0)
-                .max_by_key(|(&wid, w)| (w.free(), wid > last, std::cmp::Reverse(wid)))
-                .map(|(&wid, _)| wid);
-            let Some(wid) = best else {
+            let Some(wid) = self.pick(n, limit) else {
                 return;
             };
+            let batch = self.jobs.queue.front().expect("front");
+            let job = self.jobs.live(batch.job).expect("live");
             let header = BatchHeader {
                 job: batch.job,
                 seq: self.next_seq,
@@ -47,8 +38,11 @@ impl Engine {
             self.next_seq += 1;
             self.last_served = wid;
             let w = self.workers.get_mut(&wid).expect("chosen");
-            if w.in_flight.is_empty() {
-                w.progress_at = Instant::now();
+            let before = w.free();
+            let was_idle = w.in_flight.is_empty();
+            let now = Instant::now();
+            if was_idle {
+                w.progress_at = now;
             }
             w.outstanding += n;
             w.send(&Message::Batch(header), Some(&batch.items));
@@ -58,7 +52,71 @@ impl Engine {
                 answered: 0,
                 running: 0,
                 heard_at: None,
+                sent_at: now,
+                to_idle: was_idle,
+                answered_once: false,
             });
+            self.rerank(wid, before);
+            if was_idle && self.config.item_timeout.is_some() {
+                // A progress deadline from now: maybe the earliest.
+                self.timers_changed();
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// The worker for a batch of `n` items: the one with the most credit free;
+    /// among equals (idle workers, say) the next after the one served last, so
+    /// that a job whose batches are answered before the next is cut still goes
+    /// round every worker. Found in `ranked` (no look at every worker per batch:
+    /// with hundreds of them, that look cost more than the batch), which holds
+    /// each serving worker under its free credit; entries of workers that are
+    /// gone or no longer serving are dropped as they are met.
+    fn pick(&mut self, n: usize, limit: Option<u64>) -> Option<u64> {
+        let last = self.last_served;
+        loop {
+            let &(free, _) = self.ranked.last()?;
+            let (free, wid) = self
+                .ranked
+                .range((free, last.saturating_add(1))..=(free, u64::MAX))
+                .next()
+                .or_else(|| self.ranked.range((free, 0)..=(free, u64::MAX)).next())
+                .copied()
+                .expect("the group of the last entry");
+            match self.workers.get(&wid) {
+                Some(w) if w.usable() && w.free() == free => {
+                    if w.within_allowance(limit) && (free >= n || w.outstanding == 0) {
+                        return Some(wid);
+                    }
+                    // A rarer case (a worker at its item allowance, or credits
+                    // of different sizes): the same rule, by a look at each.
+                    return self.pick_by_scan(n, limit);
+                }
+                _ => {
+                    self.ranked.remove(&(free, wid));
+                }
+            }
+        }
+    }
+
+    /// [`Engine::pick`], by a look at every worker.
+    fn pick_by_scan(&self, n: usize, limit: Option<u64>) -> Option<u64> {
+        let last = self.last_served;
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.usable() && w.within_allowance(limit))
+            .filter(|(_, w)| w.free() >= n || w.outstanding == 0)
+            .max_by_key(|(&wid, w)| (w.free(), wid > last, std::cmp::Reverse(wid)))
+            .map(|(&wid, _)| wid)
+    }
+
+    /// Worker `wid`'s free credit was `before` and may have changed (or it may no
+    /// longer serve): file it again.
+    pub(super) fn rerank(&mut self, wid: u64, before: usize) {
+        self.ranked.remove(&(before, wid));
+        if let Some(w) = self.workers.get(&wid).filter(|w| w.usable()) {
+            self.ranked.insert((w.free(), wid));
         }
     }
 }

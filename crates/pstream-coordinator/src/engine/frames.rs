@@ -20,6 +20,7 @@ impl Engine {
         join: Join,
         agent: Option<(u64, u32)>,
     ) {
+        self.timers_changed();
         let peer = link.peer();
         let pid = peer.pid();
         let starting = self
@@ -105,10 +106,13 @@ impl Engine {
         }
         let w = self.workers.get_mut(&wid).expect("found above");
         w.connected(conn, peer, join.capacity as usize, Instant::now());
+        let free = w.free();
+        self.ranked.insert((free, wid));
         self.consecutive_failures = 0;
         self.counters.ready.fetch_add(1, Ordering::Relaxed);
         self.counters.host(&peer.host(), |h| h.workers += 1);
         self.alone_since = None;
+        self.count_serving();
         match pid {
             Some(pid) => tracing::debug!(wid, pid, "worker ready"),
             None => tracing::debug!(wid, %peer, "worker ready"),
@@ -218,6 +222,14 @@ impl Engine {
             count
         };
         let w = self.workers.get_mut(&wid).expect("present");
+        let before = w.free();
+        let now = Instant::now();
+        let head = w.in_flight.front_mut().expect("present");
+        let first = !std::mem::replace(&mut head.answered_once, true);
+        let (sent_at, to_idle) = (head.sent_at, head.to_idle);
+        if first && to_idle {
+            w.rtt_sample(sent_at, now);
+        }
         let head = w.in_flight.front_mut().expect("present");
         head.answered += advance;
         head.running = head.running.max(head.answered);
@@ -231,6 +243,10 @@ impl Engine {
                 self.counters.host(&peer.host(), |h| h.items += n);
             }
             w.batch_answered();
+            if done.to_idle {
+                w.rate_sample(total, done.sent_at, now);
+                self.check_link(wid, total);
+            }
             self.jobs.batch_done(header.job, done.batch.items);
         }
         let w = self.workers.get_mut(&wid).expect("present");
@@ -241,6 +257,42 @@ impl Engine {
                 // Its replacement starts now, while it finishes.
                 self.top_up_workers();
             }
+        }
+        self.rerank(wid, before);
+    }
+
+    /// Worker `wid`, across a link, just measured its round trip and rate (on a
+    /// batch of `batch` items): does the window hold the items it needs in flight
+    /// to stay busy (what it computes in a round trip)? If not, the link sits
+    /// idle between batches whatever the credit: say so once, naming the setting.
+    fn check_link(&mut self, wid: u64, batch: usize) {
+        let Some(w) = self.workers.get(&wid) else {
+            return;
+        };
+        let Some(rtt) = w.rtt else { return };
+        let rtt_us = rtt.as_micros().min(u64::MAX as u128) as u64;
+        self.counters
+            .max_rtt_us
+            .fetch_max(rtt_us, Ordering::Relaxed);
+        if rtt < crate::tuning::LINK_RTT {
+            return; // A wake-up, not a link.
+        }
+        let Some(credit) = w.credit(batch) else {
+            return;
+        };
+        self.counters
+            .max_credit
+            .fetch_max(credit, Ordering::Relaxed);
+        let window = self.config.window as u64;
+        if credit > window && !self.counters.window_short.swap(true, Ordering::Relaxed) {
+            let peer = w.peer.map(|p| p.to_string()).unwrap_or_default();
+            tracing::warn!(
+                "the window ({window} items) is too small to keep the link to the worker at \
+                 {peer} busy: its round trip is {rtt:?}, and it computes about {credit} items \
+                 in that time, so it waits for batches; raise the window (--window, \
+                 PoolBuilder::window) to at least {credit} items (it bounds the \
+                 coordinator's memory: items times their size)"
+            );
         }
     }
 
@@ -265,6 +317,11 @@ impl Engine {
         }
         let now = Instant::now();
         head.heard_at = Some(now);
+        if !std::mem::replace(&mut head.answered_once, true) && head.to_idle {
+            let sent_at = head.sent_at;
+            w.rtt_sample(sent_at, now);
+        }
+        let head = w.in_flight.front_mut().expect("present");
         if done > head.running {
             head.running = done;
             w.progress_at = now;

@@ -57,6 +57,7 @@ fn deadlines(w: &Worker, config: &Config) -> impl Iterator<Item = (Instant, Due)
 impl Engine {
     /// Its process ended and was reaped.
     pub(super) fn on_exited(&mut self, wid: u64, cause: ExitCause) {
+        self.timers_changed();
         // Take what it sent before it died; then its connection is over, even if a
         // process it forked still holds the socket open.
         if self.workers.get(&wid).is_some_and(|w| w.conn.is_some()) {
@@ -73,6 +74,7 @@ impl Engine {
 
     /// The worker's connection ended (cleanly or not); no more frames will come.
     pub(super) fn on_disconnected(&mut self, wid: u64, hangup: Hangup) {
+        self.timers_changed();
         if let Some(w) = self.workers.get_mut(&wid) {
             w.disconnected(hangup);
         }
@@ -81,6 +83,7 @@ impl Engine {
 
     /// Kill a worker; what it held is dealt with when it is gone.
     pub(super) fn kill(&mut self, wid: u64, reason: KillReason) {
+        self.timers_changed();
         if let Some(w) = self.workers.get_mut(&wid) {
             w.kill(reason);
         }
@@ -89,6 +92,8 @@ impl Engine {
 
     /// Once a worker is settled (disconnected and reaped), deal with what it held.
     pub(super) fn settle(&mut self, wid: u64) {
+        self.timers_changed();
+        self.count_serving();
         if !self.workers.get(&wid).is_some_and(Worker::settled) {
             return;
         }
@@ -276,11 +281,44 @@ impl Engine {
             }
             return;
         }
+        if self.timers_stale || self.timers_at.is_some_and(|at| now >= at) {
+            self.worker_timers(now);
+            // What handling them changed is in this look.
+            self.timers_at = self.earliest_worker_deadline();
+            self.timers_stale = false;
+        }
+        self.agent_timers(now);
+        self.check_alone(now);
+        if self.respawn_at.is_some_and(|at| now >= at) {
+            self.respawn_at = None;
+            self.top_up_workers();
+        }
+    }
+
+    /// A deadline of some worker may now be earlier than the one kept: look at
+    /// them all on the next step.
+    pub(super) fn timers_changed(&mut self) {
+        self.timers_stale = true;
+    }
+
+    /// The earliest deadline of any worker (a look at each).
+    fn earliest_worker_deadline(&self) -> Option<Instant> {
+        self.workers
+            .values()
+            .flat_map(|w| deadlines(w, &self.config).map(|(at, _)| at))
+            .min()
+    }
+
+    /// Workers past a deadline at `now`: heartbeats owed, and those to end.
+    fn worker_timers(&mut self, now: Instant) {
+        let beat_slack = self.config.heartbeat / 2;
         let overdue: Vec<(u64, Due)> = self
             .workers
             .iter()
             .flat_map(|(&wid, w)| deadlines(w, &self.config).map(move |(at, due)| (wid, at, due)))
-            .filter(|&(_, at, _)| now >= at)
+            // A heartbeat due within half an interval goes now too: so the
+            // workers' heartbeats fall due together, not one per look at them all.
+            .filter(|&(_, at, due)| now >= at || (due == Due::Beat && now + beat_slack >= at))
             .map(|(wid, _, due)| (wid, due))
             .collect();
         for (wid, due) in overdue {
@@ -332,25 +370,29 @@ impl Engine {
                 self.kill(wid, reason);
             }
         }
-        self.agent_timers(now);
-        self.check_alone(now);
-        if self.respawn_at.is_some_and(|at| now >= at) {
-            self.respawn_at = None;
-            self.top_up_workers();
-        }
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         if let Some(deadline) = self.shutdown_deadline {
             return Some(deadline);
         }
-        self.workers
-            .values()
-            .flat_map(|w| deadlines(w, &self.config).map(|(at, _)| at))
+        let workers = if self.timers_stale {
+            self.earliest_worker_deadline()
+        } else {
+            self.timers_at
+        };
+        workers
+            .into_iter()
             .chain(self.respawn_at)
             .chain(self.alone_deadline())
             .chain(self.agent_deadline())
             .min()
+    }
+
+    /// Keep the count of workers taking batches, which jobs size their batches for.
+    pub(super) fn count_serving(&self) {
+        let n = self.workers.values().filter(|w| w.usable()).count();
+        self.counters.serving.store(n as u64, Ordering::Relaxed);
     }
 
     /// How many connected workers `build` waits for: its own, or (with no launcher)
@@ -472,6 +514,7 @@ impl Engine {
         self.counters.spawned.fetch_add(1, Ordering::Relaxed);
         self.workers
             .insert(wid, Worker::started(handle, Instant::now()));
+        self.timers_changed();
         true
     }
 }

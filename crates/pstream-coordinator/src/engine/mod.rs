@@ -32,7 +32,7 @@ mod lifecycle;
 mod tests;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,17 @@ pub(crate) struct Engine {
     next_seq: u64,
     /// The worker the last batch went to (ties in `dispatch` go round from it).
     last_served: u64,
+    /// The earliest of the workers' deadlines as of the last look at them all
+    /// (`None`: none). Steps before it look at none of them: with hundreds of
+    /// workers across the network, a look at each on every step cost more than
+    /// the items.
+    timers_at: Option<Instant>,
+    /// A worker came, went, or took work while idle (with an item time limit)
+    /// since that look: a deadline may be earlier than `timers_at`.
+    timers_stale: bool,
+    /// Serving workers by free credit, then id: where `dispatch` finds the next
+    /// (see `dispatch::pick`). May hold entries of workers that no longer serve.
+    ranked: BTreeSet<(usize, u64)>,
     jobs: Jobs,
     functions: Option<Vec<FunctionInfo>>,
     ready: Option<Ready>,
@@ -182,6 +193,9 @@ impl Engine {
             counters,
             workers: HashMap::new(),
             last_served: 0,
+            timers_at: None,
+            timers_stale: true,
+            ranked: BTreeSet::new(),
             next_wid: 0,
             next_seq: 0,
             jobs: Jobs::default(),

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pstream_protocol::{Items, Message};
 
@@ -70,6 +70,12 @@ pub(super) struct InFlight {
     pub running: usize,
     /// When the worker last reported on this batch (a move or a repeat).
     pub heard_at: Option<Instant>,
+    /// When it was sent, and whether to a worker that held nothing (then its
+    /// first answer measures the round trip).
+    pub sent_at: Instant,
+    pub to_idle: bool,
+    /// Whether anything about it came back yet.
+    pub answered_once: bool,
 }
 
 pub(super) struct Worker {
@@ -102,6 +108,12 @@ pub(super) struct Worker {
     pub agent: Option<(u64, u32)>,
     /// When its connection ended, for a worker whose end its agent reports.
     pub hung_up_at: Option<Instant>,
+    /// The round trip to it: the least time from a batch sent while it was idle
+    /// to its first answer (it rises slowly with longer ones).
+    pub rtt: Option<Duration>,
+    /// Items it computes per second while it has work (from batches sent while
+    /// it was idle: their time less the round trip), smoothed.
+    pub rate: Option<f64>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -156,6 +168,8 @@ impl Worker {
             beat_at: now,
             agent: None,
             hung_up_at: None,
+            rtt: None,
+            rate: None,
         }
     }
 
@@ -313,6 +327,39 @@ impl Worker {
     /// Whether it may take more work under `max_items_per_worker`.
     pub fn within_allowance(&self, limit: Option<u64>) -> bool {
         limit.is_none_or(|l| self.items_done + (self.outstanding as u64) < l)
+    }
+
+    /// Its first answer to a batch sent at `sent_at`, while it was idle, came
+    /// at `now`: a round trip (with the start of the work).
+    pub fn rtt_sample(&mut self, sent_at: Instant, now: Instant) {
+        let sample = now.saturating_duration_since(sent_at);
+        self.rtt = Some(match self.rtt {
+            Some(rtt) if sample > rtt => rtt + (sample - rtt) / 8,
+            _ => sample,
+        });
+    }
+
+    /// A batch of `items` sent at `sent_at` while it was idle was answered in
+    /// full at `now`: its rate, from the time less the round trip (at least
+    /// 10 µs: a batch answered at once says only that it is fast).
+    pub fn rate_sample(&mut self, items: usize, sent_at: Instant, now: Instant) {
+        let Some(rtt) = self.rtt else { return };
+        let work = now
+            .saturating_duration_since(sent_at)
+            .saturating_sub(rtt)
+            .max(Duration::from_micros(10));
+        let sample = items as f64 / work.as_secs_f64();
+        self.rate = Some(match self.rate {
+            Some(rate) => rate + (sample - rate) / 4.0,
+            None => sample,
+        });
+    }
+
+    /// Items it needs in flight to stay busy: what it computes in a round trip,
+    /// plus the batch it is on (`batch` items).
+    pub fn credit(&self, batch: usize) -> Option<u64> {
+        let (rtt, rate) = (self.rtt?, self.rate?);
+        Some((rate * rtt.as_secs_f64()).min(u64::MAX as f64 / 2.0) as u64 + batch as u64)
     }
 
     /// Items it has room for.
