@@ -142,11 +142,7 @@ pub fn encode_prefix(
         );
         out.extend_from_slice(&(items.len() as u32).to_le_bytes());
         if !packed(message) {
-            let mut last = 0;
-            for &end in items.ends() {
-                put_varint(out, end - last);
-                last = end;
-            }
+            put_lengths(out, items.ends());
         }
     } else {
         debug_assert!(items.is_empty(), "only batches and results carry items");
@@ -242,15 +238,32 @@ pub fn read_frame_into(
     decode_body(body).map(Some)
 }
 
-/// Append `v` as LEB128: seven bits a byte, low first, high bit set on all but the
-/// last. One byte for an item under 128 bytes.
-#[inline]
-fn put_varint(out: &mut Vec<u8>, mut v: u32) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
+/// Append the items' lengths (from their cumulative ends) as LEB128: seven bits a
+/// byte, low first, high bit set on all but the last; one byte for an item under
+/// 128 bytes.
+fn put_lengths(out: &mut Vec<u8>, ends: &[u32]) {
+    // Through a chunk on the stack, appended 64 lengths at a time: a `push` per
+    // byte checked the capacity every time, and room made in `out` beforehand had
+    // to be zeroed first.
+    const ROOM: usize = 64 * crate::MAX_VARINT;
+    let mut chunk = [0u8; ROOM];
+    let (mut at, mut last) = (0usize, 0u32);
+    for &end in ends {
+        if at > ROOM - crate::MAX_VARINT {
+            out.extend_from_slice(&chunk[..at]);
+            at = 0;
+        }
+        let mut v = end - last;
+        last = end;
+        while v >= 0x80 {
+            chunk[at] = v as u8 | 0x80;
+            at += 1;
+            v >>= 7;
+        }
+        chunk[at] = v as u8;
+        at += 1;
     }
-    out.push(v as u8);
+    out.extend_from_slice(&chunk[..at]);
 }
 
 /// Read a LEB128 `u32` at `*at`, moving past it. `None` if it runs past the end,
@@ -534,6 +547,40 @@ mod tests {
         let mut out = Vec::new();
         encode_frame(&frame.message, &frame.items, DEFAULT_MAX_FRAME, &mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn many_items_of_one_to_three_byte_lengths_round_trip() {
+        // More items than the lengths' stack chunk holds (64 five-byte lengths, or
+        // 316 one-byte ones), with lengths of one, two and three bytes around the
+        // chunk's edges.
+        let sizes: Vec<usize> = (0..1_000)
+            .map(|i| match i % 97 {
+                0 => 70_000,
+                1 => 128,
+                2 => 127,
+                _ => (i * 37) % 300,
+            })
+            .collect();
+        let mut batch = Items::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            batch.push(&vec![i as u8; n]);
+        }
+        let frame = Frame {
+            message: Message::Batch(BatchHeader {
+                job: 1,
+                seq: 2,
+                function: "f".into(),
+                codec: Codec::Bincode,
+                first_index: 3,
+                packed_results: false,
+            }),
+            items: batch,
+        };
+        let back = read_frame(&mut &encode(&frame)[..], DEFAULT_MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, frame);
     }
 
     #[test]

@@ -35,6 +35,7 @@
 
 pub mod auth;
 mod bincode_de;
+mod bincode_ser;
 mod clock;
 mod codec;
 mod function;
@@ -57,22 +58,16 @@ pub use message::{
 pub use unwind::panic_message;
 
 /// Append `value`, bincode-encoded with the standard configuration (the items of
-/// [`Codec::Bincode`]), to `out`. Leaner than going through `std::io::Write`: on
-/// tiny items the encoding is a good part of the cost of an item.
+/// [`Codec::Bincode`]), to `out`: the same bytes as `bincode::serde::encode_into_writer`,
+/// written by pstream's own serializer straight into `out` (on tiny items the
+/// encoding is a good part of the cost of an item; see `bincode_ser`). On error,
+/// `out` may hold part of the value: callers truncate.
 #[inline]
 pub fn encode_bincode<T: serde::Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), bincode::error::EncodeError> {
-    struct Append<'a>(&'a mut Vec<u8>);
-    impl bincode::enc::write::Writer for Append<'_> {
-        #[inline]
-        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-            self.0.extend_from_slice(bytes);
-            Ok(())
-        }
-    }
-    bincode::serde::encode_into_writer(value, Append(out), bincode::config::standard())
+    bincode_ser::encode(value, out)
 }
 
 /// The protocol version spoken by this build. Bumped on any incompatible change to a

@@ -291,55 +291,36 @@ impl<'a> Batch<'a> {
             Ok(())
         };
         let data = items.data();
+        // Results up to this many bytes fit the frame whatever their count (at most
+        // the batch's) and the failures so far: the exact check, and whatever else a
+        // result that does not fit or an item that failed needs, is left to the cold
+        // path, so that an item that succeeds costs a compare here.
+        let mut fits = budget(items.len(), failures.len());
         let mut start = 0usize;
         for &end in items.ends() {
             let (item_start, len) = (start, end as usize - start);
             start = end as usize;
+            // A failure travels boxed: the common `Ok` stays one word wide.
             let outcome = out.push_with(|buf| {
                 let input = &data[item_start..];
                 match unwind::catch(|| call(header.codec, input, len, buf)) {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err((e.kind, e.message, None)),
+                    Ok(Err(e)) => Err(Box::new((e.kind, e.message, None))),
                     Err(Panic { message, location }) => {
-                        Err((FailureKind::Panicked, message, location))
+                        Err(Box::new((FailureKind::Panicked, message, location)))
                     }
                 }
             });
-            let outcome = match outcome {
-                Ok(()) if out.data_len() > budget(out.len(), failures.len()) => {
-                    let last = out.get(out.len() - 1).unwrap_or_default().to_vec();
-                    out.pop();
-                    if last.len() > budget(1, 1) {
-                        Err((
-                            FailureKind::TooLarge,
-                            format!(
-                                "the result is {} bytes, more than a frame of at most {peer_max} \
-                             bytes can carry; raise the frame limit (PoolBuilder::max_frame, \
-                             pstream-coord run --max-frame)",
-                                last.len()
-                            ),
-                            None,
-                        ))
-                    } else {
-                        // It fits alone: send what came before, then start afresh with it.
-                        send(out, &mut failures, &mut offset)?;
-                        out.push(&last);
-                        Ok(())
-                    }
-                }
-                other => other,
-            };
-            match outcome {
-                Ok(()) => {}
-                Err((kind, message, location)) => {
-                    out.push_empty();
-                    failures.push(ItemFailure {
-                        slot: (out.len() - 1) as u32,
-                        kind,
-                        message: truncate_message(message),
-                        location,
-                    });
-                }
+            if outcome.is_err() || out.data_len() > fits {
+                settle(
+                    outcome,
+                    out,
+                    &mut failures,
+                    peer_max,
+                    &budget,
+                    |out, failures| send(out, failures, &mut offset),
+                )?;
+                fits = budget(items.len(), failures.len());
             }
             progress
                 .done
@@ -353,6 +334,60 @@ impl<'a> Batch<'a> {
         }
         Ok(())
     }
+}
+
+/// An item's failure: its kind, message and where a panic happened.
+type Failed = Box<(FailureKind, String, Option<String>)>;
+
+/// The cold path of [`Batch::run`], after an item that failed or whose result may
+/// not fit the frame: a result too large for any frame fails its item; one that
+/// only does not fit with the results before it goes out after them (`send`); a
+/// failure takes an empty slot and is listed.
+#[cold]
+#[inline(never)]
+fn settle(
+    outcome: Result<(), Failed>,
+    out: &mut Items,
+    failures: &mut Vec<ItemFailure>,
+    peer_max: usize,
+    budget: &impl Fn(usize, usize) -> usize,
+    mut send: impl FnMut(&mut Items, &mut Vec<ItemFailure>) -> Result<(), WorkerError>,
+) -> Result<(), WorkerError> {
+    let outcome = match outcome {
+        Ok(()) if out.data_len() > budget(out.len(), failures.len()) => {
+            let last = out.get(out.len() - 1).unwrap_or_default().to_vec();
+            out.pop();
+            if last.len() > budget(1, 1) {
+                Err(Box::new((
+                    FailureKind::TooLarge,
+                    format!(
+                        "the result is {} bytes, more than a frame of at most {peer_max} \
+                         bytes can carry; raise the frame limit (PoolBuilder::max_frame, \
+                         pstream-coord run --max-frame)",
+                        last.len()
+                    ),
+                    None,
+                )))
+            } else {
+                // It fits alone: send what came before, then start afresh with it.
+                send(out, failures)?;
+                out.push(&last);
+                Ok(())
+            }
+        }
+        other => other,
+    };
+    if let Err(failed) = outcome {
+        let (kind, message, location) = *failed;
+        out.push_empty();
+        failures.push(ItemFailure {
+            slot: (out.len() - 1) as u32,
+            kind,
+            message: truncate_message(message),
+            location,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

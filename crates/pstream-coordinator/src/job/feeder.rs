@@ -265,6 +265,17 @@ impl Feeder {
         I: Iterator,
         E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
     {
+        // The batch may grow to this many bytes with no other check: no item in it
+        // can then be larger than an item may be, the batch fits its frame with the
+        // lengths of as many items as it can have by the end of the run, and it is
+        // not yet full of bytes. Past it, `settle` decides.
+        let fits = (self.batch.data_len().saturating_add(self.limits.max_item))
+            .min(
+                self.limits
+                    .frame_room
+                    .saturating_sub(frame_overhead(self.batch.len() + room, 0)),
+            )
+            .min(self.limits.max_batch_bytes.saturating_sub(1));
         for _ in 0..room {
             let Some(item) = input.next() else {
                 return true;
@@ -275,51 +286,70 @@ impl Feeder {
             let before = self.batch.data_len();
             let pushed = self.batch.push_with(|buf| encode(item, buf));
             self.next += 1;
-            match pushed {
-                Ok(()) => {
-                    let size = self.batch.data_len() - before;
-                    if size > self.limits.max_item {
-                        self.batch.pop();
-                        self.fail_item(
-                            index,
-                            ItemErrorKind::TooLarge {
-                                message: format!(
-                                    "the item is {size} bytes, more than a frame of at most {} \
-                                     bytes can carry; raise the frame limit (PoolBuilder::max_frame, \
-                                     pstream-coord run --max-frame)",
-                                    self.limits.max_item
-                                ),
-                            },
-                        );
-                        return false;
-                    }
-                    // The batch must fit in one frame with its lengths: if this item
-                    // does not, it starts the next batch.
-                    let len = self.batch.len();
-                    if len > 1
-                        && self.batch.data_len() + frame_overhead(len, 0) > self.limits.frame_room
-                    {
-                        let item = self.batch.get(len - 1).unwrap_or_default().to_vec();
-                        self.batch.pop();
-                        self.next -= 1;
-                        self.flush();
-                        self.next += 1;
-                        self.batch.push(&item);
-                        return false;
-                    }
-                }
-                Err(message) => {
-                    self.fail_item(index, ItemErrorKind::Encode { message });
-                    return false;
-                }
+            if (pushed.is_err() || self.batch.data_len() > fits)
+                && self.settle(pushed, index, before)
+            {
+                return false;
             }
-            if self.batch.data_len() >= self.limits.max_batch_bytes
-                || (self.counters.delivered.load(Ordering::Relaxed) >= self.submitted
-                    && self.idle_clock.due())
+            if self.counters.delivered.load(Ordering::Relaxed) >= self.submitted
+                && self.idle_clock.due()
             {
                 self.flush();
                 return false;
             }
+        }
+        false
+    }
+
+    /// After an item that failed to encode, or that took the batch past the bytes
+    /// `read_run` lets through unchecked: fail an item too large to travel, start
+    /// the next batch with an item that does not fit this one's frame, send a batch
+    /// full of bytes. Whether the run must stop (a batch went out, or an item
+    /// failed).
+    #[cold]
+    #[inline(never)]
+    fn settle(&mut self, pushed: Result<(), String>, index: u64, before: usize) -> bool {
+        match pushed {
+            Ok(()) => {
+                let size = self.batch.data_len() - before;
+                if size > self.limits.max_item {
+                    self.batch.pop();
+                    self.fail_item(
+                        index,
+                        ItemErrorKind::TooLarge {
+                            message: format!(
+                                "the item is {size} bytes, more than a frame of at most {} \
+                                 bytes can carry; raise the frame limit (PoolBuilder::max_frame, \
+                                 pstream-coord run --max-frame)",
+                                self.limits.max_item
+                            ),
+                        },
+                    );
+                    return true;
+                }
+                // The batch must fit in one frame with its lengths: if this item
+                // does not, it starts the next batch.
+                let len = self.batch.len();
+                if len > 1
+                    && self.batch.data_len() + frame_overhead(len, 0) > self.limits.frame_room
+                {
+                    let item = self.batch.get(len - 1).unwrap_or_default().to_vec();
+                    self.batch.pop();
+                    self.next -= 1;
+                    self.flush();
+                    self.next += 1;
+                    self.batch.push(&item);
+                    return true;
+                }
+            }
+            Err(message) => {
+                self.fail_item(index, ItemErrorKind::Encode { message });
+                return true;
+            }
+        }
+        if self.batch.data_len() >= self.limits.max_batch_bytes {
+            self.flush();
+            return true;
         }
         false
     }

@@ -56,6 +56,9 @@ struct Current {
     batch: ResultBatch,
     pos: usize,
     next_failure: usize,
+    /// Items before this slot are ready to hand out as they are: the batch's end,
+    /// or its next failed item (kept so that the common case is one compare).
+    stop: usize,
     /// In packed items: where the next one starts.
     cursor: usize,
     /// In packed items: one did not decode, so where the next starts is unknown.
@@ -64,13 +67,26 @@ struct Current {
 
 impl Current {
     fn new(batch: ResultBatch) -> Current {
-        Current {
+        let mut cur = Current {
             batch,
             pos: 0,
             next_failure: 0,
+            stop: 0,
             cursor: 0,
             lost: false,
-        }
+        };
+        cur.set_stop();
+        cur
+    }
+
+    /// Where the items ready as they are end, from `next_failure`.
+    fn set_stop(&mut self) {
+        let len = self.batch.items.len();
+        self.stop = self
+            .batch
+            .failures
+            .get(self.next_failure)
+            .map_or(len, |(slot, _)| (*slot as usize).min(len));
     }
 }
 
@@ -232,14 +248,7 @@ impl<'input> RawResults<'input> {
     /// Whether the current batch's next item is there and did not fail.
     #[inline(always)]
     fn ready(&self) -> bool {
-        self.current.as_ref().is_some_and(|cur| {
-            cur.pos < cur.batch.items.len()
-                && cur
-                    .batch
-                    .failures
-                    .get(cur.next_failure)
-                    .is_none_or(|(slot, _)| *slot as usize != cur.pos)
-        })
+        self.current.as_ref().is_some_and(|cur| cur.pos < cur.stop)
     }
 
     /// Take the current batch's next item, known to be ready: its index and slot.
@@ -318,17 +327,18 @@ impl<'input> RawResults<'input> {
         let slot = cur.pos;
         if let Some((failed_slot, kind)) = cur.batch.failures.get_mut(cur.next_failure) {
             if *failed_slot as usize == slot {
-                cur.pos += 1;
-                cur.next_failure += 1;
-                self.yielded += 1;
-                self.failed += 1;
-                let index = cur.batch.first_index + slot as u64;
                 let kind = std::mem::replace(
                     kind,
                     ItemErrorKind::Failed {
                         message: String::new(),
                     },
                 );
+                cur.pos += 1;
+                cur.next_failure += 1;
+                cur.set_stop();
+                self.yielded += 1;
+                self.failed += 1;
+                let index = cur.batch.first_index + slot as u64;
                 if let Some((pid, reason)) = &cur.batch.state_failure {
                     let (pid, reason) = (*pid, reason.clone());
                     return self.state_failed(index, pid, &reason);
