@@ -16,7 +16,6 @@
 //! The sizes can be made smaller for a smoke test with `PSTREAM_BENCH_SHELL_ITEMS`
 //! and `PSTREAM_BENCH_SHELL_LINES`.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -88,6 +87,27 @@ fn seq_text(n: u64) -> Vec<u8> {
     v
 }
 
+/// The length of `seq 1 n`'s output.
+fn n_text_len(n: u64) -> u64 {
+    let (mut len, mut low) = (0, 1u64);
+    while low <= n {
+        let high = (low * 10 - 1).min(n);
+        len += (high - low + 1) * (low.to_string().len() as u64 + 1);
+        low *= 10;
+    }
+    len
+}
+
+/// Write `seq from to`'s lines to `path`.
+fn write_seq(path: &std::path::Path, from: u64, to: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    for i in from..=to {
+        writeln!(out, "{i}")?;
+    }
+    out.flush()
+}
+
 /// The CPU time (user + system) of this process's waited-for children so far.
 fn children_cpu() -> f64 {
     use nix::sys::resource::{getrusage, UsageWho};
@@ -107,29 +127,65 @@ fn run_timed_cpu(script: &str) -> Result<(f64, f64), String> {
 }
 
 /// The floor of a command per item on this machine: `program ITEM` for items
-/// 1..=`items`, started straight from this process (`std`'s `posix_spawn`, the
-/// PATH searched as by `xargs`) and waited for, `j` at a time, stdout to
-/// /dev/null; the wall-clock and the CPU seconds.
+/// 1..=`items`, started straight from this process and waited for, `j` at a
+/// time, stdin and stdout `/dev/null`; the wall-clock and the CPU seconds.
+///
+/// Nothing is done per item but the start and the wait: glibc's `posix_spawnp`
+/// (a child that shares this process's memory, `CLONE_VM | CLONE_VFORK`, the
+/// start `pstream-coord exec` makes too, and cheaper than the `fork` of `xargs`),
+/// the PATH searched as by `xargs`, `/dev/null` opened once, the environment
+/// prepared once, the output not read (reading it costs a pipe per item, which
+/// any runner that keeps outputs pays and this floor does not).
 fn bare_spawn(program: &str, items: u64, j: usize) -> Result<(f64, f64), String> {
+    use nix::spawn::{posix_spawnp, PosixSpawnAttr, PosixSpawnFileActions};
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStringExt;
+
+    let null = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("could not open /dev/null: {e}"))?;
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let path = CString::new(program).map_err(|e| e.to_string())?;
     let next = AtomicU64::new(1);
     let before = children_cpu();
     let start = Instant::now();
     std::thread::scope(|scope| {
         let runners: Vec<_> = (0..j.max(1))
             .map(|_| {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i > items {
-                        return Ok(());
-                    }
-                    let status = Command::new(program)
-                        .arg(i.to_string())
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .status()
-                        .map_err(|e| format!("could not run {program}: {e}"))?;
-                    if !status.success() {
-                        return Err(format!("{program} {i} failed: {status}"));
+                scope.spawn(|| -> Result<(), String> {
+                    let fail = |e: nix::Error| format!("could not run {program}: {e}");
+                    let mut actions = PosixSpawnFileActions::init().map_err(fail)?;
+                    actions.add_dup2(null.as_raw_fd(), 0).map_err(fail)?;
+                    actions.add_dup2(null.as_raw_fd(), 1).map_err(fail)?;
+                    let attr = PosixSpawnAttr::init().map_err(fail)?;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i > items {
+                            return Ok(());
+                        }
+                        let item = CString::new(i.to_string()).expect("digits");
+                        let pid = posix_spawnp(&path, &actions, &attr, &[&path, &item], &env)
+                            .map_err(fail)?;
+                        let status = loop {
+                            match waitpid(pid, None) {
+                                Err(nix::errno::Errno::EINTR) => continue,
+                                other => break other,
+                            }
+                        };
+                        if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+                            return Err(format!("{program} {i} failed: {status:?}"));
+                        }
                     }
                 })
             })
@@ -259,8 +315,10 @@ fn exec_scenario(
         None => Peer::skipped("xargs", "xargs is not installed"),
     };
     let mut floor = Peer::new(
-        format!("floor: bare `posix_spawn` + wait, {j} at a time (output not read)"),
-        format!("(in the bench process: `{program} ITEM` per item, {j} threads)"),
+        format!("floor: bare `posix_spawnp` + wait, {j} at a time (output not read)"),
+        format!(
+            "(in the bench process: `{program} ITEM` per item, glibc posix_spawnp, {j} threads)"
+        ),
         "",
     );
     let bare = || bare_spawn(program, items, j);
@@ -323,6 +381,30 @@ fn exec_scenario(
             ratio(vs_xargs)
         );
     }
+    if xargs.runs() && floor.runs() && !floor.times.is_empty() {
+        // The ceiling: what a runner that did nothing but start the commands
+        // would reach against xargs, measured, and by the CPU time it needs.
+        let floor_vs_xargs = xargs.slowdown_vs(&floor);
+        let cpu_item = median(&floor_cpu) / items as f64;
+        let least = cpu_item * items as f64 / j as f64;
+        let needed = median(&xargs.times) / EXEC_VS_XARGS;
+        println!(
+            "- ceiling: the floor / `xargs -P{j}` throughput: **{}** (the most a runner of \
+             one process per item reaches here, doing nothing but start and wait for them); \
+             by CPU: {:.3} ms per item × {} items ÷ {j} cores ≥ {} of wall-clock, where \
+             {EXEC_VS_XARGS}× xargs needs ≤ {}{}",
+            ratio(floor_vs_xargs),
+            cpu_item * 1e3,
+            count(items),
+            crate::report::secs(least),
+            crate::report::secs(needed),
+            if least > needed || floor_vs_xargs < EXEC_VS_XARGS {
+                ": the target cannot be met on this machine"
+            } else {
+                ""
+            }
+        );
+    }
     println!();
     summary.add(
         &format!("shell exec {what}: pstream-coord ÷ GNU parallel"),
@@ -373,14 +455,97 @@ fn pipe_scenario(s: &Settings, summary: &mut Summary, coord: &str, n: u64) -> Re
         }
         None => Peer::skipped("one `awk`", "awk is not installed"),
     };
-    print_commands(&[&ps, &par, &awk]);
-    // Checked by digest: the outputs are large.
+    // The floors: the least any runner of j jobs could take. The input cut in
+    // two on a line boundary (the first half of the lines and the second), and
+    // two awks run at once, one per half, their output to /dev/null (a runner
+    // must also collect the outputs and put them in order; these do not):
+    // from files written before the clock starts (no producer, no pipe in), and
+    // from two `seq`s of half the range each (the input made as the contenders'
+    // is, and through a pipe, but without the runner's own pipe hop).
+    let dir = tempfile::Builder::new()
+        .prefix("pstream-bench-shell-")
+        .tempdir()?;
+    let half = n / 2;
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    write_seq(&first, 1, half)?;
+    write_seq(&second, half + 1, n)?;
+    let (first, second) = (
+        sh_quote(&first.to_string_lossy()),
+        sh_quote(&second.to_string_lossy()),
+    );
+    let doubling = "awk '{print $1*2}'";
+    let floor_of = |name: String, shown: String, halves: [String; 2]| {
+        let script = format!(
+            "{} > /dev/null & {} > /dev/null & wait",
+            halves[0], halves[1]
+        );
+        (Peer::new(name, shown, script), halves)
+    };
+    let (mut floor_files, files_halves) = floor_of(
+        "floor: two awks at once, one per half, from files (split before the clock)".into(),
+        format!(
+            "{doubling} < FIRST_HALF > /dev/null & {doubling} < SECOND_HALF > /dev/null & wait"
+        ),
+        [
+            format!("{doubling} < {first}"),
+            format!("{doubling} < {second}"),
+        ],
+    );
+    let (mut floor_seq, seq_halves) = floor_of(
+        "floor: two `seq | awk` at once, one per half of the range".into(),
+        format!(
+            "seq 1 {half} | {doubling} > /dev/null & seq {} {n} | {doubling} > /dev/null & wait",
+            half + 1
+        ),
+        [
+            format!("seq 1 {half} | {doubling}"),
+            format!("seq {} {n} | {doubling}", half + 1),
+        ],
+    );
+    let mut seq_alone = Peer::new(
+        "`seq` alone (the input, to /dev/null)",
+        format!("seq 1 {n}"),
+        format!("seq 1 {n}"),
+    );
+    if !awk.runs() {
+        floor_files.skipped = awk.skipped.clone();
+        floor_seq.skipped = awk.skipped.clone();
+    }
+    print_commands(&[&ps, &par, &awk, &floor_files, &floor_seq, &seq_alone]);
+    // Checked by digest: the outputs are large. A floor is checked with its two
+    // awks run at once, each into a file, the files then concatenated.
+    let check_floor = |halves: &[String; 2], tag: &str| {
+        let (a, b) = (
+            sh_quote(&dir.path().join(format!("{tag}.out1")).to_string_lossy()),
+            sh_quote(&dir.path().join(format!("{tag}.out2")).to_string_lossy()),
+        );
+        format!(
+            "{} > {a} & {} > {b} & wait && cat {a} {b} && rm {a} {b}",
+            halves[0], halves[1]
+        )
+    };
+    let checks = [
+        ps.script.clone(),
+        par.script.clone(),
+        awk.script.clone(),
+        check_floor(&files_halves, "files"),
+        check_floor(&seq_halves, "seq"),
+    ];
     let (want, want_len) = expected_doubles(n);
-    for p in [&mut ps, &mut par, &mut awk] {
+    for (p, check) in [
+        &mut ps,
+        &mut par,
+        &mut awk,
+        &mut floor_files,
+        &mut floor_seq,
+    ]
+    .into_iter()
+    .zip(&checks)
+    {
         if !p.runs() {
             continue;
         }
-        match run_digest(&p.script) {
+        match run_digest(check) {
             Ok((got, _)) if got == want => {}
             Ok((_, len)) => p.mark_wrong(format!(
                 "output differs from `2\\n4\\n…` ({len} bytes, expected {want_len})"
@@ -395,11 +560,23 @@ fn pipe_scenario(s: &Settings, summary: &mut Summary, coord: &str, n: u64) -> Re
         )
         .into());
     }
-    let mut cpu = vec![Vec::new(); 3];
+    match run_digest(&seq_alone.script) {
+        Ok((_, len)) if len == n_text_len(n) => {}
+        Ok((_, len)) => seq_alone.mark_wrong(format!("{len} bytes of output")),
+        Err(why) => seq_alone.skipped = Some(why),
+    }
+    let mut cpu = vec![Vec::new(); 6];
     for _ in 0..s.runs {
-        for (p, cpu) in [&mut ps, &mut par, &mut awk]
-            .into_iter()
-            .zip(cpu.iter_mut())
+        for (p, cpu) in [
+            &mut ps,
+            &mut par,
+            &mut awk,
+            &mut floor_files,
+            &mut floor_seq,
+            &mut seq_alone,
+        ]
+        .into_iter()
+        .zip(cpu.iter_mut())
         {
             if !p.runs() {
                 continue;
@@ -422,14 +599,22 @@ fn pipe_scenario(s: &Settings, summary: &mut Summary, coord: &str, n: u64) -> Re
         "lines/s",
         n,
         None,
-        &[&ps, &par, &awk],
+        &[&ps, &par, &awk, &floor_files, &floor_seq, &seq_alone],
         &ps,
     );
     print_cpu(
         "million lines",
         n as f64 / 1e6,
-        &[(&ps, &cpu[0]), (&par, &cpu[1]), (&awk, &cpu[2])],
+        &[
+            (&ps, &cpu[0]),
+            (&par, &cpu[1]),
+            (&awk, &cpu[2]),
+            (&floor_files, &cpu[3]),
+            (&floor_seq, &cpu[4]),
+            (&seq_alone, &cpu[5]),
+        ],
     );
+    drop(dir);
     let vs_par = par.slowdown_vs(&ps);
     if par.runs() {
         println!(
@@ -442,6 +627,34 @@ fn pipe_scenario(s: &Settings, summary: &mut Summary, coord: &str, n: u64) -> Re
             "- pstream-coord pipe / one awk: **{}**",
             ratio(awk.slowdown_vs(&ps))
         );
+    }
+    if par.runs() {
+        // The ceiling: the floors against GNU parallel, measured, and by the CPU
+        // time the awks and seq need whoever runs them.
+        for (floor, cpu) in [(&floor_files, &cpu[3]), (&floor_seq, &cpu[4])] {
+            if !floor.runs() || floor.times.is_empty() {
+                continue;
+            }
+            let vs = par.slowdown_vs(floor);
+            let least = median(cpu) / j as f64;
+            let needed = median(&par.times) / PIPE_VS_PARALLEL;
+            println!(
+                "- ceiling, {}: its throughput / GNU parallel --pipe: **{}**; by CPU: \
+                 {:.1} ms per million lines × {} lines ÷ {j} cores ≥ {} of wall-clock, \
+                 where {PIPE_VS_PARALLEL}× parallel needs ≤ {}{}",
+                floor.name.trim_start_matches("floor: "),
+                ratio(vs),
+                median(cpu) * 1e3 / (n as f64 / 1e6),
+                count(n),
+                crate::report::secs(least),
+                crate::report::secs(needed),
+                if least > needed || vs < PIPE_VS_PARALLEL {
+                    ": no runner can meet the target on this machine"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     println!();
     summary.add(
