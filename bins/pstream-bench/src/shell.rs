@@ -9,9 +9,13 @@
 //! * 9c. `pipe` awk doubling over `seq 1 20000000`, against `parallel --pipe`.
 //!
 //! Each exec table has a floor row: the command run per item straight from the
-//! bench process (`posix_spawn` and wait, J at a time, output not read), and each
-//! scenario prints every contender's CPU time per item (user + system of its whole
-//! process tree), which load barely changes, unlike the times.
+//! bench process (`posix_spawnp` and wait, J at a time, output not read). The
+//! pipe table has two: the input split in two on a line boundary and two awks
+//! run at once, one per half, from files written before the clock starts, and
+//! from two `seq`s of half the range each; and `seq` alone. Each scenario prints
+//! every contender's CPU time per item (user + system of its whole process
+//! tree), which load barely changes, unlike the times, and a ceiling line: the
+//! floor against the tool the target names, measured and by CPU ÷ cores.
 //!
 //! The sizes can be made smaller for a smoke test with `PSTREAM_BENCH_SHELL_ITEMS`
 //! and `PSTREAM_BENCH_SHELL_LINES`.
