@@ -408,6 +408,20 @@ fn exec_scenario(
                 ""
             }
         );
+        if !cpu[2].is_empty() {
+            // Load-independent: where xargs keeps the cores busy (a quiet
+            // machine), no runner beats it by more than its CPU per item over
+            // the least a command costs.
+            let xargs_item = median(&cpu[2]) / items as f64;
+            println!(
+                "- ceiling by CPU per item: xargs's {:.3} ms ÷ the floor's {:.3} ms = **{}** \
+                 (on a quiet machine, where xargs keeps the cores busy, the most any runner \
+                 reaches against it; target {EXEC_VS_XARGS}×)",
+                xargs_item * 1e3,
+                cpu_item * 1e3,
+                ratio(xargs_item / cpu_item),
+            );
+        }
     }
     println!();
     summary.add(
