@@ -219,9 +219,13 @@ fn exec_failures_are_reported_with_their_code_and_the_rest_is_written() {
 }
 
 #[test]
-fn exec_a_command_killed_by_a_signal_is_named() {
+fn exec_a_command_killed_by_a_signal_is_named_and_leaves_nothing_running() {
     let dir = tempdir();
     let errors = dir.path().join("errors.jsonl");
+    let marker = unique_number();
+    // The item's shell leaves a sleep in the background, then dies of a signal:
+    // the sleep is in its process group, and must not outlive the item.
+    let script = format!("if [ $1 = 2 ]; then sleep {marker} & kill -KILL $$; fi; echo $1");
     let out = expect_code(
         &mut coord(&[
             "exec",
@@ -230,7 +234,7 @@ fn exec_a_command_killed_by_a_signal_is_named() {
             "--",
             "sh",
             "-c",
-            "if [ $1 = 2 ]; then kill -KILL $$; fi; echo $1",
+            &script,
             "_",
         ]),
         Some(b"1\n2\n3\n"),
@@ -241,6 +245,8 @@ fn exec_a_command_killed_by_a_signal_is_named() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["line"], 2);
     assert_eq!(records[0]["error"], "killed by signal 9 (SIGKILL)");
+    // Nothing of the command is left running.
+    wait_none_with_arg(&marker);
 }
 
 #[test]
