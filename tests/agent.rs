@@ -591,3 +591,49 @@ fn an_agent_whose_standard_input_stays_open_and_silent_gives_up_on_the_token() {
         "{stderr}"
     );
 }
+
+/// A host whose "ssh" is still connecting when the job ends is stopped by the pool
+/// (SIGTERM to its process group after the grace period), and ssh so stopped exits
+/// 255: that says nothing about the host, and is not reported as ssh failing. (A
+/// stand-in for ssh runs the agent here for one host and, for the other, hangs as a
+/// slow connection would, exiting 255 on SIGTERM as ssh does.)
+#[test]
+fn an_ssh_still_connecting_when_the_job_ends_is_stopped_without_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake-ssh");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n\
+         host=$1; line=$2\n\
+         if [ \"$host\" = 127.0.0.2 ]; then trap 'exit 255' TERM; sleep 120 & wait; exit 255; fi\n\
+         exec sh -c \"$line\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "double",
+            "--format",
+            "jsonl",
+            "--ssh",
+            "127.0.0.1,127.0.0.2",
+            "--ssh-command",
+            fake.to_str().unwrap(),
+            "--workers-per-host",
+            "1",
+            "--no-progress",
+        ]),
+        Some(b"1\n2\n3\n"),
+        0,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n4\n6\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("ssh failed"), "{stderr}");
+    assert!(
+        stderr.contains("pstream: host 127.0.0.2: ssh stopped as the job ended"),
+        "{stderr}"
+    );
+}

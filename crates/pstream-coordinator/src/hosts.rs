@@ -539,6 +539,10 @@ struct State {
     failed: Option<String>,
     /// Its thread is done.
     done: bool,
+    /// Signalled by [`Agents::stop`]: it had not ended within [`STOP_GRACE`] of being
+    /// told to (an ssh still connecting, say). ssh so stopped exits 255, which then
+    /// says nothing about the host.
+    signalled: bool,
 }
 
 /// One agent's entry in [`Shared`], as its thread updates it.
@@ -556,6 +560,10 @@ impl Slot<'_> {
 
     fn stopping(&self) -> bool {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())[self.index].stopping
+    }
+
+    fn signalled(&self) -> bool {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())[self.index].signalled
     }
 }
 
@@ -639,6 +647,11 @@ impl Agents {
             let left: Vec<i32> = indexes.iter().filter_map(|&i| state[i].pid).collect();
             if indexes.iter().all(|&i| state[i].done) {
                 break;
+            }
+            for &i in &indexes {
+                if !state[i].done {
+                    state[i].signalled = true;
+                }
             }
             drop(state);
             for pid in left {
@@ -730,6 +743,13 @@ fn run_agent(plan: Plan, index: usize, shared: &Shared, stdin: &Mutex<Option<Chi
             // Ending: an agent told to stop exits 0 (or 1, its coordinator gone);
             // ssh's own failure (255: it never reached the host, a host down that
             // the job did not wait for) is still news.
+            Ok(_) if me.signalled() => write_stderr(&format!(
+                "pstream: host {}: {} stopped as the job ended (its agent had not ended \
+                 {} s after it was told to)\n",
+                plan.name,
+                if plan.ssh.is_some() { "ssh" } else { "srun" },
+                STOP_GRACE.as_secs()
+            )),
             Ok((status, tail)) if status.code() == Some(255) => {
                 fail(format!(
                     "{} failed ({}){}",
