@@ -265,24 +265,68 @@ pub fn reap(pid: i32) -> io::Result<ExitStatus> {
     }
 }
 
-/// Read `stdout` and `stderr` to their ends, both at once (a command that fills
-/// one pipe while the other is read would otherwise wait forever).
-pub fn read_both(stdout: &mut File, stderr: &mut File) -> io::Result<(Vec<u8>, Vec<u8>)> {
+/// What a command wrote: its stdout and its stderr.
+pub type Output = (Vec<u8>, Vec<u8>);
+
+/// Whether a command's end is a failure: a signal or a non-zero exit.
+fn failed(status: &ExitStatus) -> bool {
+    status.signal().is_some() || status.code() != Some(0)
+}
+
+/// A descriptor that becomes readable when process `pid` (our unreaped child)
+/// ends, or `None` if the kernel has no `pidfd_open` (before 5.3).
+fn pidfd(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1;
+    // nothing of ours is passed by pointer.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the descriptor was just made for us and nothing else owns it.
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Read the command `pid`'s `stdout` and `stderr` to their ends, both at once (a
+/// command that fills one pipe while the other is read would otherwise wait
+/// forever), and reap it. A command that fails (a signal, a non-zero exit) takes
+/// its process group along as soon as it ends: what it left running neither
+/// outlives the item nor holds its output open, which would keep the reading
+/// waiting for good. (Its end is seen through a pidfd in the same `poll`, no
+/// thread; without pidfds, it is reaped after its output ends, as before.) On a
+/// read error the group is killed and the command reaped.
+pub fn read_and_reap(
+    stdout: &mut File,
+    stderr: &mut File,
+    pid: i32,
+) -> (io::Result<Output>, io::Result<ExitStatus>) {
+    let kill_group = || {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let (mut out_open, mut err_open) = (true, true);
+    let mut ended = pidfd(pid);
+    let mut status: Option<io::Result<ExitStatus>> = None;
     let mut chunk = vec![0u8; 64 << 10];
     while out_open || err_open {
-        let mut fds = Vec::with_capacity(2);
+        let mut fds = Vec::with_capacity(3);
         if out_open {
             fds.push(PollFd::new(stdout.as_fd(), PollFlags::POLLIN));
         }
         if err_open {
             fds.push(PollFd::new(stderr.as_fd(), PollFlags::POLLIN));
         }
+        if let Some(fd) = &ended {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                drop(fds);
+                kill_group();
+                return (Err(e.into()), reap(pid));
+            }
         }
         let ready: Vec<bool> = fds
             .iter()
@@ -290,22 +334,34 @@ pub fn read_both(stdout: &mut File, stderr: &mut File) -> io::Result<(Vec<u8>, V
             .collect();
         drop(fds);
         let mut ready = ready.into_iter();
-        if out_open && ready.next() == Some(true) {
-            match stdout.read(&mut chunk) {
-                Ok(0) => out_open = false,
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        for (open, pipe, buf) in [
+            (&mut out_open, &mut *stdout, &mut out),
+            (&mut err_open, &mut *stderr, &mut err),
+        ] {
+            if *open && ready.next() == Some(true) {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => *open = false,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        kill_group();
+                        return (Err(e), status.unwrap_or_else(|| reap(pid)));
+                    }
+                }
             }
         }
-        if err_open && ready.next() == Some(true) {
-            match stderr.read(&mut chunk) {
-                Ok(0) => err_open = false,
-                Ok(n) => err.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        if ended.is_some() && ready.next() == Some(true) {
+            ended = None;
+            let reaped = reap(pid);
+            if reaped.as_ref().is_ok_and(failed) {
+                kill_group();
             }
+            status = Some(reaped);
         }
     }
-    Ok((out, err))
+    let status = match status {
+        Some(reaped) => reaped,
+        None => reap(pid),
+    };
+    (Ok((out, err)), status)
 }

@@ -288,30 +288,7 @@ fn run(argv: &[OsString], program: Option<&Path>, stdin: Option<&[u8]>) -> (Ran,
                 let _ = pipe.write_all(data);
             });
         }
-        // Reaped as soon as it ends, beside the reading: a command that failed (a
-        // signal, a non-zero exit) takes its process group along, so that what it
-        // left running neither outlives the item nor holds its output open, which
-        // would keep the reading below waiting for good.
-        let reaper = scope.spawn(move || {
-            let status = spawn::reap(pid);
-            if status
-                .as_ref()
-                .is_ok_and(|s| s.signal().is_some() || s.code() != Some(0))
-            {
-                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            status
-        });
-        let read = spawn::read_both(&mut child.stdout, &mut child.stderr);
-        if read.is_err() {
-            // Not left running unread (nor as a zombie).
-            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let status = reaper.join().unwrap_or_else(|_| {
-            Err(io::Error::other(
-                "the thread waiting for the command panicked",
-            ))
-        });
+        let (read, status) = spawn::read_and_reap(&mut child.stdout, &mut child.stderr, pid);
         Ok::<_, io::Error>((status?, read?))
     });
     if let Some(keeper) = keeper {
