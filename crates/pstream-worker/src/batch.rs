@@ -291,40 +291,73 @@ impl<'a> Batch<'a> {
             Ok(())
         };
         let data = items.data();
+        let ends = items.ends();
+        let codec = header.codec;
         // Results up to this many bytes fit the frame whatever their count (at most
         // the batch's) and the failures so far: the exact check, and whatever else a
         // result that does not fit or an item that failed needs, is left to the cold
         // path, so that an item that succeeds costs a compare here.
         let mut fits = budget(items.len(), failures.len());
-        let mut start = 0usize;
-        for &end in items.ends() {
-            let (item_start, len) = (start, end as usize - start);
-            start = end as usize;
-            // A failure travels boxed: the common `Ok` stays one word wide.
-            let outcome = out.push_with(|buf| {
-                let input = &data[item_start..];
-                match unwind::catch(|| call(header.codec, input, len, buf)) {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(Box::new((e.kind, e.message, None))),
-                    Err(Panic { message, location }) => {
-                        Err(Box::new((FailureKind::Panicked, message, location)))
+        // The next item to compute, and where its bytes start.
+        let (mut next, mut start) = (0usize, 0usize);
+        while next < ends.len() {
+            // Items one after another, until one fails or panics, a result may not
+            // fit, or the clock says to send: a panic is caught once for the whole
+            // run, not per item (the landing pad kept every item's state in memory),
+            // and `next` names the item it came from.
+            let mut stop = Stop::End;
+            let caught = unwind::catch(|| {
+                for &end in &ends[next..] {
+                    let (item_start, len) = (start, end as usize - start);
+                    let outcome = out.push_with(|buf| call(codec, &data[item_start..], len, buf));
+                    start = end as usize;
+                    next += 1;
+                    // Items computed, the failed ones included: the reporter's count.
+                    progress.done.store(next as u32, Ordering::Relaxed);
+                    if let Err(e) = outcome {
+                        // A failure travels boxed: the common `Ok` stays small.
+                        stop = Stop::Failed(Box::new((e.kind, e.message, None)));
+                        return;
+                    }
+                    if out.data_len() > fits {
+                        stop = Stop::Full;
+                        return;
+                    }
+                    if clock.due() {
+                        stop = Stop::Due;
+                        return;
                     }
                 }
             });
-            if outcome.is_err() || out.data_len() > fits {
-                settle(
-                    outcome,
-                    out,
-                    &mut failures,
-                    peer_max,
-                    &budget,
-                    |out, failures| send(out, failures, &mut offset),
-                )?;
-                fits = budget(items.len(), failures.len());
-            }
-            progress
-                .done
-                .store((offset + out.len()) as u32, Ordering::Relaxed);
+            let outcome = match (caught, stop) {
+                (Ok(()), Stop::End) => break,
+                (Ok(()), Stop::Due) => {
+                    if !out.is_empty() {
+                        send(out, &mut failures, &mut offset)?;
+                    }
+                    continue;
+                }
+                (Ok(()), Stop::Failed(failed)) => Err(failed),
+                (Ok(()), Stop::Full) => Ok(()),
+                (Err(Panic { message, location }), _) => {
+                    // The item `next` panicked: drop what it wrote, go past it.
+                    out.truncate_partial();
+                    start = ends[next] as usize;
+                    next += 1;
+                    progress.done.store(next as u32, Ordering::Relaxed);
+                    Err(Box::new((FailureKind::Panicked, message, location)))
+                }
+            };
+            settle(
+                outcome,
+                out,
+                &mut failures,
+                peer_max,
+                &budget,
+                |out, failures| send(out, failures, &mut offset),
+            )?;
+            fits = budget(items.len(), failures.len());
+            // The run stopped before looking at the clock for this item.
             if clock.due() && !out.is_empty() {
                 send(out, &mut failures, &mut offset)?;
             }
@@ -334,6 +367,18 @@ impl<'a> Batch<'a> {
         }
         Ok(())
     }
+}
+
+/// Why a run of items in [`Batch::run`] stopped.
+enum Stop {
+    /// The batch is computed.
+    End,
+    /// The item failed.
+    Failed(Failed),
+    /// Its result may not fit the frame.
+    Full,
+    /// Time to send the results in hand.
+    Due,
 }
 
 /// An item's failure: its kind, message and where a panic happened.
@@ -393,6 +438,134 @@ fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `call` over `inputs` as one batch and reads back what went out: each
+    /// item's result, or its failure's kind and message.
+    fn run_over(
+        inputs: &[&[u8]],
+        peer_max: usize,
+        call: impl FnMut(Codec, &[u8], usize, &mut Vec<u8>) -> Result<(), CallError>,
+    ) -> Vec<Result<Vec<u8>, (FailureKind, String)>> {
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let outbox = Outbox {
+            writer: Mutex::new(BufWriter::new(Stream::Unix(ours))),
+            peer_max,
+            last_sent: Mutex::new(std::time::Instant::now()),
+        };
+        let progress = Progress::default();
+        let header = BatchHeader {
+            job: 1,
+            seq: 7,
+            function: "f".into(),
+            codec: Codec::Bincode,
+            first_index: 0,
+            packed_results: false,
+        };
+        let mut items = Items::new();
+        for input in inputs {
+            items.push(input);
+        }
+        let mut out = Items::new();
+        let mut batch = Batch::new(
+            &header,
+            &items,
+            &mut out,
+            Duration::from_secs(3600),
+            &outbox,
+            &progress,
+        );
+        batch.run(call).unwrap();
+        assert_eq!(progress.done.load(Ordering::Relaxed) as usize, inputs.len());
+        drop(outbox);
+        let mut got = Vec::new();
+        while let Some(frame) = pstream_protocol::read_frame(&mut theirs, usize::MAX).unwrap() {
+            let Message::Results(results) = frame.message else {
+                panic!("not results: {:?}", frame.message)
+            };
+            assert_eq!(results.offset as usize, got.len());
+            for (slot, item) in frame.items.iter().enumerate() {
+                match results.failures.iter().find(|f| f.slot as usize == slot) {
+                    Some(f) => {
+                        assert!(item.is_empty());
+                        got.push(Err((f.kind, f.message.clone())));
+                    }
+                    None => got.push(Ok(item.to_vec())),
+                }
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn each_failure_and_panic_in_a_batch_is_its_own_items_and_the_rest_are_computed() {
+        // First, middle (twice in a row), last: a panic after part of a result was
+        // written leaves none of it behind.
+        let inputs: Vec<&[u8]> = vec![b"p", b"a", b"e", b"p", b"b", b"p", b"e", b"c", b"p"];
+        // On a thread of its own, which reports panics as a worker's does (the test
+        // thread's own assertions must still be printed).
+        let got = std::thread::spawn(move || {
+            unwind::capture_on_this_thread();
+            run_over(&inputs, usize::MAX, |_, input, len, out| {
+                let item = &input[..len];
+                let mark = out.len();
+                out.extend_from_slice(b"partial");
+                match item {
+                    b"p" => panic!("panicked on {}", item[0] as char),
+                    b"e" => Err(CallError::new(FailureKind::Failed, "failed")),
+                    _ => {
+                        out.truncate(mark);
+                        out.push(item[0].to_ascii_uppercase());
+                        Ok(())
+                    }
+                }
+            })
+        })
+        .join()
+        .unwrap();
+        let panicked = || Err((FailureKind::Panicked, "panicked on p".to_string()));
+        let failed = || Err((FailureKind::Failed, "failed".to_string()));
+        assert_eq!(
+            got,
+            vec![
+                panicked(),
+                Ok(b"A".to_vec()),
+                failed(),
+                panicked(),
+                Ok(b"B".to_vec()),
+                panicked(),
+                failed(),
+                Ok(b"C".to_vec()),
+                panicked(),
+            ]
+        );
+    }
+
+    #[test]
+    fn results_that_do_not_fit_one_frame_go_in_several_and_one_too_large_fails() {
+        let inputs: Vec<&[u8]> = vec![b"1"; 40];
+        let big = 400;
+        let peer_max = frame_overhead(40, 1) + 10 * big;
+        let got = run_over(&inputs, peer_max, |_, _, _, out| {
+            out.resize(out.len() + big, 7);
+            Ok(())
+        });
+        assert_eq!(got, vec![Ok(vec![7u8; big]); 40]);
+        let got = run_over(
+            &inputs[..1],
+            frame_overhead(1, 0) + big - 1,
+            |_, _, _, out| {
+                out.resize(out.len() + big, 7);
+                Ok(())
+            },
+        );
+        assert!(
+            matches!(&got[..], [Err((FailureKind::TooLarge, _))]),
+            "{got:?}"
+        );
+    }
 
     #[test]
     fn a_parked_reporter_wakes_when_a_batch_starts_and_a_busy_worker_rings_nobody() {
