@@ -637,3 +637,200 @@ fn an_ssh_still_connecting_when_the_job_ends_is_stopped_without_a_failure() {
         "{stderr}"
     );
 }
+
+/// What the [`Relay`] saw, and what it waits for.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Agents and workers that said who they are (`AgentJoin`, `Join`).
+    agents: usize,
+    workers: usize,
+    /// The coordinator told the first agent `Shutdown` (held back from it).
+    shutdown: bool,
+    /// The first agent reported a worker that ended before its welcome.
+    unwelcomed: Option<pstream::protocol::WorkerExit>,
+}
+
+/// What a connection through the relay turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Role {
+    Unknown,
+    FirstAgent,
+    Other,
+}
+
+/// A relay on loopback between host agents (and their workers) and a
+/// coordinator, frame by frame, that holds three frames back so that a job ends
+/// in the order a loaded host can make it end, every time:
+/// * the second worker's `Join`, and a second agent's `AgentJoin`, until the
+///   coordinator tells the first agent `Shutdown`: the worker's handshake ends as
+///   the job does, and the agent joins it late;
+/// * that `Shutdown`, until the first agent reported a worker that ended before
+///   its welcome: the agent hears of the end after its worker's handshake was cut
+///   (on a host with hundreds of workers exiting at once, its reader thread may
+///   run hundreds of milliseconds later than its workers' waiters).
+struct Relay {
+    addr: String,
+    seen: std::sync::Arc<(std::sync::Mutex<Seen>, std::sync::Condvar)>,
+}
+
+impl Relay {
+    fn start(coordinator: std::net::SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new((
+            std::sync::Mutex::new(Seen::default()),
+            std::sync::Condvar::new(),
+        ));
+        let shared = std::sync::Arc::clone(&seen);
+        // Detached: each thread ends when its connections do (or with the test).
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let seen = std::sync::Arc::clone(&shared);
+                std::thread::spawn(move || relay_connection(client, coordinator, seen));
+            }
+        });
+        Relay { addr, seen }
+    }
+
+    fn seen<T>(&self, look: impl FnOnce(&Seen) -> T) -> T {
+        look(&self.seen.0.lock().unwrap())
+    }
+}
+
+/// Wait (at most [`PATIENCE`]) until `ready` holds of what the relay saw.
+fn await_seen(seen: &(std::sync::Mutex<Seen>, std::sync::Condvar), ready: impl Fn(&Seen) -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut state = seen.0.lock().unwrap();
+    while !ready(&state) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return; // The test's assertions say what did not happen.
+        }
+        state = seen.1.wait_timeout(state, left).unwrap().0;
+    }
+}
+
+fn relay_connection(
+    client: std::net::TcpStream,
+    coordinator: std::net::SocketAddr,
+    seen: std::sync::Arc<(std::sync::Mutex<Seen>, std::sync::Condvar)>,
+) {
+    use pstream::protocol::{read_frame, write_frame, Message};
+    let Ok(upstream) = std::net::TcpStream::connect(coordinator) else {
+        return;
+    };
+    for s in [&client, &upstream] {
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(PATIENCE));
+    }
+    let role = std::sync::Arc::new(std::sync::Mutex::new(Role::Unknown));
+    let max = 1 << 30;
+    // Coordinator → client.
+    let down = {
+        let (mut from, mut to) = (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+        let (seen, role) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&role));
+        std::thread::spawn(move || {
+            while let Ok(Some(frame)) = read_frame(&mut from, max) {
+                if frame.message == Message::Shutdown && *role.lock().unwrap() == Role::FirstAgent {
+                    seen.0.lock().unwrap().shutdown = true;
+                    seen.1.notify_all();
+                    await_seen(&seen, |s| s.unwelcomed.is_some());
+                }
+                if write_frame(&mut to, &frame.message, &frame.items, max).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        })
+    };
+    // Client → coordinator.
+    let (mut from, mut to) = (client, upstream);
+    let mut frames = 0;
+    while let Ok(Some(frame)) = read_frame(&mut from, max) {
+        frames += 1;
+        let mut hold = false;
+        match &frame.message {
+            Message::AgentJoin(_) => {
+                let mut s = seen.0.lock().unwrap();
+                s.agents += 1;
+                let first = s.agents == 1;
+                *role.lock().unwrap() = if first { Role::FirstAgent } else { Role::Other };
+                hold = !first;
+            }
+            Message::Join(_) if frames == 2 => {
+                let mut s = seen.0.lock().unwrap();
+                s.workers += 1;
+                *role.lock().unwrap() = Role::Other;
+                hold = s.workers == 2;
+            }
+            Message::WorkerExited(exit) if !exit.served => {
+                seen.0.lock().unwrap().unwelcomed = Some(exit.clone());
+            }
+            _ => {}
+        }
+        seen.1.notify_all();
+        if hold {
+            await_seen(&seen, |s| s.shutdown);
+        }
+        if write_frame(&mut to, &frame.message, &frame.items, max).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = down.join();
+}
+
+/// The end of a job is calm: a worker whose handshake the end cuts is told that
+/// the job is over, exits 0, and its agent, even when it hears of the end only
+/// afterwards, does not take it for a start failure; an agent that joins as the
+/// job ends is told so, says it had nothing to do, and exits 0.
+#[test]
+fn the_end_of_a_job_cuts_handshakes_and_turns_late_agents_away_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    numbers(dir.path(), 1);
+    let token = dir.path().join("job.token");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = Relay::start(listener.local_addr().unwrap());
+    let agent = agent(dir.path(), &relay.addr, 2, TokenVia::File);
+    let pool = pstream::ProcessPool::builder()
+        .workers(0)
+        .listener(listener)
+        .token_file(&token)
+        .wait_workers(PATIENCE)
+        .build()
+        .unwrap();
+    let results: Vec<i64> = pool
+        .map(pstream_examples::double, 0..100)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, (0..100).map(|x| x * 2).collect::<Vec<_>>());
+    // The second worker is in its handshake, held; a second agent comes.
+    let late = self::agent(dir.path(), &relay.addr, 1, TokenVia::File);
+    wait_until(
+        "the second worker's Join and the late agent's AgentJoin",
+        || relay.seen(|s| s.workers == 2 && s.agents == 2),
+    );
+    drop(pool);
+    let (code, stderr) = agent.finish("the agent");
+    let cut = relay.seen(|s| s.unwelcomed.clone());
+    assert!(
+        cut.is_some(),
+        "the agent reported no worker that ended before its welcome: {stderr}"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("failed to start"), "{stderr}");
+    assert_eq!(
+        cut.unwrap().status,
+        pstream::protocol::ExitStatus::Code(0),
+        "the worker whose handshake the end of the job cut did not exit 0: {stderr}"
+    );
+    let (code, stderr) = late.finish("the late agent");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("was ending when this agent joined")
+            && stderr.contains("nothing to do")
+            && !stderr.contains("rejected"),
+        "{stderr}"
+    );
+}

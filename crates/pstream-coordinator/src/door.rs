@@ -28,7 +28,7 @@ use pstream_protocol::{
 };
 
 use crate::link::{TcpLink, UnixLink};
-use crate::vocab::{Event, Events};
+use crate::vocab::{DoorState, Event, Events};
 
 /// The largest Hello we read: names of a few thousand functions at most.
 const MAX_HELLO: usize = 1 << 20;
@@ -176,11 +176,14 @@ fn accept_loop(listener: UnixListener, checks: Arc<Checks>, events: Events, stop
                 Ok((_pid, join)) => match UnixLink::new(stream) {
                     Ok(link) => {
                         let link = Box::new(link);
-                        let _ = events.send(Event::Connected {
+                        let joined = Event::Connected {
                             link,
                             join,
                             agent: None,
-                        });
+                        };
+                        if let Err(late) = events.join(joined) {
+                            job_over(late);
+                        }
                     }
                     Err(e) => tracing::warn!("lost a worker's connection after its handshake: {e}"),
                 },
@@ -201,6 +204,16 @@ fn accept_loop(listener: UnixListener, checks: Arc<Checks>, events: Events, stop
         if let Err(e) = spawned {
             tracing::warn!("could not start a handshake thread: {e}");
         }
+    }
+}
+
+/// Tell a peer that passed the handshake after the engine stopped taking
+/// connections that the job is over (`Shutdown` in place of its welcome): it exits
+/// 0, and its host agent does not take it for a start failure.
+pub(crate) fn job_over(event: Event) {
+    if let Event::Connected { mut link, .. } | Event::AgentConnected { mut link, .. } = event {
+        let _ = write_frame(&mut link, &Message::Shutdown, &Items::new(), MAX_HELLO);
+        let _ = link.flush();
     }
 }
 
@@ -494,17 +507,26 @@ fn accept_tcp(
                             link.arm_keepalive(beats.every, beats.silence);
                             tracing::debug!("{from} passed the handshake");
                             let link = Box::new(link);
-                            let _ = events.send(match joined {
+                            let joined = match joined {
                                 Joined::Worker { join, agent } => {
                                     Event::Connected { link, join, agent }
                                 }
                                 Joined::Agent(agent) => Event::AgentConnected { link, agent },
-                            });
+                            };
+                            if let Err(late) = events.join(joined) {
+                                job_over(late);
+                            }
                         }
                         Err(e) => tracing::warn!("lost {from} after its handshake: {e}"),
                     },
                     Err(reason) => {
-                        tracing::warn!("refused a connection from {from}: {reason}");
+                        if events.door() == DoorState::Open {
+                            tracing::warn!("refused a connection from {from}: {reason}");
+                        } else {
+                            // The job is ending: a worker whose handshake its
+                            // agent, told to stop, cut, most likely; no news.
+                            tracing::debug!("refused a connection from {from}: {reason}");
+                        }
                         let reject = Message::Reject { reason };
                         let _ = write_frame(&mut &stream, &reject, &Items::new(), MAX_HELLO);
                         let _ = (&stream).flush();

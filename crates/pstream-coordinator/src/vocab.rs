@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, SendError, Sender};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -34,6 +34,21 @@ pub(crate) struct Batch {
 pub(crate) struct Events {
     tx: Sender<Event>,
     wake: Arc<Wake>,
+    /// Whether the engine takes new connections (see [`Events::join`]).
+    door: Arc<Mutex<DoorState>>,
+}
+
+/// Whether the engine takes new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DoorState {
+    /// The job runs.
+    Open,
+    /// The job is ending: connections are still handed on (and told so by the
+    /// engine), and one that fails its handshake is no news (its host agent,
+    /// told to stop, cut it).
+    Ending,
+    /// The engine has stopped: nobody would answer a connection handed on.
+    Closed,
 }
 
 impl Events {
@@ -45,6 +60,7 @@ impl Events {
             Events {
                 tx,
                 wake: Arc::clone(&wake),
+                door: Arc::new(Mutex::new(DoorState::Open)),
             },
             rx,
             wake,
@@ -55,6 +71,30 @@ impl Events {
         self.tx.send(event)?;
         self.wake.ring();
         Ok(())
+    }
+
+    /// Hand the engine a connection that passed the handshake
+    /// ([`Event::Connected`], [`Event::AgentConnected`]); given back if the engine
+    /// has stopped taking them ([`Events::close_door`]): then nobody would ever
+    /// answer it, and the caller tells its peer that the job is over.
+    pub fn join(&self, event: Event) -> Result<(), Event> {
+        let door = self.door.lock().unwrap_or_else(|e| e.into_inner());
+        if *door == DoorState::Closed {
+            return Err(event);
+        }
+        self.send(event).map_err(|e| e.0)
+    }
+
+    /// Whether the engine takes new connections.
+    pub fn door(&self) -> DoorState {
+        *self.door.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The job is ending ([`DoorState::Ending`]), or the engine has stopped
+    /// ([`DoorState::Closed`]: no connection is handed on from now, and every one
+    /// handed on before is in the channel already).
+    pub fn set_door(&self, state: DoorState) {
+        *self.door.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// Send several events, waking the supervisor once.

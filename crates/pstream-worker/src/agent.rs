@@ -18,6 +18,7 @@ use std::io::{BufReader, BufWriter};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -338,6 +339,19 @@ fn serve(args: Args) -> Result<(), Failure> {
             message: Message::Reject { reason },
             ..
         }) => return Err(run(WorkerError::Rejected(reason))),
+        // Joined as the job ended: nothing to do, and nothing failed.
+        Some(Frame {
+            message: Message::Shutdown,
+            ..
+        }) => {
+            eprintln!(
+                "{}: the job at {} was ending when this agent joined (it takes no more \
+                 host agents): nothing to do, exiting",
+                who(),
+                args.addr
+            );
+            return Ok(());
+        }
         Some(other) => {
             return Err(run(WorkerError::Protocol(format!(
                 "expected AgentWelcome, got {:?}",
@@ -358,12 +372,14 @@ fn serve(args: Args) -> Result<(), Failure> {
         arm_keepalive(tcp, &terms.beats);
     }
     let (tx, rx) = unbounded();
+    let reading = Arc::new(AtomicBool::new(true));
     {
         let tx = tx.clone();
         let silence = terms.beats.silence;
+        let reading = Arc::clone(&reading);
         std::thread::Builder::new()
             .name("pstream-agent-reader".into())
-            .spawn(move || read_coordinator(reader, silence, tx))
+            .spawn(move || read_coordinator(reader, silence, tx, &reading))
             .map_err(|e| Failure::Run(format!("start the reader thread: {e}")))?;
     }
     let agent = Agent {
@@ -378,17 +394,27 @@ fn serve(args: Args) -> Result<(), Failure> {
         start_failures: 0,
         respawn_at: None,
         stopping: None,
+        reading,
+        untold: Vec::new(),
     };
     agent.run(rx)
 }
 
 /// Frames from the coordinator, to the main loop, until the connection ends or
-/// falls silent.
-fn read_coordinator(mut reader: BufReader<Stream>, silence: Duration, tx: Sender<Heard>) {
+/// falls silent. `reading` is false only while it waits for the socket with every
+/// frame read so far handed on: then what the coordinator sent and the main loop
+/// has not heard is still in the socket.
+fn read_coordinator(
+    mut reader: BufReader<Stream>,
+    silence: Duration,
+    tx: Sender<Heard>,
+    reading: &AtomicBool,
+) {
     let timeout = PollTimeout::try_from(silence.as_millis().min(i32::MAX as u128) as i32)
         .unwrap_or(PollTimeout::MAX);
     loop {
         if reader.buffer().is_empty() {
+            reading.store(false, Ordering::SeqCst);
             let mut fds = [PollFd::new(reader.get_ref().as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, timeout) {
                 Ok(0) => {
@@ -402,6 +428,8 @@ fn read_coordinator(mut reader: BufReader<Stream>, silence: Duration, tx: Sender
                 Err(nix::errno::Errno::EINTR) => continue,
                 _ => {}
             }
+            // Before a byte leaves the socket.
+            reading.store(true, Ordering::SeqCst);
         }
         match read_frame(&mut reader, 1 << 20) {
             Ok(Some(frame)) => {
@@ -440,7 +468,16 @@ struct Agent {
     respawn_at: Option<Instant>,
     /// Since the coordinator said `Shutdown`: until when the workers may take to end.
     stopping: Option<Instant>,
+    /// The reader thread holds bytes from the coordinator not yet handed on.
+    reading: Arc<AtomicBool>,
+    /// Start failures not yet said on stderr: said once all the coordinator sent
+    /// before them was heard, unless that was `Shutdown` (see [`Agent::tell`]).
+    untold: Vec<String>,
 }
+
+/// How often the agent looks again whether the coordinator's words have all been
+/// heard, while start failures wait to be said.
+const TELL_AGAIN: Duration = Duration::from_millis(10);
 
 /// A backoff before starting a worker again after `failures` start failures in a
 /// row: 100 ms, doubled each time, at most 10 s.
@@ -460,6 +497,9 @@ impl Agent {
             }
             if let Some(at) = self.stopping {
                 wake = wake.min(at);
+            }
+            if !self.untold.is_empty() {
+                wake = wake.min(now + TELL_AGAIN);
             }
             let heard = match rx.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(heard) => Some(heard),
@@ -516,6 +556,7 @@ impl Agent {
                     }
                 }
             }
+            self.tell();
             let now = Instant::now();
             if self.stopping.is_some() && self.children.is_empty() && self.starting == 0 {
                 return self.end(Ok(()));
@@ -544,12 +585,19 @@ impl Agent {
         }
         if exit.served {
             self.start_failures = 0;
+        } else if exit.pid != 0 && exit.status == ExitStatus::Code(0) {
+            // Told `Shutdown` in place of its welcome: the job is ending (this
+            // agent hears it soon). Not a start failure; started again (if the
+            // job goes on after all) after the first backoff, not in a loop.
+            let at = Instant::now() + backoff(1);
+            self.respawn_at = Some(self.respawn_at.map_or(at, |t| t.max(at)));
+            return;
         } else {
             self.start_failures += 1;
             // The coordinator reports it with the worker's last lines; here, the
             // first, second, fourth… in a row: clear, but not a flood.
             if self.start_failures.is_power_of_two() {
-                eprintln!(
+                self.untold.push(format!(
                     "{}: a worker failed to start ({}, {} in a row){}",
                     who(),
                     describe(exit.status),
@@ -559,7 +607,7 @@ impl Agent {
                     } else {
                         format!("; its last output:\n{}", exit.last_words)
                     }
-                );
+                ));
             }
             let at = Instant::now() + backoff(self.start_failures);
             self.respawn_at = Some(self.respawn_at.map_or(at, |t| t.max(at)));
@@ -625,10 +673,47 @@ impl Agent {
         }
     }
 
+    /// Say the start failures waiting to be said, once everything the coordinator
+    /// sent before them was heard, unless it said `Shutdown`: a worker whose
+    /// handshake the end of the job cut (the coordinator stopped, its door closed)
+    /// did not fail. The coordinator tells this agent `Shutdown` before it cuts
+    /// any handshake, but the two connections race, and on a loaded host the
+    /// worker's end can come first by hundreds of milliseconds.
+    fn tell(&mut self) {
+        if self.untold.is_empty() {
+            return;
+        }
+        if self.stopping.is_some() {
+            self.untold.clear();
+            return;
+        }
+        if self.reading.load(Ordering::SeqCst) || self.coordinator_has_said_more() {
+            return; // Heard on a later turn.
+        }
+        for line in self.untold.drain(..) {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Whether the coordinator's socket holds bytes (or its end) not yet read.
+    fn coordinator_has_said_more(&self) -> bool {
+        let mut fds = [PollFd::new(
+            self.writer.get_ref().as_fd(),
+            PollFlags::POLLIN,
+        )];
+        !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
     /// Kill every worker (its whole process group) and say how the agent ends.
     fn end(self, outcome: Result<(), String>) -> Result<(), Failure> {
         for child in self.children.values() {
             child.kill();
+        }
+        if outcome.is_err() {
+            // Not the end of the job: its start failures are news.
+            for line in &self.untold {
+                eprintln!("{line}");
+            }
         }
         outcome.map_err(|why| Failure::Run(format!("{why}: killed its workers, exiting")))
     }

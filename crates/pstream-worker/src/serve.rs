@@ -517,6 +517,13 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
                 message: Message::Reject { reason },
                 ..
             }) => return Err(WorkerError::Rejected(reason)),
+            // The job ended while this worker shook hands: nothing to do, and
+            // nothing failed (its host agent, if any, tells this exit 0 before a
+            // welcome from a start failure).
+            Some(Frame {
+                message: Message::Shutdown,
+                ..
+            }) => return Ok(()),
             Some(other) => {
                 return Err(WorkerError::Protocol(format!(
                     "expected Welcome, got {:?}",

@@ -80,11 +80,28 @@ impl Handle for AgentHandle {
 impl Engine {
     /// A host agent passed the handshake: welcome it.
     pub(super) fn on_agent_connected(&mut self, mut link: Box<dyn Link>, join: AgentJoin) {
-        if self.shutdown_deadline.is_some() || self.failed.is_some() {
-            // Closing: the agent is told why (else it sees the connection end
-            // before its welcome, and cannot say why), and the link is dropped.
+        if self.shutdown_deadline.is_some() {
+            // The job is ending: `Shutdown` in place of the welcome, and the link
+            // is dropped. The agent exits 0 saying it had nothing to do (a late
+            // agent is no failure of its host).
+            tracing::info!(
+                "a host agent on {} (pid {}) joined as the job ended: told to stop",
+                join.hostname,
+                join.pid
+            );
+            let _ = write_frame(
+                &mut link,
+                &Message::Shutdown,
+                &Items::new(),
+                self.config.max_frame,
+            );
+            return;
+        }
+        if self.failed.is_some() {
+            // The pool failed: the agent is told why (else it sees the connection
+            // end before its welcome, and cannot say why), and the link is dropped.
             let reject = Message::Reject {
-                reason: "the job is ending: it takes no more host agents".into(),
+                reason: "the pool failed: it takes no more host agents".into(),
             };
             let _ = write_frame(&mut link, &reject, &Items::new(), self.config.max_frame);
             return;
@@ -347,8 +364,16 @@ impl Engine {
     /// The pool shuts down: agents start no more workers, and exit once theirs
     /// have (each is told `Shutdown` by the pool itself).
     pub(super) fn stop_agents(&mut self) {
-        for a in self.agents.values_mut() {
-            a.conn.push(&Message::Shutdown, None);
+        let ids: Vec<u64> = self.agents.keys().copied().collect();
+        for &id in &ids {
+            if let Some(a) = self.agents.get_mut(&id) {
+                a.conn.push(&Message::Shutdown, None);
+            }
+        }
+        // Now, before any worker is told or any handshake cut: an agent that
+        // hears of the end first does not take its workers' ends for failures.
+        for id in ids {
+            self.flush_agent(id);
         }
     }
 }

@@ -29,11 +29,20 @@ impl Engine {
             .find(|(_, w)| matches!(w.life, Life::Starting) && pid.is_some() && w.pid() == pid)
             .map(|(&wid, _)| wid);
         let closing = self.shutdown_deadline.is_some() || self.failed.is_some();
+        if closing && (agent.is_some() || (starting.is_none() && peer.is_remote())) {
+            // The job is ending (or the pool failed): `Shutdown` in place of the
+            // welcome, and the link is dropped. The worker exits 0, and its host
+            // agent does not take that for a start failure.
+            let _ = write_frame(
+                &mut link,
+                &Message::Shutdown,
+                &Items::new(),
+                self.config.max_frame,
+            );
+            return;
+        }
         let wid = match (starting, agent) {
             (_, Some((agent, agent_pid))) => {
-                if closing {
-                    return;
-                }
                 // A host agent started it: its end is the agent's report.
                 let handle = match self.agent_handle(agent, agent_pid, peer) {
                     Ok(handle) => handle,

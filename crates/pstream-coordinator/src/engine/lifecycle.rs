@@ -208,11 +208,13 @@ impl Engine {
             return;
         }
         self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_grace);
+        self.events_tx.set_door(crate::vocab::DoorState::Ending);
+        // The agents first (see `stop_agents`).
+        self.stop_agents();
         self.jobs.fail_all(&Arc::new(PoolError::Closed));
         for w in self.workers.values_mut() {
             w.stop();
         }
-        self.stop_agents();
         // Workers that were never connected are settled once reaped.
         let wids: Vec<u64> = self.workers.keys().copied().collect();
         for wid in wids {

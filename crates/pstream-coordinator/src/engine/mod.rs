@@ -356,6 +356,17 @@ impl Engine {
     fn finish_shutdown(&mut self) -> bool {
         if self.shutdown_deadline.is_some() && self.workers.is_empty() {
             self.exited = true;
+            // Connections that passed the handshake from now on are told that the
+            // job is over by the door; those handed on already, here.
+            self.events_tx.set_door(crate::vocab::DoorState::Closed);
+            while let Ok(event) = self.events.try_recv() {
+                if matches!(
+                    event,
+                    Event::Connected { .. } | Event::AgentConnected { .. }
+                ) {
+                    crate::door::job_over(event);
+                }
+            }
             self.jobs.clear();
             // Their connections close: having been told `Shutdown`, they exit 0.
             self.agents.clear();
