@@ -209,12 +209,22 @@ fn local_run(dir: &Path, function: &str, extra: &[&str]) -> (Option<i32>, Vec<u8
 #[test]
 fn bad_agent_arguments_are_refused_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--agent"], "--connect HOST:PORT is missing"),
         (&["--agent", "--connect"], "--connect needs an address"),
         (
             &["--agent", "--connect", "127.0.0.1:1", "--workers", "0"],
             "--workers 0 is not a number of 1 or more",
+        ),
+        (
+            &[
+                "--agent",
+                "--connect",
+                "127.0.0.1:1",
+                "--workers",
+                "100000000",
+            ],
+            "--workers 100000000: an agent runs at most 4096 workers",
         ),
         (
             &["--agent", "--connect", "127.0.0.1:1", "--token", "ab"],
@@ -257,6 +267,30 @@ fn bad_agent_arguments_are_refused_with_exit_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("mode 0644"), "{stderr}");
+}
+
+#[test]
+fn more_workers_than_a_host_agent_runs_are_refused_before_anything_starts() {
+    for (args, needle) in [
+        (
+            ["--ssh", "node:100000000"],
+            "100000000 workers: a host agent runs at most 4096",
+        ),
+        (["--workers-per-host", "5000"], "5000 is not in 1..=4096"),
+    ] {
+        let mut cmd = coord(&["run", "--function", "double", "--no-progress"]);
+        cmd.args(args);
+        if args[0] != "--ssh" {
+            cmd.args(["--ssh", "node"]);
+        }
+        let out = expect_code(&mut cmd, Some(b"1\n"), 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("starting a host agent"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -257,8 +257,10 @@ pub struct LaunchArgs {
     pub transfer: bool,
 
     /// Workers per host for --ssh hosts without :N and for --launcher slurm
-    /// (default: each host's own: SLURM_CPUS_ON_NODE there, else its CPU count).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// (default: each host's own: SLURM_CPUS_ON_NODE there, else its CPU count);
+    /// at most 4096, what one host agent runs.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(pstream::protocol::MAX_AGENT_WORKERS)))]
     pub workers_per_host: Option<u32>,
 }
 

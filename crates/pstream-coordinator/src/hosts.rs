@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pstream_protocol::auth::Token;
+use pstream_protocol::MAX_AGENT_WORKERS;
 
 use crate::error::PoolError;
 
@@ -192,6 +193,14 @@ impl HostLauncher {
                 "workers per host must be at least 1".into(),
             ));
         }
+        if let Some(n) = self
+            .workers_per_host
+            .filter(|&n| n > MAX_AGENT_WORKERS as usize)
+        {
+            return Err(PoolError::Config(format!(
+                "{n} workers per host: a host agent runs at most {MAX_AGENT_WORKERS}"
+            )));
+        }
         match &self.kind {
             Kind::Ssh(hosts) if hosts.is_empty() => Err(PoolError::Config(
                 "no host to start workers on: give at least one ssh host".into(),
@@ -335,6 +344,11 @@ fn parse_host(spec: &str) -> Result<SshHost, PoolError> {
         None => None,
         Some(n) => match n.parse::<usize>() {
             Ok(0) => return Err(bad("0 workers: give at least 1, or leave the host out")),
+            Ok(n) if n > MAX_AGENT_WORKERS as usize => {
+                return Err(bad(&format!(
+                    "{n} workers: a host agent runs at most {MAX_AGENT_WORKERS}"
+                )))
+            }
             Ok(n) => Some(n),
             Err(_) => return Err(bad(&format!("`{n}` is not a number of workers"))),
         },
@@ -1019,11 +1033,24 @@ mod tests {
         assert_eq!(h("me@[::1]").unwrap(), ("me@::1".into(), None));
         assert_eq!(h("fe80::1").unwrap(), ("fe80::1".into(), None));
         assert!(h("node:0").is_err());
+        assert_eq!(h("node:4096").unwrap(), ("node".into(), Some(4096)));
+        assert!(h("node:100000000")
+            .unwrap_err()
+            .to_string()
+            .contains("a host agent runs at most 4096"));
         assert!(h("node:x").is_err());
         assert!(h("").is_err());
         assert!(h(":4").is_err());
         assert!(h("-oProxyCommand=x").is_err());
         assert!(h("[::1").is_err());
+        let many = HostLauncher::ssh(["node"])
+            .unwrap()
+            .workers_per_host(100_000_000);
+        assert!(many
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("100000000 workers per host: a host agent runs at most 4096"));
     }
 
     #[test]

@@ -178,6 +178,13 @@ pub const ENV_READY_FD: &str = "PSTREAM_READY_FD";
 /// reports it, and the coordinator counts the worker lost, not crashed.
 pub const EXIT_LOST: i32 = 75;
 
+/// The most workers one host agent runs (`--workers`, `host:N`,
+/// `--workers-per-host`, `SLURM_CPUS_ON_NODE`): each is a process, two threads of
+/// the agent and a connection to the coordinator, and a typo of a few zeros must
+/// get an error, not a host brought down by a storm of processes. Eight times the
+/// CPU threads of the largest two-socket servers sold today.
+pub const MAX_AGENT_WORKERS: u32 = 4096;
+
 /// Whether this process was asked to be a host agent: its first argument is
 /// [`ARG_AGENT`].
 pub fn asked_to_be_agent() -> bool {

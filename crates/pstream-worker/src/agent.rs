@@ -31,7 +31,7 @@ use pstream_protocol::auth::Token;
 use pstream_protocol::{
     read_frame, AgentJoin, ExitStatus, Frame, Message, WorkerExit, ARG_AGENT, ARG_CONNECT,
     ENV_AGENT, ENV_CAPACITY, ENV_CONNECT, ENV_MAX_FRAME, ENV_READY_FD, ENV_TOKEN_FD,
-    ENV_TOKEN_FILE,
+    ENV_TOKEN_FILE, MAX_AGENT_WORKERS,
 };
 use std::sync::mpsc::{channel as unbounded, Receiver, RecvTimeoutError, Sender};
 
@@ -122,10 +122,11 @@ fn parse_args() -> Result<Args, Failure> {
             "--token-file" => token_file = Some(PathBuf::from(value("a file")?)),
             "--workers" => {
                 let v = value("a number of workers")?;
-                workers =
-                    Some(v.parse().ok().filter(|&n: &u32| n >= 1).ok_or_else(|| {
+                let n =
+                    v.parse::<u64>().ok().filter(|&n| n >= 1).ok_or_else(|| {
                         usage(format!("--workers {v} is not a number of 1 or more"))
-                    })?);
+                    })?;
+                workers = Some(within_cap(n, &format!("--workers {v}"), &usage)?);
             }
             "--token" => {
                 return Err(usage(
@@ -160,22 +161,37 @@ fn parse_args() -> Result<Args, Failure> {
     })
 }
 
+/// `n` workers, if at most [`MAX_AGENT_WORKERS`]; `what` names where it came from.
+fn within_cap(n: u64, what: &str, usage: &dyn Fn(String) -> Failure) -> Result<u32, Failure> {
+    if n > u64::from(MAX_AGENT_WORKERS) {
+        return Err(usage(format!(
+            "{what}: an agent runs at most {MAX_AGENT_WORKERS} workers (each is a process, \
+             two threads of the agent and a connection to the coordinator); start \
+             several agents on a host that needs more"
+        )));
+    }
+    Ok(n as u32)
+}
+
 /// Workers by default: the CPUs Slurm gave this job on this node, else every CPU
-/// this process may run on.
+/// this process may run on (at most [`MAX_AGENT_WORKERS`]).
 fn default_workers() -> Result<u32, Failure> {
     if let Ok(v) = std::env::var("SLURM_CPUS_ON_NODE") {
-        return v
+        let n = v
             .trim()
-            .parse()
+            .parse::<u64>()
             .ok()
-            .filter(|&n: &u32| n >= 1)
+            .filter(|&n| n >= 1)
             .ok_or_else(|| {
                 Failure::Usage(format!(
                     "SLURM_CPUS_ON_NODE={v} is not a number of CPUs; pass --workers N"
                 ))
-            });
+            })?;
+        let usage = |why: String| Failure::Usage(format!("{why}; pass --workers N"));
+        return within_cap(n, &format!("SLURM_CPUS_ON_NODE={v}"), &usage);
     }
-    Ok(std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    Ok(cpus.min(u64::from(MAX_AGENT_WORKERS)) as u32)
 }
 
 /// How long the agent waits for the token's line on its standard input: ssh
