@@ -111,7 +111,8 @@ impl Progress {
 }
 
 /// Every interval, tell the coordinator how far the batch in work has come, if it
-/// moved; if it did not, say so again every [`PROGRESS_HEARTBEAT`] intervals. A hung
+/// moved, from the second interval the batch is in work on; if it did not move, say
+/// so again every [`PROGRESS_HEARTBEAT`] intervals. A hung
 /// item is then known exactly, without bisection: the repeated report shows this
 /// process alive and still on that item. A process frozen whole (SIGSTOP, a stopped
 /// terminal job) repeats nothing, and the coordinator bisects instead.
@@ -127,8 +128,7 @@ pub(crate) fn report_progress(
     beats: Option<&Beats>,
     watched: Option<std::net::TcpStream>,
 ) {
-    let mut last = None;
-    let mut quiet = 0u32;
+    let mut looks = Looks::default();
     let interval = match beats {
         // Often enough for a heartbeat in time, seldom enough to cost nothing.
         Some(b) => interval.min(b.every / 4),
@@ -165,26 +165,57 @@ pub(crate) fn report_progress(
             }
         }
         let batch = *progress.batch.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((job, seq)) = batch else {
+        if batch.is_none() {
             idle = idle.saturating_add(1);
-            continue;
-        };
-        idle = 0;
+        } else {
+            idle = 0;
+        }
         let done = progress.done.load(Ordering::Relaxed);
-        if last == Some((seq, done)) {
-            quiet += 1;
-            if quiet < PROGRESS_HEARTBEAT {
-                continue;
+        if let Some(report) = looks.look(batch, done) {
+            if outbox.send(&report, &Items::new()).is_err() {
+                return;
             }
         }
-        quiet = 0;
-        last = Some((seq, done));
-        if outbox
-            .send(&Message::Progress { job, seq, done }, &Items::new())
-            .is_err()
-        {
-            return;
+    }
+}
+
+/// What the progress reporter has seen: which `Progress` a look at the batch in
+/// work calls for.
+#[derive(Debug, Default)]
+struct Looks {
+    /// The batch in work at the last look.
+    seen: Option<(u64, u64)>,
+    /// The last report: (seq, done).
+    last: Option<(u64, u32)>,
+    /// Looks in a row that found the last report's count unchanged.
+    quiet: u32,
+}
+
+impl Looks {
+    /// A look at the batch in work (if any) and its count of items computed.
+    fn look(&mut self, batch: Option<(u64, u64)>, done: u32) -> Option<Message> {
+        // A batch that started since the last look is reported from the next look
+        // on, if it is still in work then: batches that follow each other closely
+        // (a busy worker's) answer for themselves with their results, and a report
+        // of each cost a frame, the writer's lock taken from under the compute
+        // loop, and a wake-up of the coordinator. A hung item is still reported
+        // and named, at most one interval later.
+        if batch.is_none() {
+            self.seen = None;
         }
+        let (job, seq) = batch?;
+        if std::mem::replace(&mut self.seen, batch) != batch {
+            return None;
+        }
+        if self.last == Some((seq, done)) {
+            self.quiet += 1;
+            if self.quiet < PROGRESS_HEARTBEAT {
+                return None;
+            }
+        }
+        self.quiet = 0;
+        self.last = Some((seq, done));
+        Some(Message::Progress { job, seq, done })
     }
 }
 
@@ -564,6 +595,36 @@ mod tests {
         assert!(
             matches!(&got[..], [Err((FailureKind::TooLarge, _))]),
             "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_batch_is_reported_from_its_second_look_on_and_batches_seen_once_not_at_all() {
+        let mut looks = Looks::default();
+        let progress = |seq, done| Some(Message::Progress { job: 1, seq, done });
+        // Busy: a different batch at every look, nothing to report.
+        for seq in 1..100 {
+            assert_eq!(looks.look(Some((1, seq)), 500), None, "batch {seq}");
+        }
+        // One still in work at the next look is reported, and again while it moves.
+        assert_eq!(looks.look(Some((1, 100)), 3), None);
+        assert_eq!(looks.look(Some((1, 100)), 3), progress(100, 3));
+        assert_eq!(looks.look(Some((1, 100)), 4), progress(100, 4));
+        // Stuck on one item: the same count again every PROGRESS_HEARTBEAT looks.
+        for _ in 1..PROGRESS_HEARTBEAT {
+            assert_eq!(looks.look(Some((1, 100)), 4), None);
+        }
+        assert_eq!(looks.look(Some((1, 100)), 4), progress(100, 4));
+        // Idle between, then the same batch number of another job: new again.
+        assert_eq!(looks.look(None, 0), None);
+        assert_eq!(looks.look(Some((2, 100)), 0), None);
+        assert_eq!(
+            looks.look(Some((2, 100)), 0),
+            Some(Message::Progress {
+                job: 2,
+                seq: 100,
+                done: 0
+            })
         );
     }
 
