@@ -208,8 +208,9 @@ fn five_hundred_and_twelve_workers_on_sixteen_hosts_are_exact_and_the_coordinato
         &cluster,
         dir.path(),
         "double",
-        // Batches of at most 1,000 items (half the window): about 1,000 of them,
-        // handed round every idle worker in turn, so each host gets some.
+        // Batches of at most 1,000 items (half the window): about 1,000 of them;
+        // a worker that joined gets one before a warm worker gets another, so
+        // each host gets some.
         &["--workers", "0", "--min-workers", &all, "--window", "2000"],
     );
     let token = dir.path().join("job.token");

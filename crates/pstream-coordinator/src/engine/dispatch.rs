@@ -1,4 +1,5 @@
-//! Which worker gets the next queued batch: the one with the most credit free.
+//! Which worker gets the next queued batch: the one with the most credit free
+//! (among equals, a new one, else the one freed last).
 
 use std::time::Instant;
 
@@ -36,9 +37,8 @@ impl Engine {
             };
             let batch = self.jobs.queue.pop_front().expect("front");
             self.next_seq += 1;
-            self.last_served = wid;
             let w = self.workers.get_mut(&wid).expect("chosen");
-            let before = w.free();
+            w.fed = true;
             let was_idle = w.in_flight.is_empty();
             let now = Instant::now();
             if was_idle {
@@ -56,7 +56,7 @@ impl Engine {
                 to_idle: was_idle,
                 answered_once: false,
             });
-            self.rerank(wid, before);
+            self.rerank(wid);
             if was_idle && self.config.item_timeout.is_some() {
                 // A progress deadline from now: maybe the earliest.
                 self.timers_changed();
@@ -65,28 +65,35 @@ impl Engine {
     }
 }
 
+/// Where a serving worker stands in `Engine::ranked`, highest first: its free
+/// credit; then whether it has never been sent a batch (a worker that just
+/// joined gets one before a warm one gets another); then how recently its credit
+/// changed (among idle workers, the one whose last batch was answered last: its
+/// memory and its connection are still warm); then its id.
+pub(super) type RankKey = (usize, bool, u64, u64);
+
 impl Engine {
     /// The worker for a batch of `n` items: the one with the most credit free;
-    /// among equals (idle workers, say) the next after the one served last, so
-    /// that a job whose batches are answered before the next is cut still goes
-    /// round every worker. Found in `ranked` (no look at every worker per batch:
-    /// with hundreds of them, that look cost more than the batch), which holds
-    /// each serving worker under its free credit; entries of workers that are
-    /// gone or no longer serving are dropped as they are met.
+    /// among equals (idle workers, say) one never sent a batch, else the one
+    /// whose credit changed last. With many more workers than batches in flight
+    /// (512 workers and a few batches of trivial items), batches then keep going
+    /// to the few workers just freed, as with few workers, instead of round all
+    /// of them in turn, each asleep since its last batch: that cost each batch a
+    /// cold process and cold caches on both ends (a 512-worker fan-out spent
+    /// twice the CPU of 2 workers on the same job). Every worker still gets a
+    /// batch when it joins, and workers busy with slow items all take work since
+    /// an idle one always has more free credit than a busy one.
+    ///
+    /// Found in `ranked` (no look at every worker per batch: with hundreds of
+    /// them, that look cost more than the batch); entries of workers that are
+    /// gone, no longer serving or filed again are dropped as they are met.
     fn pick(&mut self, n: usize, limit: Option<u64>) -> Option<u64> {
-        let last = self.last_served;
         loop {
-            let &(free, _) = self.ranked.last()?;
-            let (free, wid) = self
-                .ranked
-                .range((free, last.saturating_add(1))..=(free, u64::MAX))
-                .next()
-                .or_else(|| self.ranked.range((free, 0)..=(free, u64::MAX)).next())
-                .copied()
-                .expect("the group of the last entry");
+            let key = *self.ranked.last()?;
+            let wid = key.3;
             match self.workers.get(&wid) {
-                Some(w) if w.usable() && w.free() == free => {
-                    if w.within_allowance(limit) && (free >= n || w.outstanding == 0) {
+                Some(w) if w.usable() && w.ranked_as == Some(key) => {
+                    if w.within_allowance(limit) && (key.0 >= n || w.outstanding == 0) {
                         return Some(wid);
                     }
                     // A rarer case (a worker at its item allowance, or credits
@@ -94,7 +101,7 @@ impl Engine {
                     return self.pick_by_scan(n, limit);
                 }
                 _ => {
-                    self.ranked.remove(&(free, wid));
+                    self.ranked.remove(&key);
                 }
             }
         }
@@ -102,21 +109,28 @@ impl Engine {
 
     /// [`Engine::pick`], by a look at every worker.
     fn pick_by_scan(&self, n: usize, limit: Option<u64>) -> Option<u64> {
-        let last = self.last_served;
         self.workers
             .iter()
             .filter(|(_, w)| w.usable() && w.within_allowance(limit))
             .filter(|(_, w)| w.free() >= n || w.outstanding == 0)
-            .max_by_key(|(&wid, w)| (w.free(), wid > last, std::cmp::Reverse(wid)))
+            .max_by_key(|(&wid, w)| (w.free(), !w.fed, w.ranked_as.map(|k| k.2), wid))
             .map(|(&wid, _)| wid)
     }
 
-    /// Worker `wid`'s free credit was `before` and may have changed (or it may no
-    /// longer serve): file it again.
-    pub(super) fn rerank(&mut self, wid: u64, before: usize) {
-        self.ranked.remove(&(before, wid));
-        if let Some(w) = self.workers.get(&wid).filter(|w| w.usable()) {
-            self.ranked.insert((w.free(), wid));
+    /// Worker `wid`'s free credit may have changed (or it may no longer serve):
+    /// file it again, as changed last.
+    pub(super) fn rerank(&mut self, wid: u64) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        if let Some(old) = w.ranked_as.take() {
+            self.ranked.remove(&old);
+        }
+        if w.usable() {
+            self.rank_clock += 1;
+            let key = (w.free(), !w.fed, self.rank_clock, wid);
+            self.ranked.insert(key);
+            w.ranked_as = Some(key);
         }
     }
 }

@@ -115,8 +115,7 @@ impl Engine {
         }
         let w = self.workers.get_mut(&wid).expect("found above");
         w.connected(conn, peer, join.capacity as usize, Instant::now());
-        let free = w.free();
-        self.ranked.insert((free, wid));
+        self.rerank(wid);
         self.consecutive_failures = 0;
         self.counters.ready.fetch_add(1, Ordering::Relaxed);
         self.counters.host(&peer.host(), |h| h.workers += 1);
@@ -231,7 +230,6 @@ impl Engine {
             count
         };
         let w = self.workers.get_mut(&wid).expect("present");
-        let before = w.free();
         let now = Instant::now();
         let head = w.in_flight.front_mut().expect("present");
         let first = !std::mem::replace(&mut head.answered_once, true);
@@ -267,7 +265,7 @@ impl Engine {
                 self.top_up_workers();
             }
         }
-        self.rerank(wid, before);
+        self.rerank(wid);
     }
 
     /// Worker `wid`, across a link, just measured its round trip and rate (on a

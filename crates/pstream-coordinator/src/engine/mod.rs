@@ -47,6 +47,7 @@ use crate::poller::{self, Poller};
 use crate::process::WorkerCommand;
 use crate::stats::PoolCounters;
 use crate::vocab::{Event, Events, Ready, Wake};
+use dispatch::RankKey;
 use jobs::Jobs;
 use worker::{Hangup, Worker};
 
@@ -100,8 +101,9 @@ pub(crate) struct Engine {
     workers: HashMap<u64, Worker>,
     next_wid: u64,
     next_seq: u64,
-    /// The worker the last batch went to (ties in `dispatch` go round from it).
-    last_served: u64,
+    /// Counts the changes to workers' free credit: the last element of a
+    /// worker's [`RankKey`], so that ties go to the worker changed last.
+    rank_clock: u64,
     /// The earliest of the workers' deadlines as of the last look at them all
     /// (`None`: none). Steps before it look at none of them: with hundreds of
     /// workers across the network, a look at each on every step cost more than
@@ -110,9 +112,9 @@ pub(crate) struct Engine {
     /// A worker came, went, or took work while idle (with an item time limit)
     /// since that look: a deadline may be earlier than `timers_at`.
     timers_stale: bool,
-    /// Serving workers by free credit, then id: where `dispatch` finds the next
-    /// (see `dispatch::pick`). May hold entries of workers that no longer serve.
-    ranked: BTreeSet<(usize, u64)>,
+    /// Serving workers by [`RankKey`]: where `dispatch` finds the next (see
+    /// `dispatch::pick`). May hold entries of workers that no longer serve.
+    ranked: BTreeSet<RankKey>,
     jobs: Jobs,
     functions: Option<Vec<FunctionInfo>>,
     ready: Option<Ready>,
@@ -192,7 +194,7 @@ impl Engine {
             launcher,
             counters,
             workers: HashMap::new(),
-            last_served: 0,
+            rank_clock: 0,
             timers_at: None,
             timers_stale: true,
             ranked: BTreeSet::new(),

@@ -114,6 +114,10 @@ pub(super) struct Worker {
     /// Items it computes per second while it has work (from batches sent while
     /// it was idle: their time less the round trip), smoothed.
     pub rate: Option<f64>,
+    /// Whether it was ever sent a batch.
+    pub fed: bool,
+    /// Where it is filed in the engine's `ranked`, if anywhere.
+    pub ranked_as: Option<super::RankKey>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -170,6 +174,8 @@ impl Worker {
             hung_up_at: None,
             rtt: None,
             rate: None,
+            fed: false,
+            ranked_as: None,
         }
     }
 
