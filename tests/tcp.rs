@@ -449,3 +449,49 @@ fn a_link_with_a_long_round_trip_is_measured_and_a_window_too_small_for_it_is_re
     let (code, stderr) = joiner.exit();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// Four workers behind a link with a round trip of a few milliseconds (a proxy
+/// holding bytes 1 ms each way), on trivial items, with the default window: each
+/// worker gets a batch at a time and answers it at once, far from the window's
+/// bound (it holds two batches, and they are each other's: the link never held
+/// the window), so nothing says the window is too small. The notice used to work
+/// out a worker's need from its compute rate, with a batch of trivial items
+/// counted as 10 µs of work: millions of items per round trip, asked for here and
+/// on simulated hosts of one machine, where the link limited nothing.
+#[test]
+fn a_link_whose_round_trip_the_window_covers_gets_no_notice_however_fast_the_items() {
+    const WORKERS: usize = 4;
+    let _watchdog = watchdog("the covered link", Duration::from_secs(240));
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = DelayProxy::start(listener.local_addr().unwrap(), Duration::from_millis(1));
+    let joiners: Vec<Joiner> = (0..WORKERS)
+        .map(|_| Joiner::start(proxy.addr, &token))
+        .collect();
+    let pool = listening_pool(listener, &token)
+        .min_workers(WORKERS)
+        .build()
+        .unwrap();
+    let n = 300_000i64;
+    let mut expected = 0i64;
+    for result in pool.map(double, 0..n).unwrap() {
+        assert_eq!(result.unwrap(), expected * 2);
+        expected += 1;
+    }
+    assert_eq!(expected, n);
+    let stats = pool.stats();
+    assert!(
+        stats.max_rtt_us >= 2_000,
+        "the round trip through the proxy is at least 2 ms: {stats:?}"
+    );
+    assert!(
+        !stats.window_short,
+        "the default window was reported too small for a link it covers: {stats:?}"
+    );
+    drop(pool);
+    for joiner in joiners {
+        let (code, stderr) = joiner.exit();
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+}

@@ -71,12 +71,15 @@ pub struct PoolStats {
     /// measured): from a batch sent to an idle worker to its first answer.
     pub max_rtt_us: u64,
     /// The most items one worker needed in flight to stay busy across its link
-    /// (its rate times its round trip, plus a batch), over workers whose round
-    /// trip is a link's (at least [`crate::tuning::LINK_RTT`]): the credit a
-    /// window must hold for it. 0: none such.
+    /// (its rate times its round trip, plus a batch, up to its capacity), over
+    /// workers whose round trip is a link's (at least
+    /// [`crate::tuning::LINK_RTT`]) and held most of the window (more than three
+    /// quarters of it, at the rate the worker was fed): the credit a window must
+    /// hold for it. 0: none such.
     pub max_credit: u64,
-    /// The window was found too small to keep a link busy (said once, as a
-    /// warning that names the window's setting).
+    /// The window was found too small to keep a link busy: a round trip held
+    /// most of it, and the worker needs more (said once, as a warning that names
+    /// the window's setting).
     pub window_short: bool,
 }
 

@@ -43,6 +43,8 @@ impl Engine {
             let now = Instant::now();
             if was_idle {
                 w.progress_at = now;
+                w.busy_since = now;
+                w.busy_items = 0;
             }
             w.outstanding += n;
             w.send(&Message::Batch(header), Some(&batch.items));

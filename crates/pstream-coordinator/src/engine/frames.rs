@@ -242,6 +242,7 @@ impl Engine {
         head.running = head.running.max(head.answered);
         w.outstanding -= advance;
         w.items_done += advance as u64;
+        w.busy_items += advance as u64;
         w.progress_at = Instant::now();
         if head.answered == total {
             let done = w.in_flight.pop_front().expect("present");
@@ -252,8 +253,8 @@ impl Engine {
             w.batch_answered();
             if done.to_idle {
                 w.rate_sample(total, done.sent_at, now);
-                self.check_link(wid, total);
             }
+            self.check_link(wid, total, now);
             self.jobs.batch_done(header.job, done.batch.items);
         }
         let w = self.workers.get_mut(&wid).expect("present");
@@ -268,11 +269,18 @@ impl Engine {
         self.rerank(wid);
     }
 
-    /// Worker `wid`, across a link, just measured its round trip and rate (on a
-    /// batch of `batch` items): does the window hold the items it needs in flight
-    /// to stay busy (what it computes in a round trip)? If not, the link sits
-    /// idle between batches whatever the credit: say so once, naming the setting.
-    fn check_link(&mut self, wid: u64, batch: usize) {
+    /// Worker `wid` just answered a batch of `batch` items: across a link (a
+    /// round trip of at least [`crate::tuning::LINK_RTT`]), did the window limit
+    /// it? It did if, at the rate the worker answered items since it last held
+    /// none, a round trip held most of the window (more than three quarters):
+    /// then the window was on the way to it or back, and it waited for batches.
+    /// If so, say so once, naming the setting, with the items it needs in flight
+    /// (what it computes in a round trip, up to its capacity). A worker whose
+    /// items are answered at once, and a worker fed no faster than the
+    /// coordinator can cut batches, hold a batch at a time: far from the window,
+    /// whatever its compute rate (with trivial items, a compute rate measured
+    /// from a batch answered at once came to millions of items per round trip).
+    fn check_link(&mut self, wid: u64, batch: usize, now: Instant) {
         let Some(w) = self.workers.get(&wid) else {
             return;
         };
@@ -284,21 +292,29 @@ impl Engine {
         if rtt < crate::tuning::LINK_RTT {
             return; // A wake-up, not a link.
         }
+        let window = self.config.window as u64;
+        let Some(in_transit) = w.in_transit(now) else {
+            return;
+        };
+        if in_transit * 4.0 <= window as f64 * 3.0 {
+            return; // The window was not what it waited for.
+        }
         let Some(credit) = w.credit(batch) else {
             return;
         };
         self.counters
             .max_credit
             .fetch_max(credit, Ordering::Relaxed);
-        let window = self.config.window as u64;
         if credit > window && !self.counters.window_short.swap(true, Ordering::Relaxed) {
             let peer = w.peer.map(|p| p.to_string()).unwrap_or_default();
             tracing::warn!(
                 "the window ({window} items) is too small to keep the link to the worker at \
-                 {peer} busy: its round trip is {rtt:?}, and it computes about {credit} items \
-                 in that time, so it waits for batches; raise the window (--window, \
-                 PoolBuilder::window) to at least {credit} items (it bounds the \
-                 coordinator's memory: items times their size)"
+                 {peer} busy: its round trip is {rtt:?}, which held about {} items at the \
+                 rate it was fed, and it computes about {credit} items in that time, so it \
+                 waits for batches; raise the window (--window, PoolBuilder::window) to at \
+                 least {credit} items (it bounds the coordinator's memory: items times \
+                 their size)",
+                in_transit as u64
             );
         }
     }

@@ -116,6 +116,10 @@ pub(super) struct Worker {
     pub rate: Option<f64>,
     /// Whether it was ever sent a batch.
     pub fed: bool,
+    /// Since when it has held work without a break (from a batch sent while it
+    /// held none), and how many items it answered since.
+    pub busy_since: Instant,
+    pub busy_items: u64,
     /// Where it is filed in the engine's `ranked`, if anywhere.
     pub ranked_as: Option<super::RankKey>,
 }
@@ -176,6 +180,8 @@ impl Worker {
             rate: None,
             fed: false,
             ranked_as: None,
+            busy_since: now,
+            busy_items: 0,
         }
     }
 
@@ -362,10 +368,21 @@ impl Worker {
     }
 
     /// Items it needs in flight to stay busy: what it computes in a round trip,
-    /// plus the batch it is on (`batch` items).
+    /// plus the batch it is on (`batch` items), but no more than it takes at
+    /// once (its capacity: the most dispatch puts in flight to it).
     pub fn credit(&self, batch: usize) -> Option<u64> {
         let (rtt, rate) = (self.rtt?, self.rate?);
-        Some((rate * rtt.as_secs_f64()).min(u64::MAX as f64 / 2.0) as u64 + batch as u64)
+        let need = (rate * rtt.as_secs_f64()).min(u64::MAX as f64 / 2.0) as u64 + batch as u64;
+        Some(need.min(self.capacity as u64))
+    }
+
+    /// The items a round trip held in flight to it, at the rate it answered
+    /// them since it last held none (what the coordinator fed it, over its link):
+    /// by Little's law, the part of what it held that was on the way.
+    pub fn in_transit(&self, now: Instant) -> Option<f64> {
+        let rtt = self.rtt?;
+        let busy = now.saturating_duration_since(self.busy_since).as_secs_f64();
+        (busy > 0.0).then(|| self.busy_items as f64 / busy * rtt.as_secs_f64())
     }
 
     /// Items it has room for.
