@@ -330,52 +330,40 @@ impl<'a> Batch<'a> {
         // path, so that an item that succeeds costs a compare here.
         let mut fits = budget(items.len(), failures.len());
         // The next item to compute, and where its bytes start.
-        let (mut next, mut start) = (0usize, 0usize);
+        // The next item to compute: every item computed has a slot, sent or in `out`.
+        let mut next = 0usize;
         while next < ends.len() {
             // Items one after another, until one fails or panics, a result may not
             // fit, or the clock says to send: a panic is caught once for the whole
-            // run, not per item (the landing pad kept every item's state in memory),
-            // and `next` names the item it came from.
-            let mut stop = Stop::End;
+            // run, not per item (the landing pad kept every item's state in memory).
             let caught = unwind::catch(|| {
-                for &end in &ends[next..] {
-                    let (item_start, len) = (start, end as usize - start);
-                    let outcome = out.push_with(|buf| call(codec, &data[item_start..], len, buf));
-                    start = end as usize;
-                    next += 1;
-                    // Items computed, the failed ones included: the reporter's count.
-                    progress.done.store(next as u32, Ordering::Relaxed);
-                    if let Err(e) = outcome {
-                        // A failure travels boxed: the common `Ok` stays small.
-                        stop = Stop::Failed(Box::new((e.kind, e.message, None)));
-                        return;
-                    }
-                    if out.data_len() > fits {
-                        stop = Stop::Full;
-                        return;
-                    }
-                    if clock.due() {
-                        stop = Stop::Due;
-                        return;
-                    }
-                }
+                compute_run(
+                    &mut call,
+                    codec,
+                    data,
+                    ends,
+                    next,
+                    out,
+                    &progress.done,
+                    fits,
+                    &mut clock,
+                )
             });
-            let outcome = match (caught, stop) {
-                (Ok(()), Stop::End) => break,
-                (Ok(()), Stop::Due) => {
+            let outcome = match caught {
+                Ok(Stop::End) => break,
+                Ok(Stop::Due) => {
                     if !out.is_empty() {
                         send(out, &mut failures, &mut offset)?;
                     }
+                    next = offset + out.len();
                     continue;
                 }
-                (Ok(()), Stop::Failed(failed)) => Err(failed),
-                (Ok(()), Stop::Full) => Ok(()),
-                (Err(Panic { message, location }), _) => {
-                    // The item `next` panicked: drop what it wrote, go past it.
+                Ok(Stop::Failed(failed)) => Err(failed),
+                Ok(Stop::Full) => Ok(()),
+                Err(Panic { message, location }) => {
+                    // The item after the last slot panicked: drop what it wrote
+                    // (`settle` gives it its failed slot).
                     out.truncate_partial();
-                    start = ends[next] as usize;
-                    next += 1;
-                    progress.done.store(next as u32, Ordering::Relaxed);
                     Err(Box::new((FailureKind::Panicked, message, location)))
                 }
             };
@@ -388,6 +376,8 @@ impl<'a> Batch<'a> {
                 |out, failures| send(out, failures, &mut offset),
             )?;
             fits = budget(items.len(), failures.len());
+            next = offset + out.len();
+            progress.done.store(next as u32, Ordering::Relaxed);
             // The run stopped before looking at the clock for this item.
             if clock.due() && !out.is_empty() {
                 send(out, &mut failures, &mut offset)?;
@@ -398,6 +388,52 @@ impl<'a> Batch<'a> {
         }
         Ok(())
     }
+}
+
+/// Compute the batch's items from `first` on (their ends `ends`, their bytes
+/// `data`) into `out`, until one fails, a result may take `out` past `fits`
+/// bytes, the clock says to send, or the batch is done; `done` counts the items
+/// computed. A function of its own, never inlined: its `&mut` parameters are then
+/// known to be apart from every byte it writes, so `out`'s lengths stay in
+/// registers instead of being read back after each result's bytes.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn compute_run<F>(
+    call: &mut F,
+    codec: Codec,
+    data: &[u8],
+    ends: &[u32],
+    first: usize,
+    out: &mut Items,
+    done: &AtomicU32,
+    fits: usize,
+    clock: &mut FlushClock,
+) -> Stop
+where
+    F: FnMut(Codec, &[u8], usize, &mut Vec<u8>) -> Result<(), CallError>,
+{
+    let mut start = match first {
+        0 => 0,
+        _ => ends[first - 1] as usize,
+    };
+    for (i, &end) in ends.iter().enumerate().skip(first) {
+        let (item_start, len) = (start, end as usize - start);
+        start = end as usize;
+        let outcome = out.push_with(|buf| call(codec, &data[item_start..], len, buf));
+        // Items computed, the failed ones included: the reporter's count.
+        done.store((i + 1) as u32, Ordering::Relaxed);
+        if let Err(e) = outcome {
+            // A failure travels boxed: the common `Ok` stays small.
+            return Stop::Failed(Box::new((e.kind, e.message, None)));
+        }
+        if out.data_len() > fits {
+            return Stop::Full;
+        }
+        if clock.due() {
+            return Stop::Due;
+        }
+    }
+    Stop::End
 }
 
 /// Why a run of items in [`Batch::run`] stopped.
