@@ -439,6 +439,35 @@ fn a_killed_agent_takes_its_workers_along_and_the_job_loses_nothing() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// An item hangs, then its worker goes with its agent and no other comes: the job
+/// does not wait for ever; after `--wait-workers` it fails, naming the work left
+/// and what became of the item in work.
+#[test]
+fn a_job_left_without_workers_while_an_item_hangs_names_the_item() {
+    let dir = tempfile::tempdir().unwrap();
+    misbehaving(dir.path(), 3, &[(1, "hang")]);
+    let coordinator = Coordinator::start(dir.path(), "misbehave", &["--wait-workers", "2s"]);
+    let mut agent = agent(dir.path(), &coordinator.addr, 1, TokenVia::File);
+    // Item 0 is written (the output is ordered): its worker is on item 1, hung.
+    wait_until("the first item's result", || {
+        !read(&dir.path().join("out.txt")).is_empty()
+    });
+    let workers = children(agent.pid());
+    signal(agent.child(), Signal::SIGKILL);
+    let _ = agent.finish("the killed agent");
+    wait_gone(&workers);
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(3), "{stderr}");
+    for needed in [
+        "no worker for 2s",
+        "2 items were not done, the first item 1 (counting from 0)",
+        "item 1 was in work on the worker at 127.0.0.1:",
+        "when it was lost (its host agent was lost",
+    ] {
+        assert!(stderr.contains(needed), "no `{needed}` in: {stderr}");
+    }
+}
+
 #[test]
 fn a_killed_coordinator_leaves_no_agent_and_no_worker() {
     let dir = tempfile::tempdir().unwrap();

@@ -104,9 +104,10 @@ pub enum PoolError {
     #[error(
         "no worker for {waited:?}: waited for {expected}{}; start workers with \
          `PLUGIN --connect ADDR --token-file FILE` (or host agents, `PLUGIN --agent \
-         --connect ADDR`), or wait longer (--wait-workers){}",
+         --connect ADDR`), or wait longer (--wait-workers){}{}",
         if *ever > 0 { format!(" ({ever} had joined and are gone)") } else { String::new() },
-        match failure { Some(f) => format!("; the last start failure: {f}"), None => String::new() }
+        match failure { Some(f) => format!("; the last start failure: {f}"), None => String::new() },
+        match left { Some(l) => format!("; {l}"), None => String::new() }
     )]
     NoWorkers {
         /// How long the pool waited.
@@ -117,6 +118,9 @@ pub enum PoolError {
         ever: u64,
         /// The last failure of a worker a host agent started, if any.
         failure: Option<String>,
+        /// The work left for want of a worker, if any: how many items, the first,
+        /// and what became of the last one in work on a worker that was lost.
+        left: Option<String>,
     },
     /// Every host agent of a [`crate::HostLauncher`] failed (its ssh or srun
     /// ended) before any worker joined.

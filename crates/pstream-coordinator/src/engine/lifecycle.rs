@@ -134,6 +134,10 @@ impl Engine {
         if !w.retired_cleanly() {
             let reason = w.take_reason();
             let host = w.peer.map(|p| p.host());
+            let lost_why = match &reason {
+                Some(KillReason::Lost(why)) => Some(why.clone()),
+                _ => None,
+            };
             if let Some(KillReason::Lost(why)) = &reason {
                 tracing::warn!(wid, peer = ?w.peer, "lost a worker: {why}");
                 self.counters.lost.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +170,18 @@ impl Engine {
             }
             if let Some(head) = held.pop_front() {
                 let job = head.batch.job;
+                if let Some(why) = lost_why {
+                    let item = head.batch.first_index + head.running as u64;
+                    let on = match w.peer {
+                        Some(peer) => format!("the worker at {peer}"),
+                        None => "its worker".into(),
+                    };
+                    self.last_loss = Some((
+                        job,
+                        item,
+                        format!("item {item} was in work on {on} when it was lost ({why})"),
+                    ));
+                }
                 if self.jobs.live(job).is_none() {
                     self.jobs.batch_gone(job);
                 } else {
@@ -443,6 +459,7 @@ impl Engine {
             None => "joining the pool".into(),
         };
         let at = self.ready_at();
+        let left = self.work_left();
         let error = if self.ready.is_some() && at > 1 {
             // Waiting for `min_workers` at build: say how many came.
             let joined = self.workers.values().filter(|w| w.usable()).count();
@@ -451,6 +468,7 @@ impl Engine {
                 expected: format!("{at} workers {whom}, of which {joined} joined"),
                 ever: 0,
                 failure: self.agent_failure.clone(),
+                left,
             }
         } else {
             PoolError::NoWorkers {
@@ -458,6 +476,7 @@ impl Engine {
                 expected: format!("workers {whom}"),
                 ever: self.counters.ready.load(Ordering::Relaxed),
                 failure: self.agent_failure.clone(),
+                left,
             }
         };
         match self.ready.take() {
@@ -467,6 +486,36 @@ impl Engine {
             }
             None => self.fail_pool(error),
         }
+    }
+
+    /// The work that waits for a worker, for the message of a pool that has none:
+    /// how many items, from which, and what became of the last item in work on a
+    /// worker that was lost, if it is among them.
+    fn work_left(&self) -> Option<String> {
+        let queue = &self.jobs.queue;
+        let first = queue.front()?;
+        let items: usize = queue.iter().map(|b| b.items.len()).sum();
+        let mut text = format!(
+            "{items} item{} not done, the first item {} (counting from 0)",
+            if items == 1 { " was" } else { "s were" },
+            queue
+                .iter()
+                .filter(|b| b.job == first.job)
+                .map(|b| b.first_index)
+                .min()?
+        );
+        if let Some((job, item, what)) = &self.last_loss {
+            let waiting = queue.iter().any(|b| {
+                b.job == *job
+                    && b.first_index <= *item
+                    && *item < b.first_index + b.items.len() as u64
+            });
+            if waiting {
+                text.push_str("; ");
+                text.push_str(what);
+            }
+        }
+        Some(text)
     }
 
     /// Start workers until the pool has as many as it should.

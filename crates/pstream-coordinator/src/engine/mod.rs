@@ -133,6 +133,9 @@ pub(crate) struct Engine {
     /// The last start failure an agent reported, for the message of a pool that
     /// gets no worker.
     agent_failure: Option<String>,
+    /// The last item in work on a worker that was lost: its job, its index, and
+    /// what happened, for the message of a pool left with no worker.
+    last_loss: Option<(u64, u64, String)>,
 }
 
 /// What a descriptor in the epoll set is.
@@ -213,6 +216,7 @@ impl Engine {
             agents: HashMap::new(),
             next_agent: 1,
             agent_failure: None,
+            last_loss: None,
         })
     }
 
