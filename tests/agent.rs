@@ -731,13 +731,20 @@ enum Role {
 ///   its welcome: the agent hears of the end after its worker's handshake was cut
 ///   (on a host with hundreds of workers exiting at once, its reader thread may
 ///   run hundreds of milliseconds later than its workers' waiters).
+///
+/// With `hold` false, nothing is held. `inject`: frames written to the first
+/// agent right after its `AgentWelcome`, as if the coordinator had sent them.
 struct Relay {
     addr: String,
     seen: std::sync::Arc<(std::sync::Mutex<Seen>, std::sync::Condvar)>,
 }
 
 impl Relay {
-    fn start(coordinator: std::net::SocketAddr) -> Relay {
+    fn start(
+        coordinator: std::net::SocketAddr,
+        hold: bool,
+        inject: Vec<pstream::protocol::Message>,
+    ) -> Relay {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = std::sync::Arc::new((
@@ -749,7 +756,10 @@ impl Relay {
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 let seen = std::sync::Arc::clone(&shared);
-                std::thread::spawn(move || relay_connection(client, coordinator, seen));
+                let inject = inject.clone();
+                std::thread::spawn(move || {
+                    relay_connection(client, coordinator, seen, hold, inject)
+                });
             }
         });
         Relay { addr, seen }
@@ -777,8 +787,10 @@ fn relay_connection(
     client: std::net::TcpStream,
     coordinator: std::net::SocketAddr,
     seen: std::sync::Arc<(std::sync::Mutex<Seen>, std::sync::Condvar)>,
+    hold: bool,
+    inject: Vec<pstream::protocol::Message>,
 ) {
-    use pstream::protocol::{read_frame, write_frame, Message};
+    use pstream::protocol::{read_frame, write_frame, Items, Message};
     let Ok(upstream) = std::net::TcpStream::connect(coordinator) else {
         return;
     };
@@ -794,13 +806,23 @@ fn relay_connection(
         let (seen, role) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&role));
         std::thread::spawn(move || {
             while let Ok(Some(frame)) = read_frame(&mut from, max) {
-                if frame.message == Message::Shutdown && *role.lock().unwrap() == Role::FirstAgent {
+                if hold
+                    && frame.message == Message::Shutdown
+                    && *role.lock().unwrap() == Role::FirstAgent
+                {
                     seen.0.lock().unwrap().shutdown = true;
                     seen.1.notify_all();
                     await_seen(&seen, |s| s.unwelcomed.is_some());
                 }
                 if write_frame(&mut to, &frame.message, &frame.items, max).is_err() {
                     break;
+                }
+                if matches!(frame.message, Message::AgentWelcome { .. })
+                    && *role.lock().unwrap() == Role::FirstAgent
+                {
+                    for message in &inject {
+                        let _ = write_frame(&mut to, message, &Items::new(), max);
+                    }
                 }
             }
             let _ = to.shutdown(std::net::Shutdown::Both);
@@ -811,20 +833,20 @@ fn relay_connection(
     let mut frames = 0;
     while let Ok(Some(frame)) = read_frame(&mut from, max) {
         frames += 1;
-        let mut hold = false;
+        let mut held = false;
         match &frame.message {
             Message::AgentJoin(_) => {
                 let mut s = seen.0.lock().unwrap();
                 s.agents += 1;
                 let first = s.agents == 1;
                 *role.lock().unwrap() = if first { Role::FirstAgent } else { Role::Other };
-                hold = !first;
+                held = !first;
             }
             Message::Join(_) if frames == 2 => {
                 let mut s = seen.0.lock().unwrap();
                 s.workers += 1;
                 *role.lock().unwrap() = Role::Other;
-                hold = s.workers == 2;
+                held = s.workers == 2;
             }
             Message::WorkerExited(exit) if !exit.served => {
                 seen.0.lock().unwrap().unwelcomed = Some(exit.clone());
@@ -832,7 +854,7 @@ fn relay_connection(
             _ => {}
         }
         seen.1.notify_all();
-        if hold {
+        if hold && held {
             await_seen(&seen, |s| s.shutdown);
         }
         if write_frame(&mut to, &frame.message, &frame.items, max).is_err() {
@@ -853,7 +875,7 @@ fn the_end_of_a_job_cuts_handshakes_and_turns_late_agents_away_quietly() {
     numbers(dir.path(), 1);
     let token = dir.path().join("job.token");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let relay = Relay::start(listener.local_addr().unwrap());
+    let relay = Relay::start(listener.local_addr().unwrap(), true, Vec::new());
     let agent = agent(dir.path(), &relay.addr, 2, TokenVia::File);
     let pool = pstream::ProcessPool::builder()
         .workers(0)
@@ -895,5 +917,64 @@ fn the_end_of_a_job_cuts_handshakes_and_turns_late_agents_away_quietly() {
             && stderr.contains("nothing to do")
             && !stderr.contains("rejected"),
         "{stderr}"
+    );
+}
+
+/// `Kill` names a worker of the agent by pid. One for a pid that is no worker of
+/// the agent (an unrelated process, this test's own: as a coordinator whose
+/// report crossed the worker's end might send, or a forged one) is ignored: no
+/// signal to that process, no end of the agent, the job exact.
+#[test]
+fn a_kill_for_a_pid_that_is_no_worker_of_the_agent_is_ignored() {
+    use pstream::protocol::Message;
+    let dir = tempfile::tempdir().unwrap();
+    numbers(dir.path(), 1);
+    let token = dir.path().join("job.token");
+    // An unrelated process, in a process group of its own (a kill of its group
+    // would reach nothing else).
+    let mut bystander = Guarded(Some(
+        std::os::unix::process::CommandExt::process_group(Command::new("sleep").arg("600"), 0)
+            .spawn()
+            .expect("start a sleep"),
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let coordinator = listener.local_addr().unwrap();
+    let relay = Relay::start(
+        coordinator,
+        false,
+        vec![
+            Message::Kill {
+                pid: bystander.pid(),
+            },
+            Message::Kill {
+                pid: std::process::id(),
+            },
+        ],
+    );
+    let agent = agent(dir.path(), &relay.addr, 2, TokenVia::File);
+    let pool = pstream::ProcessPool::builder()
+        .workers(0)
+        .listener(listener)
+        .token_file(&token)
+        .min_workers(2)
+        .wait_workers(PATIENCE)
+        .build()
+        .unwrap();
+    let n = 1000i64;
+    let results: Vec<i64> = pool
+        .map(pstream_examples::double, 0..n)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, (0..n).map(|x| x * 2).collect::<Vec<_>>());
+    let stats = pool.stats();
+    assert_eq!((stats.crashes, stats.lost), (0, 0), "{stats:?}");
+    drop(pool);
+    let (code, stderr) = agent.finish("the agent");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        bystander.child().try_wait().unwrap(),
+        None,
+        "the unrelated process was signalled"
     );
 }
