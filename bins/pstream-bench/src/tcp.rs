@@ -9,7 +9,10 @@
 //! * fan-out: 512 workers on 16 hosts, started by a host agent per host over ssh
 //!   (the pool's ssh launcher; by `ip netns exec` if no sshd can run; and, for the
 //!   start time, also by `ip netns exec` and one by one), how long until all have
-//!   joined, and `double`'s throughput with them against 2 workers;
+//!   joined, and `double`'s throughput with them against 2 workers (each round
+//!   also with the CPU time and context switches of every process of this
+//!   binary, ssh-started ones included, and of the 512 workers idle for 1 s;
+//!   with `PSTREAM_BENCH_TCP_FAN_ONLY` set, only this part runs);
 //! * a per-line job over ssh: `pstream-coord run --ssh` against GNU parallel
 //!   `--sshlogin`, on sshd's in the namespaces.
 //!
@@ -360,6 +363,76 @@ fn ssh_race(ssh: &str, hosts: usize, lines: u64) -> Result<(f64, f64), String> {
     Ok((times[0], times[1]))
 }
 
+/// CPU time and context switches of every thread of every process running this
+/// binary: the coordinator (this process), and its workers and host agents, also
+/// those that ssh started (they are no children of ours, so `perf stat` on this
+/// process does not see them). From /proc (`schedstat`, `status`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    secs: f64,
+    voluntary: u64,
+    involuntary: u64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let Ok(me) = std::env::current_exe() else {
+            return Cpu::default();
+        };
+        let mut cpu = Cpu::default();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return cpu;
+        };
+        for p in procs.flatten() {
+            if std::fs::read_link(p.path().join("exe")).ok().as_ref() != Some(&me) {
+                continue;
+            }
+            let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                let field = |text: &str, at: usize| -> u64 {
+                    text.split_whitespace()
+                        .nth(at)
+                        .and_then(|x| x.parse().ok())
+                        .unwrap_or(0)
+                };
+                if let Ok(ss) = std::fs::read_to_string(t.path().join("schedstat")) {
+                    cpu.secs += field(&ss, 0) as f64 / 1e9;
+                }
+                if let Ok(st) = std::fs::read_to_string(t.path().join("status")) {
+                    for line in st.lines() {
+                        if line.starts_with("voluntary_ctxt_switches") {
+                            cpu.voluntary += field(line, 1);
+                        } else if line.starts_with("nonvoluntary_ctxt_switches") {
+                            cpu.involuntary += field(line, 1);
+                        }
+                    }
+                }
+            }
+        }
+        cpu
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            secs: self.secs - before.secs,
+            voluntary: self.voluntary.saturating_sub(before.voluntary),
+            involuntary: self.involuntary.saturating_sub(before.involuntary),
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} CPU-s, {} + {} context switches (voluntary + not)",
+            self.secs, self.voluntary, self.involuntary
+        )
+    }
+}
+
 fn sha(pool: &ProcessPool, n: u64) -> Result<u64, BoxError> {
     let mut sum = 0u64;
     for r in pool.map(sha256_bytes, (0..n).map(|i| Blob(blob(i))))? {
@@ -399,12 +472,14 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     let token = dir.path().join("bench.token");
     pstream::protocol::auth::create_token_file(&token)?;
 
+    let fan_only = std::env::var_os("PSTREAM_BENCH_TCP_FAN_ONLY").is_some();
+    let pre_runs = if fan_only { 0 } else { s.runs };
     // 1. double: TCP (one worker per host) against the Unix socket, same size.
     let unix = ProcessPool::builder().workers(w).build()?;
     let hosts: Vec<usize> = (1..=w).collect();
     let (tcp, tcp_workers, _) = tcp_pool(&token, &hosts, 1, Start::Connect, None)?;
     let (mut t_unix, mut t_tcp) = (Vec::new(), Vec::new());
-    for _ in 0..s.runs {
+    for _ in 0..pre_runs {
         let (d, sum) = timed(|| pstream_double(&unix, n_double));
         check("pstream over the Unix socket", sum?, n_double)?;
         t_unix.push(d.as_secs_f64());
@@ -429,7 +504,7 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
             sum
         };
         let mut times = Vec::new();
-        for _ in 0..s.runs {
+        for _ in 0..pre_runs {
             let (d, sum) = timed(|| sha(&pool, n_sha));
             if sum? != want {
                 return Err("SHA-256 over TCP computed wrong digests".into());
@@ -452,17 +527,23 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         Ok(ssh) => (Start::Ssh, Some(ssh.as_str())),
         Err(_) => (Start::Agent, None),
     };
+    let per_sec = |n: u64, t: &[f64]| n as f64 / median(t);
     let fan_hosts: Vec<usize> = (1..=FAN_HOSTS).collect();
     let (mut starts, mut t_fan, mut t_two) = (Vec::new(), Vec::new(), Vec::new());
     let (mut connect_starts, mut agent_starts) = (Vec::new(), Vec::new());
+    let (mut cpu_fan, mut cpu_two, mut cpu_idle) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..s.runs {
         // Started one by one (512 `ip netns exec`), for the start time only.
-        let (pool, workers, took) =
-            tcp_pool(&token, &fan_hosts, FAN_PER_HOST, Start::Connect, None)?;
+        let (pool, workers, took) = if fan_only {
+            (None, None, Duration::ZERO)
+        } else {
+            let (p, w, t) = tcp_pool(&token, &fan_hosts, FAN_PER_HOST, Start::Connect, None)?;
+            (Some(p), Some(w), t)
+        };
         connect_starts.push(took.as_secs_f64());
         drop(pool);
         drop(workers);
-        if fan_start == Start::Ssh {
+        if fan_start == Start::Ssh && !fan_only {
             // Agents by `ip netns exec`, for the start time only: what ssh adds.
             let (pool, workers, took) =
                 tcp_pool(&token, &fan_hosts, FAN_PER_HOST, Start::Agent, None)?;
@@ -473,17 +554,56 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         // Started by a host agent per host: the way a cluster starts them.
         let (pool, workers, took) = tcp_pool(&token, &fan_hosts, FAN_PER_HOST, fan_start, fan_ssh)?;
         starts.push(took.as_secs_f64());
+        let before = Cpu::now();
         let (d, sum) = timed(|| pstream_double(&pool, n_double));
+        cpu_fan.push(Cpu::now().since(before));
+        // The same workers idle for a second: heartbeats and parked threads.
+        let before = Cpu::now();
+        std::thread::sleep(Duration::from_secs(1));
+        cpu_idle.push(Cpu::now().since(before));
+        if fan_only {
+            let items: Vec<u64> = pool.host_stats().values().map(|h| h.items).collect();
+            println!(
+                "- 512 workers: items per host {items:?}; {:?}",
+                pool.stats()
+            );
+        }
         check("pstream with 512 workers", sum?, n_double)?;
         t_fan.push(d.as_secs_f64());
         drop(pool);
         drop(workers);
         let (pool, workers, _) = tcp_pool(&token, &[1, 2], 1, Start::Connect, None)?;
+        let before = Cpu::now();
         let (d, sum) = timed(|| pstream_double(&pool, n_double));
+        cpu_two.push(Cpu::now().since(before));
         check("pstream with 2 workers", sum?, n_double)?;
         t_two.push(d.as_secs_f64());
         drop(pool);
         drop(workers);
+    }
+    // Per round: wall time and the CPU of every process of this binary (load by
+    // others changes the first more than the second).
+    for (i, (f, t)) in t_fan.iter().zip(&t_two).enumerate() {
+        println!(
+            "- round {}: {FAN_HOSTS}x{FAN_PER_HOST} workers {} ({}), 2 workers {} ({}): {} of \
+             the rate; then, the {} workers idle for 1 s: {}",
+            i + 1,
+            secs(*f),
+            cpu_fan[i],
+            secs(*t),
+            cpu_two[i],
+            ratio(t / f),
+            FAN_HOSTS * FAN_PER_HOST,
+            cpu_idle[i]
+        );
+    }
+    if fan_only {
+        println!(
+            "- median: {}",
+            ratio(per_sec(n_double, &t_fan) / per_sec(n_double, &t_two))
+        );
+        println!();
+        return Ok(());
     }
     // Few lines: GNU parallel pays an ssh connection per line (most of a second here).
     let ssh_lines: u64 = if s.quick { 50 } else { 200 };
@@ -493,7 +613,6 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     };
     drop(net);
 
-    let per_sec = |n: u64, t: &[f64]| n as f64 / median(t);
     let tcp_vs_unix = per_sec(n_double, &t_tcp) / per_sec(n_double, &t_unix);
     let sha_rate = per_sec(n_sha, &t_sha);
     let link_use = sha_rate * BLOB as f64 * 8.0 / LINK_BITS;
