@@ -978,3 +978,50 @@ fn a_kill_for_a_pid_that_is_no_worker_of_the_agent_is_ignored() {
         "the unrelated process was signalled"
     );
 }
+
+/// An agent the pool started that is still trying to reach the coordinator when
+/// the job ends (its ssh connected late, the coordinator's door is closed): the
+/// pool closes its standard input, and the agent exits 0 at once, quietly,
+/// instead of retrying its connection until the pool stops its ssh 10 s later.
+/// (A stand-in for ssh runs the agent for one host at once and, for the other,
+/// only once the coordinator's port is closed.)
+#[test]
+fn an_agent_still_connecting_when_the_job_ends_stops_when_its_launcher_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake-ssh");
+    std::fs::write(
+        &fake,
+        "#!/bin/bash\n\
+         host=$1; line=$2\n\
+         if [ \"$host\" = 127.0.0.2 ]; then\n\
+           port=$(sed -n 's/.*--connect [^ ]*:\\([0-9]*\\).*/\\1/p' <<< \"$line\")\n\
+           while (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do sleep 0.05; done\n\
+         fi\n\
+         exec sh -c \"$line\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = expect_code(
+        &mut coord(&[
+            "run",
+            "--function",
+            "double",
+            "--format",
+            "jsonl",
+            "--ssh",
+            "127.0.0.1,127.0.0.2",
+            "--ssh-command",
+            fake.to_str().unwrap(),
+            "--workers-per-host",
+            "1",
+            "--no-progress",
+        ]),
+        Some(b"1\n2\n3\n"),
+        0,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n4\n6\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("stopped as the job ended"), "{stderr}");
+    assert!(!stderr.contains("127.0.0.2:"), "{stderr}");
+}

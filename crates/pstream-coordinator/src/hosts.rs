@@ -4,7 +4,7 @@
 //! the processes it started on this machine (`ssh`, `srun`), stopped and reaped
 //! with the pool.
 //!
-//! An agent is `PLUGIN --agent --connect ADDR [--workers N]`, and reads the job's
+//! An agent is `PLUGIN --agent --connect ADDR --until-stdin-ends [--workers N]`, and reads the job's
 //! token as one line on its stdin: the token is never on a command line (where
 //! `ps` on either machine would show it) nor in the environment. Its stdin stays
 //! open while the pool lives; closing it tells the agent to stop.
@@ -290,10 +290,13 @@ const SLURM_OUTSIDE: &str = "the slurm launcher runs inside a Slurm allocation, 
      pstream-coord), or run it under `salloc -N NODES`";
 
 fn agent_args(connect: &str, workers: Option<usize>) -> Vec<String> {
+    // The pool closes the agent's stdin when the job is over: an agent that has
+    // not joined by then exits at once.
     let mut args = vec![
         "--agent".to_string(),
         "--connect".into(),
         connect.to_string(),
+        "--until-stdin-ends".into(),
     ];
     if let Some(n) = workers {
         args.push("--workers".into());

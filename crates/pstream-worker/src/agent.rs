@@ -47,6 +47,9 @@ struct Args {
     addr: String,
     workers: u32,
     token: Token,
+    /// `--until-stdin-ends`: the end of standard input (after the token) means
+    /// that the job is over.
+    until_stdin_ends: bool,
 }
 
 /// How an agent's run ended badly.
@@ -59,7 +62,7 @@ enum Failure {
 }
 
 const USAGE: &str = "a host agent takes --agent --connect HOST:PORT [--workers N] \
-    [--token-file FILE]; without --token-file (or PSTREAM_TOKEN_FILE) it reads the token \
+    [--token-file FILE] [--until-stdin-ends]; without --token-file (or PSTREAM_TOKEN_FILE) it reads the token \
     as one line from its standard input";
 
 /// The agent's `main`: never returns. Exit 0 when the coordinator said
@@ -102,6 +105,7 @@ fn parse_args() -> Result<Args, Failure> {
     let mut addr = std::env::var(ENV_CONNECT).ok().filter(|a| !a.is_empty());
     let mut token_file = std::env::var_os(ENV_TOKEN_FILE).map(PathBuf::from);
     let mut workers: Option<u32> = None;
+    let mut until_stdin_ends = false;
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some(ARG_AGENT) {
         return Err(usage(format!("{ARG_AGENT} must come first")));
@@ -120,6 +124,7 @@ fn parse_args() -> Result<Args, Failure> {
         match name.as_str() {
             ARG_CONNECT => addr = Some(value("an address, HOST:PORT")?),
             "--token-file" => token_file = Some(PathBuf::from(value("a file")?)),
+            "--until-stdin-ends" => until_stdin_ends = true,
             "--workers" => {
                 let v = value("a number of workers")?;
                 let n =
@@ -158,7 +163,45 @@ fn parse_args() -> Result<Args, Failure> {
         addr,
         workers,
         token,
+        until_stdin_ends,
     })
+}
+
+/// Where the end of standard input is told, with `--until-stdin-ends`: the main
+/// loop's channel once the agent is welcomed; before that, nowhere (the agent
+/// exits at once: it started nothing yet).
+static STDIN_ENDS: Mutex<Option<Sender<Heard>>> = Mutex::new(None);
+
+/// Watch standard input (after the token's line) for its end, which the pool
+/// that started this agent makes by closing its end of the pipe when the job is
+/// over: an agent that has not joined yet (its coordinator's door already
+/// closed, it would retry its connection for 30 s) exits 0 at once, quietly; one
+/// that has joined takes it as `Shutdown` (which it heard already, as a rule).
+fn watch_stdin() {
+    let spawned = std::thread::Builder::new()
+        .name("pstream-agent-stdin".into())
+        .spawn(|| {
+            let stdin = std::io::stdin();
+            let mut buf = [0u8; 512];
+            loop {
+                match nix::unistd::read(stdin.as_fd(), &mut buf) {
+                    Ok(0) => break,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+                    Err(_) => break,
+                }
+            }
+            let told = STDIN_ENDS.lock().unwrap_or_else(|e| e.into_inner());
+            match told.as_ref() {
+                Some(tx) => {
+                    let _ = tx.send(Heard::Frame(Message::Shutdown));
+                }
+                // Under the lock: the main thread cannot start workers meanwhile.
+                None => std::process::exit(0),
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("{}: could not watch standard input: {e}", who());
+    }
 }
 
 /// `n` workers, if at most [`MAX_AGENT_WORKERS`]; `what` names where it came from.
@@ -310,6 +353,9 @@ fn serve(args: Args) -> Result<(), Failure> {
     let target = Target::Remote {
         addr: args.addr.clone(),
     };
+    if args.until_stdin_ends {
+        watch_stdin();
+    }
     let tcp = connect_remote(&args.addr).map_err(run)?;
     let _ = tcp.set_read_timeout(Some(HANDSHAKE_PATIENCE));
     let _ = tcp.set_write_timeout(Some(HANDSHAKE_PATIENCE));
@@ -388,6 +434,9 @@ fn serve(args: Args) -> Result<(), Failure> {
         arm_keepalive(tcp, &terms.beats);
     }
     let (tx, rx) = unbounded();
+    if args.until_stdin_ends {
+        *STDIN_ENDS.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+    }
     let reading = Arc::new(AtomicBool::new(true));
     {
         let tx = tx.clone();
