@@ -6,6 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
+use pstream_protocol::decode_bincode;
+use serde::de::DeserializeOwned;
 
 use super::feeder::{Pumped, Source};
 use super::{Reorder, Window};
@@ -171,13 +173,21 @@ impl<'input> RawResults<'input> {
         ))
     }
 
-    /// The next result decoded by `decode`, which gets the item's bytes (for packed
-    /// items, everything from the item's start to the end of its batch) and returns
-    /// the value and how many bytes it took. For typed results.
+    /// The next result decoded from bincode as `T`: for packed items (the common
+    /// case of typed results), from the item's start, the next item starting where
+    /// the value ended; else the item's bytes, all of which the value must take.
+    /// For typed results.
+    ///
+    /// The reader is called directly (not through a closure handed in), so that
+    /// it is inlined into the caller's loop: passed as a function, it stayed a
+    /// call whose result went through memory. Errors become messages out of line.
+    /// Through pstream's own reader of the bincode format: every length a worker
+    /// sends is checked against the bytes left before anything is allocated, so a
+    /// worker claiming a string of 2^50 bytes costs that item a decode error, not
+    /// this process an abort on a failed allocation.
     #[inline(always)]
-    pub(crate) fn next_with<T>(
+    pub(crate) fn next_decoded<T: DeserializeOwned>(
         &mut self,
-        decode: impl FnOnce(&[u8]) -> Result<(T, usize), String>,
     ) -> Option<(u64, Result<T, ItemError>)> {
         if let Err(end) = self.make_ready() {
             return end.map(|(index, error)| (index, Err(error)));
@@ -185,49 +195,63 @@ impl<'input> RawResults<'input> {
         let (index, slot) = self.take_slot();
         let cur = self.current.as_mut().expect("an item is ready");
         let items = &cur.batch.items;
-        let decoded = if !items.is_packed() {
-            let bytes = items.get(slot).expect("slot within batch");
-            match decode(bytes) {
-                Ok((_, used)) if used != bytes.len() => Err(format!(
-                    "{} bytes left over after the value",
-                    bytes.len() - used
-                )),
-                other => other,
-            }
-        } else if cur.lost {
-            Err(
-                "an earlier result of its batch did not decode, so where this one starts \
-                 is unknown"
-                    .to_string(),
-            )
-        } else {
+        if items.is_packed() && !cur.lost {
             let rest = items.data().get(cur.cursor..).unwrap_or_default();
-            let decoded = decode(rest);
-            match &decoded {
-                Ok((_, used)) => cur.cursor += used,
-                Err(_) => cur.lost = true,
+            match decode_bincode::<T>(rest) {
+                Ok((value, used)) => {
+                    cur.cursor += used;
+                    self.ok += 1;
+                    Some((index, Ok(value)))
+                }
+                Err(error) => {
+                    cur.lost = true;
+                    Some((index, Err(self.decode_failed(index, error.to_string()))))
+                }
             }
-            decoded
+        } else {
+            self.next_decoded_cold(index, slot)
+        }
+    }
+
+    /// [`Self::next_decoded`] for an item of a batch with lengths, or of a packed
+    /// batch in which an earlier item did not decode.
+    #[cold]
+    #[inline(never)]
+    fn next_decoded_cold<T: DeserializeOwned>(
+        &mut self,
+        index: u64,
+        slot: usize,
+    ) -> Option<(u64, Result<T, ItemError>)> {
+        let cur = self.current.as_ref().expect("an item is ready");
+        let items = &cur.batch.items;
+        let message = if items.is_packed() {
+            "an earlier result of its batch did not decode, so where this one starts is \
+             unknown"
+                .to_string()
+        } else {
+            let bytes = items.get(slot).expect("slot within batch");
+            match decode_bincode::<T>(bytes) {
+                Ok((value, used)) if used == bytes.len() => {
+                    self.ok += 1;
+                    return Some((index, Ok(value)));
+                }
+                Ok((_, used)) => format!("{} bytes left over after the value", bytes.len() - used),
+                Err(error) => error.to_string(),
+            }
         };
-        match decoded {
-            Ok((value, _)) => {
-                self.ok += 1;
-                Some((index, Ok(value)))
-            }
-            Err(message) => {
-                self.failed += 1;
-                Some((
-                    index,
-                    Err(ItemError {
-                        index,
-                        kind: ItemErrorKind::Decode {
-                            message: format!(
-                                "the result does not decode as the output type: {message}"
-                            ),
-                        },
-                    }),
-                ))
-            }
+        Some((index, Err(self.decode_failed(index, message))))
+    }
+
+    /// A result that did not decode: counted, and its error.
+    #[cold]
+    #[inline(never)]
+    fn decode_failed(&mut self, index: u64, message: String) -> ItemError {
+        self.failed += 1;
+        ItemError {
+            index,
+            kind: ItemErrorKind::Decode {
+                message: format!("the result does not decode as the output type: {message}"),
+            },
         }
     }
 

@@ -9,19 +9,6 @@ use super::RawResults;
 use crate::error::{ItemError, PoolError};
 use crate::stats::JobStats;
 
-/// Decode one bincode value from the front of `bytes`. Inlined into the caller's
-/// loop: as a call, its result went through memory, and reading it back wider than
-/// it was written stalled the store-to-load forwarding on every item.
-///
-/// Through pstream's own reader of the bincode format: every length a worker sends
-/// is checked against the bytes left before anything is allocated, so a worker
-/// claiming a string of 2^50 bytes costs that item a decode error, not this process
-/// an abort on a failed allocation.
-#[inline(always)]
-fn decode_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
-    pstream_protocol::decode_bincode::<T>(bytes).map_err(|e| e.to_string())
-}
-
 /// The typed results of [`crate::ProcessPool::map`]: an iterator of
 /// `Result<Out, ItemError>`, in input order (or as they come for
 /// [`crate::ProcessPool::map_unordered`]). Dropping it cancels the job.
@@ -45,7 +32,7 @@ impl<'input, Out: DeserializeOwned> MapResults<'input, Out> {
     /// The next result with its input index (useful when unordered).
     #[inline]
     pub fn next_indexed(&mut self) -> Option<(u64, Result<Out, ItemError>)> {
-        self.raw.next_with(decode_bincode::<Out>)
+        self.raw.next_decoded::<Out>()
     }
 
     /// Yield `(index, result)` pairs instead of results.
