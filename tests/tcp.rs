@@ -495,3 +495,57 @@ fn a_link_whose_round_trip_the_window_covers_gets_no_notice_however_fast_the_ite
         assert_eq!(code, Some(0), "{stderr}");
     }
 }
+
+/// The voluntary context switches of the worker `pid`'s progress reporter thread.
+fn reporter_wakeups(pid: u32) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "pstream-worker-" || comm.trim().starts_with("pstream-worker-pr") {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .expect("a voluntary_ctxt_switches line")
+                .trim()
+                .parse()
+                .unwrap();
+        }
+    }
+    panic!("worker {pid} has no progress reporter thread");
+}
+
+#[test]
+fn an_idle_worker_across_the_network_wakes_about_once_per_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let joiner = Joiner::start(addr, &token);
+    let every = Duration::from_millis(100);
+    let pool = listening_pool(listener, &token)
+        .heartbeat(every, Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let sum: i64 = pool
+        .map(double, 0..1000i64)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .sum();
+    assert_eq!(sum, 999 * 1000);
+    // Idle now: count its reporter's wake-ups over 20 heartbeat intervals. This is
+    // a measurement window, not a wait for an event: load can only lower the count.
+    let before = reporter_wakeups(joiner.pid());
+    let start = Instant::now();
+    std::thread::sleep(every * 20);
+    let woke = reporter_wakeups(joiner.pid()) - before;
+    let intervals = start.elapsed().as_secs_f64() / every.as_secs_f64();
+    // One wake-up per heartbeat, and a few looks before it parks after the job.
+    // It woke 4 times per heartbeat, plus a sleep each time, before it waited for
+    // the heartbeat's due time.
+    assert!(
+        (woke as f64) <= 1.5 * intervals + 20.0,
+        "the idle reporter woke {woke} times in {intervals:.0} heartbeat intervals"
+    );
+    drop(pool);
+}
