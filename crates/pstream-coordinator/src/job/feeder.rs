@@ -2,7 +2,7 @@
 //! them into batches for the engine, on a thread of its own ([`feed`]) or on the
 //! consumer's thread between results ([`InlineSource`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
@@ -187,8 +187,12 @@ impl Feeder {
             },
             Ok(other) => return other,
             Err(panic) => {
-                // What was read before the panic still gets its results.
+                // What was read before the panic still gets its results. The batch
+                // holds the items from `first` on, each encoded: the items read
+                // (`read_items` counts them in a register, lost to the panic) end
+                // there, and the one whose input or encoder panicked is not one.
                 self.batch.truncate_partial();
+                self.next = self.first + self.batch.len() as u64;
                 self.flush();
                 Event::InputFailed {
                     job: self.limits.job,
@@ -260,7 +264,7 @@ impl Feeder {
     /// the batch. Stops early after sending a batch (full of bytes, idle workers,
     /// or an item that did not fit) or failing an item. Whether the input ended.
     #[inline(always)]
-    fn read_run<I, E>(&mut self, input: &mut I, encode: &mut E, room: usize) -> bool
+    fn read_run<I, E>(&mut self, input: &mut I, encode: &mut E, mut room: usize) -> bool
     where
         I: Iterator,
         E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
@@ -276,29 +280,44 @@ impl Feeder {
                     .saturating_sub(frame_overhead(self.batch.len() + room, 0)),
             )
             .min(self.limits.max_batch_bytes.saturating_sub(1));
-        for _ in 0..room {
-            let Some(item) = input.next() else {
-                return true;
-            };
-            self.permits -= 1;
-            let index = self.next;
-            // Counted once encoded: an encoder that panics leaves `next` at its item.
-            let before = self.batch.data_len();
-            let pushed = self.batch.push_with(|buf| encode(item, buf));
-            self.next += 1;
-            if (pushed.is_err() || self.batch.data_len() > fits)
-                && self.settle(pushed, index, before)
-            {
-                return false;
-            }
-            if self.counters.delivered.load(Ordering::Relaxed) >= self.submitted
-                && self.idle_clock.due()
-            {
-                self.flush();
-                return false;
+        loop {
+            let (read, end) = read_items(
+                &mut self.batch,
+                input,
+                encode,
+                room,
+                fits,
+                &self.counters.delivered,
+                self.submitted,
+                &mut self.idle_clock,
+            );
+            room -= read;
+            self.permits -= read;
+            self.next += read as u64;
+            match end {
+                RunEnd::Room => return false,
+                RunEnd::Input => return true,
+                RunEnd::Idle => {
+                    self.flush();
+                    return false;
+                }
+                RunEnd::Settle(pushed) => {
+                    if self.settle(pushed, self.next - 1) {
+                        return false;
+                    }
+                    // The idle check `read_items` left for this item.
+                    if self.counters.delivered.load(Ordering::Relaxed) >= self.submitted
+                        && self.idle_clock.due()
+                    {
+                        self.flush();
+                        return false;
+                    }
+                    if room == 0 {
+                        return false;
+                    }
+                }
             }
         }
-        false
     }
 
     /// After an item that failed to encode, or that took the batch past the bytes
@@ -308,10 +327,16 @@ impl Feeder {
     /// failed).
     #[cold]
     #[inline(never)]
-    fn settle(&mut self, pushed: Result<(), String>, index: u64, before: usize) -> bool {
+    fn settle(&mut self, pushed: Result<(), String>, index: u64) -> bool {
         match pushed {
             Ok(()) => {
-                let size = self.batch.data_len() - before;
+                // The item just pushed: the batch's last.
+                let size = self
+                    .batch
+                    .len()
+                    .checked_sub(1)
+                    .and_then(|last| self.batch.get(last))
+                    .map_or(0, <[u8]>::len);
                 if size > self.limits.max_item {
                     self.batch.pop();
                     self.fail_item(
@@ -432,6 +457,56 @@ impl Feeder {
         }
         self.first = self.next;
     }
+}
+
+/// Why [`read_items`] stopped.
+enum RunEnd {
+    /// It read the items it was allowed.
+    Room,
+    /// The input ended.
+    Input,
+    /// The last item read failed to encode, or took the batch past the bytes it
+    /// may have unchecked: [`Feeder::settle`] decides (and then the idle check).
+    Settle(Result<(), String>),
+    /// Nothing was left in flight and the idle clock ran out: send the batch.
+    Idle,
+}
+
+/// The run of items of [`Feeder::read_run`]: read and encode up to `room` items
+/// into `batch`; how many were read (the input's end is none) and why it stopped.
+/// A function of its own, never inlined, taking what the loop changes as `&mut`
+/// parameters: they are known apart from the item bytes written through the
+/// batch's buffer, so they stay in registers instead of being read back from the
+/// feeder after every item; the count of items is the loop's own.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn read_items<I, E>(
+    batch: &mut Items,
+    input: &mut I,
+    encode: &mut E,
+    room: usize,
+    fits: usize,
+    delivered: &AtomicU64,
+    submitted: u64,
+    idle_clock: &mut FlushClock,
+) -> (usize, RunEnd)
+where
+    I: Iterator,
+    E: FnMut(I::Item, &mut Vec<u8>) -> Result<(), String>,
+{
+    for read in 0..room {
+        let Some(item) = input.next() else {
+            return (read, RunEnd::Input);
+        };
+        let pushed = batch.push_with(|buf| encode(item, buf));
+        if pushed.is_err() || batch.data_len() > fits {
+            return (read + 1, RunEnd::Settle(pushed));
+        }
+        if delivered.load(Ordering::Relaxed) >= submitted && idle_clock.due() {
+            return (read + 1, RunEnd::Idle);
+        }
+    }
+    (room, RunEnd::Room)
 }
 
 #[cfg(test)]
