@@ -202,7 +202,7 @@ impl<'input> RawResults<'input> {
         // item that did not fail, and no earlier one failed to decode.
         if let Some(cur) = self.current.as_mut() {
             if cur.pos < cur.packed_stop {
-                let rest = cur.batch.items.data().get(cur.cursor..).unwrap_or_default();
+                let rest = cur.batch.items.data_from(cur.cursor);
                 // A value that does not decode is left to the slow path, which
                 // reads it again and makes its error.
                 if let Ok((value, used)) = decode_bincode::<T>(rest) {
@@ -229,7 +229,7 @@ impl<'input> RawResults<'input> {
         let cur = self.current.as_mut().expect("an item is ready");
         let items = &cur.batch.items;
         if items.is_packed() && !cur.lost {
-            let rest = items.data().get(cur.cursor..).unwrap_or_default();
+            let rest = items.data_from(cur.cursor);
             match decode_bincode::<T>(rest) {
                 Ok((value, used)) => {
                     cur.cursor += used;
