@@ -655,23 +655,13 @@ fn an_agent_whose_standard_input_stays_open_and_silent_gives_up_on_the_token() {
     );
 }
 
-/// A host whose "ssh" is still connecting when the job ends is stopped by the pool
-/// (SIGTERM to its process group after the grace period), and ssh so stopped exits
-/// 255: that says nothing about the host, and is not reported as ssh failing. (A
-/// stand-in for ssh runs the agent here for one host and, for the other, hangs as a
-/// slow connection would, exiting 255 on SIGTERM as ssh does.)
-#[test]
-fn an_ssh_still_connecting_when_the_job_ends_is_stopped_without_a_failure() {
+/// `double` over 1, 2, 3 with `--ssh 127.0.0.1,127.0.0.2`, one worker per host, through
+/// the stand-in ssh `script` (`script HOST LINE`): checks the output is exact and
+/// returns the coordinator's stderr.
+fn two_host_ssh_job(script: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("fake-ssh");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\n\
-         host=$1; line=$2\n\
-         if [ \"$host\" = 127.0.0.2 ]; then trap 'exit 255' TERM; sleep 120 & wait; exit 255; fi\n\
-         exec sh -c \"$line\"\n",
-    )
-    .unwrap();
+    std::fs::write(&fake, script).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = expect_code(
@@ -693,7 +683,22 @@ fn an_ssh_still_connecting_when_the_job_ends_is_stopped_without_a_failure() {
         0,
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n4\n6\n");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A host whose "ssh" is still connecting when the job ends is stopped by the pool
+/// (SIGTERM to its process group after the grace period), and ssh so stopped exits
+/// 255: that says nothing about the host, and is not reported as ssh failing. (A
+/// stand-in for ssh runs the agent here for one host and, for the other, hangs as a
+/// slow connection would, exiting 255 on SIGTERM as ssh does.)
+#[test]
+fn an_ssh_still_connecting_when_the_job_ends_is_stopped_without_a_failure() {
+    let stderr = two_host_ssh_job(
+        "#!/bin/sh\n\
+         host=$1; line=$2\n\
+         if [ \"$host\" = 127.0.0.2 ]; then trap 'exit 255' TERM; sleep 120 & wait; exit 255; fi\n\
+         exec sh -c \"$line\"\n",
+    );
     assert!(!stderr.contains("ssh failed"), "{stderr}");
     assert!(
         stderr.contains("pstream: host 127.0.0.2: ssh stopped as the job ended"),
@@ -987,10 +992,7 @@ fn a_kill_for_a_pid_that_is_no_worker_of_the_agent_is_ignored() {
 /// only once the coordinator's port is closed.)
 #[test]
 fn an_agent_still_connecting_when_the_job_ends_stops_when_its_launcher_says() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = dir.path().join("fake-ssh");
-    std::fs::write(
-        &fake,
+    let stderr = two_host_ssh_job(
         "#!/bin/bash\n\
          host=$1; line=$2\n\
          if [ \"$host\" = 127.0.0.2 ]; then\n\
@@ -998,30 +1000,7 @@ fn an_agent_still_connecting_when_the_job_ends_stops_when_its_launcher_says() {
            while (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do sleep 0.05; done\n\
          fi\n\
          exec sh -c \"$line\"\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = expect_code(
-        &mut coord(&[
-            "run",
-            "--function",
-            "double",
-            "--format",
-            "jsonl",
-            "--ssh",
-            "127.0.0.1,127.0.0.2",
-            "--ssh-command",
-            fake.to_str().unwrap(),
-            "--workers-per-host",
-            "1",
-            "--no-progress",
-        ]),
-        Some(b"1\n2\n3\n"),
-        0,
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n4\n6\n");
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("stopped as the job ended"), "{stderr}");
     assert!(!stderr.contains("127.0.0.2:"), "{stderr}");
 }
