@@ -570,6 +570,39 @@ fn a_result_claiming_a_huge_length_is_a_decode_error_not_an_abort() {
 }
 
 #[test]
+fn a_packed_result_after_one_that_does_not_decode_is_an_error_not_a_guess() {
+    let _watchdog = watchdog(
+        "a_packed_result_after_one_that_does_not_decode_is_an_error_not_a_guess",
+        Duration::from_secs(240),
+    );
+    // Packed results carry no lengths: once one does not decode, where the next
+    // starts is unknown, and its bytes (a valid "X" here) must not be taken for it.
+    let (pool, _dir) = evil_pool("lying-then-valid");
+    let n = 20_000usize;
+    let words: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    let results: Vec<_> = pool.map(upper, words.clone()).unwrap().collect();
+    assert_eq!(results.len(), n);
+    let mut failed = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(v, &words[i].to_uppercase(), "item {i}"),
+            Err(e) => {
+                assert_eq!(e.kind.name(), "decode", "item {i}: {e}");
+                failed.push((i, e.to_string()));
+            }
+        }
+    }
+    assert_eq!(failed.len(), 2, "the lie and the item after it: {failed:?}");
+    assert_eq!(failed[1].0, failed[0].0 + 1, "{failed:?}");
+    assert!(
+        failed[1]
+            .1
+            .contains("an earlier result of its batch did not decode"),
+        "{failed:?}"
+    );
+}
+
+#[test]
 fn failing_respawns_end_the_job_with_a_clear_error() {
     let _watchdog = watchdog(
         "failing_respawns_end_the_job_with_a_clear_error",

@@ -13,6 +13,10 @@
 //! * `other-version`: says Hello in a protocol version one above ours;
 //! * `lying-length`: answers the first item of its first batch with a string that
 //!   claims to be 2^50 bytes long, then exits;
+//! * `lying-then-valid` (for `upper` over short ASCII words): answers batches of one
+//!   item as `upper` would, then its first batch of two or more with the same lie for
+//!   the first item and a valid string (`"X"`) for the second, in one packed frame,
+//!   then exits;
 //! * `silent`: connects and never says a word (it connects 300 ms after it starts, so
 //!   that the pool's handshake deadline, counted from the spawn, is what ends it);
 //! * `other-pid`: says Hello with a pid that is not its own, then goes on with the
@@ -135,6 +139,31 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
             match read_frame(&mut reader, DEFAULT_MAX_FRAME).map_err(std::io::Error::other)? {
                 Some(Frame {
                     message: Message::Batch(b),
+                    items,
+                }) if mode == "lying-then-valid" && items.len() < 2 => {
+                    // `upper` of a short ASCII word: its length byte, then the bytes
+                    // in upper case.
+                    let mut answer = Items::new();
+                    for i in 0..items.len() {
+                        let mut word = items.get(i).unwrap_or_default().to_vec();
+                        if let Some(bytes) = word.get_mut(1..) {
+                            bytes.make_ascii_uppercase();
+                        }
+                        answer.push(&word);
+                    }
+                    let message = Message::Results(ResultsHeader {
+                        job: b.job,
+                        seq: b.seq,
+                        offset: 0,
+                        failures: vec![],
+                        packed: b.packed_results,
+                    });
+                    write_frame(&mut stream, &message, &answer, usize::MAX)
+                        .map_err(std::io::Error::other)?;
+                    stream.flush()?;
+                }
+                Some(Frame {
+                    message: Message::Batch(b),
                     ..
                 }) => break b,
                 Some(_) => continue,
@@ -151,13 +180,17 @@ fn misbehave(mode: &str) -> std::io::Result<()> {
                 write_frame(&mut stream, &message, &items, usize::MAX)
                     .map_err(std::io::Error::other)?;
             }
-            "lying-length" => {
+            "lying-length" | "lying-then-valid" => {
                 // A string (bincode: a u64 length, marker 253, then the bytes) that
                 // claims 2^50 bytes and has none.
                 let mut items = Items::new();
                 let mut lie = vec![253u8];
                 lie.extend_from_slice(&(1u64 << 50).to_le_bytes());
                 items.push(&lie);
+                if mode == "lying-then-valid" {
+                    // "X": a length of 1, then the byte.
+                    items.push(&[1, b'X']);
+                }
                 let message = Message::Results(ResultsHeader {
                     job: batch.job,
                     seq: batch.seq,
