@@ -27,7 +27,7 @@ use pstream_protocol::{
     read_frame, write_frame, AgentJoin, Frame, Items, Join, Message, PROTOCOL_VERSION,
 };
 
-use crate::link::{TcpLink, UnixLink};
+use crate::link::{Link, TcpLink, UnixLink};
 use crate::vocab::{DoorState, Event, Events};
 
 /// The largest Hello we read: names of a few thousand functions at most.
@@ -212,9 +212,15 @@ fn accept_loop(listener: UnixListener, checks: Arc<Checks>, events: Events, stop
 /// 0, and its host agent does not take it for a start failure.
 pub(crate) fn job_over(event: Event) {
     if let Event::Connected { mut link, .. } | Event::AgentConnected { mut link, .. } = event {
-        let _ = write_frame(&mut link, &Message::Shutdown, &Items::new(), MAX_HELLO);
-        let _ = link.flush();
+        turn_away(&mut link, MAX_HELLO);
     }
+}
+
+/// `Shutdown` in place of a welcome, to a peer that passed the handshake as the job
+/// ends (best effort: the link is dropped next).
+pub(crate) fn turn_away(link: &mut Box<dyn Link>, max_frame: usize) {
+    let _ = write_frame(link, &Message::Shutdown, &Items::new(), max_frame);
+    let _ = link.flush();
 }
 
 /// Why a connection was refused, and whether it came from a worker we started.

@@ -89,12 +89,7 @@ impl Engine {
                 join.hostname,
                 join.pid
             );
-            let _ = write_frame(
-                &mut link,
-                &Message::Shutdown,
-                &Items::new(),
-                self.config.max_frame,
-            );
+            crate::door::turn_away(&mut link, self.config.max_frame);
             return;
         }
         if self.failed.is_some() {

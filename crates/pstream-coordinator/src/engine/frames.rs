@@ -33,12 +33,7 @@ impl Engine {
             // The job is ending (or the pool failed): `Shutdown` in place of the
             // welcome, and the link is dropped. The worker exits 0, and its host
             // agent does not take that for a start failure.
-            let _ = write_frame(
-                &mut link,
-                &Message::Shutdown,
-                &Items::new(),
-                self.config.max_frame,
-            );
+            crate::door::turn_away(&mut link, self.config.max_frame);
             return;
         }
         let wid = match (starting, agent) {
