@@ -126,8 +126,8 @@
 pub use pstream_coordinator::{
     Codec, ExitCause, FunctionInfo, HostLauncher, HostStats, Indexed, InputThread, ItemError,
     ItemErrorKind, JobStats, MapResults, PoolBuilder, PoolError, PoolStats, ProcessPool,
-    RawResults, StatsProbe, DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_SSH_COMMAND,
-    DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
+    RawResults, StatsProbe, DEFAULT_HEARTBEAT, DEFAULT_SILENCE, DEFAULT_SPIN, DEFAULT_SSH_COMMAND,
+    DEFAULT_WAIT_WORKERS, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, MAX_SPIN,
 };
 pub use pstream_protocol::{Function, LocalFn};
 pub use pstream_worker::{init, is_worker, plugin, serve, WorkerState};

@@ -74,6 +74,20 @@ fn double_over_seq_equals_awk() {
 }
 
 #[test]
+fn double_with_no_spin_or_the_longest_equals_awk() {
+    let input = seq(scale(200_000));
+    let want = shell_filter("awk '{print $1*2}'", &input);
+    for spin in ["0", "5ms"] {
+        let out = expect_code(
+            &mut coord(&["run", "-f", "double", "--format", "jsonl", "--spin", spin]),
+            Some(&input),
+            0,
+        );
+        assert_same(&format!("double with --spin {spin}"), &out.stdout, &want);
+    }
+}
+
+#[test]
 fn upper_over_a_text_file_equals_tr() {
     // Real text: the workspace's own sources and docs, as ASCII.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -381,6 +395,7 @@ fn usage_errors_exit_2_and_say_why() {
             &["run", "-f", "double", "-o", "x", "--resume", "--unordered"],
             "ordered mode",
         ),
+        (&["run", "-f", "double", "--spin", "1s"], "too long a spin"),
     ];
     for (args, needle) in cases {
         let out = expect_code(&mut coord(args), None, 2);

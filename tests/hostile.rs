@@ -331,6 +331,7 @@ fn welcome(stream: &mut UnixStream, hello: &Hello) {
         flush_interval_us: 2000,
         heartbeat_ms: 0,
         silence_ms: 0,
+        spin_us: 0,
     };
     write_frame(stream, &welcome, &Items::new(), 1 << 20).unwrap();
 }

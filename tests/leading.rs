@@ -179,3 +179,69 @@ fn dropping_the_pool_ends_the_stream_another_thread_is_leading() {
     assert_eq!(last.kind.name(), "aborted", "{last}");
     assert_gone(&pids);
 }
+
+/// CPU time (user + system) this thread has used.
+fn thread_cpu() -> Duration {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD).unwrap();
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    d(u.user_time()) + d(u.system_time())
+}
+
+#[test]
+fn a_consumer_waiting_on_a_long_item_sleeps_instead_of_spinning() {
+    let _watchdog = watchdog(
+        "a_consumer_waiting_on_a_long_item_sleeps_instead_of_spinning",
+        Duration::from_secs(120),
+    );
+    // The longest spin there is, and an item that hangs until its time limit: the
+    // consumer leads the engine all that time, woken by the worker's progress
+    // reports every few milliseconds. Fast items first, so that the waits are
+    // back to back (and polled) when the hang begins.
+    let pool = builder()
+        .workers(1)
+        .spin(Duration::from_millis(5))
+        .item_timeout(Duration::from_secs(2))
+        .retries(0)
+        .build()
+        .unwrap();
+    let sum: i64 = pool
+        .map(double, 0..20_000i64)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .sum();
+    assert_eq!(sum, 19_999 * 20_000);
+    let inputs = vec![
+        r#"{"value":1,"fault":"none"}"#.to_string(),
+        r#"{"value":2,"fault":"hang"}"#.to_string(),
+    ];
+    let started = std::time::Instant::now();
+    let cpu = thread_cpu();
+    let mut results = pool
+        .map_raw("misbehave", pstream::Codec::Json, true, inputs)
+        .unwrap();
+    let mut outcomes = Vec::new();
+    while let Some((_, r)) = results.next_raw() {
+        outcomes.push(r.map(|_| ()).map_err(|e| e.kind.name()));
+    }
+    let (cpu, wall) = (thread_cpu() - cpu, started.elapsed());
+    assert_eq!(outcomes, [Ok(()), Err("timed_out")]);
+    // Polling at every progress report cost 0.6 s of CPU in 2 s (seen with the
+    // engine made to poll after every wait); one poll, then sleeps, ~30 ms. Load
+    // only lowers it.
+    assert!(
+        cpu < wall / 10,
+        "the consumer used {cpu:?} of CPU in {wall:?} waiting for a hung item"
+    );
+}
+
+#[test]
+fn a_spin_longer_than_five_milliseconds_is_refused() {
+    let err = builder()
+        .workers(1)
+        .spin(Duration::from_millis(6))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("spin"), "{err}");
+}

@@ -157,6 +157,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub heartbeat_timeout: Option<Duration>,
 
+    /// How long the coordinator, and each worker between two batches, polls for
+    /// the next frame before it sleeps, while frames come back to back: a sleep
+    /// costs a wake-up, slow on virtual machines (default 100us, at most 5ms;
+    /// 0: sleep at once, e.g. on a machine busy with other work).
+    #[arg(long, value_name = "DURATION", value_parser = parse_spin)]
+    pub spin: Option<Duration>,
+
     /// The most lines read ahead of the output (memory is O(window x line size));
     /// lower it for very long lines.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOW,
@@ -322,6 +329,25 @@ impl RunArgs {
 }
 
 /// `250ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+/// `--spin`: a duration, or 0.
+pub fn parse_spin(s: &str) -> Result<Duration, String> {
+    if s.trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == 'µ')
+        == "0"
+    {
+        return Ok(Duration::ZERO);
+    }
+    let spin = parse_duration(s)?;
+    if spin > pstream::MAX_SPIN {
+        return Err(format!(
+            "`{s}` is too long a spin (at most {:?}: polling longer costs more than the \
+             sleep it saves)",
+            pstream::MAX_SPIN
+        ));
+    }
+    Ok(spin)
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s

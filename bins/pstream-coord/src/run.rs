@@ -728,6 +728,9 @@ fn build_pool(args: &RunArgs, mode: &impl Mode) -> Result<ProcessPool, CliError>
     if let Some(limit) = args.memory_limit {
         builder = builder.memory_limit(limit);
     }
+    if let Some(spin) = args.spin {
+        builder = builder.spin(spin);
+    }
     if let Some(bytes) = args.max_frame {
         // At most u32::MAX (checked by the parser): fits a usize on Linux.
         builder = builder.max_frame(bytes as usize);

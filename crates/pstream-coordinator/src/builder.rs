@@ -19,6 +19,7 @@ use crate::hub::Hub;
 use crate::launcher::{Launcher, LocalLauncher};
 use crate::process::WorkerCommand;
 use crate::stats::PoolCounters;
+use crate::tuning::{DEFAULT_SPIN, MAX_SPIN};
 use crate::vocab::Events;
 use pstream_protocol::auth::Token;
 
@@ -53,6 +54,7 @@ pub struct PoolBuilder {
     listen: Option<Listen>,
     token_file: Option<PathBuf>,
     heartbeat: Duration,
+    spin: Duration,
     silence: Duration,
     wait_workers: Duration,
     min_workers: usize,
@@ -98,6 +100,7 @@ impl Default for PoolBuilder {
             listen: None,
             token_file: None,
             heartbeat: DEFAULT_HEARTBEAT,
+            spin: DEFAULT_SPIN,
             silence: DEFAULT_SILENCE,
             wait_workers: DEFAULT_WAIT_WORKERS,
             min_workers: 1,
@@ -262,6 +265,20 @@ impl PoolBuilder {
         self
     }
 
+    /// How long whoever waits for the next frame, while frames come back to back,
+    /// polls before it sleeps: the thread that reads results, and each worker
+    /// between its batches (default [`DEFAULT_SPIN`], 100 µs; at most
+    /// [`MAX_SPIN`], 5 ms). A sleep between two batches costs a wake-up, which on a virtual
+    /// machine takes tens of microseconds and with a small window sets the pace
+    /// of short items. Polling gives the CPU to anything else runnable at each
+    /// turn, and stops after any wait that found nothing within this long (an
+    /// idle pool, long items), until frames come back to back again.
+    /// `Duration::ZERO`: sleep at once.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
     /// For a pool whose workers join on their own (`workers(0)` with `listen`):
     /// how long it waits while no worker is connected, for its first at `build`
     /// and for another when all are gone during a job, before it fails with
@@ -363,6 +380,13 @@ impl PoolBuilder {
                 self.heartbeat, self.silence
             )));
         }
+        if self.spin > MAX_SPIN {
+            return Err(PoolError::Config(format!(
+                "the spin ({:?}) must be at most {:?}: polling longer costs more than \
+                 the sleep it saves",
+                self.spin, MAX_SPIN
+            )));
+        }
         let window = self.window.unwrap_or(DEFAULT_WINDOW);
         if window == 0 {
             return Err(PoolError::Config(
@@ -404,6 +428,7 @@ impl PoolBuilder {
             max_spawn_failures: self.max_spawn_failures.max(1),
             capacity: self.capacity,
             flush_interval: Duration::from_millis(2),
+            spin: self.spin,
             shutdown_grace: self.shutdown_grace,
             heartbeat: self.heartbeat,
             silence: self.silence,

@@ -55,3 +55,4 @@ pub use job::{Indexed, MapResults, RawResults, StatsProbe, Window};
 pub use pool::{InputThread, ProcessPool};
 pub use pstream_protocol::{Codec, Function, FunctionInfo};
 pub use stats::{HostStats, JobStats, PoolStats};
+pub use tuning::{DEFAULT_SPIN, MAX_SPIN};

@@ -12,6 +12,7 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -87,6 +88,26 @@ impl Poller {
     /// Move the connections with bytes queued into `into`.
     pub fn take_pending(&self, into: &mut Vec<u64>) {
         into.append(&mut self.pending.lock().unwrap());
+    }
+
+    /// As [`Poller::wait`], but first look without sleeping for up to `spin`,
+    /// giving the CPU to anything else runnable between looks: a frame that comes
+    /// within `spin` costs no sleep and no wake-up.
+    pub fn wait_spinning(&self, timeout: EpollTimeout, spin: Duration, into: &mut Vec<Ready>) {
+        if !spin.is_zero() && timeout != EpollTimeout::ZERO {
+            let started = Instant::now();
+            loop {
+                self.wait(EpollTimeout::ZERO, into);
+                if !into.is_empty() || started.elapsed() >= spin {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            if !into.is_empty() {
+                return;
+            }
+        }
+        self.wait(timeout, into);
     }
 
     /// Wait for a connection or the eventfd, at most `timeout`; `into` gets what is

@@ -10,6 +10,25 @@ use std::time::Duration;
 /// not cut to a few items each (a batch costs system calls and wake-ups).
 pub const IDLE_CUT: Duration = Duration::from_micros(100);
 
+/// How long, by default, whoever waits for the next frame while frames come back
+/// to back (the engine for results, a worker for its next batch) polls before it
+/// sleeps (`PoolBuilder::spin`). A process that sleeps between two batches is
+/// woken by the next one, and on a virtual machine that wake-up of an idle CPU
+/// costs tens of microseconds (`perf bench sched pipe`: 70 µs a round trip on the
+/// machine of docs/benchmarks.md): with the default window it, not the items,
+/// set the pace of trivial items. Polling stops after this long, after any wait
+/// that found nothing in time (an idle pool, long items), and gives the CPU to
+/// anything else runnable at each turn (`sched_yield`).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+
+/// The longest spin a pool accepts: beyond a few milliseconds polling costs more
+/// than the sleep it saves.
+pub const MAX_SPIN: Duration = Duration::from_millis(5);
+
+/// A wait that ended within this long was "back to back": the next wait polls
+/// first.
+pub const SPIN_HOT: Duration = Duration::from_millis(1);
+
 /// The largest batch a process pool cuts unless told otherwise
 /// (`PoolBuilder::max_batch`).
 pub const POOL_MAX_BATCH: usize = 4096;

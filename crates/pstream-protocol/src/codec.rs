@@ -505,6 +505,7 @@ mod tests {
                 flush_interval_us: 2000,
                 heartbeat_ms: 1000,
                 silence_ms: 10_000,
+                spin_us: 100,
             }),
             Frame::control(Message::Reject {
                 reason: "bad token".into(),

@@ -72,7 +72,7 @@ pub fn encode_bincode<T: serde::Serialize + ?Sized>(
 
 /// The protocol version spoken by this build. Bumped on any incompatible change to a
 /// frame; the handshake refuses a peer that speaks another version.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The default maximum size of one frame body, in bytes, on both sides.
 ///

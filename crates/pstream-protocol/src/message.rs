@@ -54,6 +54,10 @@ pub enum Message {
         /// connection up (the coordinator: the worker is lost; the worker: it
         /// exits), in milliseconds; 0 with `heartbeat_ms` 0.
         silence_ms: u32,
+        /// How long the worker may poll for its next batch, in microseconds,
+        /// before it sleeps, while batches come back to back (see
+        /// `PoolBuilder::spin`); 0: it sleeps at once.
+        spin_us: u32,
     },
     /// Coordinator → worker: the worker is refused; it exits.
     Reject {

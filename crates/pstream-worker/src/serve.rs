@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
@@ -496,7 +496,7 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
     });
     send(&mut writer, &join)?;
 
-    let (peer_max, flush_interval, beats) =
+    let (peer_max, flush_interval, beats, spin) =
         match read_frame(&mut reader, config.max_frame).map_err(WorkerError::Read)? {
             Some(Frame {
                 message:
@@ -505,6 +505,7 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
                         flush_interval_us,
                         heartbeat_ms,
                         silence_ms,
+                        spin_us,
                         ..
                     },
                 ..
@@ -512,6 +513,9 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
                 max_frame as usize,
                 Duration::from_micros(u64::from(flush_interval_us.max(100))),
                 Beats::new(heartbeat_ms, silence_ms),
+                // A coordinator's word, but bounded here too: a worker polls for
+                // 5 ms at most.
+                Spin::new(Duration::from_micros(u64::from(spin_us.min(5_000)))),
             ),
             Some(Frame {
                 message: Message::Reject { reason },
@@ -581,8 +585,10 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
     // no fresh pages) per batch.
     let mut spare = Vec::new();
     let mut out = Items::new();
+    let mut spin = spin;
     loop {
-        if reader.buffer().is_empty() && !wait_readable(reader.get_ref(), beats.as_ref()) {
+        if reader.buffer().is_empty() && !wait_readable(reader.get_ref(), beats.as_ref(), &mut spin)
+        {
             return Err(WorkerError::Silent(
                 beats.map(|b| b.silence).unwrap_or_default(),
             ));
@@ -639,20 +645,60 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
 /// too): a wasted wake-up per results frame, paid by the coordinator. `poll` for
 /// reading is woken only for reading. Errors are left to the read that follows.
 /// With heartbeats, false if the coordinator said nothing (not even a heartbeat)
-/// for the silence limit.
-fn wait_readable(stream: &Stream, beats: Option<&Beats>) -> bool {
+/// for the silence limit. While batches come back to back, it first polls for
+/// `spin`'s time without sleeping (see [`Spin`]).
+fn wait_readable(stream: &Stream, beats: Option<&Beats>, spin: &mut Spin) -> bool {
     let timeout = match beats {
         Some(b) => PollTimeout::try_from(b.silence.as_millis().min(i32::MAX as u128) as i32)
             .unwrap_or(PollTimeout::MAX),
         None => PollTimeout::NONE,
     };
     let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-    loop {
+    let started = Instant::now();
+    if spin.hot && !spin.limit.is_zero() {
+        loop {
+            if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+                spin.hot = true;
+                return true;
+            }
+            if started.elapsed() >= spin.limit {
+                break;
+            }
+            // Anything else runnable on this CPU (another worker, the
+            // coordinator) goes first.
+            std::thread::yield_now();
+        }
+    }
+    let readable = loop {
         match poll(&mut fds, timeout) {
             Err(nix::errno::Errno::EINTR) => continue,
-            Ok(0) => return beats.is_none(),
-            _ => return true,
+            Ok(0) => break beats.is_none(),
+            _ => break true,
         }
+    };
+    spin.hot = started.elapsed() <= SPIN_HOT;
+    readable
+}
+
+/// A wait that ended within this long was "back to back": the next one polls
+/// first (as the coordinator's engine does).
+const SPIN_HOT: Duration = Duration::from_millis(1);
+
+/// How a worker waits for its next batch: a sleep between two batches costs a
+/// wake-up that, on a virtual machine, takes tens of microseconds, so while
+/// batches come back to back it polls for up to `limit` first (the coordinator's
+/// `PoolBuilder::spin`, told in the Welcome). After a wait that found nothing
+/// within [`SPIN_HOT`] (an idle pool, a slow input) it sleeps at once until
+/// batches come quickly again: an idle worker does not poll.
+#[derive(Debug, Clone, Copy)]
+struct Spin {
+    limit: Duration,
+    hot: bool,
+}
+
+impl Spin {
+    fn new(limit: Duration) -> Spin {
+        Spin { limit, hot: false }
     }
 }
 

@@ -163,6 +163,7 @@ impl JobOptions {
             min_workers: None,
             heartbeat: None,
             heartbeat_timeout: None,
+            spin: None,
         }
     }
 

@@ -89,6 +89,7 @@ impl Engine {
             flush_interval_us: self.config.flush_interval.as_micros() as u32,
             heartbeat_ms,
             silence_ms,
+            spin_us: self.config.spin.as_micros() as u32,
         };
         let greeted = write_frame(&mut link, &welcome, &Items::new(), self.config.max_frame);
         let conn = greeted.map_err(|e| e.to_string()).and_then(|()| {

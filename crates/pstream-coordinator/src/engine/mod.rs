@@ -67,6 +67,9 @@ pub(crate) struct Config {
     pub max_spawn_failures: u32,
     pub capacity: u32,
     pub flush_interval: Duration,
+    /// How long a wait for frames polls before it sleeps while frames come back
+    /// to back (`tuning::DEFAULT_SPIN`); workers are told it in their Welcome.
+    pub spin: Duration,
     pub shutdown_grace: Duration,
     /// Over the network: a heartbeat each way after this long with nothing sent.
     pub heartbeat: Duration,
@@ -127,6 +130,9 @@ pub(crate) struct Engine {
     exited: bool,
     /// Since when no worker is connected, in a pool with no launcher.
     alone_since: Option<Instant>,
+    /// The last wait that blocked ended within `tuning::SPIN_HOT`: frames come
+    /// back to back, so the next one polls for `config.spin` before it sleeps.
+    spin_hot: bool,
     /// Host agents connected, by id (from 1).
     agents: HashMap<u64, agents::Agent>,
     next_agent: u64,
@@ -213,6 +219,7 @@ impl Engine {
             failed: None,
             exited: false,
             alone_since: Some(Instant::now()),
+            spin_hot: false,
             agents: HashMap::new(),
             next_agent: 1,
             agent_failure: None,
@@ -275,7 +282,19 @@ impl Engine {
         }
         let block = block && self.events.is_empty();
         let mut ready = std::mem::take(&mut self.ready_list);
-        self.poller.wait(self.timeout(block), &mut ready);
+        let timeout = self.timeout(block);
+        if block {
+            let spin = if self.spin_hot {
+                self.config.spin
+            } else {
+                Duration::ZERO
+            };
+            let started = Instant::now();
+            self.poller.wait_spinning(timeout, spin, &mut ready);
+            self.spin_hot = started.elapsed() <= crate::tuning::SPIN_HOT;
+        } else {
+            self.poller.wait(timeout, &mut ready);
+        }
         for r in &ready {
             match slot(r.token) {
                 Slot::Wake => self.wake.drain(),

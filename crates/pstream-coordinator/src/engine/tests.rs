@@ -45,6 +45,7 @@ pub(super) fn config(retries: u32, item_timeout: Option<Duration>) -> Config {
         max_spawn_failures: 3,
         capacity: 8,
         flush_interval: Duration::from_millis(2),
+        spin: crate::tuning::DEFAULT_SPIN,
         shutdown_grace: Duration::from_secs(1),
         heartbeat: Duration::from_secs(1),
         silence: Duration::from_secs(10),
