@@ -159,7 +159,7 @@ pub struct RunArgs {
 
     /// How long the coordinator, and each worker between two batches, polls for
     /// the next frame before it sleeps, while frames come back to back: a sleep
-    /// costs a wake-up, slow on virtual machines (default 100us, at most 5ms;
+    /// costs a wake-up, slow on virtual machines (default 300us, at most 5ms;
     /// 0: sleep at once, e.g. on a machine busy with other work).
     #[arg(long, value_name = "DURATION", value_parser = parse_spin)]
     pub spin: Option<Duration>,

@@ -267,7 +267,7 @@ impl PoolBuilder {
 
     /// How long whoever waits for the next frame, while frames come back to back,
     /// polls before it sleeps: the thread that reads results, and each worker
-    /// between its batches (default [`DEFAULT_SPIN`], 100 µs; at most
+    /// between its batches (default [`DEFAULT_SPIN`], 300 µs; at most
     /// [`MAX_SPIN`], 5 ms). A sleep between two batches costs a wake-up, which on a virtual
     /// machine takes tens of microseconds and with a small window sets the pace
     /// of short items. Polling gives the CPU to anything else runnable at each

@@ -19,7 +19,7 @@ pub const IDLE_CUT: Duration = Duration::from_micros(100);
 /// set the pace of trivial items. Polling stops after this long, after any wait
 /// that found nothing in time (an idle pool, long items), and gives the CPU to
 /// anything else runnable at each turn (`sched_yield`).
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(300);
 
 /// The longest spin a pool accepts: beyond a few milliseconds polling costs more
 /// than the sleep it saves.
