@@ -271,8 +271,9 @@ impl PoolBuilder {
     /// [`MAX_SPIN`], 5 ms). A sleep between two batches costs a wake-up, which on a virtual
     /// machine takes tens of microseconds and with a small window sets the pace
     /// of short items. Polling gives the CPU to anything else runnable at each
-    /// turn, and stops after any wait that found nothing within this long (an
-    /// idle pool, long items), until frames come back to back again.
+    /// turn, and happens only after a wait that ended within 1 ms with results
+    /// (a batch, for a worker): idle pools, heartbeats, progress reports of long
+    /// items do not make anyone poll.
     /// `Duration::ZERO`: sleep at once.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;

@@ -16,8 +16,8 @@ pub const IDLE_CUT: Duration = Duration::from_micros(100);
 /// woken by the next one, and on a virtual machine that wake-up of an idle CPU
 /// costs tens of microseconds (`perf bench sched pipe`: 70 µs a round trip on the
 /// machine of docs/benchmarks.md): with the default window it, not the items,
-/// set the pace of trivial items. Polling stops after this long, after any wait
-/// that found nothing in time (an idle pool, long items), and gives the CPU to
+/// set the pace of trivial items. A wait polls only after one that ended within
+/// [`SPIN_HOT`] with work (results; a batch, for a worker), and gives the CPU to
 /// anything else runnable at each turn (`sched_yield`).
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(300);
 

@@ -625,9 +625,11 @@ fn serve(config: &Summons) -> Result<(), WorkerError> {
             }
             Message::Cancel { job } => {
                 cancelled.insert(job);
+                spin.hot = false;
             }
-            // The coordinator is alive; reading it was the point.
-            Message::Heartbeat => {}
+            // The coordinator is alive; reading it was the point. Only batches
+            // coming back to back make the next wait poll.
+            Message::Heartbeat => spin.hot = false,
             Message::Shutdown => {
                 crate::group::shutdown_received();
                 return Ok(());
@@ -687,9 +689,10 @@ const SPIN_HOT: Duration = Duration::from_millis(1);
 /// How a worker waits for its next batch: a sleep between two batches costs a
 /// wake-up that, on a virtual machine, takes tens of microseconds, so while
 /// batches come back to back it polls for up to `limit` first (the coordinator's
-/// `PoolBuilder::spin`, told in the Welcome). After a wait that found nothing
-/// within [`SPIN_HOT`] (an idle pool, a slow input) it sleeps at once until
-/// batches come quickly again: an idle worker does not poll.
+/// `PoolBuilder::spin`, told in the Welcome). After a wait that did not end
+/// within [`SPIN_HOT`] (an idle pool, a slow input), or ended with anything but a
+/// batch (a heartbeat), it sleeps at once until batches come quickly again: an
+/// idle worker does not poll.
 #[derive(Debug, Clone, Copy)]
 struct Spin {
     limit: Duration,

@@ -151,7 +151,10 @@ impl Engine {
             return; // Being killed: its frames no longer count.
         }
         let header = match frame.message {
-            Message::Results(header) => header,
+            Message::Results(header) => {
+                self.results_read = true;
+                header
+            }
             Message::Progress { job, seq, done } => {
                 self.on_progress(wid, job, seq, done as usize);
                 return;

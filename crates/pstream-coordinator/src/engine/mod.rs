@@ -130,9 +130,14 @@ pub(crate) struct Engine {
     exited: bool,
     /// Since when no worker is connected, in a pool with no launcher.
     alone_since: Option<Instant>,
-    /// The last wait that blocked ended within `tuning::SPIN_HOT`: frames come
-    /// back to back, so the next one polls for `config.spin` before it sleeps.
+    /// The last wait that blocked ended within `tuning::SPIN_HOT` with results:
+    /// they come back to back, so the next wait polls for `config.spin` before it
+    /// sleeps. Heartbeats and progress reports do not count: 512 idle workers'
+    /// heartbeats, or reports every few milliseconds from a long item, would keep
+    /// an idle engine polling.
     spin_hot: bool,
+    /// A `Results` frame was read since the last wait began.
+    results_read: bool,
     /// Host agents connected, by id (from 1).
     agents: HashMap<u64, agents::Agent>,
     next_agent: u64,
@@ -220,6 +225,7 @@ impl Engine {
             exited: false,
             alone_since: Some(Instant::now()),
             spin_hot: false,
+            results_read: false,
             agents: HashMap::new(),
             next_agent: 1,
             agent_failure: None,
@@ -283,7 +289,7 @@ impl Engine {
         let block = block && self.events.is_empty();
         let mut ready = std::mem::take(&mut self.ready_list);
         let timeout = self.timeout(block);
-        if block {
+        let waited = if block {
             let spin = if self.spin_hot {
                 self.config.spin
             } else {
@@ -291,10 +297,12 @@ impl Engine {
             };
             let started = Instant::now();
             self.poller.wait_spinning(timeout, spin, &mut ready);
-            self.spin_hot = started.elapsed() <= crate::tuning::SPIN_HOT;
+            Some(started.elapsed())
         } else {
             self.poller.wait(timeout, &mut ready);
-        }
+            None
+        };
+        self.results_read = false;
         for r in &ready {
             match slot(r.token) {
                 Slot::Wake => self.wake.drain(),
@@ -317,6 +325,9 @@ impl Engine {
             }
         }
         self.ready_list = ready;
+        if let Some(waited) = waited {
+            self.spin_hot = self.results_read && waited <= crate::tuning::SPIN_HOT;
+        }
         Flow::Go
     }
 

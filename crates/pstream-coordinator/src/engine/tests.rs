@@ -743,3 +743,67 @@ impl Pool {
         self.engine.accept(std::iter::empty());
     }
 }
+
+#[test]
+fn heartbeats_coming_back_to_back_do_not_make_the_engine_poll() {
+    // A worker that sends nothing but heartbeats, 200 µs apart: every wait ends
+    // within the 1 ms that counts as back to back. Only results may make the
+    // engine poll; before that rule, 512 idle workers' heartbeats kept an idle
+    // coordinator polling (seen: it polled after all 200 of these waits).
+    let mut config = config(0, None);
+    config.spin = crate::tuning::MAX_SPIN;
+    let mut pool = Pool::new(config);
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let join = Join {
+        proof: Default::default(),
+        capacity: 8,
+        max_frame: DEFAULT_MAX_FRAME as u32,
+        functions: Vec::new(),
+    };
+    pool.events
+        .send(Event::Connected {
+            link: Box::new(UnixLink::new(ours).unwrap()),
+            join,
+            agent: None,
+        })
+        .unwrap();
+    pool.engine.accept(std::iter::empty());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beating = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let _ = read_frame(&mut theirs, DEFAULT_MAX_FRAME); // the Welcome
+            while !stop.load(Ordering::SeqCst) {
+                if write_frame(
+                    &mut theirs,
+                    &Message::Heartbeat,
+                    &Items::new(),
+                    DEFAULT_MAX_FRAME,
+                )
+                .is_err()
+                {
+                    return;
+                }
+                // A pace, not synchronisation: the heartbeats' spacing.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let (mut polled, mut short) = (0, 0);
+    for _ in 0..200 {
+        let started = Instant::now();
+        assert_eq!(pool.engine.step(true), Flow::Go);
+        if started.elapsed() <= crate::tuning::SPIN_HOT {
+            short += 1;
+        }
+        if pool.engine.spin_hot {
+            polled += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    pool.engine.workers.clear();
+    beating.join().unwrap();
+    // The test means something only if most waits were short.
+    assert!(short > 100, "only {short} of 200 waits ended within 1 ms");
+    assert_eq!(polled, 0, "the engine polled after {polled} of 200 waits");
+}
