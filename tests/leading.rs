@@ -245,3 +245,44 @@ fn a_spin_longer_than_five_milliseconds_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("spin"), "{err}");
 }
+
+#[test]
+fn a_consumer_waiting_on_many_hung_workers_sleeps_between_their_progress_reports() {
+    let _watchdog = watchdog(
+        "a_consumer_waiting_on_many_hung_workers_sleeps_between_their_progress_reports",
+        Duration::from_secs(120),
+    );
+    // A hung worker repeats its progress report every 8 flush intervals (16 ms):
+    // 16 of them, one item each, report about once a millisecond between them,
+    // so the consumer's waits end within `tuning::SPIN_HOT` although no result
+    // comes for 2 s. A report is no result: it must not make the consumer poll.
+    let n = 16;
+    let pool = builder()
+        .workers(n)
+        .max_batch(1)
+        .spin(Duration::from_millis(5))
+        .item_timeout(Duration::from_secs(2))
+        .retries(0)
+        .build()
+        .unwrap();
+    let inputs: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"value":{i},"fault":"hang"}}"#))
+        .collect();
+    let started = std::time::Instant::now();
+    let cpu = thread_cpu();
+    let mut results = pool
+        .map_raw("misbehave", pstream::Codec::Json, true, inputs)
+        .unwrap();
+    let mut outcomes = Vec::new();
+    while let Some((_, r)) = results.next_raw() {
+        outcomes.push(r.map(|_| ()).map_err(|e| e.kind.name()));
+    }
+    let (cpu, wall) = (thread_cpu() - cpu, started.elapsed());
+    assert_eq!(outcomes, vec![Err("timed_out"); n]);
+    // Polling at each report cost 1.0 s of CPU in 2.1 s (seen before progress
+    // reports were told apart from results); not polling, 0.1 s, as with no spin.
+    assert!(
+        cpu < wall / 10,
+        "the consumer used {cpu:?} of CPU in {wall:?} waiting for {n} hung workers"
+    );
+}
