@@ -396,6 +396,11 @@ fn usage_errors_exit_2_and_say_why() {
             "ordered mode",
         ),
         (&["run", "-f", "double", "--spin", "1s"], "too long a spin"),
+        // A zero followed by garbage is garbage, not zero.
+        (
+            &["run", "-f", "double", "--spin", "0banana"],
+            "unknown unit",
+        ),
     ];
     for (args, needle) in cases {
         let out = expect_code(&mut coord(args), None, 2);

@@ -328,27 +328,35 @@ impl RunArgs {
     }
 }
 
-/// `250ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
-/// `--spin`: a duration, or 0.
+/// `--spin`: a duration of at most `pstream::MAX_SPIN`, or zero in any spelling
+/// (`0`, `0us`, `0.0ms`).
 pub fn parse_spin(s: &str) -> Result<Duration, String> {
-    if s.trim()
-        .trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == 'µ')
-        == "0"
-    {
-        return Ok(Duration::ZERO);
-    }
-    let spin = parse_duration(s)?;
-    if spin > pstream::MAX_SPIN {
-        return Err(format!(
-            "`{s}` is too long a spin (at most {:?}: polling longer costs more than the \
-             sleep it saves)",
-            pstream::MAX_SPIN
-        ));
-    }
+    let seconds = duration_seconds(s)?;
+    let spin = Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|&spin| spin <= pstream::MAX_SPIN)
+        .ok_or_else(|| {
+            format!(
+                "`{s}` is too long a spin (at most {:?}: polling longer costs more than the \
+                 sleep it saves)",
+                pstream::MAX_SPIN
+            )
+        })?;
     Ok(spin)
 }
 
+/// `250ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let seconds = duration_seconds(s)?;
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
+        return Err(format!("`{}` is not a usable time limit", s.trim()));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A duration's number (digits and a point: never negative) times its unit, in
+/// seconds; infinite if the number is too long for an `f64`.
+fn duration_seconds(s: &str) -> Result<f64, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -357,7 +365,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (try 30s, 500ms, 2m)"))?;
-    let seconds = match unit.trim() {
+    Ok(match unit.trim() {
         "" | "s" | "sec" | "secs" => value,
         "ms" => value / 1e3,
         "us" | "µs" => value / 1e6,
@@ -365,14 +373,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         other => {
             return Err(format!(
-                "unknown unit `{other}` in `{s}` (use ms, s, m or h)"
+                "unknown unit `{other}` in `{s}` (use us, ms, s, m or h)"
             ))
         }
-    };
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
-        return Err(format!("`{s}` is not a usable time limit"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+    })
 }
 
 /// A worker's memory limit: a size of at least 1 MiB.
@@ -436,6 +440,34 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 weeks").is_err());
+    }
+
+    #[test]
+    fn spins() {
+        // Zero in any spelling of a duration: no polling.
+        for zero in [
+            "0", "0ms", "0s", " 0 ", "0us", "0µs", "0.0", "0.0ms", "0 ms", "00",
+        ] {
+            assert_eq!(parse_spin(zero), Ok(Duration::ZERO), "{zero:?}");
+        }
+        assert_eq!(parse_spin("300us"), Ok(Duration::from_micros(300)));
+        assert_eq!(parse_spin("5ms"), Ok(Duration::from_millis(5)));
+        assert_eq!(parse_spin("5000us"), Ok(Duration::from_millis(5)));
+        assert_eq!(parse_spin("0.25ms"), Ok(Duration::from_micros(250)));
+        // A zero followed by garbage is garbage, not zero.
+        for bad in [
+            "0banana", "0x", "0 weeks", "-1", "", "fast", "1e3us", ".", "0..0",
+        ] {
+            let err = parse_spin(bad).unwrap_err();
+            assert!(
+                err.contains("not a duration") || err.contains("unknown unit"),
+                "{bad:?}: {err}"
+            );
+        }
+        for long in ["5.0001ms", "1s", "6000us", &"9".repeat(400)] {
+            let err = parse_spin(long).unwrap_err();
+            assert!(err.contains("too long a spin"), "{long:?}: {err}");
+        }
     }
 
     #[test]
