@@ -92,10 +92,14 @@ impl Poller {
 
     /// As [`Poller::wait`], but first look without sleeping for up to `spin`,
     /// giving the CPU to anything else runnable between looks: a frame that comes
-    /// within `spin` costs no sleep and no wake-up.
+    /// within `spin` costs no sleep and no wake-up. The looks are part of the
+    /// wait: it still ends by `timeout` (a deadline is not put off by the spin).
     pub fn wait_spinning(&self, timeout: EpollTimeout, spin: Duration, into: &mut Vec<Ready>) {
+        let mut timeout = timeout;
         if !spin.is_zero() && timeout != EpollTimeout::ZERO {
             let started = Instant::now();
+            let limit = finite(timeout);
+            let spin = limit.map_or(spin, |t| spin.min(t));
             loop {
                 self.wait(EpollTimeout::ZERO, into);
                 if !into.is_empty() || started.elapsed() >= spin {
@@ -105,6 +109,13 @@ impl Poller {
             }
             if !into.is_empty() {
                 return;
+            }
+            if let Some(t) = limit {
+                // What is left, rounded up (as the engine's timeout): never wake
+                // just before the deadline.
+                let left = t.saturating_sub(started.elapsed());
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                timeout = EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX);
             }
         }
         self.wait(timeout, into);
@@ -132,5 +143,44 @@ impl Poller {
                 writable: flags.intersects(EpollFlags::EPOLLOUT),
             }
         }));
+    }
+}
+
+/// A timeout as a duration; `None` for no timeout. (Not nix's `duration()`, which
+/// panics on `NONE`.)
+fn finite(timeout: EpollTimeout) -> Option<Duration> {
+    u128::try_from(timeout)
+        .ok()
+        .map(|ms| Duration::from_millis(ms as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_spin_is_part_of_the_wait_not_added_to_it() {
+        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).unwrap();
+        let poller = Poller::new(wake.as_fd()).unwrap();
+        let mut ready = Vec::new();
+        // Nothing comes: a wait of 1 s that spins as long must end after 1 s,
+        // not spin 1 s and then sleep 1 s more (as it did: 2.0 s). The engine's
+        // spins are at most 5 ms; this one is long so that load, which only
+        // lengthens waits, cannot blur the difference.
+        let started = Instant::now();
+        poller.wait_spinning(
+            EpollTimeout::try_from(1000).unwrap(),
+            Duration::from_secs(1),
+            &mut ready,
+        );
+        let waited = started.elapsed();
+        assert!(ready.is_empty());
+        assert!(waited >= Duration::from_secs(1), "ended early: {waited:?}");
+        assert!(
+            waited < Duration::from_millis(1700),
+            "a wait of 1 s that spun 1 s took {waited:?}"
+        );
     }
 }
