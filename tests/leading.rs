@@ -254,7 +254,7 @@ fn a_consumer_waiting_on_many_hung_workers_sleeps_between_their_progress_reports
     );
     // A hung worker repeats its progress report every 8 flush intervals (16 ms):
     // 16 of them, one item each, report about once a millisecond between them,
-    // so the consumer's waits end within `tuning::SPIN_HOT` although no result
+    // so the consumer's waits end within the spin although no result
     // comes for 2 s. A report is no result: it must not make the consumer poll.
     let n = 16;
     let pool = builder()

@@ -678,12 +678,15 @@ fn wait_readable(stream: &Stream, beats: Option<&Beats>, spin: &mut Spin) -> boo
             _ => break true,
         }
     };
-    spin.hot = started.elapsed() <= SPIN_HOT;
+    // Batches back to back (as the coordinator's engine counts them): poll next
+    // time.
+    spin.hot = started.elapsed() <= SPIN_HOT.max(spin.limit);
     readable
 }
 
-/// A wait that ended within this long was "back to back": the next one polls
-/// first (as the coordinator's engine does).
+/// A wait that ended within this long (or the spin, if longer) with a batch was
+/// "back to back": the next one polls first (`tuning::SPIN_HOT` of the
+/// coordinator).
 const SPIN_HOT: Duration = Duration::from_millis(1);
 
 /// How a worker waits for its next batch: a sleep between two batches costs a

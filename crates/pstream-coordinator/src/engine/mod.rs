@@ -130,7 +130,8 @@ pub(crate) struct Engine {
     exited: bool,
     /// Since when no worker is connected, in a pool with no launcher.
     alone_since: Option<Instant>,
-    /// The last wait that blocked ended within `tuning::SPIN_HOT` with results:
+    /// The last wait that blocked ended within `tuning::SPIN_HOT` (or the spin,
+    /// if longer) with results:
     /// they come back to back, so the next wait polls for `config.spin` before it
     /// sleeps. Heartbeats and progress reports do not count: 512 idle workers'
     /// heartbeats, or reports every few milliseconds from a long item, would keep
@@ -326,7 +327,10 @@ impl Engine {
         }
         self.ready_list = ready;
         if let Some(waited) = waited {
-            self.spin_hot = self.results_read && waited <= crate::tuning::SPIN_HOT;
+            // Results back to back: poll next time. Results further apart (items
+            // of milliseconds, say) would only cost it CPU.
+            let hot = crate::tuning::SPIN_HOT.max(self.config.spin);
+            self.spin_hot = self.results_read && waited <= hot;
         }
         Flow::Go
     }
