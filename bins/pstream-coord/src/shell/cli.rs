@@ -163,7 +163,11 @@ impl JobOptions {
             min_workers: None,
             heartbeat: None,
             heartbeat_timeout: None,
-            spin: None,
+            // Each item is a process (a millisecond or more): results come too
+            // far apart for polling to find them, and the CPU it spends waiting
+            // is taken from the commands (`exec true` went from 1.08× to 0.84×
+            // `xargs -P2` with the default spin).
+            spin: Some(Duration::ZERO),
         }
     }
 
