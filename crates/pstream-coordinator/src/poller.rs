@@ -100,22 +100,14 @@ impl Poller {
             let started = Instant::now();
             let limit = finite(timeout);
             let spin = limit.map_or(spin, |t| spin.min(t));
-            loop {
+            if pstream_protocol::spin::poll_for(started, spin, || {
                 self.wait(EpollTimeout::ZERO, into);
-                if !into.is_empty() || started.elapsed() >= spin {
-                    break;
-                }
-                std::thread::yield_now();
-            }
-            if !into.is_empty() {
+                !into.is_empty()
+            }) {
                 return;
             }
             if let Some(t) = limit {
-                // What is left, rounded up (as the engine's timeout): never wake
-                // just before the deadline.
-                let left = t.saturating_sub(started.elapsed());
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                timeout = EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX);
+                timeout = timeout_for(t.saturating_sub(started.elapsed()));
             }
         }
         self.wait(timeout, into);
@@ -148,6 +140,13 @@ impl Poller {
 
 /// A timeout as a duration; `None` for no timeout. (Not nix's `duration()`, which
 /// panics on `NONE`.)
+/// An epoll timeout for what is `left` until a deadline, rounded up to whole
+/// milliseconds: a wait never ends just before its deadline.
+pub fn timeout_for(left: Duration) -> EpollTimeout {
+    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
+}
+
 fn finite(timeout: EpollTimeout) -> Option<Duration> {
     u128::try_from(timeout)
         .ok()

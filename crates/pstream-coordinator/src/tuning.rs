@@ -26,13 +26,9 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(300);
 /// than the sleep it saves.
 pub const MAX_SPIN: Duration = Duration::from_millis(5);
 
-/// Work that came within this long of the wait's start (or within the spin, if
-/// longer) came back to back: the next wait polls first. Not the spin itself:
-/// over TCP many waits for results last longer than 300 µs, and with the spin as
-/// the limit the engine stopped polling there (`double` over TCP ÷ the Unix
-/// socket 0.69× against 0.80× in one pair of runs). The cost: a thread whose
-/// results come 0.3–1 ms apart polls in vain before each (CPU, not time).
-pub const SPIN_HOT: Duration = Duration::from_millis(1);
+/// Results within this long of a wait's start (or the spin, if longer) came back
+/// to back (shared with the workers: `pstream_protocol::spin`).
+pub use pstream_protocol::spin::SPIN_HOT;
 
 /// The largest batch a process pool cuts unless told otherwise
 /// (`PoolBuilder::max_batch`).

@@ -41,6 +41,7 @@ mod codec;
 mod function;
 mod items;
 mod message;
+pub mod spin;
 pub mod unwind;
 
 pub use bincode_de::{decode_bincode, BincodeError};

@@ -657,19 +657,15 @@ fn wait_readable(stream: &Stream, beats: Option<&Beats>, spin: &mut Spin) -> boo
     };
     let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
     let started = Instant::now();
-    if spin.hot && !spin.limit.is_zero() {
-        loop {
-            if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
-                spin.hot = true;
-                return true;
-            }
-            if started.elapsed() >= spin.limit {
-                break;
-            }
-            // Anything else runnable on this CPU (another worker, the
-            // coordinator) goes first.
-            std::thread::yield_now();
-        }
+    if spin.hot
+        && !spin.limit.is_zero()
+        && pstream_protocol::spin::poll_for(
+            started,
+            spin.limit,
+            || matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0),
+        )
+    {
+        return true;
     }
     let readable = loop {
         match poll(&mut fds, timeout) {
@@ -680,20 +676,15 @@ fn wait_readable(stream: &Stream, beats: Option<&Beats>, spin: &mut Spin) -> boo
     };
     // Batches back to back (as the coordinator's engine counts them): poll next
     // time.
-    spin.hot = started.elapsed() <= SPIN_HOT.max(spin.limit);
+    spin.hot = pstream_protocol::spin::back_to_back(started.elapsed(), spin.limit);
     readable
 }
-
-/// A wait that ended within this long (or the spin, if longer) with a batch was
-/// "back to back": the next one polls first (`tuning::SPIN_HOT` of the
-/// coordinator).
-const SPIN_HOT: Duration = Duration::from_millis(1);
 
 /// How a worker waits for its next batch: a sleep between two batches costs a
 /// wake-up that, on a virtual machine, takes tens of microseconds, so while
 /// batches come back to back it polls for up to `limit` first (the coordinator's
 /// `PoolBuilder::spin`, told in the Welcome). After a wait that did not end
-/// within [`SPIN_HOT`] (an idle pool, a slow input), or ended with anything but a
+/// within [`pstream_protocol::spin::SPIN_HOT`] (an idle pool, a slow input), or ended with anything but a
 /// batch (a heartbeat), it sleeps at once until batches come quickly again: an
 /// idle worker does not poll.
 #[derive(Debug, Clone, Copy)]

@@ -329,8 +329,8 @@ impl Engine {
         if let Some(waited) = waited {
             // Results back to back: poll next time. Results further apart (items
             // of milliseconds, say) would only cost it CPU.
-            let hot = crate::tuning::SPIN_HOT.max(self.config.spin);
-            self.spin_hot = self.results_read && waited <= hot;
+            self.spin_hot =
+                self.results_read && pstream_protocol::spin::back_to_back(waited, self.config.spin);
         }
         Flow::Go
     }
@@ -419,12 +419,7 @@ impl Engine {
         match self.next_deadline() {
             _ if !block => EpollTimeout::ZERO,
             None => EpollTimeout::NONE,
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                // Round up, so we never wake just before the deadline.
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
-            }
+            Some(at) => poller::timeout_for(at.saturating_duration_since(Instant::now())),
         }
     }
 

@@ -128,32 +128,41 @@ impl Pool {
 
     /// A played worker joins with `capacity` items of credit.
     fn join(&mut self, play: Play, capacity: u32) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let join = Join {
-            proof: Default::default(),
+        let theirs = self.connect(
             capacity,
-            max_frame: DEFAULT_MAX_FRAME as u32,
-            functions: vec![FunctionInfo {
+            vec![FunctionInfo {
                 name: "f".into(),
                 input_type: "String".into(),
                 output_type: "String".into(),
                 input_type_name: "String".into(),
                 output_type_name: "String".into(),
             }],
-        };
-        let link = Box::new(UnixLink::new(ours).unwrap());
+        );
         let received = Arc::clone(&self.received);
         self.workers
             .push(std::thread::spawn(move || worker(theirs, play, &received)));
+    }
+
+    /// A worker whose handshake is done joins with `capacity` items of credit,
+    /// serving `functions`; the test plays it through the returned end.
+    fn connect(&mut self, capacity: u32, functions: Vec<FunctionInfo>) -> UnixStream {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let join = Join {
+            proof: Default::default(),
+            capacity,
+            max_frame: DEFAULT_MAX_FRAME as u32,
+            functions,
+        };
         self.events
             .send(Event::Connected {
-                link,
+                link: Box::new(UnixLink::new(ours).unwrap()),
                 join,
                 agent: None,
             })
             .unwrap();
         // Handled now: it counts as usable from here on.
         self.engine.accept(std::iter::empty());
+        theirs
     }
 
     /// Feed `items` as batches of `size`, then say the input is done.
@@ -321,23 +330,9 @@ fn refs(items: &[Vec<u8>]) -> Vec<&[u8]> {
 fn dispatch_never_sends_a_worker_more_than_its_credit() {
     let mut pool = Pool::new(config(1, None));
     // Credit for two batches of 4; five are queued.
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let join = Join {
-        proof: Default::default(),
-        capacity: 8,
-        max_frame: DEFAULT_MAX_FRAME as u32,
-        functions: Vec::new(),
-    };
-    pool.events
-        .send(Event::Connected {
-            link: Box::new(UnixLink::new(ours).unwrap()),
-            join,
-            agent: None,
-        })
-        .unwrap();
+    let mut theirs = pool.connect(8, Vec::new());
     let data = items(20, None);
     pool.submit(&refs(&data), 4);
-    let mut theirs = theirs;
     theirs.set_read_timeout(Some(DEADLINE)).unwrap();
     // Step until the worker holds what it can.
     let deadline = Instant::now() + DEADLINE;
@@ -760,21 +755,7 @@ fn heartbeats_coming_back_to_back_do_not_make_the_engine_poll() {
     let mut config = config(0, None);
     config.spin = crate::tuning::MAX_SPIN;
     let mut pool = Pool::new(config);
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let join = Join {
-        proof: Default::default(),
-        capacity: 8,
-        max_frame: DEFAULT_MAX_FRAME as u32,
-        functions: Vec::new(),
-    };
-    pool.events
-        .send(Event::Connected {
-            link: Box::new(UnixLink::new(ours).unwrap()),
-            join,
-            agent: None,
-        })
-        .unwrap();
-    pool.engine.accept(std::iter::empty());
+    let mut theirs = pool.connect(8, Vec::new());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let beating = {
         let stop = Arc::clone(&stop);
