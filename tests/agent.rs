@@ -186,6 +186,19 @@ fn stats(dir: &Path) -> serde_json::Value {
 
 /// The same job run on this machine alone, with `workers` local workers: its exit
 /// code, output and errors file.
+/// Map `double` over `0..n` on `pool`: every result exact, in order, and no crash
+/// or lost connection counted.
+fn doubles_exactly(pool: &pstream::ProcessPool, n: i64) {
+    let results: Vec<i64> = pool
+        .map(pstream_examples::double, 0..n)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results, (0..n).map(|x| x * 2).collect::<Vec<_>>());
+    let stats = pool.stats();
+    assert_eq!((stats.crashes, stats.lost), (0, 0), "{stats:?}");
+}
+
 fn local_run(dir: &Path, function: &str, extra: &[&str]) -> (Option<i32>, Vec<u8>, Vec<u8>) {
     let local = tempfile::tempdir().unwrap();
     std::fs::copy(dir.join("in.txt"), local.path().join("in.txt")).unwrap();
@@ -531,15 +544,7 @@ fn an_agent_replaces_recycled_workers_and_the_job_stays_exact() {
         .wait_workers(PATIENCE)
         .build()
         .unwrap();
-    let n = scale(20_000) as i64;
-    let results: Vec<i64> = pool
-        .map(pstream_examples::double, 0..n)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(results, (0..n).map(|x| x * 2).collect::<Vec<_>>());
-    let stats = pool.stats();
-    assert_eq!((stats.crashes, stats.lost), (0, 0), "{stats:?}");
+    doubles_exactly(&pool, scale(20_000) as i64);
     // Each worker served about 2000 items: the agent started many more than two.
     let host = &pool.host_stats()["127.0.0.1"];
     assert!(host.workers >= 5, "workers were not recycled: {host:?}");
@@ -965,15 +970,7 @@ fn a_kill_for_a_pid_that_is_no_worker_of_the_agent_is_ignored() {
         .wait_workers(PATIENCE)
         .build()
         .unwrap();
-    let n = 1000i64;
-    let results: Vec<i64> = pool
-        .map(pstream_examples::double, 0..n)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(results, (0..n).map(|x| x * 2).collect::<Vec<_>>());
-    let stats = pool.stats();
-    assert_eq!((stats.crashes, stats.lost), (0, 0), "{stats:?}");
+    doubles_exactly(&pool, 1000);
     drop(pool);
     let (code, stderr) = agent.finish("the agent");
     assert_eq!(code, Some(0), "{stderr}");

@@ -189,6 +189,25 @@ fn thread_cpu() -> Duration {
     d(u.user_time()) + d(u.system_time())
 }
 
+/// Run `misbehave` over `inputs` on this thread: each item's outcome (its error's
+/// kind name), the CPU this thread (the consumer, leading the engine) used, and
+/// the time it took.
+fn outcomes_and_cpu(
+    pool: &pstream::ProcessPool,
+    inputs: Vec<String>,
+) -> (Vec<Result<(), &'static str>>, Duration, Duration) {
+    let started = std::time::Instant::now();
+    let cpu = thread_cpu();
+    let mut results = pool
+        .map_raw("misbehave", pstream::Codec::Json, true, inputs)
+        .unwrap();
+    let mut outcomes = Vec::new();
+    while let Some((_, r)) = results.next_raw() {
+        outcomes.push(r.map(|_| ()).map_err(|e| e.kind.name()));
+    }
+    (outcomes, thread_cpu() - cpu, started.elapsed())
+}
+
 #[test]
 fn a_consumer_waiting_on_a_long_item_sleeps_instead_of_spinning() {
     let _watchdog = watchdog(
@@ -216,16 +235,7 @@ fn a_consumer_waiting_on_a_long_item_sleeps_instead_of_spinning() {
         r#"{"value":1,"fault":"none"}"#.to_string(),
         r#"{"value":2,"fault":"hang"}"#.to_string(),
     ];
-    let started = std::time::Instant::now();
-    let cpu = thread_cpu();
-    let mut results = pool
-        .map_raw("misbehave", pstream::Codec::Json, true, inputs)
-        .unwrap();
-    let mut outcomes = Vec::new();
-    while let Some((_, r)) = results.next_raw() {
-        outcomes.push(r.map(|_| ()).map_err(|e| e.kind.name()));
-    }
-    let (cpu, wall) = (thread_cpu() - cpu, started.elapsed());
+    let (outcomes, cpu, wall) = outcomes_and_cpu(&pool, inputs);
     assert_eq!(outcomes, [Ok(()), Err("timed_out")]);
     // Polling at every progress report cost 0.6 s of CPU in 2 s (seen with the
     // engine made to poll after every wait); one poll, then sleeps, ~30 ms. Load
@@ -268,16 +278,7 @@ fn a_consumer_waiting_on_many_hung_workers_sleeps_between_their_progress_reports
     let inputs: Vec<String> = (0..n)
         .map(|i| format!(r#"{{"value":{i},"fault":"hang"}}"#))
         .collect();
-    let started = std::time::Instant::now();
-    let cpu = thread_cpu();
-    let mut results = pool
-        .map_raw("misbehave", pstream::Codec::Json, true, inputs)
-        .unwrap();
-    let mut outcomes = Vec::new();
-    while let Some((_, r)) = results.next_raw() {
-        outcomes.push(r.map(|_| ()).map_err(|e| e.kind.name()));
-    }
-    let (cpu, wall) = (thread_cpu() - cpu, started.elapsed());
+    let (outcomes, cpu, wall) = outcomes_and_cpu(&pool, inputs);
     assert_eq!(outcomes, vec![Err("timed_out"); n]);
     // Polling at each report cost 1.0 s of CPU in 2.1 s (seen before progress
     // reports were told apart from results); not polling, 0.1 s, as with no spin.
