@@ -540,6 +540,27 @@ fn a_worker_answering_with_the_wrong_packing_is_killed_and_the_job_goes_on() {
     assert!(pool.stats().crashes >= 1, "the evil worker was not caught");
 }
 
+/// Map `upper` over 20,000 words: every result that came back is the word in
+/// upper case, every failure a decode error; the failures, by index with their
+/// message.
+fn upper_with_decode_errors(pool: &ProcessPool) -> Vec<(usize, String)> {
+    let n = 20_000usize;
+    let words: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    let results: Vec<_> = pool.map(upper, words.clone()).unwrap().collect();
+    assert_eq!(results.len(), n);
+    let mut failed = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(v, &words[i].to_uppercase(), "item {i}"),
+            Err(e) => {
+                assert_eq!(e.kind.name(), "decode", "item {i}: {e}");
+                failed.push((i, e.to_string()));
+            }
+        }
+    }
+    failed
+}
+
 #[test]
 fn a_result_claiming_a_huge_length_is_a_decode_error_not_an_abort() {
     let _watchdog = watchdog(
@@ -548,21 +569,8 @@ fn a_result_claiming_a_huge_length_is_a_decode_error_not_an_abort() {
     );
     // The coordinator would die on a failed allocation if it believed the length.
     let (pool, _dir) = evil_pool("lying-length");
-    let n = 20_000usize;
-    let words: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
-    let results: Vec<_> = pool.map(upper, words.clone()).unwrap().collect();
-    assert_eq!(results.len(), n);
-    let mut lied = 0;
-    for (i, r) in results.iter().enumerate() {
-        match r {
-            Ok(v) => assert_eq!(v, &words[i].to_uppercase(), "item {i}"),
-            Err(e) => {
-                assert_eq!(e.kind.name(), "decode", "item {i}: {e}");
-                lied += 1;
-            }
-        }
-    }
-    assert_eq!(lied, 1, "exactly the item the evil worker answered");
+    let lied = upper_with_decode_errors(&pool);
+    assert_eq!(lied.len(), 1, "exactly the item the evil worker answered");
     assert!(
         pool.stats().crashes >= 1,
         "the evil worker's exit is a crash"
@@ -578,20 +586,7 @@ fn a_packed_result_after_one_that_does_not_decode_is_an_error_not_a_guess() {
     // Packed results carry no lengths: once one does not decode, where the next
     // starts is unknown, and its bytes (a valid "X" here) must not be taken for it.
     let (pool, _dir) = evil_pool("lying-then-valid");
-    let n = 20_000usize;
-    let words: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
-    let results: Vec<_> = pool.map(upper, words.clone()).unwrap().collect();
-    assert_eq!(results.len(), n);
-    let mut failed = Vec::new();
-    for (i, r) in results.iter().enumerate() {
-        match r {
-            Ok(v) => assert_eq!(v, &words[i].to_uppercase(), "item {i}"),
-            Err(e) => {
-                assert_eq!(e.kind.name(), "decode", "item {i}: {e}");
-                failed.push((i, e.to_string()));
-            }
-        }
-    }
+    let failed = upper_with_decode_errors(&pool);
     assert_eq!(failed.len(), 2, "the lie and the item after it: {failed:?}");
     assert_eq!(failed[1].0, failed[0].0 + 1, "{failed:?}");
     assert!(
