@@ -280,6 +280,30 @@ fn job_statistics_count_what_happened() {
     );
 }
 
+/// The per-host figures count every item a host's workers answered, also those a
+/// worker answered (results it had sent) before it crashed on a later item of the
+/// same batch: with crashes only, the host's items are the items that came back.
+/// (They used to be counted when a batch was answered whole, so every batch a
+/// crash cut lost its answered part from `host_stats` and `--stats-json`.)
+#[test]
+fn host_figures_count_the_items_answered_before_a_crash() {
+    let _watchdog = watchdog(
+        "host_figures_count_the_items_answered_before_a_crash",
+        Duration::from_secs(240),
+    );
+    let n = scale(20_000);
+    let pool = crash_pool().retries(0).build().unwrap();
+    let poison = BTreeMap::from([(n * 3 / 4, Fault::Segv), (n / 3, Fault::Exit)]);
+    run_and_check(&pool, n, &poison);
+    let hosts = pool.host_stats();
+    assert_eq!(
+        hosts["local"].items,
+        n - poison.len() as u64,
+        "the items answered, per host: {hosts:?}; the pool's: {:?}",
+        pool.stats()
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
 

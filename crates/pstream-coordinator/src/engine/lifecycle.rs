@@ -163,6 +163,14 @@ impl Engine {
                 tracing::info!(wid, pid = w.pid().unwrap_or(0), %exit, "worker died");
             }
             let mut held = std::mem::take(&mut w.in_flight);
+            // What it answered of the batches it held was delivered (only the rest
+            // is sent again): count it for its host, as a batch answered whole is.
+            let answered: u64 = held.iter().map(|f| f.answered as u64).sum();
+            if answered > 0 {
+                if let Some(host) = &host {
+                    self.counters.host(host, |h| h.items += answered);
+                }
+            }
             // Younger batches never started: back to the front of the queue, in order.
             while held.len() > 1 {
                 let young = held.pop_back().expect("len > 1");
