@@ -89,9 +89,16 @@ pub fn print_header(settings: &Settings) {
     );
     println!("- date: {}", today());
     println!(
-        "- runs per measurement: {} (tables show medians; ratios are medians of per-round ratios){}",
+        "- runs per measurement: {} ({} for `double` against the reference pool and over TCP \
+         against the Unix socket, whose ratios sit within this machine's round-to-round \
+         noise; tables show medians; ratios are medians of per-round ratios){}",
         settings.runs,
-        if settings.quick { "; --quick sizes" } else { "" }
+        settings.ratio_runs(),
+        if settings.quick {
+            "; --quick sizes"
+        } else {
+            ""
+        }
     );
     println!(
         "- workers: {} processes for pstream and the reference pool, {} threads for rayon",

@@ -158,6 +158,24 @@ pub struct Settings {
     pub quick: bool,
 }
 
+impl Settings {
+    /// Runs for a measurement whose ratio against a target sits within this
+    /// machine's round-to-round noise (`double` against the reference pool, over TCP
+    /// against the Unix socket: ±30 % between rounds of the same binary, see
+    /// docs/benchmarks.md): at least [`RATIO_RUNS`], so that one slow round moves
+    /// the median less. Not in `--quick`.
+    pub fn ratio_runs(&self) -> usize {
+        if self.quick {
+            self.runs
+        } else {
+            self.runs.max(RATIO_RUNS)
+        }
+    }
+}
+
+/// The fewest runs of a measurement behind a ratio that sits in the noise.
+pub const RATIO_RUNS: usize = 7;
+
 fn main() -> ExitCode {
     pstream::init(); // a pool's worker serves here and never returns
     let cli = Cli::parse();

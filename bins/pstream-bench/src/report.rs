@@ -9,7 +9,6 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     (start.elapsed(), value)
 }
 
-/// The median of `values` (the mean of the middle two for an even count).
 /// Median over rounds of `times[i] / base[i]`: how many times faster the base
 /// contender was, measured round by round.
 pub fn median_ratio(times: &[f64], base: &[f64]) -> f64 {
@@ -17,6 +16,7 @@ pub fn median_ratio(times: &[f64], base: &[f64]) -> f64 {
     median(&ratios)
 }
 
+/// The median of `values` (the mean of the middle two for an even count).
 pub fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;

@@ -305,7 +305,8 @@ fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> 
         }
     };
 
-    for _ in 0..s.runs {
+    let runs = s.ratio_runs();
+    for _ in 0..runs {
         let (d, sum) = timed(|| pstream_double(&pool, n));
         check("pstream", sum?, expected as i64)?;
         ps.times.push(d.as_secs_f64());
@@ -365,7 +366,8 @@ fn double_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError> 
     }
     if floor.runs() {
         println!(
-            "- pstream / reference floor throughput: **{}**",
+            "- pstream / reference floor throughput: **{}** (the median of {runs} rounds' \
+             ratios; the contenders take turns in each round)",
             ratio(vs_floor)
         );
     }

@@ -31,7 +31,7 @@ use pstream::{HostLauncher, ProcessPool};
 use pstream_examples::{sha256_bytes, Blob};
 
 use crate::chart::{Bar, Chart, Plot};
-use crate::report::{count, median, rate, ratio, secs, timed, Summary, Table};
+use crate::report::{count, median, median_ratio, rate, ratio, secs, timed, Summary, Table};
 use crate::scenarios::{blob, fold, pstream_double, BLOB};
 use crate::{BoxError, Settings};
 
@@ -474,12 +474,13 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
 
     let fan_only = std::env::var_os("PSTREAM_BENCH_TCP_FAN_ONLY").is_some();
     let pre_runs = if fan_only { 0 } else { s.runs };
+    let ratio_runs = if fan_only { 0 } else { s.ratio_runs() };
     // 1. double: TCP (one worker per host) against the Unix socket, same size.
     let unix = ProcessPool::builder().workers(w).build()?;
     let hosts: Vec<usize> = (1..=w).collect();
     let (tcp, tcp_workers, _) = tcp_pool(&token, &hosts, 1, Start::Connect, None)?;
     let (mut t_unix, mut t_tcp) = (Vec::new(), Vec::new());
-    for _ in 0..pre_runs {
+    for _ in 0..ratio_runs {
         let (d, sum) = timed(|| pstream_double(&unix, n_double));
         check("pstream over the Unix socket", sum?, n_double)?;
         t_unix.push(d.as_secs_f64());
@@ -613,10 +614,11 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
     };
     drop(net);
 
-    let tcp_vs_unix = per_sec(n_double, &t_tcp) / per_sec(n_double, &t_unix);
+    // Round by round: the two alternate, so each ratio compares neighbours in time.
+    let tcp_vs_unix = median_ratio(&t_unix, &t_tcp);
     let sha_rate = per_sec(n_sha, &t_sha);
     let link_use = sha_rate * BLOB as f64 * 8.0 / LINK_BITS;
-    let fan_vs_two = per_sec(n_double, &t_fan) / per_sec(n_double, &t_two);
+    let fan_vs_two = median_ratio(&t_two, &t_fan);
     let start = median(&starts);
     let fan = FAN_HOSTS * FAN_PER_HOST;
 
@@ -664,6 +666,11 @@ pub fn tcp_scenario(s: &Settings, summary: &mut Summary) -> Result<(), BoxError>
         ratio(fan_vs_two),
     ]);
     table.print();
+    println!(
+        "- `double` over the Unix socket and over TCP in alternation, {} rounds each \
+         (the ratio: the median of the rounds' ratios)",
+        t_unix.len()
+    );
     let how = match fan_start {
         Start::Ssh => {
             "one agent per host started over ssh by the pool's launcher, \
