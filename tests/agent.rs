@@ -1001,3 +1001,59 @@ fn an_agent_still_connecting_when_the_job_ends_stops_when_its_launcher_says() {
     assert!(!stderr.contains("stopped as the job ended"), "{stderr}");
     assert!(!stderr.contains("127.0.0.2:"), "{stderr}");
 }
+
+/// Ctrl-C or SIGTERM while the job waits for its first workers (`--listen`, or host
+/// agents over ssh still connecting) ends that wait at once: the launcher exits
+/// with the signal's code and the summary of a job that did nothing, touches no
+/// output, and leaves no ssh behind. (The first signal used to only ask the job to
+/// stop reading input, which it had not started: the launcher went on waiting for
+/// the whole `--wait-workers`, 600 s here, and a scheduler's SIGTERM was ignored.)
+#[test]
+fn a_signal_while_the_job_waits_for_its_first_workers_ends_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    numbers(dir.path(), 10);
+    std::fs::write(dir.path().join("out.txt"), "kept\n").unwrap();
+    let mut coordinator = Coordinator::start(dir.path(), "double", &["--wait-workers", "600s"]);
+    signal(coordinator.child.child(), Signal::SIGINT);
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("stopped early: SIGINT"), "{stderr}");
+    assert_eq!(read(&dir.path().join("out.txt")), b"kept\n");
+
+    // The same over ssh: a host whose ssh never gets through (it waits, as one
+    // still connecting does, and says when it is ended).
+    let fake = dir.path().join("fake-ssh");
+    let marker = dir.path().join("ssh-ended");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ntrap 'echo ended > {}; exit 255' TERM\necho connecting >&2\nwhile :; do sleep 0.05; done\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = coord(&["run", "--function", "double", "--ssh", "127.0.0.1"]);
+    cmd.args(["--wait-workers", "600s", "--no-progress", "--ssh-command"])
+        .arg(&fake)
+        .arg("--input")
+        .arg(dir.path().join("in.txt"))
+        .arg("--output")
+        .arg(dir.path().join("out.txt"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start the coordinator");
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    let mut child = Guarded(Some(child));
+    assert!(stderr.wait_for("connecting"), "{}", stderr.seen);
+    signal(child.child(), Signal::SIGTERM);
+    let (code, _) = child.finish("the coordinator after SIGTERM");
+    let text = stderr.rest().to_string();
+    assert_eq!(code, Some(143), "{text}");
+    assert!(text.contains("stopped early: SIGTERM"), "{text}");
+    assert_eq!(read(&dir.path().join("out.txt")), b"kept\n");
+    // Its ssh was stopped (not left to run), and is no child of anyone here.
+    assert!(marker.exists(), "the ssh was not stopped: {text}");
+}

@@ -268,7 +268,20 @@ pub(crate) fn drive<M: Mode>(
     // Before anything is opened for writing: an output that is the input (or
     // another output) would be emptied.
     clash::check(args, &source, &mode.written_files())?;
-    let pool = Arc::new(build_pool(args, &mode)?);
+    let pool = match build_pool(args, &mode, &stop)? {
+        Some(pool) => Arc::new(pool),
+        // A signal while the workers started (they may wait long: for the first to
+        // join, up to --wait-workers): nothing was read or written.
+        None => {
+            let signal = stop.signal().unwrap_or(Signal::SIGINT);
+            say(&format!(
+                "pstream-coord: {}: stopped while the workers started; nothing was written",
+                signal.as_str()
+            ));
+            let stats_json = args.stats_json.as_deref();
+            return Ok(stopped_before_start(&stop, started, stats_json, signal));
+        }
+    };
     if !pool.functions().iter().any(|f| f.name == mode.function()) {
         return Err(unknown_function(
             mode.function(),
@@ -669,8 +682,14 @@ fn open_input(input: &str, stop: &Stop) -> Result<Result<File, Signal>, CliError
     }
 }
 
-fn build_pool(args: &RunArgs, mode: &impl Mode) -> Result<ProcessPool, CliError> {
+/// The pool, or `None` if a signal stopped its start.
+fn build_pool(
+    args: &RunArgs,
+    mode: &impl Mode,
+    stop: &Stop,
+) -> Result<Option<ProcessPool>, CliError> {
     let mut builder = ProcessPool::builder()
+        .interrupt(Arc::clone(&stop.requested))
         .window(args.window as usize)
         .retries(args.retries)
         // The pool is shut down only once every result the launcher wants is in (or
@@ -735,10 +754,15 @@ fn build_pool(args: &RunArgs, mode: &impl Mode) -> Result<ProcessPool, CliError>
         // At most u32::MAX (checked by the parser): fits a usize on Linux.
         builder = builder.max_frame(bytes as usize);
     }
-    mode.configure(builder)
+    match mode
+        .configure(builder)
         .handshake_timeout(args.handshake_timeout)
         .build()
-        .map_err(|e| start_error("start the workers", e))
+    {
+        Ok(pool) => Ok(Some(pool)),
+        Err(PoolError::Interrupted) => Ok(None),
+        Err(e) => Err(start_error("start the workers", e)),
+    }
 }
 
 /// A pool that did not start: a worker that did not connect in time gets a hint.

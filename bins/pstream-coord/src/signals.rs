@@ -24,8 +24,9 @@ const STOPPING: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
 /// What the job's parts look at.
 #[derive(Debug, Default)]
 pub struct Stop {
-    /// Stop reading input (a signal, a closed output, --on-error fail).
-    pub requested: AtomicBool,
+    /// Stop reading input (a signal, a closed output, --on-error fail); before
+    /// the job runs, stop starting its workers.
+    pub requested: Arc<AtomicBool>,
     /// The first signal received, 0 if none.
     signal: AtomicI32,
     /// The exit code of the run whose summary was printed; held while it is.

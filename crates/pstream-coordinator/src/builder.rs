@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +59,7 @@ pub struct PoolBuilder {
     wait_workers: Duration,
     min_workers: usize,
     hosts: Option<HostLauncher>,
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 /// Where a pool listens for workers across the network.
@@ -105,6 +106,7 @@ impl Default for PoolBuilder {
             wait_workers: DEFAULT_WAIT_WORKERS,
             min_workers: 1,
             hosts: None,
+            interrupt: None,
         }
     }
 }
@@ -326,6 +328,17 @@ impl PoolBuilder {
         self
     }
 
+    /// Give up starting once `flag` is set (a launcher's Ctrl-C or SIGTERM): `build`
+    /// then stops waiting for its workers (the first to join, up to
+    /// [`PoolBuilder::wait_workers`]; host agents still connecting; a plugin slow to
+    /// start) and fails with [`PoolError::Interrupted`], having stopped what it
+    /// started (its workers, its agents and their ssh or srun). A flag set after
+    /// `build` returned changes nothing.
+    pub fn interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
     /// Start the workers and wait until each has completed the handshake.
     ///
     /// # Errors
@@ -345,6 +358,7 @@ impl PoolBuilder {
             refuse_in_worker();
         }
         // Where the host agents reach this machine (a name lookup per host: once).
+        let interrupt = self.interrupt.take();
         let routes = match &self.hosts {
             Some(hosts) => {
                 hosts.check()?;
@@ -525,12 +539,16 @@ impl PoolBuilder {
             tracing::info!("starting {}", hosts.describe());
             pool.agents = Some(hosts.start(&program, &connect, &pool.checks.token)?);
         }
-        // Waiting for the first worker: unless every host agent has failed.
+        // Waiting for the first worker: unless every host agent has failed, or the
+        // caller gives up (dropping `pool` stops what it started).
         let ready = loop {
             match ready.recv_timeout(Duration::from_millis(50)) {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     if let Some(failures) = pool.agents.as_ref().and_then(|a| a.all_failed()) {
                         return Err(PoolError::NoHosts { failures });
+                    }
+                    if interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                        return Err(PoolError::Interrupted);
                     }
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break Err(()),

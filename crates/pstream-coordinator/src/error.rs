@@ -129,6 +129,10 @@ pub enum PoolError {
         /// Each host's failure, naming the host and saying why (what ssh said).
         failures: Vec<String>,
     },
+    /// [`crate::PoolBuilder::build`] gave up waiting for its workers: the flag of
+    /// [`crate::PoolBuilder::interrupt`] was set.
+    #[error("interrupted while the workers started")]
+    Interrupted,
     /// The pool has shut down.
     #[error("the pool has shut down")]
     Closed,
