@@ -408,8 +408,12 @@ fn the_documented_sbatch_script_runs_exactly() {
 fn launcher_options_that_cannot_work_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.txt"), "1\n").unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--launcher", "none"], "--launcher none starts no worker"),
+        (
+            &["--launcher", "none", "--workers", "2"],
+            "--workers 2 asks for 2 here: drop one of them",
+        ),
         (&["--launcher", "ssh"], "--launcher ssh needs hosts"),
         (&["--ssh", "a", "--launcher", "local"], "drop one of them"),
         (

@@ -701,7 +701,8 @@ fn build_pool(
     match (args.workers, launcher) {
         (Some(n), Launcher::None) if n > 0 => {
             return Err(CliError::Usage(format!(
-                "--launcher none starts no worker, and --workers {n} asks for {n} here:                  drop one of them"
+                "--launcher none starts no worker, and --workers {n} asks for {n} here: \
+                 drop one of them"
             )))
         }
         (Some(0), Launcher::Local) if args.listen.is_none() => {
