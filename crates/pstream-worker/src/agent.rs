@@ -36,10 +36,8 @@ use pstream_protocol::{
 use std::sync::mpsc::{channel as unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::error::WorkerError;
-use crate::serve::{
-    arm_keepalive, connect_remote, introduce, send, Beats, Target, HANDSHAKE_PATIENCE,
-};
-use crate::stream::Stream;
+use crate::serve::{connect_remote, introduce, send, Target, HANDSHAKE_PATIENCE};
+use crate::stream::{arm_keepalive, Beats, Stream};
 
 /// What the agent was asked to do.
 #[derive(Debug)]

@@ -18,8 +18,7 @@ use pstream_protocol::{
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{CallError, WorkerError};
-use crate::serve::Beats;
-use crate::stream::Stream;
+use crate::stream::{Beats, Stream};
 
 /// The connection's sending side, shared by the compute loop and the progress
 /// reporter.

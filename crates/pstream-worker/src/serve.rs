@@ -26,6 +26,7 @@ use crate::batch::{report_progress, Batch, Outbox, Progress};
 use crate::error::{CallError, WorkerError};
 use crate::registry::{functions, registry};
 pub use crate::stream::Stream;
+use crate::stream::{arm_keepalive, Beats};
 
 /// How many items a worker holds by default: room for a batch in work and one queued.
 pub const DEFAULT_CAPACITY: u32 = 8192;
@@ -699,45 +700,8 @@ impl Spin {
     }
 }
 
-/// The heartbeats of a connection across the network, as the coordinator set them
-/// in its Welcome.
-#[derive(Debug, Clone)]
-pub(crate) struct Beats {
-    /// Send a heartbeat after this long with nothing sent.
-    pub every: Duration,
-    /// Give the coordinator up after this long with nothing heard.
-    pub silence: Duration,
-}
-
-impl Beats {
-    fn new(heartbeat_ms: u32, silence_ms: u32) -> Option<Beats> {
-        (heartbeat_ms > 0 && silence_ms > 0).then(|| Beats {
-            every: Duration::from_millis(heartbeat_ms.into()),
-            silence: Duration::from_millis(silence_ms.into()),
-        })
-    }
-}
-
 /// How long a worker waits for each step of the handshake over the network.
 pub(crate) const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(30);
-
-/// Let the kernel watch a TCP connection while this side reads nothing: keepalive
-/// probes after a heartbeat interval of quiet, and the connection given up after
-/// the silence limit without an answer to a probe, or with data unacknowledged
-/// (`TCP_USER_TIMEOUT`). Best effort.
-pub(crate) fn arm_keepalive(tcp: &std::net::TcpStream, beats: &Beats) {
-    let every = beats.every.as_secs().max(1) as u32;
-    let count = (beats.silence.as_secs() as u32 / every).max(1);
-    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
-    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &every);
-    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &every);
-    let _ = setsockopt(tcp, sockopt::TcpKeepCount, &count);
-    let _ = setsockopt(
-        tcp,
-        sockopt::TcpUserTimeout,
-        &(beats.silence.as_millis().min(u32::MAX as u128) as u32),
-    );
-}
 
 fn connect_err(config: &Summons) -> impl Fn(std::io::Error) -> WorkerError + '_ {
     move |error| WorkerError::Connect {

@@ -1,8 +1,12 @@
-//! A connection to the coordinator, whichever kind: the local socket or TCP. A leaf.
+//! A connection to the coordinator, whichever kind: the local socket or TCP, and
+//! the heartbeats it keeps across the network. A leaf.
 
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use nix::sys::socket::{setsockopt, sockopt};
 
 /// A connection to the coordinator: the local socket or TCP.
 #[doc(hidden)]
@@ -63,4 +67,41 @@ impl AsFd for Stream {
             Stream::Tcp(s) => s.as_fd(),
         }
     }
+}
+
+/// The heartbeats of a connection across the network, as the coordinator set them
+/// in its Welcome.
+#[derive(Debug, Clone)]
+pub(crate) struct Beats {
+    /// Send a heartbeat after this long with nothing sent.
+    pub every: Duration,
+    /// Give the coordinator up after this long with nothing heard.
+    pub silence: Duration,
+}
+
+impl Beats {
+    pub(crate) fn new(heartbeat_ms: u32, silence_ms: u32) -> Option<Beats> {
+        (heartbeat_ms > 0 && silence_ms > 0).then(|| Beats {
+            every: Duration::from_millis(heartbeat_ms.into()),
+            silence: Duration::from_millis(silence_ms.into()),
+        })
+    }
+}
+
+/// Let the kernel watch a TCP connection while this side reads nothing: keepalive
+/// probes after a heartbeat interval of quiet, and the connection given up after
+/// the silence limit without an answer to a probe, or with data unacknowledged
+/// (`TCP_USER_TIMEOUT`). Best effort.
+pub(crate) fn arm_keepalive(tcp: &std::net::TcpStream, beats: &Beats) {
+    let every = beats.every.as_secs().max(1) as u32;
+    let count = (beats.silence.as_secs() as u32 / every).max(1);
+    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
+    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &every);
+    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &every);
+    let _ = setsockopt(tcp, sockopt::TcpKeepCount, &count);
+    let _ = setsockopt(
+        tcp,
+        sockopt::TcpUserTimeout,
+        &(beats.silence.as_millis().min(u32::MAX as u128) as u32),
+    );
 }
