@@ -130,7 +130,11 @@ impl HostLauncher {
                 continue;
             }
             let host = parse_host(line).map_err(|e| {
-                PoolError::Config(format!("{}, line {}: {e}", path.display(), n + 1))
+                let why = match e {
+                    PoolError::Config(why) => why,
+                    other => other.to_string(),
+                };
+                PoolError::Config(format!("{}, line {}: {why}", path.display(), n + 1))
             })?;
             hosts.push(host);
         }
@@ -308,8 +312,8 @@ fn agent_args(connect: &str, workers: Option<usize>) -> Vec<String> {
 /// `host`, `user@host`, `host:N`, `[v6]`, `[v6]:N`; a bare IPv6 address (two
 /// colons or more) has no count.
 fn parse_host(spec: &str) -> Result<SshHost, PoolError> {
-    let bad = |why: &str| PoolError::Config(format!("the host `{spec}`: {why}"));
     let spec = spec.trim();
+    let bad = |why: &str| PoolError::Config(format!("the host `{spec}`: {why}"));
     if spec.is_empty() {
         return Err(bad("empty (give host, user@host or host:WORKERS)"));
     }
@@ -1054,6 +1058,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("100000000 workers per host: a host agent runs at most 4096"));
+    }
+
+    /// A bad line of a hosts file is named by the file and line, once: the error
+    /// used to read `invalid pool configuration: hosts.txt, line 2: invalid pool
+    /// configuration: the host ...`, and quoted the host with the spaces the line
+    /// had around it.
+    #[test]
+    fn a_bad_line_of_a_hosts_file_is_named_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts.txt");
+        std::fs::write(&path, "node1\r\n  node2 node3  # two on a line\n").unwrap();
+        let e = HostLauncher::ssh(["node0"])
+            .unwrap()
+            .ssh_hosts_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "invalid pool configuration: {}, line 2: the host `node2 node3`: a host \
+                 name has no spaces or commas",
+                path.display()
+            )
+        );
+        let e = parse_host(" node:x ").unwrap_err().to_string();
+        assert!(e.contains("the host `node:x`:"), "{e}");
     }
 
     #[test]
