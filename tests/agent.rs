@@ -1057,3 +1057,55 @@ fn a_signal_while_the_job_waits_for_its_first_workers_ends_the_wait() {
     // Its ssh was stopped (not left to run), and is no child of anyone here.
     assert!(marker.exists(), "the ssh was not stopped: {text}");
 }
+
+/// `--transfer` copies the plugin to each host and runs it there: a plugin that
+/// could not run here (missing, a directory, a file that is not executable) is
+/// refused before any ssh starts, naming it, once, with exit status 3. (It used to be copied and made
+/// executable on every host: a text file given by mistake ran there as a shell
+/// script; a missing one or a directory failed each host with a message of `cat`
+/// or about copying.)
+#[test]
+fn transfer_refuses_a_plugin_that_could_not_run_here_before_any_ssh() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake-ssh");
+    let marker = dir.path().join("ssh-ran");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho ran >> {}\nexit 1\n", marker.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "echo this is no plugin\n").unwrap();
+    std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let missing = dir.path().join("missing-plugin");
+    for (plugin, why) in [
+        (&text, "it is not executable (mode 0644)"),
+        (&missing, "No such file or directory"),
+        (&dir.path().to_path_buf(), "it is not a file"),
+    ] {
+        let mut cmd = coord(&["run", "--function", "double", "--no-progress"]);
+        cmd.args([
+            "--ssh",
+            "127.0.0.1,127.0.0.2",
+            "--transfer",
+            "--ssh-command",
+        ])
+        .arg(&fake)
+        .arg("--plugin")
+        .arg(plugin);
+        // Exit 3, as for a plugin that does not start without --transfer.
+        let out = expect_code(&mut cmd, Some(b"1\n"), 3);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "cannot transfer the program {} to the hosts: ",
+                plugin.display()
+            )) && stderr.contains(why),
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches(why).count(), 1, "{stderr}");
+        assert!(!marker.exists(), "ssh ran: {stderr}");
+    }
+}

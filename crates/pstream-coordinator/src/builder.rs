@@ -536,6 +536,7 @@ impl PoolBuilder {
         if let (Some(hosts), Some(addr)) = (&self.hosts, pool.listen_addr()) {
             let connect = hosts::connect_addresses(addr, &routes);
             let program = shown_program(&pool.config.command.program);
+            hosts.check_program(&program)?;
             tracing::info!("starting {}", hosts.describe());
             pool.agents = Some(hosts.start(&program, &connect, &pool.checks.token)?);
         }

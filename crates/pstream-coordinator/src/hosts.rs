@@ -222,6 +222,34 @@ impl HostLauncher {
         }
     }
 
+    /// With [`HostLauncher::transfer`], `program` is copied to every host, made
+    /// executable there and run: it must be a program this machine could run (a
+    /// file, executable), or nothing starts. A text file given by mistake would
+    /// otherwise run on every host as a shell script.
+    pub(crate) fn check_program(&self, program: &Path) -> Result<(), PoolError> {
+        if !self.transfer || !matches!(self.kind, Kind::Ssh(_)) {
+            return Ok(());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let bad = |why: String| {
+            PoolError::Config(format!(
+                "cannot transfer the program {} to the hosts: {why}; nothing was started",
+                program.display()
+            ))
+        };
+        let meta = std::fs::metadata(program).map_err(|e| bad(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(bad("it is not a file".into()));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o111 == 0 {
+            return Err(bad(format!(
+                "it is not executable (mode {mode:04o}), so it is no plugin"
+            )));
+        }
+        Ok(())
+    }
+
     /// The addresses the agents must reach this machine from (one per ssh host;
     /// one for Slurm's nodes, which share a network): what each address of this
     /// machine on the route there is, `None` where that is not known.
