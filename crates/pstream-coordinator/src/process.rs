@@ -18,6 +18,7 @@ use pstream_protocol::ENV_TOKEN_FD;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use pstream_worker::spawn::{write_stderr, HeldOutput};
 
 use crate::error::ExitCause;
 
@@ -142,16 +143,9 @@ impl Shown {
     }
 }
 
-/// Bytes held before a handshake; beyond this, the oldest are written out.
-const HOLD: usize = 64 << 10;
-
-/// What the last words quote at most: lines, and bytes.
-const LAST_LINES: usize = 20;
-const LAST_BYTES: usize = 4 << 10;
-
 /// A worker's stdout and stderr: one pipe, read by a thread of ours. Until the
-/// worker completes its handshake what it writes is held (the last [`HOLD`] bytes);
-/// then it goes to our stderr as it comes. Every read happens under the lock, so
+/// worker completes its handshake what it writes is held ([`HeldOutput`]); then it
+/// goes to our stderr as it comes. Every read happens under the lock, so
 /// whoever reads has recorded the bytes before anyone else can look.
 #[derive(Debug)]
 struct Output {
@@ -162,9 +156,8 @@ struct Output {
 
 #[derive(Debug, Default)]
 struct Held {
-    bytes: Vec<u8>,
-    /// After the handshake: written through.
-    connected: bool,
+    /// Held until the handshake, then written through.
+    out: HeldOutput,
     /// The pipe reached its end.
     eof: bool,
 }
@@ -176,25 +169,11 @@ impl Output {
         while !held.eof {
             match nix::unistd::read(&self.pipe, &mut buf) {
                 Ok(0) => held.eof = true,
-                Ok(n) => self.take(held, &buf[..n]),
+                Ok(n) => held.out.take(&buf[..n]),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return,
                 Err(_) => held.eof = true,
             }
-        }
-    }
-
-    fn take(&self, held: &mut Held, bytes: &[u8]) {
-        if held.connected {
-            write_stderr(bytes);
-            return;
-        }
-        held.bytes.extend_from_slice(bytes);
-        if held.bytes.len() > HOLD {
-            // Keep the last part for the report; the rest is shown now.
-            let cut = held.bytes.len() - LAST_BYTES;
-            write_stderr(&held.bytes[..cut]);
-            held.bytes.drain(..cut);
         }
     }
 
@@ -207,32 +186,17 @@ impl Output {
         // Under the lock, as the pump writes: what was held comes out first.
         let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.read_available(&mut held);
-        held.connected = true;
-        let bytes = std::mem::take(&mut held.bytes);
-        write_stderr(&bytes);
+        held.out.pass_through();
     }
 
     fn last_words(&self, reported: bool) -> Option<String> {
         let mut held = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.read_available(&mut held);
-        if held.connected || held.bytes.is_empty() {
+        if held.out.passing() || held.out.held().is_empty() {
             return None;
         }
-        let bytes = &held.bytes;
-        // The last lines, at most LAST_BYTES of them.
-        let mut start = bytes.len().saturating_sub(LAST_BYTES);
-        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-        if let Some(at) = body
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|(_, &b)| b == b'\n')
-            .nth(LAST_LINES - 1)
-            .map(|(at, _)| at + 1)
-        {
-            start = start.max(at);
-        }
-        let text = String::from_utf8_lossy(&body[start.min(body.len())..]);
+        let (start, last) = held.out.last_lines();
+        let text = String::from_utf8_lossy(last);
         let mut quoted = String::new();
         if start > 0 {
             quoted.push_str("  | ...\n");
@@ -242,9 +206,9 @@ impl Output {
             quoted.push_str(line);
             quoted.push('\n');
         }
-        if reported && self.shown.quoted(&held.bytes) {
+        if reported && self.shown.quoted(held.out.held()) {
             // What is not quoted is shown now; the quote is shown by the report.
-            write_stderr(&held.bytes[..start]);
+            write_stderr(&held.out.held()[..start]);
         }
         Some(quoted.trim_end().to_string())
     }
@@ -255,21 +219,12 @@ impl Drop for Output {
     /// it wrote is shown now (once for all the pool's workers that wrote the same).
     fn drop(&mut self) {
         let held = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if !held.connected && !held.bytes.is_empty() {
-            let bytes = std::mem::take(&mut held.bytes);
+        if !held.out.passing() && !held.out.held().is_empty() {
+            let bytes = held.out.take_held();
             if self.shown.first_time(&bytes) {
                 write_stderr(&bytes);
             }
         }
-    }
-}
-
-/// Write to our stderr; a failure (closed, full) drops the bytes: a worker's words
-/// must not stop the pool.
-fn write_stderr(bytes: &[u8]) {
-    use std::io::Write;
-    if !bytes.is_empty() {
-        let _ = io::stderr().lock().write_all(bytes);
     }
 }
 

@@ -37,6 +37,7 @@ use std::sync::mpsc::{channel as unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::error::WorkerError;
 use crate::serve::{connect_remote, introduce, send, Target, HANDSHAKE_PATIENCE};
+use crate::spawn::HeldOutput;
 use crate::stream::{arm_keepalive, Beats, Stream};
 
 /// What the agent was asked to do.
@@ -820,10 +821,6 @@ impl Child {
     }
 }
 
-/// The last lines a worker's report quotes, at most, and their bytes.
-const LAST_LINES: usize = 20;
-const LAST_BYTES: usize = 4 << 10;
-
 /// Start one worker and wait for its end, on this thread: a worker dies with the
 /// thread that started it (`PR_SET_PDEATHSIG`), and this one lives as long as the
 /// worker does.
@@ -905,53 +902,37 @@ fn reap(pid: Pid) -> (ExitStatus, u64) {
     }
 }
 
-/// Bytes of a worker's output held before it is welcomed; beyond this, the oldest
-/// are written out.
-const HOLD: usize = 64 << 10;
-
 /// A worker's stdout and stderr, read by a thread of the agent. As a coordinator
 /// does with its own workers: until the worker is welcomed what it writes is held
-/// (the last [`HOLD`] bytes), then passed on to the agent's stderr (which ssh or
+/// ([`HeldOutput`]), then passed on to the agent's stderr (which ssh or
 /// srun carries back) as it comes. A worker that is never welcomed is reported
 /// with its last lines instead (the coordinator shows them).
 struct Output {
-    held: Mutex<Held>,
+    held: Mutex<HeldOutput>,
     done: Mutex<Option<Receiver<()>>>,
-}
-
-#[derive(Default)]
-struct Held {
-    bytes: Vec<u8>,
-    welcomed: bool,
 }
 
 impl Output {
     fn take(&self, bytes: &[u8]) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.welcomed {
-            write_stderr(bytes);
-            return;
-        }
-        held.bytes.extend_from_slice(bytes);
-        if held.bytes.len() > HOLD {
-            let cut = held.bytes.len() - LAST_BYTES;
-            write_stderr(&held.bytes[..cut]);
-            held.bytes.drain(..cut);
-        }
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(bytes);
     }
 
     /// The coordinator welcomed the worker: what it wrote so far goes out now.
     fn welcome(&self) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if !held.welcomed {
-            held.welcomed = true;
-            let bytes = std::mem::take(&mut held.bytes);
-            write_stderr(&bytes);
-        }
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pass_through();
     }
 
     fn welcomed(&self) -> bool {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).welcomed
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .passing()
     }
 
     /// The last lines the worker wrote, waiting at most `patience` for the pipe to
@@ -961,24 +942,14 @@ impl Output {
             let _ = done.recv_timeout(patience);
         }
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let text = String::from_utf8_lossy(&held.bytes);
-        let lines: Vec<&str> = text.trim_end().lines().collect();
-        let from = lines.len().saturating_sub(LAST_LINES);
+        let (start, last) = held.last_lines();
+        let text = String::from_utf8_lossy(last);
         let mut quoted = String::new();
-        if from > 0 {
+        if start > 0 {
             quoted.push_str("...\n");
         }
-        quoted.push_str(&lines[from..].join("\n"));
+        quoted.push_str(&text.lines().collect::<Vec<_>>().join("\n"));
         quoted
-    }
-}
-
-/// Write to the agent's stderr; a failure drops the bytes (a worker's words must
-/// not stop the agent).
-fn write_stderr(bytes: &[u8]) {
-    use std::io::Write;
-    if !bytes.is_empty() {
-        let _ = std::io::stderr().lock().write_all(bytes);
     }
 }
 
@@ -1069,7 +1040,7 @@ fn start(spec: &Spec) -> std::io::Result<(Arc<Child>, Arc<Output>, Arc<OwnedFd>)
     drop(token);
     let (done_tx, done_rx) = unbounded();
     let output = Arc::new(Output {
-        held: Mutex::new(Held::default()),
+        held: Mutex::new(HeldOutput::default()),
         done: Mutex::new(Some(done_rx)),
     });
     {

@@ -104,3 +104,120 @@ pub fn child_rules(
         });
     }
 }
+
+/// Bytes of a worker's output held before it is welcomed; beyond this, the oldest
+/// are written out.
+pub const HOLD: usize = 64 << 10;
+
+/// What a report quotes of a worker's output at most: its last lines, and bytes.
+pub const LAST_LINES: usize = 20;
+/// See [`LAST_LINES`].
+pub const LAST_BYTES: usize = 4 << 10;
+
+/// A worker's output (stdout and stderr, one pipe) as whoever started it keeps it:
+/// held until the worker is welcomed (the last [`HOLD`] bytes; older bytes are
+/// written to this process's stderr), so that a worker that never gets that far is
+/// reported with its last lines instead of scattering them; written through after.
+/// The coordinator keeps one per local worker, a host agent one per worker it
+/// starts.
+#[derive(Debug, Default)]
+pub struct HeldOutput {
+    bytes: Vec<u8>,
+    through: bool,
+}
+
+impl HeldOutput {
+    /// Bytes the worker wrote.
+    pub fn take(&mut self, bytes: &[u8]) {
+        if self.through {
+            write_stderr(bytes);
+            return;
+        }
+        self.bytes.extend_from_slice(bytes);
+        if self.bytes.len() > HOLD {
+            // Keep the last part for the report; the rest is shown now.
+            let cut = self.bytes.len() - LAST_BYTES;
+            write_stderr(&self.bytes[..cut]);
+            self.bytes.drain(..cut);
+        }
+    }
+
+    /// The worker was welcomed: what was held is written now, the rest as it comes.
+    pub fn pass_through(&mut self) {
+        if !self.through {
+            self.through = true;
+            write_stderr(&std::mem::take(&mut self.bytes));
+        }
+    }
+
+    /// Whether output is written through (the worker was welcomed).
+    pub fn passing(&self) -> bool {
+        self.through
+    }
+
+    /// What is held.
+    pub fn held(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// What is held, taken out.
+    pub fn take_held(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+
+    /// Where the last lines of what is held start (at most [`LAST_LINES`] lines and
+    /// [`LAST_BYTES`] bytes, a final newline not counted), and those lines, without
+    /// that newline.
+    pub fn last_lines(&self) -> (usize, &[u8]) {
+        let bytes = &self.bytes;
+        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let mut start = bytes.len().saturating_sub(LAST_BYTES);
+        if let Some(at) = body
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, &b)| b == b'\n')
+            .nth(LAST_LINES - 1)
+            .map(|(at, _)| at + 1)
+        {
+            start = start.max(at);
+        }
+        let start = start.min(body.len());
+        (start, &body[start..])
+    }
+}
+
+/// Write to this process's stderr; a failure (closed, full) drops the bytes: a
+/// worker's words must not stop whoever started it.
+pub fn write_stderr(bytes: &[u8]) {
+    use std::io::Write;
+    if !bytes.is_empty() {
+        let _ = std::io::stderr().lock().write_all(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_lines_are_at_most_twenty_and_four_kib() {
+        let mut out = HeldOutput::default();
+        let text: String = (0..30).map(|i| format!("line {i}\n")).collect();
+        out.take(text.as_bytes());
+        let (start, last) = out.last_lines();
+        assert_eq!(
+            &text.as_bytes()[start..],
+            format!("{}\n", String::from_utf8_lossy(last)).as_bytes()
+        );
+        assert_eq!(String::from_utf8_lossy(last).lines().count(), LAST_LINES);
+        assert!(String::from_utf8_lossy(last).starts_with("line 10\n"));
+        // One long line: its last 4 KiB.
+        let mut out = HeldOutput::default();
+        out.take(&[b'x'; 10_000]);
+        let (start, last) = out.last_lines();
+        assert_eq!((start, last.len()), (10_000 - LAST_BYTES, LAST_BYTES));
+        // Nothing held.
+        assert_eq!(HeldOutput::default().last_lines(), (0, &b""[..]));
+    }
+}
