@@ -36,6 +36,7 @@ use pstream_protocol::{
 use std::sync::mpsc::{channel as unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::error::WorkerError;
+use crate::flags::next_flag;
 use crate::serve::{connect_remote, introduce, send, Target, HANDSHAKE_PATIENCE};
 use crate::spawn::HeldOutput;
 use crate::stream::{arm_keepalive, Beats, Stream};
@@ -109,17 +110,8 @@ fn parse_args() -> Result<Args, Failure> {
     if args.next().as_deref() != Some(ARG_AGENT) {
         return Err(usage(format!("{ARG_AGENT} must come first")));
     }
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |what: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| usage(format!("{name} needs {what}")))
-        };
+    while let Some((name, mut flag)) = next_flag(&mut args) {
+        let mut value = |what: &str| flag.get(&mut args, what).map_err(usage);
         match name.as_str() {
             ARG_CONNECT => addr = Some(value("an address, HOST:PORT")?),
             "--token-file" => token_file = Some(PathBuf::from(value("a file")?)),

@@ -24,6 +24,7 @@
 mod agent;
 mod batch;
 mod error;
+mod flags;
 mod group;
 mod line;
 mod registry;

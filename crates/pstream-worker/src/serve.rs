@@ -24,6 +24,7 @@ use pstream_protocol::{ARG_CONNECT, ENV_AGENT, ENV_CONNECT, ENV_READY_FD, ENV_TO
 
 use crate::batch::{report_progress, Batch, Outbox, Progress};
 use crate::error::{CallError, WorkerError};
+use crate::flags::next_flag;
 use crate::registry::{functions, registry};
 pub use crate::stream::Stream;
 use crate::stream::{arm_keepalive, Beats};
@@ -155,17 +156,8 @@ impl Summons {
         let mut capacity = env_number(ENV_CAPACITY, DEFAULT_CAPACITY as u64)?;
         let mut max_frame = env_number(ENV_MAX_FRAME, DEFAULT_MAX_FRAME as u64)?;
         let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let (name, inline) = match arg.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = |what: &str| {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| env_err(format!("{name} needs {what}")))
-            };
+        while let Some((name, mut flag)) = next_flag(&mut args) {
+            let mut value = |what: &str| flag.get(&mut args, what).map_err(env_err);
             match name.as_str() {
                 ARG_CONNECT => addr = Some(value("an address, HOST:PORT")?),
                 "--token-file" => token_file = Some(PathBuf::from(value("a file")?)),
