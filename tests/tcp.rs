@@ -292,6 +292,67 @@ fn a_token_file_that_others_may_read_is_refused_on_both_sides() {
     assert!(listener.accept().is_err(), "the worker connected anyway");
 }
 
+/// A joining worker's `--capacity` and `--max-frame` (or their variables) out of
+/// range: refused with the range, before it connects, not taken as something else.
+#[test]
+fn a_joining_worker_refuses_a_capacity_or_frame_limit_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path(), "job.token");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // Arguments, environment, what stderr must say.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        (
+            &["--capacity", "0"],
+            &[],
+            "--capacity 0: a worker holds 1 to 4294967295 items",
+        ),
+        (
+            &["--capacity=99999999999"],
+            &[],
+            "--capacity 99999999999: a worker holds 1 to 4294967295 items",
+        ),
+        (
+            &["--max-frame", "0"],
+            &[],
+            "--max-frame 0: a frame limit is 4096 to 4294967295 bytes",
+        ),
+        (
+            &["--max-frame", "10"],
+            &[],
+            "--max-frame 10: a frame limit is 4096",
+        ),
+        (
+            &[],
+            &[("PSTREAM_CAPACITY", "0")],
+            "PSTREAM_CAPACITY=0: a worker holds 1 to",
+        ),
+        (
+            &[],
+            &[("PSTREAM_MAX_FRAME", "100")],
+            "PSTREAM_MAX_FRAME=100: a frame limit is 4096",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let mut cmd = Command::new(plugin());
+        cmd.args(["--connect", &addr, "--token-file"])
+            .arg(&token)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
+        let (code, stderr) = Joiner(Some(cmd.spawn().unwrap())).exit();
+        assert_eq!(code, Some(1), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
+    }
+    // Each refused before connecting.
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "a worker connected anyway");
+}
+
 #[test]
 fn a_pool_that_no_worker_joins_fails_saying_whom_it_waited_for() {
     let dir = tempfile::tempdir().unwrap();

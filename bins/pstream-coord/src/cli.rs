@@ -393,7 +393,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// A frame limit: a size from 4 KiB to 4 GiB (what the pool accepts).
 pub fn parse_frame_size(s: &str) -> Result<u64, String> {
     let bytes = parse_bytes(s)?;
-    if !(4 << 10..=u32::MAX as u64).contains(&bytes) {
+    if !(pstream::protocol::MIN_MAX_FRAME as u64..=u32::MAX as u64).contains(&bytes) {
         return Err(format!(
             "`{s}` is not a usable frame limit (from 4K to 4G, less one byte)"
         ));

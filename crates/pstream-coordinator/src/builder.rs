@@ -413,7 +413,7 @@ impl PoolBuilder {
                 "the window must hold at least one byte".into(),
             ));
         }
-        if self.max_frame < 4096 || self.max_frame > u32::MAX as usize {
+        if self.max_frame < pstream_protocol::MIN_MAX_FRAME || self.max_frame > u32::MAX as usize {
             return Err(PoolError::Config(format!(
                 "the frame limit must be between 4 KiB and 4 GiB, not {} bytes",
                 self.max_frame

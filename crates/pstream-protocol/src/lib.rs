@@ -81,6 +81,10 @@ pub const PROTOCOL_VERSION: u32 = 8;
 /// an error for that item.
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 
+/// The smallest frame limit either side accepts (the largest is `u32::MAX`, what a
+/// frame's length prefix can say).
+pub const MIN_MAX_FRAME: usize = 4 << 10;
+
 /// The most bytes a frame header may take. Headers are small (names, ids, error
 /// messages); this bounds what a lying length inside a header can make us allocate.
 pub const MAX_HEADER: usize = 16 << 20;

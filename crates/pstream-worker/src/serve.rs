@@ -18,7 +18,7 @@ use pstream_protocol::unwind;
 use pstream_protocol::{
     read_frame, read_frame_into, write_frame, BatchHeader, EncodeError, FailureKind, Frame, Hello,
     Items, Join, Message, DEFAULT_MAX_FRAME, ENV_CAPACITY, ENV_COORDINATOR_PID, ENV_MAX_FRAME,
-    ENV_SOCKET, ENV_TOKEN_FD, PROTOCOL_VERSION, SEND_BUFFER,
+    ENV_SOCKET, ENV_TOKEN_FD, MIN_MAX_FRAME, PROTOCOL_VERSION, SEND_BUFFER,
 };
 use pstream_protocol::{ARG_CONNECT, ENV_AGENT, ENV_CONNECT, ENV_READY_FD, ENV_TOKEN_FILE};
 
@@ -119,8 +119,8 @@ impl Summons {
                 )))
             }
         };
-        let max_frame = env_number(ENV_MAX_FRAME, DEFAULT_MAX_FRAME as u64)?;
-        let capacity = env_number(ENV_CAPACITY, DEFAULT_CAPACITY as u64)?;
+        let max_frame = frame_in_range(env_number(ENV_MAX_FRAME, DEFAULT_MAX_FRAME as u64)?)?;
+        let capacity = capacity_in_range(env_number(ENV_CAPACITY, DEFAULT_CAPACITY as u64)?)?;
         // The function's own child processes are not workers of this coordinator.
         for name in [
             ENV_SOCKET,
@@ -137,8 +137,8 @@ impl Summons {
                 coordinator,
             },
             token,
-            max_frame: usize::try_from(max_frame.min(u32::MAX as u64)).unwrap_or(DEFAULT_MAX_FRAME),
-            capacity: capacity.clamp(1, u32::MAX as u64) as u32,
+            max_frame,
+            capacity,
             agent: None,
         })
     }
@@ -163,15 +163,17 @@ impl Summons {
                 "--token-file" => token_file = Some(PathBuf::from(value("a file")?)),
                 "--capacity" => {
                     let v = value("a number of items")?;
-                    capacity = v
+                    let n = v
                         .parse()
                         .map_err(|_| env_err(format!("--capacity {v} is not a number")))?;
+                    capacity = (n, format!("--capacity {v}"));
                 }
                 "--max-frame" => {
                     let v = value("a number of bytes")?;
-                    max_frame = v
+                    let n = v
                         .parse()
                         .map_err(|_| env_err(format!("--max-frame {v} is not a number")))?;
+                    max_frame = (n, format!("--max-frame {v}"));
                 }
                 "--token" => {
                     return Err(env_err(
@@ -190,6 +192,8 @@ impl Summons {
             }
         }
         let addr = addr.ok_or_else(|| env_err(format!("{ARG_CONNECT} needs HOST:PORT")))?;
+        let capacity = capacity_in_range(capacity)?;
+        let max_frame = frame_in_range(max_frame)?;
         let token = match token_file {
             Some(file) => pstream_protocol::auth::read_token_file(&file)
                 .map_err(|e| env_err(e.to_string()))?,
@@ -226,8 +230,8 @@ impl Summons {
         Ok(Summons {
             target: Target::Remote { addr },
             token,
-            max_frame: usize::try_from(max_frame.min(u32::MAX as u64)).unwrap_or(DEFAULT_MAX_FRAME),
-            capacity: capacity.clamp(1, u32::MAX as u64) as u32,
+            max_frame,
+            capacity,
             agent,
         })
     }
@@ -383,12 +387,33 @@ fn check_private(
     Ok(())
 }
 
-fn env_number(name: &str, default: u64) -> Result<u64, WorkerError> {
+fn env_number(name: &str, default: u64) -> Result<(u64, String), WorkerError> {
     match std::env::var(name) {
         Ok(v) => v
             .parse()
+            .map(|n| (n, format!("{name}={v}")))
             .map_err(|_| WorkerError::Environment(format!("{name}={v} is not a number"))),
-        Err(_) => Ok(default),
+        Err(_) => Ok((default, String::new())),
+    }
+}
+
+/// The items a worker holds at once, `said` as it was given: 1 to `u32::MAX`.
+fn capacity_in_range((n, said): (u64, String)) -> Result<u32, WorkerError> {
+    u32::try_from(n).ok().filter(|&n| n >= 1).ok_or_else(|| {
+        WorkerError::Environment(format!("{said}: a worker holds 1 to {} items", u32::MAX))
+    })
+}
+
+/// A frame limit, `said` as it was given: [`MIN_MAX_FRAME`] to `u32::MAX` bytes, as
+/// the coordinator accepts.
+fn frame_in_range((n, said): (u64, String)) -> Result<usize, WorkerError> {
+    if (MIN_MAX_FRAME as u64..=u64::from(u32::MAX)).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(WorkerError::Environment(format!(
+            "{said}: a frame limit is {MIN_MAX_FRAME} to {} bytes",
+            u32::MAX
+        )))
     }
 }
 
