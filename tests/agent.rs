@@ -222,9 +222,13 @@ fn local_run(dir: &Path, function: &str, extra: &[&str]) -> (Option<i32>, Vec<u8
 #[test]
 fn bad_agent_arguments_are_refused_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--agent"], "--connect HOST:PORT is missing"),
         (&["--agent", "--connect"], "--connect needs an address"),
+        (
+            &["--agent", "--connect", "--workers", "2"],
+            "--connect needs an address, HOST:PORT, not the flag `--workers`",
+        ),
         (
             &["--agent", "--connect", "127.0.0.1:1", "--workers", "0"],
             "--workers 0 is not a number of 1 or more",

@@ -14,6 +14,11 @@ pub(crate) fn next_flag(args: &mut impl Iterator<Item = String>) -> Option<(Stri
     Some((name.clone(), Value { name, inline }))
 }
 
+/// Whether an argument is a flag (`--name`), not a value.
+fn is_flag(arg: &str) -> bool {
+    arg.starts_with("--")
+}
+
 /// The value of a flag, if it takes one.
 pub(crate) struct Value {
     name: String,
@@ -21,16 +26,21 @@ pub(crate) struct Value {
 }
 
 impl Value {
-    /// After `=`, or the next argument; else "NAME needs WHAT".
+    /// After `=`, or the next argument unless that is a flag itself (`--connect
+    /// --token-file F` lacks the address; it does not connect to `--token-file`);
+    /// else "NAME needs WHAT".
     pub fn get(
         &mut self,
         args: &mut impl Iterator<Item = String>,
         what: &str,
     ) -> Result<String, String> {
-        self.inline
-            .take()
-            .or_else(|| args.next())
-            .ok_or_else(|| format!("{} needs {what}", self.name))
+        match self.inline.take().or_else(|| args.next()) {
+            Some(v) if is_flag(&v) => {
+                Err(format!("{} needs {what}, not the flag `{v}`", self.name))
+            }
+            Some(v) => Ok(v),
+            None => Err(format!("{} needs {what}", self.name)),
+        }
     }
 }
 
