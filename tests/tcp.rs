@@ -295,7 +295,7 @@ fn a_token_file_that_others_may_read_is_refused_on_both_sides() {
 /// A joining worker's `--capacity` and `--max-frame` (or their variables) out of
 /// range: refused with the range, before it connects, not taken as something else.
 #[test]
-fn a_joining_worker_refuses_a_capacity_or_frame_limit_out_of_range() {
+fn a_joining_worker_refuses_a_capacity_frame_limit_or_address_out_of_range() {
     let dir = tempfile::tempdir().unwrap();
     let token = token_file(dir.path(), "job.token");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -348,6 +348,19 @@ fn a_joining_worker_refuses_a_capacity_or_frame_limit_out_of_range() {
         assert_eq!(code, Some(1), "{args:?} {env:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
     }
+    // An address without a port, likewise.
+    let mut cmd = Command::new(plugin());
+    cmd.args(["--connect", "localhost", "--token-file"])
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (code, stderr) = Joiner(Some(cmd.spawn().unwrap())).exit();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--connect localhost is not HOST:PORT"),
+        "{stderr}"
+    );
     // Each refused before connecting.
     listener.set_nonblocking(true).unwrap();
     assert!(listener.accept().is_err(), "a worker connected anyway");

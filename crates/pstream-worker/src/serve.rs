@@ -192,6 +192,12 @@ impl Summons {
             }
         }
         let addr = addr.ok_or_else(|| env_err(format!("{ARG_CONNECT} needs HOST:PORT")))?;
+        if !addr.contains(':') {
+            return Err(env_err(format!(
+                "{ARG_CONNECT} {addr} is not HOST:PORT (the coordinator prints its \
+                 address when it listens)"
+            )));
+        }
         let capacity = capacity_in_range(capacity)?;
         let max_frame = frame_in_range(max_frame)?;
         let token = match token_file {
