@@ -919,6 +919,64 @@ fn sigterm_lets_the_items_in_flight_finish_and_exits_143() {
     assert!(stderr.contains("stopped early: SIGTERM"), "{explain}");
 }
 
+/// The progress line says what is in flight and how many workers crashed while
+/// results stall, which is when one looks at it: 100 items on one worker, the
+/// 20th crashes it, the 50th hangs (until its time limit, 30 s, which also bounds
+/// the test). The figures used to be published by the result loop every 256
+/// results only, so this job showed `0 in flight, ... 0 crashes` until its end.
+#[test]
+fn the_progress_line_shows_the_items_in_flight_and_the_crashes_while_results_stall() {
+    let dir = tempdir();
+    let input = dir.path().join("in.jsonl");
+    let lines: String = (1..=100)
+        .map(|i| match i {
+            20 => format!("{{\"value\":{i},\"fault\":\"segv\"}}\n"),
+            50 => format!("{{\"value\":{i},\"fault\":\"hang\"}}\n"),
+            _ => format!("{{\"value\":{i}}}\n"),
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let mut cmd = coord(&["run", "--function", "misbehave", "--format", "jsonl"]);
+    cmd.args([
+        "--workers",
+        "1",
+        "--retries",
+        "0",
+        "--timeout",
+        "30s",
+        "--progress",
+    ])
+    .arg("--input")
+    .arg(&input)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    // The first progress line after the crash was reported, while the hang holds
+    // the rest: every item read and not written is in flight (all 100 are read).
+    let reported = stderr.wait_for("line 20: crashed its worker");
+    let seen = reported && stderr.wait_for(" items done ");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = stderr.rest().to_string();
+    assert!(seen, "{text}");
+    let after = &text[text.find("line 20: crashed").unwrap()..];
+    let line = after.lines().find(|l| l.contains(" items done ")).unwrap();
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // done, total, rate, in flight, failed, crashes
+    let [done, 100, _, in_flight, failed, crashes] = numbers[..] else {
+        panic!("{line}")
+    };
+    assert!(done < 50, "{line}");
+    assert_eq!(in_flight, 100 - done, "{line}");
+    assert_eq!(failed, 1, "{line}");
+    assert!(crashes >= 1, "{line}");
+}
+
 // ---------------------------------------------------------------------------------
 // Inputs that can be read only once: every line comes back exactly once, in order,
 // with the progress display forced on (it counts a file's lines for its total, and

@@ -32,9 +32,6 @@ use crate::stdio::say;
 /// How long workers get to exit when the pool shuts down before they are killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
-/// How many results go by between two updates of the published figures.
-const PUBLISH_EVERY: u64 = 256;
-
 /// Run the job; the exit code.
 pub fn run(args: RunArgs, signals: &Signals) -> Result<u8, CliError> {
     let mode = FunctionMode {
@@ -447,14 +444,13 @@ pub(crate) fn drive<M: Mode>(
     let (ticker_done, ticker) = start_ticker(
         Arc::clone(&sink),
         Arc::clone(&display),
-        Arc::clone(&counters),
+        (Arc::clone(&counters), results.probe()),
         Arc::clone(&stop),
         started,
     );
 
     // The pump.
     let mut write_error = None;
-    let mut since_publish = 0u64;
     let mut stopped_at_failure = false;
     let mut notices = Notices::default();
     while let Some((index, result)) = results.next_raw() {
@@ -486,15 +482,6 @@ pub(crate) fn drive<M: Mode>(
             write_error = Some(e);
             stop.request();
             break;
-        }
-        since_publish += 1;
-        if since_publish == PUBLISH_EVERY {
-            since_publish = 0;
-            let stats = results.stats();
-            counters
-                .in_flight
-                .store(results.in_flight() as u64, Ordering::Relaxed);
-            counters.crashes.store(stats.crashes, Ordering::Relaxed);
         }
     }
 
@@ -1142,13 +1129,14 @@ fn cut_back(file: &mut File, path: &Path, len: u64) -> Result<(), CliError> {
 }
 
 /// The ticker: flushes results that wait (the pump may be blocked waiting for the
-/// next result) and redraws the progress, about ten times a second. A failed
+/// next result) and redraws the progress, about ten times a second, with the
+/// job's in-flight count and crashes read from its probe. A failed
 /// write (a closed stdout) stops the job. It also tells the user that a first
 /// signal was taken.
 fn start_ticker(
     sink: Arc<Mutex<Sink>>,
     display: Arc<Mutex<Display>>,
-    counters: Arc<Counters>,
+    (counters, job): (Arc<Counters>, StatsProbe),
     stop: Arc<Stop>,
     started: Instant,
 ) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
@@ -1174,6 +1162,14 @@ fn start_ticker(
                         signal.as_str()
                     ));
                 }
+                // What is in flight and the crashes, from the job itself: the
+                // pump may wait long for the next result (a hang, a crash storm).
+                counters
+                    .in_flight
+                    .store(job.in_flight() as u64, Ordering::Relaxed);
+                counters
+                    .crashes
+                    .store(job.stats().crashes, Ordering::Relaxed);
                 display.update(&counters, started.elapsed());
             }
         })

@@ -460,6 +460,7 @@ impl<'input> RawResults<'input> {
     /// one waits for the next result (a signal handler's summary, say).
     pub fn probe(&self) -> StatsProbe {
         StatsProbe {
+            window: Arc::clone(&self.window),
             counters: Arc::clone(&self.counters),
             pool_counters: Arc::clone(&self.pool_counters),
             spawned_at_start: self.spawned_at_start,
@@ -481,12 +482,19 @@ impl<'input> RawResults<'input> {
 /// A job's figures, readable from any thread ([`RawResults::probe`]).
 #[derive(Debug, Clone)]
 pub struct StatsProbe {
+    window: Arc<Window>,
     counters: Arc<JobCounters>,
     pool_counters: Arc<PoolCounters>,
     spawned_at_start: u64,
 }
 
 impl StatsProbe {
+    /// Items read from the input and not yet handed out, as
+    /// [`RawResults::in_flight`].
+    pub fn in_flight(&self) -> usize {
+        self.window.in_use()
+    }
+
     /// What the job has seen so far, but the items handed out (`items_ok` and
     /// `items_failed` are zero: only the consumer counts those).
     pub fn stats(&self) -> JobStats {
