@@ -1205,6 +1205,75 @@ fn an_output_that_is_the_input_is_refused() {
     }
 }
 
+/// The token file and the hosts file are read by the job, as the input is: an
+/// output, errors or statistics file that is one of them is refused before
+/// anything is written. (The token was made or read, then the output written over
+/// it: the workers that join later with that file, and every copy made from it,
+/// failed with `a wrong token`; a hosts file was lost the same way.)
+#[test]
+fn an_output_that_is_the_token_file_or_the_hosts_file_is_refused() {
+    let (dir, input, output) = files_to_protect();
+    let d = dir.path();
+    let token = d.join("job.token");
+    pstream::protocol::auth::create_token_file(&token).unwrap();
+    let secret = read(&token);
+    std::fs::write(d.join("hosts.txt"), "node1\n").unwrap();
+    let listen = ["--listen", "127.0.0.1:0", "--workers", "1"];
+    let cases: Vec<(Vec<&str>, [&str; 2])> = vec![
+        (
+            [
+                &listen[..],
+                &["--token-file", "job.token", "-o", "job.token"],
+            ]
+            .concat(),
+            ["--output job.token", "--token-file job.token"],
+        ),
+        (
+            [
+                &listen[..],
+                &["--token-file", "job.token", "--errors", "./job.token"],
+            ]
+            .concat(),
+            ["--errors ./job.token", "--token-file job.token"],
+        ),
+        (
+            [
+                &listen[..],
+                &["--token-file", "job.token", "--stats-json", "job.token"],
+            ]
+            .concat(),
+            ["--stats-json job.token", "--token-file job.token"],
+        ),
+        // A token file that does not exist yet is made by the job: the same.
+        (
+            [
+                &listen[..],
+                &["--token-file", "new.token", "-o", "new.token"],
+            ]
+            .concat(),
+            ["--output new.token", "--token-file new.token"],
+        ),
+        (
+            vec!["--ssh-hosts", "hosts.txt", "-o", "hosts.txt"],
+            ["--output hosts.txt", "--ssh-hosts hosts.txt"],
+        ),
+    ];
+    for (args, [first, second]) in cases {
+        let mut cmd = coord(&["run", "-f", "double", "--no-progress", "-i", "in.txt"]);
+        cmd.args(&args).current_dir(d);
+        let out = expect_code(&mut cmd, None, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(first) && stderr.contains(second) && stderr.contains("same file"),
+            "{args:?}: the message must name both arguments:\n{stderr}"
+        );
+        assert_eq!(read(&token), secret, "{args:?}: the token file was changed");
+        assert!(!d.join("new.token").exists(), "{args:?}: {stderr}");
+        assert_eq!(read(&d.join("hosts.txt")), b"node1\n", "{args:?}");
+        assert_untouched(&input, &output);
+    }
+}
+
 #[test]
 fn errors_and_output_that_do_not_exist_yet_are_compared_by_place() {
     let dir = tempdir();

@@ -99,7 +99,7 @@ struct Named {
 }
 
 /// Refuse (a usage error) file arguments of `args` that would write over the input
-/// (`input`, already open) or over each other: the output, the errors file, the
+/// (`input`, already open), the token file or the hosts file, or over each other: the output, the errors file, the
 /// resume journal and the statistics file. Nothing has been opened for writing yet.
 /// `more`: files of the subcommand's own that it writes (`exec --joblog`), each
 /// named for messages.
@@ -159,12 +159,34 @@ pub fn check(args: &RunArgs, input: &File, more: &[(String, PathBuf)]) -> Result
             identity: Identity::of_path(path),
         });
     }
+    // Files the job reads besides the input: writing one would destroy it (the
+    // token that workers joining later, and the copies made from it, must prove).
+    let mut read = Vec::new();
+    if let Some(token) = &args.token_file {
+        read.push(Named {
+            name: format!("the token file (--token-file {})", token.display()),
+            identity: Identity::of_path(token),
+        });
+    }
+    if let Some(hosts) = &args.launch.ssh_hosts {
+        read.push(Named {
+            name: format!("the hosts file (--ssh-hosts {})", hosts.display()),
+            identity: Identity::of_path(hosts),
+        });
+    }
     for (i, w) in written.iter().enumerate() {
         if w.identity.clashes_with(&input.identity) {
             return Err(CliError::Usage(format!(
                 "{} is the same file as {}: writing it would destroy the input before \
                  it is read; name another file",
                 w.name, input.name
+            )));
+        }
+        if let Some(r) = read.iter().find(|r| r.identity.clashes_with(&w.identity)) {
+            return Err(CliError::Usage(format!(
+                "{} is the same file as {}: writing it would destroy what the job \
+                 reads there; name another file",
+                w.name, r.name
             )));
         }
         if let Some(other) = written[..i]
