@@ -1113,3 +1113,40 @@ fn transfer_refuses_a_plugin_that_could_not_run_here_before_any_ssh() {
         assert!(!marker.exists(), "ssh ran: {stderr}");
     }
 }
+
+/// A worker joining by hand with a frame limit below the job's (`--max-frame`
+/// given to the coordinator, not to the worker) is refused at its handshake,
+/// told which `--max-frame` to give. (It used to be taken: the first item larger
+/// than its own limit made it exit, 'a frame of N bytes exceeds the limit', which
+/// the coordinator saw as a lost connection; every worker joining the same way
+/// went the same way, and the job ended for want of workers.) One given the
+/// job's limit computes the job.
+#[test]
+fn a_worker_whose_frame_limit_is_below_the_jobs_is_refused_saying_what_to_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = numbers(dir.path(), 100);
+    let coordinator = Coordinator::start(dir.path(), "double", &["--max-frame", "128M"]);
+    let worker = |extra: &[&str]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["--connect", &coordinator.addr, "--token-file"])
+            .arg(dir.path().join("job.token"))
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Guarded(Some(cmd.spawn().expect("start a worker")))
+    };
+    let (code, stderr) = worker(&[]).finish("the worker with the default limit");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("67108864") && stderr.contains("--max-frame 134217728"),
+        "{stderr}"
+    );
+    let good = worker(&["--max-frame", "134217728"]);
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(read(&dir.path().join("out.txt")) == expected.as_bytes());
+    let (code, stderr) = good.finish("the worker with the job's limit");
+    assert_eq!(code, Some(0), "{stderr}");
+}

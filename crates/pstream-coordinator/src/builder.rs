@@ -465,6 +465,7 @@ impl PoolBuilder {
             token,
             spawned: Mutex::new(HashSet::new()),
             handshake_timeout: self.handshake_timeout,
+            max_frame: self.max_frame,
         });
         let (events_tx, events, wake) = Events::new().map_err(PoolError::Socket)?;
         let door = Door::open(Arc::clone(&checks), events_tx.clone()).map_err(PoolError::Socket)?;

@@ -40,6 +40,8 @@ pub(crate) struct Checks {
     /// Pids of the workers this pool started and has not yet seen exit.
     pub spawned: Mutex<HashSet<u32>>,
     pub handshake_timeout: Duration,
+    /// The job's frame limit: a worker must accept frames this large.
+    pub max_frame: usize,
 }
 
 /// The listening socket, its directory, and the thread accepting on it.
@@ -355,6 +357,17 @@ fn exchange(
             hello.pid
         ));
     }
+    // A worker that reads smaller frames than the job sends would exit on the
+    // first large item, and look lost: refuse it now, saying what to give it.
+    if let Joined::Worker { join, .. } = &joined {
+        if (join.max_frame as usize) < checks.max_frame {
+            return Err(format!(
+                "the worker accepts frames of at most {} bytes, and this job sends up \
+                 to {} (its --max-frame): start the worker with --max-frame {}",
+                join.max_frame, checks.max_frame, checks.max_frame
+            ));
+        }
+    }
     Ok(joined)
 }
 
@@ -642,6 +655,7 @@ mod tests {
             token: Token::random().unwrap(),
             spawned: Mutex::new(HashSet::new()),
             handshake_timeout: Duration::from_secs(5),
+            max_frame: pstream_protocol::DEFAULT_MAX_FRAME,
         })
     }
 
