@@ -628,6 +628,51 @@ fn sigint_writes_an_exact_prefix_and_the_summary() {
     wait_gone(&workers);
 }
 
+/// After a second Ctrl-C, `--stats-json` still has the pool's figures: the
+/// workers per host and the lost workers (they were written as `"hosts": {}` and
+/// `"lost_workers": 0` whatever had happened).
+#[test]
+fn a_second_sigint_keeps_the_host_figures_in_stats_json() {
+    let dir = tempdir();
+    let input = dir.path().join("in.jsonl");
+    let stats = dir.path().join("stats.json");
+    let lines: String = (0..100)
+        .map(|i| {
+            let fault = if i == 50 { "hang" } else { "none" };
+            format!("{{\"value\":{i},\"fault\":\"{fault}\"}}\n")
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let mut cmd = coord(&["run", "--function", "misbehave", "--format", "jsonl"]);
+    cmd.args(["--workers", "2", "--no-progress", "--input"])
+        .arg(&input)
+        .arg("--stats-json")
+        .arg(&stats)
+        .arg("--output")
+        .arg(dir.path().join("out.txt"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = StderrLines::new(child.stderr.take().unwrap());
+    // Results before the hanging item are written while it hangs.
+    wait_until("the first results", || {
+        !read(&dir.path().join("out.txt")).is_empty()
+    });
+    signal(&child, Signal::SIGINT);
+    assert!(stderr.wait_for("again to stop at once"), "{}", stderr.seen);
+    signal(&child, Signal::SIGINT);
+    let status = wait_exit(&mut child, "pstream-coord after two SIGINTs");
+    let rest = stderr.rest().to_string();
+    assert_eq!(shell_status(status), 130, "{rest}");
+    let figures: serde_json::Value = serde_json::from_slice(&read(&stats)).unwrap();
+    assert!(
+        figures["hosts"]["local"]["workers"].as_u64() >= Some(2),
+        "{figures}"
+    );
+    assert_eq!(figures["lost_workers"], 0, "{figures}");
+}
+
 #[test]
 fn a_second_sigint_kills_the_workers_at_once() {
     // Two items hang forever (no --timeout): only a second Ctrl-C ends this job.

@@ -1243,7 +1243,10 @@ fn stopped_before_start(
 
 /// A second Ctrl-C (or SIGTERM): kill the workers, write what is done, exit.
 fn hard_stop(pool: &Weak<ProcessPool>, report: &Report, signal: Signal) {
+    // The pool's figures for the summary: what its hosts did, the workers lost.
+    let mut pool_figures = (0, Default::default());
     if let Some(pool) = pool.upgrade() {
+        pool_figures = (pool.stats().lost, pool.host_stats());
         // SIGKILL to every worker's process group, and no respawns.
         pool.kill_workers();
         // The process exits without dropping the pool: remove its socket
@@ -1282,8 +1285,8 @@ fn hard_stop(pool: &Weak<ProcessPool>, report: &Report, signal: Signal) {
             elapsed: report.started.elapsed(),
             stopped_by: Some(format!("{} twice: workers killed", first.as_str())),
             exit_code: code,
-            lost: 0,
-            hosts: Default::default(),
+            lost: pool_figures.0,
+            hosts: pool_figures.1,
         };
         say(&summary.line());
         report.write_stats(&summary);
