@@ -1150,3 +1150,33 @@ fn a_worker_whose_frame_limit_is_below_the_jobs_is_refused_saying_what_to_give()
     let (code, stderr) = good.finish("the worker with the job's limit");
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// A job that no worker joins because those that tried were refused (another
+/// token, here) says so when it gives up, with the reason: the refusals used to
+/// be in the log only (`RUST_LOG=warn`), and the job said just `no worker for
+/// 3s`, as if nobody had tried.
+#[test]
+fn a_job_whose_joiners_were_refused_says_why_when_it_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    numbers(dir.path(), 10);
+    let coordinator = Coordinator::start(dir.path(), "double", &["--wait-workers", "3s"]);
+    let other = dir.path().join("other.token");
+    pstream::protocol::auth::create_token_file(&other).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["--connect", &coordinator.addr, "--token-file"])
+        .arg(&other)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (code, stderr) = Guarded(Some(cmd.spawn().unwrap())).finish("the worker");
+    assert_eq!(code, Some(1), "{stderr}");
+    let (code, stderr) = coordinator.finish();
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no worker for 3s")
+            && stderr.contains("was refused")
+            && stderr.contains("it most likely holds another token"),
+        "{stderr}"
+    );
+}

@@ -345,7 +345,16 @@ fn exchange(
             (Joined::Agent(agent), proof)
         }
         Ok(Some(other)) => return Err(format!("expected Join, got {:?}", other.message)),
-        Ok(None) => return Err("closed before proving that it holds the token".into()),
+        Ok(None) => {
+            // A worker closes here when this coordinator's proof did not check out
+            // for it: most likely it was given another job's token file.
+            return Err(
+                "closed before proving that it holds the token: it did not take \
+                 this coordinator's proof, so it most likely holds another token (another \
+                 --token-file)"
+                    .into(),
+            );
+        }
         Err(e) => return Err(format!("no valid Join: {e}")),
     };
     if !checks
@@ -541,6 +550,9 @@ fn accept_tcp(
                     Err(reason) => {
                         if events.door() == DoorState::Open {
                             tracing::warn!("refused a connection from {from}: {reason}");
+                            let _ = events.send(Event::Refused {
+                                reason: format!("a connection from {from} was refused: {reason}"),
+                            });
                         } else {
                             // The job is ending: a worker whose handshake its
                             // agent, told to stop, cut, most likely; no news.

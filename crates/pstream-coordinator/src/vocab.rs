@@ -143,6 +143,9 @@ pub(crate) enum Event {
     AgentKill { agent: u64, pid: u32 },
     /// One of our workers failed the handshake.
     Rejected { pid: u32, reason: String },
+    /// A connection over TCP was refused at the handshake (a wrong token, a
+    /// frame limit too small, not a pstream worker): `reason` names its address.
+    Refused { reason: String },
     /// A worker process ended and was reaped.
     Exited { wid: u64, cause: ExitCause },
     /// A job starts.

@@ -475,7 +475,10 @@ impl Engine {
                 waited: self.config.wait_workers,
                 expected: format!("{at} workers {whom}, of which {joined} joined"),
                 ever: 0,
-                failure: self.agent_failure.clone(),
+                failure: self
+                    .agent_failure
+                    .clone()
+                    .or_else(|| self.last_refusal.clone()),
                 left,
             }
         } else {
@@ -483,7 +486,10 @@ impl Engine {
                 waited: self.config.wait_workers,
                 expected: format!("workers {whom}"),
                 ever: self.counters.ready.load(Ordering::Relaxed),
-                failure: self.agent_failure.clone(),
+                failure: self
+                    .agent_failure
+                    .clone()
+                    .or_else(|| self.last_refusal.clone()),
                 left,
             }
         };

@@ -145,6 +145,9 @@ pub(crate) struct Engine {
     /// The last start failure an agent reported, for the message of a pool that
     /// gets no worker.
     agent_failure: Option<String>,
+    /// The last connection over TCP refused at its handshake, for that message
+    /// when no agent reported a failure (an agent's report says more).
+    last_refusal: Option<String>,
     /// The last item in work on a worker that was lost: its job, its index, and
     /// what happened, for the message of a pool left with no worker.
     last_loss: Option<(u64, u64, String)>,
@@ -230,6 +233,7 @@ impl Engine {
             agents: HashMap::new(),
             next_agent: 1,
             agent_failure: None,
+            last_refusal: None,
             last_loss: None,
         })
     }
@@ -341,6 +345,9 @@ impl Engine {
             Event::AgentConnected { link, agent } => self.on_agent_connected(link, agent),
             Event::AgentKill { agent, pid } => self.on_agent_kill(agent, pid),
             Event::Rejected { pid, reason } => self.on_rejected(pid, reason),
+            // For the message of a pool that gets no worker: who tried, and why
+            // they were turned away.
+            Event::Refused { reason } => self.last_refusal = Some(reason),
             Event::Exited { wid, cause } => self.on_exited(wid, cause),
             Event::NewJob {
                 job,
