@@ -1180,3 +1180,31 @@ fn a_job_whose_joiners_were_refused_says_why_when_it_gives_up() {
         "{stderr}"
     );
 }
+
+/// `--min-workers` works with `--ssh` alone (the pool listens for the agents'
+/// workers on its own): it used to require `--listen`, which `--ssh` does not
+/// need, so `--ssh a:2,b:2 --min-workers 4` was refused by the parser. Without
+/// any way for workers to join, it is still refused, saying what to give.
+#[test]
+fn min_workers_goes_with_ssh_without_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake-ssh");
+    std::fs::write(&fake, "#!/bin/sh\necho 'no route to host' >&2\nexit 255\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = coord(&["run", "--function", "double", "--no-progress"]);
+    cmd.args(["--ssh", "127.0.0.1:2,127.0.0.2:2", "--min-workers", "4"])
+        .arg("--ssh-command")
+        .arg(&fake);
+    let out = expect_code(&mut cmd, Some(b"1\n"), 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no host could start workers"), "{stderr}");
+
+    let mut cmd = coord(&["run", "--function", "double", "--min-workers", "4"]);
+    let out = expect_code(&mut cmd, Some(b"1\n"), 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--min-workers") && stderr.contains("--listen") && stderr.contains("--ssh"),
+        "{stderr}"
+    );
+}

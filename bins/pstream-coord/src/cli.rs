@@ -141,10 +141,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait_workers: Option<Duration>,
 
-    /// With --listen and --workers 0: start the job once N workers have joined
-    /// (default 1: at the first), so that it is spread over all of them; fails
-    /// if fewer have joined after --wait-workers.
-    #[arg(long, value_name = "N", requires = "listen", value_parser = clap::value_parser!(u32).range(1..))]
+    /// With --listen, --ssh or --launcher slurm, and --workers 0: start the job
+    /// once N workers have joined (default 1: at the first), so that it is spread
+    /// over all of them; fails if fewer have joined after --wait-workers.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub min_workers: Option<u32>,
 
     /// Over TCP: the heartbeat interval each way (default 1s).

@@ -725,6 +725,11 @@ fn build_pool(
              for the workers that join there"
                 .into(),
         ));
+    } else if let Some(n) = args.min_workers {
+        return Err(CliError::Usage(format!(
+            "--min-workers {n} waits for workers that join: give --listen ADDR (and \
+             --token-file FILE), --ssh HOSTS or --launcher slurm"
+        )));
     }
     if let Some(plugin) = &args.plugin {
         builder = builder.program(plugin);
