@@ -105,7 +105,8 @@ fn agents_on_three_hosts_compute_the_job_exactly_and_every_host_works() {
     };
     let dir = tempfile::tempdir().unwrap();
     let expected = job(dir.path(), 60_000);
-    let coordinator = coordinator(&cluster, dir.path(), "slow_double", &[]);
+    // Every host's workers in before the job starts, so that each must work.
+    let coordinator = coordinator(&cluster, dir.path(), "slow_double", &["--min-workers", "6"]);
     let token = dir.path().join("job.token");
     let agents: Vec<Guarded> = (1..=3)
         .map(|i| agent(&cluster, i, &coordinator.addr, &token, 2))

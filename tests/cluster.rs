@@ -63,7 +63,9 @@ fn a_job_across_three_hosts_is_exact_and_every_host_works() {
     };
     let dir = tempfile::tempdir().unwrap();
     let expected = job(dir.path(), 60_000);
-    let coordinator = Coordinator::start(&cluster, dir.path(), "slow_double", &[]);
+    // Every worker in before the job starts, so that each host must work.
+    let coordinator =
+        Coordinator::start(&cluster, dir.path(), "slow_double", &["--min-workers", "6"]);
     let token = dir.path().join("job.token");
     let workers: Vec<Guarded> = (1..=3)
         .flat_map(|i| [i, i])

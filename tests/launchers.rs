@@ -103,6 +103,10 @@ fn ssh_to_three_hosts_is_exact_and_every_host_works() {
             "--workers-per-host",
             "2",
             "--transfer",
+            // Every host's workers in before the job starts: a host slower to
+            // come up (ssh, the copy) would otherwise find the job done.
+            "--min-workers",
+            "6",
         ],
     ));
     let (code, stderr) = run.finish(PATIENCE);
@@ -309,7 +313,10 @@ fn the_slurm_launcher_under_salloc_is_exact_with_workers_on_every_node() {
     salloc
         .args(["-N3", "--ntasks-per-node=2", "--time=5"])
         .arg(bin())
-        .args(coordinator(dir.path(), &["--launcher", "slurm"]).get_args());
+        .args(
+            // Every node's workers in before the job starts (see the ssh test).
+            coordinator(dir.path(), &["--launcher", "slurm", "--min-workers", "6"]).get_args(),
+        );
     let (code, stderr) = Run::start(salloc).finish(PATIENCE);
     assert_eq!(code, Some(0), "{stderr}");
     let out = std::fs::read(dir.path().join("out.txt")).unwrap();
