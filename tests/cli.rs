@@ -396,6 +396,11 @@ fn usage_errors_exit_2_and_say_why() {
             "ordered mode",
         ),
         (&["run", "-f", "double", "--spin", "1s"], "too long a spin"),
+        // A directory where the input file goes: named, before any worker starts.
+        (
+            &["run", "-f", "double", "-i", "."],
+            "--input .: a directory, not a file of items",
+        ),
         // A zero followed by garbage is garbage, not zero.
         (
             &["run", "-f", "double", "--spin", "0banana"],

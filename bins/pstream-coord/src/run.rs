@@ -660,6 +660,12 @@ fn open_input(input: &str, stop: &Stop) -> Result<Result<File, Signal>, CliError
         stop.unless_stopped(move || File::open(path))
     };
     match opened {
+        // A directory opens, and fails only at its first read, after the workers
+        // started: refused here, by name.
+        Ok(Ok(file)) if file.metadata().is_ok_and(|m| m.is_dir()) => Err(CliError::Usage(format!(
+            "--input {}: a directory, not a file of items (one per line; - for stdin)",
+            path.display()
+        ))),
         Ok(Ok(file)) => Ok(Ok(file)),
         Ok(Err(e)) => Err(CliError::Run(
             format!("open the input {}", path.display()),
