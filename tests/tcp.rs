@@ -22,18 +22,23 @@ struct Joiner(Option<Child>);
 impl Joiner {
     /// The example plugin, joining the pool at `addr` with the token in `token`.
     fn start(addr: SocketAddr, token: &Path) -> Joiner {
-        let child = Command::new(plugin())
-            .arg("--connect")
-            .arg(addr.to_string())
-            .arg("--token-file")
+        Joiner::spawn(Joiner::command(&addr.to_string(), token))
+    }
+
+    /// The command that [`Joiner::start`] runs, to add to.
+    fn command(addr: &str, token: &Path) -> Command {
+        let mut cmd = Command::new(plugin());
+        cmd.args(["--connect", addr, "--token-file"])
             .arg(token)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env_remove("RUST_LOG")
-            .spawn()
-            .expect("start the example plugin");
-        Joiner(Some(child))
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    fn spawn(mut cmd: Command) -> Joiner {
+        Joiner(Some(cmd.spawn().expect("start the example plugin")))
     }
 
     fn pid(&self) -> u32 {
@@ -302,7 +307,7 @@ fn a_joining_worker_refuses_a_capacity_frame_limit_or_address_out_of_range() {
     let addr = listener.local_addr().unwrap().to_string();
     // Arguments, environment, what stderr must say.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         (
             &["--capacity", "0"],
             &[],
@@ -333,34 +338,20 @@ fn a_joining_worker_refuses_a_capacity_frame_limit_or_address_out_of_range() {
             &[("PSTREAM_MAX_FRAME", "100")],
             "PSTREAM_MAX_FRAME=100: a frame limit is 4096",
         ),
+        // An address without a port (the last --connect is the one taken).
+        (
+            &["--connect", "localhost"],
+            &[],
+            "--connect localhost is not HOST:PORT",
+        ),
     ];
     for (args, env, needle) in cases {
-        let mut cmd = Command::new(plugin());
-        cmd.args(["--connect", &addr, "--token-file"])
-            .arg(&token)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
-        let (code, stderr) = Joiner(Some(cmd.spawn().unwrap())).exit();
+        let mut cmd = Joiner::command(&addr, &token);
+        cmd.args(args).envs(env.iter().copied());
+        let (code, stderr) = Joiner::spawn(cmd).exit();
         assert_eq!(code, Some(1), "{args:?} {env:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
     }
-    // An address without a port, likewise.
-    let mut cmd = Command::new(plugin());
-    cmd.args(["--connect", "localhost", "--token-file"])
-        .arg(&token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let (code, stderr) = Joiner(Some(cmd.spawn().unwrap())).exit();
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("--connect localhost is not HOST:PORT"),
-        "{stderr}"
-    );
     // Each refused before connecting.
     listener.set_nonblocking(true).unwrap();
     assert!(listener.accept().is_err(), "a worker connected anyway");

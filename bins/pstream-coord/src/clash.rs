@@ -99,8 +99,9 @@ struct Named {
 }
 
 /// Refuse (a usage error) file arguments of `args` that would write over the input
-/// (`input`, already open), the token file or the hosts file, or over each other: the output, the errors file, the
-/// resume journal and the statistics file. Nothing has been opened for writing yet.
+/// (`input`, already open), the token file or the hosts file, or over each other:
+/// the output, the errors file, the resume journal and the statistics file.
+/// Nothing has been opened for writing yet.
 /// `more`: files of the subcommand's own that it writes (`exec --joblog`), each
 /// named for messages.
 pub fn check(args: &RunArgs, input: &File, more: &[(String, PathBuf)]) -> Result<(), CliError> {
